@@ -1,0 +1,1 @@
+//! hepfwd userspace: the daemon and its tools.
