@@ -1,0 +1,307 @@
+//! The correlation key: what makes packets "of the same call". Defined once here and used
+//! by the kernel and userspace paths alike (route matching, call-sticky hashing, sampling,
+//! dedup).
+//!
+//! # Definition
+//! 1. If the packet has a generic chunk 0x0011 (correlation id) with a non-empty value, the
+//!    key is that value, byte for byte (first occurrence).
+//! 2. Otherwise, if the protocol type (0x000b) is 1 (SIP) and the packet has a plain payload
+//!    chunk 0x000f, the key is the value of the payload's `Call-ID` header, found as follows:
+//!    - only the first [`CALLID_SCAN_LIMIT`] bytes of the payload are looked at (the window);
+//!    - lines end at LF (a CR before it is not part of the line); the first line (request or
+//!      status line) is skipped; an empty line ends the header section and the search;
+//!    - a header line matches when it starts with `Call-ID` or the compact form `i`, in any
+//!      letter case, followed by optional spaces/tabs and `:`;
+//!    - the value is what follows the colon up to the first CR or LF (or the end of the window), with
+//!      leading and trailing spaces and tabs removed; an empty value does not match and the
+//!      search goes on;
+//!    - the first matching line wins.
+//! 3. Otherwise there is no key.
+//!
+//! The hash of a key ([`key_hash`]) is FNV-1a 64 over at most the first [`KEY_HASH_LIMIT`]
+//! bytes of the key, finished with the MurmurHash3 64-bit mixer so every bit of the result
+//! depends on every input bit (the consistent-hash tables index with its low bits).
+//! A packet without a key hashes as the empty key.
+
+use crate::bytes::ByteSource;
+use crate::chunk::{self, proto};
+use crate::v3::Hep3;
+
+/// Bytes of a SIP payload searched for the `Call-ID` header.
+pub const CALLID_SCAN_LIMIT: usize = 2048;
+/// Bytes of a key that enter its hash.
+pub const KEY_HASH_LIMIT: usize = 128;
+
+/// Where a correlation key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// Chunk 0x0011.
+    CorrelationChunk,
+    /// The SIP `Call-ID`/`i` header of the payload.
+    SipCallId,
+}
+
+/// A packet's correlation key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CorrelationKey<'a> {
+    /// Where it came from.
+    pub source: KeySource,
+    /// The key bytes.
+    pub bytes: &'a [u8],
+}
+
+impl CorrelationKey<'_> {
+    /// [`key_hash`] of the key.
+    pub fn hash(&self) -> u64 {
+        key_hash(self.bytes)
+    }
+}
+
+/// The correlation key of a packet (see the module documentation).
+pub fn correlation_key<'a>(p: &Hep3<'a>) -> Option<CorrelationKey<'a>> {
+    if let Some(v) = p.correlation_id()
+        && !v.is_empty()
+    {
+        return Some(CorrelationKey {
+            source: KeySource::CorrelationChunk,
+            bytes: v,
+        });
+    }
+    if p.proto_type() != Some(proto::SIP) {
+        return None;
+    }
+    let payload = p.generic(chunk::PAYLOAD)?;
+    let (start, end) = find_call_id(payload, 0, payload.len())?;
+    Some(CorrelationKey {
+        source: KeySource::SipCallId,
+        bytes: payload.get(start..end)?,
+    })
+}
+
+/// The hash of a correlation key (see the module documentation).
+#[inline(always)]
+pub fn key_hash(key: &[u8]) -> u64 {
+    let mut h = KeyHasher::new();
+    let n = if key.len() < KEY_HASH_LIMIT {
+        key.len()
+    } else {
+        KEY_HASH_LIMIT
+    };
+    let mut i = 0;
+    while i < n {
+        h.write_byte(key[i]);
+        i += 1;
+    }
+    h.finish()
+}
+
+/// Incremental form of [`key_hash`], for a key read piecewise (the kernel path). The caller
+/// feeds at most [`KEY_HASH_LIMIT`] bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KeyHasher {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    /// A hasher with no input yet.
+    #[inline(always)]
+    pub const fn new() -> Self {
+        KeyHasher(Self::OFFSET)
+    }
+
+    /// Adds one byte.
+    #[inline(always)]
+    pub fn write_byte(&mut self, b: u8) {
+        self.0 = (self.0 ^ b as u64).wrapping_mul(Self::PRIME);
+    }
+
+    /// The final hash.
+    #[inline(always)]
+    pub const fn finish(self) -> u64 {
+        let mut k = self.0;
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        k ^= k >> 33;
+        k
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Inside a line that cannot be the Call-ID header (starts with the first line).
+    SkipLine,
+    /// At the first byte of a header line.
+    LineStart,
+    /// Saw CR at line start: an LF next ends the headers.
+    BlankCr,
+    /// Matched `n` bytes of "call-id".
+    Name(u8),
+    /// After the header name, before the colon.
+    AfterName,
+    /// After the colon, skipping leading whitespace.
+    ValueLead,
+    /// Inside the value.
+    Value,
+    /// Search over (headers ended, or found).
+    Done,
+}
+
+/// Streaming `Call-ID` finder: feed payload bytes in order with their positions.
+///
+/// Holds no buffer, only positions, so the kernel can feed it block by block.
+#[derive(Debug, Clone, Copy)]
+pub struct CallIdScanner {
+    state: State,
+    start: usize,
+    end: usize,
+    found: bool,
+}
+
+impl Default for CallIdScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const CALL_ID: &[u8; 7] = b"call-id";
+
+#[inline(always)]
+fn is_wsp(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+impl CallIdScanner {
+    /// A scanner at the start of a SIP message.
+    #[inline(always)]
+    pub const fn new() -> Self {
+        CallIdScanner {
+            state: State::SkipLine,
+            start: 0,
+            end: 0,
+            found: false,
+        }
+    }
+
+    /// Whether the search is over; no further byte changes the result.
+    #[inline(always)]
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Feeds the byte at payload position `pos`.
+    #[inline(always)]
+    pub fn feed(&mut self, b: u8, pos: usize) {
+        self.state = match self.state {
+            State::Done => State::Done,
+            State::SkipLine => {
+                if b == b'\n' {
+                    State::LineStart
+                } else {
+                    State::SkipLine
+                }
+            }
+            State::LineStart => match b {
+                b'\n' => State::Done,
+                b'\r' => State::BlankCr,
+                b'c' | b'C' => State::Name(1),
+                b'i' | b'I' => State::AfterName,
+                _ => State::SkipLine,
+            },
+            State::BlankCr => match b {
+                b'\n' => State::Done,
+                _ => State::SkipLine,
+            },
+            State::Name(n) => {
+                if b == b'\n' {
+                    State::LineStart
+                } else if (n as usize) < CALL_ID.len()
+                    && b.to_ascii_lowercase() == CALL_ID[n as usize]
+                {
+                    if n as usize + 1 == CALL_ID.len() {
+                        State::AfterName
+                    } else {
+                        State::Name(n + 1)
+                    }
+                } else {
+                    State::SkipLine
+                }
+            }
+            State::AfterName => match b {
+                b':' => State::ValueLead,
+                b'\n' => State::LineStart,
+                _ if is_wsp(b) => State::AfterName,
+                _ => State::SkipLine,
+            },
+            State::ValueLead => match b {
+                b'\n' => State::LineStart,
+                b'\r' => State::ValueLead,
+                _ if is_wsp(b) => State::ValueLead,
+                _ => {
+                    self.start = pos;
+                    self.end = pos + 1;
+                    State::Value
+                }
+            },
+            State::Value => match b {
+                b'\n' | b'\r' => {
+                    self.found = true;
+                    State::Done
+                }
+                _ if is_wsp(b) => State::Value,
+                _ => {
+                    self.end = pos + 1;
+                    State::Value
+                }
+            },
+        };
+    }
+
+    /// The value's `[start, end)` positions, after the last byte was fed.
+    #[inline(always)]
+    pub fn result(&self) -> Option<(usize, usize)> {
+        if self.found || self.state == State::Value {
+            Some((self.start, self.end))
+        } else {
+            None
+        }
+    }
+}
+
+/// Finds the `Call-ID` value in the SIP payload at `[offset, offset + len)` of `src`;
+/// returns `[start, end)` relative to `offset`.
+#[inline(always)]
+pub fn find_call_id<S: ByteSource + ?Sized>(
+    src: &S,
+    offset: usize,
+    len: usize,
+) -> Option<(usize, usize)> {
+    let window = if len < CALLID_SCAN_LIMIT {
+        len
+    } else {
+        CALLID_SCAN_LIMIT
+    };
+    let mut sc = CallIdScanner::new();
+    let mut pos = 0;
+    while pos + 8 <= window && !sc.is_done() {
+        let block = src.load::<8>(offset + pos)?;
+        for (i, b) in block.iter().enumerate() {
+            sc.feed(*b, pos + i);
+        }
+        pos += 8;
+    }
+    while pos < window && !sc.is_done() {
+        let [b] = src.load::<1>(offset + pos)?;
+        sc.feed(b, pos);
+        pos += 1;
+    }
+    sc.result()
+}

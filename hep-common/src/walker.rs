@@ -1,0 +1,186 @@
+//! [`ChunkWalker`]: the one HEPv3 chunk walker, used by the kernel and userspace paths.
+//!
+//! The walker validates as it goes, so both paths agree on what a valid packet is:
+//! - the packet starts with `HEP3` and its total length field equals the bytes present
+//!   (the UDP datagram, or the frame the TCP framer cut);
+//! - every chunk has a complete 6-byte header, a length ≥ 6, and ends inside the packet;
+//! - there are at most [`MAX_CHUNKS`] chunks;
+//! - fixed-width generic chunks have exactly their width ([`fixed_width`]).
+//!
+//! When a type occurs more than once, accessors take the first occurrence.
+
+use crate::bytes::{ByteSource, be16};
+use crate::chunk::{CHUNK_HEADER_LEN, ChunkId, HEADER_LEN, MAGIC, MAX_CHUNKS, fixed_width};
+use crate::error::HepError;
+
+/// One chunk's header and where it sits in the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHeader {
+    /// Offset of the chunk header from the start of the packet.
+    pub offset: usize,
+    /// Vendor id.
+    pub vendor: u16,
+    /// Type id.
+    pub kind: u16,
+    /// Length field (header included).
+    pub len: u16,
+}
+
+impl ChunkHeader {
+    /// The chunk's id.
+    #[inline(always)]
+    pub const fn id(&self) -> ChunkId {
+        ChunkId {
+            vendor: self.vendor,
+            kind: self.kind,
+        }
+    }
+
+    /// Offset of the value from the start of the packet.
+    #[inline(always)]
+    pub const fn value_offset(&self) -> usize {
+        self.offset + CHUNK_HEADER_LEN
+    }
+
+    /// Length of the value.
+    #[inline(always)]
+    pub const fn value_len(&self) -> usize {
+        self.len as usize - CHUNK_HEADER_LEN
+    }
+
+    /// Offset just past the chunk.
+    #[inline(always)]
+    pub const fn end(&self) -> usize {
+        self.offset + self.len as usize
+    }
+}
+
+/// Checks the HEPv3 packet header and returns the total length (= `src.len()`).
+#[inline(always)]
+pub fn check_header<S: ByteSource + ?Sized>(src: &S) -> Result<usize, HepError> {
+    let have = src.len();
+    let Some(hdr) = src.load::<6>(0) else {
+        return Err(HepError::Truncated {
+            needed: HEADER_LEN,
+            have,
+        });
+    };
+    if hdr[0] != MAGIC[0] || hdr[1] != MAGIC[1] || hdr[2] != MAGIC[2] || hdr[3] != MAGIC[3] {
+        return Err(HepError::UnknownVersion);
+    }
+    let declared = be16([hdr[4], hdr[5]]) as usize;
+    if declared != have {
+        return Err(HepError::LengthMismatch {
+            declared,
+            actual: have,
+        });
+    }
+    Ok(have)
+}
+
+/// Walks the chunks of a HEPv3 packet, validating each one.
+pub struct ChunkWalker<'s, S: ?Sized> {
+    src: &'s S,
+    offset: usize,
+    end: usize,
+    count: usize,
+    failed: bool,
+}
+
+impl<'s, S: ByteSource + ?Sized> ChunkWalker<'s, S> {
+    /// Checks the packet header and positions the walker on the first chunk.
+    #[inline(always)]
+    pub fn new(src: &'s S) -> Result<Self, HepError> {
+        let end = check_header(src)?;
+        Ok(ChunkWalker {
+            src,
+            offset: HEADER_LEN,
+            end,
+            count: 0,
+            failed: false,
+        })
+    }
+
+    /// The next chunk, `Ok(None)` at the end of the packet.
+    #[inline(always)]
+    pub fn next_chunk(&mut self) -> Result<Option<ChunkHeader>, HepError> {
+        if self.failed {
+            return Ok(None);
+        }
+        let r = self.step();
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    #[inline(always)]
+    fn step(&mut self) -> Result<Option<ChunkHeader>, HepError> {
+        let offset = self.offset;
+        if offset >= self.end {
+            return Ok(None);
+        }
+        if self.count >= MAX_CHUNKS {
+            return Err(HepError::TooManyChunks {
+                offset,
+                max: MAX_CHUNKS,
+            });
+        }
+        if self.end - offset < CHUNK_HEADER_LEN {
+            return Err(HepError::TruncatedChunkHeader { offset });
+        }
+        let Some(h) = self.src.load::<6>(offset) else {
+            return Err(HepError::TruncatedChunkHeader { offset });
+        };
+        let vendor = be16([h[0], h[1]]);
+        let kind = be16([h[2], h[3]]);
+        let len = be16([h[4], h[5]]);
+        if (len as usize) < CHUNK_HEADER_LEN {
+            return Err(HepError::ChunkTooShort { offset, len });
+        }
+        if len as usize > self.end - offset {
+            return Err(HepError::ChunkPastEnd {
+                offset,
+                len,
+                end: self.end,
+            });
+        }
+        let value_len = len as usize - CHUNK_HEADER_LEN;
+        if let Some(expected) = fixed_width(vendor, kind)
+            && expected != value_len
+        {
+            return Err(HepError::BadChunkWidth {
+                offset,
+                kind,
+                len: value_len,
+                expected,
+            });
+        }
+        self.offset = offset + len as usize;
+        self.count += 1;
+        Ok(Some(ChunkHeader {
+            offset,
+            vendor,
+            kind,
+            len,
+        }))
+    }
+}
+
+impl<S: ByteSource + ?Sized> Iterator for ChunkWalker<'_, S> {
+    type Item = Result<ChunkHeader, HepError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_chunk().transpose()
+    }
+}
+
+/// Walks a whole packet and returns its chunk count, or the first error.
+pub fn validate<S: ByteSource + ?Sized>(src: &S) -> Result<usize, HepError> {
+    let mut w = ChunkWalker::new(src)?;
+    let mut n = 0;
+    while w.next_chunk()?.is_some() {
+        n += 1;
+    }
+    Ok(n)
+}
