@@ -1,1 +1,9 @@
 //! hepfwd userspace: the daemon and its tools.
+//!
+//! - [`cli`]: the `hepfwd` subcommands, one file each.
+//! - [`decode`]: HEP → JSON (`hepfwd decode`).
+//! - [`io`]: TCP framing, capture files.
+
+pub mod cli;
+pub mod decode;
+pub mod io;

@@ -1,1 +1,23 @@
-fn main() {}
+//! The `hepfwd` binary.
+
+use clap::Parser as _;
+use hep_user::cli::{self, Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = cli::init_logging(cli.log_format, &cli.log) {
+        eprintln!("hepfwd: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
+    let res = match cli.command {
+        Command::Run(a) => cli::run::run(a),
+        Command::Decode(a) => cli::decode::run(a),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hepfwd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The `hepfwd` command line: one file per subcommand.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub mod decode;
+pub mod run;
+
+/// hepfwd: an eBPF/XDP-accelerated HEP forwarder.
+#[derive(Debug, Parser)]
+#[command(name = "hepfwd", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `hep_user=debug`).
+    #[arg(long, default_value = "info", global = true)]
+    pub log: String,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the forwarder.
+    Run(run::RunArgs),
+    /// Print HEP packets as JSON, one object per line.
+    Decode(decode::DecodeArgs),
+}
+
+/// Sets up `tracing` on stderr.
+pub fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let res = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    res.map_err(|e| anyhow::anyhow!("cannot initialise logging: {e}"))
+}

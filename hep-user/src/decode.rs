@@ -1,0 +1,225 @@
+//! HEP packet → JSON object, the output format of `hepfwd decode` (our tshark for HEP, and
+//! the oracle of later tests).
+//!
+//! One object per packet with: `version`, `proto_type`, `proto_name`, `capture_id`,
+//! `node_name`, `correlation_id` (the correlation key of `hep_common::correlation`: chunk
+//! 0x0011, else the SIP Call-ID), `correlation_source`, `correlation_hash`, `auth_key`,
+//! `src_ip`, `dst_ip`, `src_port`, `dst_port`, `ip_family`, `ip_proto`, `ts_sec`, `ts_usec`,
+//! `payload` (UTF-8 text) or `payload_b64`, `chunks` (every chunk in order as
+//! `{vendor, type, len}`; empty for HEPv1/v2), plus where the packet came from
+//! (`transport`, `sender`, `receiver`, `frame`, `line`) when known. Byte-string fields that
+//! are not UTF-8 are given as `<name>_b64`. Invalid input gives `{"error", "kind", "offset"}`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hep_common::chunk::{self, proto};
+use hep_common::correlation::{KeySource, find_call_id, key_hash};
+use hep_common::legacy::HepLegacy;
+use hep_common::v3::Hep3;
+use hep_common::{HepError, HepPacket};
+use serde_json::{Map, Value, json};
+
+/// Where a packet came from, for the JSON object.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// `udp` or `tcp`.
+    pub transport: Option<&'static str>,
+    /// Sender socket address.
+    pub sender: Option<SocketAddr>,
+    /// Receiver socket address.
+    pub receiver: Option<SocketAddr>,
+    /// Capture record number (pcap).
+    pub frame: Option<u64>,
+    /// Input line number (hex).
+    pub line: Option<u64>,
+}
+
+impl Origin {
+    fn add_to(&self, m: &mut Map<String, Value>) {
+        if let Some(t) = self.transport {
+            m.insert("transport".into(), t.into());
+        }
+        if let Some(s) = self.sender {
+            m.insert("sender".into(), s.to_string().into());
+        }
+        if let Some(r) = self.receiver {
+            m.insert("receiver".into(), r.to_string().into());
+        }
+        if let Some(f) = self.frame {
+            m.insert("frame".into(), f.into());
+        }
+        if let Some(l) = self.line {
+            m.insert("line".into(), l.into());
+        }
+    }
+}
+
+/// Decodes one HEP message (datagram or TCP frame) into its JSON object, or the error object.
+///
+/// `recv_time` (seconds, microseconds) stands in for the timestamp of HEPv1, which has none.
+pub fn packet_json(data: &[u8], origin: &Origin, recv_time: (u32, u32)) -> Value {
+    match HepPacket::parse(data) {
+        Ok(HepPacket::V3(p)) => v3_json(&p, origin),
+        Ok(HepPacket::Legacy(l)) => legacy_json(&l, origin, recv_time),
+        Err(e) => hep_error_json(&e, origin),
+    }
+}
+
+/// The error object for a codec error.
+pub fn hep_error_json(e: &HepError, origin: &Origin) -> Value {
+    let mut m = Map::new();
+    m.insert("error".into(), e.to_string().into());
+    m.insert("kind".into(), e.kind().into());
+    m.insert("offset".into(), e.offset().into());
+    origin.add_to(&mut m);
+    Value::Object(m)
+}
+
+/// The error object for any other failure (bad hex, truncated stream, ...).
+pub fn error_json(message: &str, kind: &str, offset: usize, origin: &Origin) -> Value {
+    let mut m = Map::new();
+    m.insert("error".into(), message.into());
+    m.insert("kind".into(), kind.into());
+    m.insert("offset".into(), offset.into());
+    origin.add_to(&mut m);
+    Value::Object(m)
+}
+
+fn bytes_field(m: &mut Map<String, Value>, name: &str, v: Option<&[u8]>) {
+    match v {
+        None => {
+            m.insert(name.into(), Value::Null);
+        }
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(s) => {
+                m.insert(name.into(), s.into());
+            }
+            Err(_) => {
+                m.insert(name.into(), Value::Null);
+                m.insert(format!("{name}_b64"), B64.encode(b).into());
+            }
+        },
+    }
+}
+
+fn ip(v: Option<IpAddr>) -> Value {
+    v.map_or(Value::Null, |a| a.to_string().into())
+}
+
+fn opt<T: Into<Value>>(v: Option<T>) -> Value {
+    v.map_or(Value::Null, Into::into)
+}
+
+fn payload_field(m: &mut Map<String, Value>, payload: Option<&[u8]>, compressed: Option<&[u8]>) {
+    match (payload, compressed) {
+        (Some(p), _) => match std::str::from_utf8(p) {
+            Ok(s) => {
+                m.insert("payload".into(), s.into());
+            }
+            Err(_) => {
+                m.insert("payload_b64".into(), B64.encode(p).into());
+            }
+        },
+        (None, Some(c)) => {
+            m.insert("payload_b64".into(), B64.encode(c).into());
+            m.insert("payload_compressed".into(), true.into());
+        }
+        (None, None) => {
+            m.insert("payload".into(), Value::Null);
+        }
+    }
+}
+
+fn v3_json(p: &Hep3<'_>, origin: &Origin) -> Value {
+    let mut m = Map::new();
+    m.insert("version".into(), 3.into());
+    let pt = p.proto_type();
+    m.insert("proto_type".into(), opt(pt));
+    m.insert("proto_name".into(), opt(pt.and_then(proto::name)));
+    m.insert("capture_id".into(), opt(p.capture_id()));
+    bytes_field(&mut m, "node_name", p.node_name());
+    let key = p.correlation_key();
+    bytes_field(&mut m, "correlation_id", key.map(|k| k.bytes));
+    m.insert(
+        "correlation_source".into(),
+        opt(key.map(|k| match k.source {
+            KeySource::CorrelationChunk => "chunk",
+            KeySource::SipCallId => "sip_call_id",
+        })),
+    );
+    m.insert(
+        "correlation_hash".into(),
+        format!("{:016x}", key_hash(key.map_or(&[][..], |k| k.bytes))).into(),
+    );
+    bytes_field(&mut m, "auth_key", p.auth_key());
+    m.insert("src_ip".into(), ip(p.src_ip()));
+    m.insert("dst_ip".into(), ip(p.dst_ip()));
+    m.insert("src_port".into(), opt(p.src_port()));
+    m.insert("dst_port".into(), opt(p.dst_port()));
+    m.insert("ip_family".into(), opt(p.ip_family()));
+    m.insert("ip_proto".into(), opt(p.ip_proto()));
+    m.insert("ts_sec".into(), opt(p.ts_sec()));
+    m.insert("ts_usec".into(), opt(p.ts_usec()));
+    m.insert("vlan_id".into(), opt(p.vlan_id()));
+    payload_field(&mut m, p.payload(), p.compressed_payload());
+    let chunks: Vec<Value> = p
+        .chunks()
+        .map(|c| {
+            let mut o =
+                json!({ "vendor": c.header.vendor, "type": c.header.kind, "len": c.header.len });
+            if c.header.vendor == chunk::VENDOR_GENERIC
+                && let Some((_, name, _)) = chunk::GENERIC_CHUNKS
+                    .iter()
+                    .find(|(k, _, _)| *k == c.header.kind)
+            {
+                o["name"] = (*name).into();
+            }
+            o
+        })
+        .collect();
+    m.insert("chunks".into(), chunks.into());
+    m.insert("len".into(), p.as_bytes().len().into());
+    origin.add_to(&mut m);
+    Value::Object(m)
+}
+
+fn legacy_json(l: &HepLegacy<'_>, origin: &Origin, recv_time: (u32, u32)) -> Value {
+    let v3 = l.to_hep3(recv_time);
+    let mut m = Map::new();
+    m.insert("version".into(), l.version.into());
+    m.insert("proto_type".into(), v3.proto_type.into());
+    m.insert("proto_name".into(), opt(proto::name(v3.proto_type)));
+    m.insert("capture_id".into(), opt(l.time.map(|t| t.capture_id)));
+    m.insert("node_name".into(), Value::Null);
+    let call_id =
+        find_call_id(l.payload, 0, l.payload.len()).and_then(|(s, e)| l.payload.get(s..e));
+    bytes_field(&mut m, "correlation_id", call_id);
+    m.insert(
+        "correlation_source".into(),
+        opt(call_id.map(|_| "sip_call_id")),
+    );
+    m.insert(
+        "correlation_hash".into(),
+        format!("{:016x}", key_hash(call_id.unwrap_or(&[]))).into(),
+    );
+    m.insert("auth_key".into(), Value::Null);
+    m.insert("src_ip".into(), l.src_ip.to_string().into());
+    m.insert("dst_ip".into(), l.dst_ip.to_string().into());
+    m.insert("src_port".into(), l.src_port.into());
+    m.insert("dst_port".into(), l.dst_port.into());
+    m.insert(
+        "ip_family".into(),
+        hep_common::v3::family_of(&l.src_ip).into(),
+    );
+    m.insert("ip_proto".into(), l.ip_proto.into());
+    m.insert("ts_sec".into(), opt(l.time.map(|t| t.ts_sec)));
+    m.insert("ts_usec".into(), opt(l.time.map(|t| t.ts_usec)));
+    m.insert("vlan_id".into(), Value::Null);
+    payload_field(&mut m, Some(l.payload), None);
+    m.insert("chunks".into(), Value::Array(Vec::new()));
+    m.insert("len".into(), l.encoded_len().into());
+    origin.add_to(&mut m);
+    Value::Object(m)
+}

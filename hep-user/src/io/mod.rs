@@ -1,0 +1,4 @@
+//! Byte movement: TCP stream framing, capture files.
+
+pub mod capture;
+pub mod framer;
