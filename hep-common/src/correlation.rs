@@ -305,3 +305,80 @@ pub fn find_call_id<S: ByteSource + ?Sized>(
     }
     sc.result()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call_id(payload: &[u8]) -> Option<&[u8]> {
+        let (s, e) = find_call_id(payload, 0, payload.len())?;
+        payload.get(s..e)
+    }
+
+    #[test]
+    fn call_id_forms() {
+        let m = b"INVITE sip:b@x SIP/2.0\r\nVia: v\r\nCall-ID: a84b4c76e66710@pc33\r\n\r\n";
+        assert_eq!(call_id(m), Some(&b"a84b4c76e66710@pc33"[..]));
+        let m = b"SIP/2.0 200 OK\nCALL-id\t :\t x y \t\nCSeq: 1\n";
+        assert_eq!(
+            call_id(m),
+            Some(&b"x y"[..]),
+            "LF-only lines, inner space kept, outer trimmed"
+        );
+        let m = b"BYE sip:b@x SIP/2.0\r\ni: compact@h\r\n\r\n";
+        assert_eq!(call_id(m), Some(&b"compact@h"[..]));
+        let m = b"BYE sip:b@x SIP/2.0\r\nI:c";
+        assert_eq!(
+            call_id(m),
+            Some(&b"c"[..]),
+            "value running to the end of the payload"
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_call_id() {
+        // Similar header names, the request line, an empty value, the body.
+        let m = b"Call-ID: first-line\r\nCall-Info: x\r\nIdentity: y\r\ni:\r\n\r\ni: body\r\nCall-ID: body\r\n";
+        assert_eq!(call_id(m), None);
+        // An empty value does not stop the search.
+        let m = b"INVITE x SIP/2.0\r\nCall-ID:   \r\ni: second\r\n";
+        assert_eq!(call_id(m), Some(&b"second"[..]));
+    }
+
+    #[test]
+    fn scan_window_is_bounded() {
+        let mut m = [b'a'; CALLID_SCAN_LIMIT + 64];
+        let head = b"INVITE x SIP/2.0\r\n";
+        m[..head.len()].copy_from_slice(head);
+        // A header line that starts just inside the window is cut at the window's end.
+        let at = CALLID_SCAN_LIMIT - 12;
+        m[at - 2..at].copy_from_slice(b"\r\n");
+        m[at..at + 9].copy_from_slice(b"Call-ID: ");
+        assert_eq!(call_id(&m).map(<[u8]>::len), Some(3));
+        // One that starts past it is not seen.
+        let mut m = [b'a'; CALLID_SCAN_LIMIT + 64];
+        m[..head.len()].copy_from_slice(head);
+        let at = CALLID_SCAN_LIMIT + 2;
+        m[at - 2..at].copy_from_slice(b"\r\n");
+        m[at..at + 9].copy_from_slice(b"Call-ID: ");
+        assert_eq!(call_id(&m), None);
+    }
+
+    #[test]
+    fn hash_is_bounded_and_incremental() {
+        let long = [7u8; 300];
+        assert_eq!(key_hash(&long), key_hash(&long[..KEY_HASH_LIMIT]));
+        assert_ne!(
+            key_hash(&long[..KEY_HASH_LIMIT - 1]),
+            key_hash(&long[..KEY_HASH_LIMIT])
+        );
+        let mut h = KeyHasher::new();
+        for b in b"abc@host" {
+            h.write_byte(*b);
+        }
+        assert_eq!(h.finish(), key_hash(b"abc@host"));
+        // Pinned so the kernel and userspace (and any future rewrite) keep the same hash.
+        assert_eq!(key_hash(b""), 0xefd0_1f60_ba99_2926);
+        assert_eq!(key_hash(b"abc@host"), 0x2dad_3f1e_13ea_f860);
+    }
+}

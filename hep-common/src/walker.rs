@@ -184,3 +184,123 @@ pub fn validate<S: ByteSource + ?Sized>(src: &S) -> Result<usize, HepError> {
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(vendor: u16, kind: u16, value: &[u8]) -> [u8; 64] {
+        let mut c = [0u8; 64];
+        c[0..2].copy_from_slice(&vendor.to_be_bytes());
+        c[2..4].copy_from_slice(&kind.to_be_bytes());
+        c[4..6].copy_from_slice(&((6 + value.len()) as u16).to_be_bytes());
+        c[6..6 + value.len()].copy_from_slice(value);
+        c
+    }
+
+    /// A packet from raw chunk bytes, with the header length set to the real length.
+    fn packet(body: &[u8], out: &mut [u8; 512]) -> usize {
+        let n = 6 + body.len();
+        out[..4].copy_from_slice(b"HEP3");
+        out[4..6].copy_from_slice(&(n as u16).to_be_bytes());
+        out[6..n].copy_from_slice(body);
+        n
+    }
+
+    #[test]
+    fn every_structural_error_is_reported_with_its_offset() {
+        let mut buf = [0u8; 512];
+        // Header problems.
+        assert_eq!(
+            validate(&b"HEP"[..]),
+            Err(HepError::Truncated { needed: 6, have: 3 })
+        );
+        assert_eq!(
+            validate(&b"HEP2\x00\x06"[..]),
+            Err(HepError::UnknownVersion)
+        );
+        assert_eq!(
+            validate(&b"HEP3\x00\x07"[..]),
+            Err(HepError::LengthMismatch {
+                declared: 7,
+                actual: 6
+            })
+        );
+        // An empty packet (no chunks) is structurally valid.
+        assert_eq!(validate(&b"HEP3\x00\x06"[..]), Ok(0));
+        // Chunk header cut short.
+        let n = packet(&[0, 0, 0, 1, 0], &mut buf);
+        assert_eq!(
+            validate(&buf[..n]),
+            Err(HepError::TruncatedChunkHeader { offset: 6 })
+        );
+        // Length below 6.
+        let n = packet(&[0, 0, 0, 1, 0, 5], &mut buf);
+        assert_eq!(
+            validate(&buf[..n]),
+            Err(HepError::ChunkTooShort { offset: 6, len: 5 })
+        );
+        // Length past the end (a lying length).
+        let n = packet(&[0, 0, 0, 0x0f, 0, 9, b'a', b'b'], &mut buf);
+        assert_eq!(
+            validate(&buf[..n]),
+            Err(HepError::ChunkPastEnd {
+                offset: 6,
+                len: 9,
+                end: 14
+            })
+        );
+        // Wrong width of a fixed-width generic chunk; the same type under a vendor is free.
+        let c = chunk(0, 0x000c, &[1, 2]);
+        let n = packet(&c[..8], &mut buf);
+        assert_eq!(
+            validate(&buf[..n]),
+            Err(HepError::BadChunkWidth {
+                offset: 6,
+                kind: 0x000c,
+                len: 2,
+                expected: 4
+            })
+        );
+        let c = chunk(3, 0x000c, &[1, 2]);
+        let n = packet(&c[..8], &mut buf);
+        assert_eq!(validate(&buf[..n]), Ok(1));
+    }
+
+    #[test]
+    fn chunk_count_is_bounded() {
+        let mut buf = [0u8; 512];
+        let empty = chunk(0, 0x0099, &[]);
+        let mut body = [0u8; 6 * (MAX_CHUNKS + 1)];
+        for i in 0..=MAX_CHUNKS {
+            body[i * 6..i * 6 + 6].copy_from_slice(&empty[..6]);
+        }
+        let n = packet(&body[..6 * MAX_CHUNKS], &mut buf);
+        assert_eq!(validate(&buf[..n]), Ok(MAX_CHUNKS));
+        let n = packet(&body, &mut buf);
+        assert_eq!(
+            validate(&buf[..n]),
+            Err(HepError::TooManyChunks {
+                offset: 6 + 6 * MAX_CHUNKS,
+                max: MAX_CHUNKS
+            })
+        );
+    }
+
+    #[test]
+    fn walker_stops_after_an_error() {
+        let mut buf = [0u8; 512];
+        let n = packet(&[0, 0, 0, 1, 0, 7, 2, 0, 0, 0, 1, 0, 2], &mut buf);
+        let mut w = ChunkWalker::new(&buf[..n]).unwrap();
+        assert!(matches!(
+            w.next_chunk(),
+            Ok(Some(ChunkHeader {
+                kind: 1,
+                len: 7,
+                ..
+            }))
+        ));
+        assert!(w.next_chunk().is_err());
+        assert_eq!(w.next_chunk(), Ok(None));
+    }
+}
