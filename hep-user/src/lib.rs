@@ -5,5 +5,6 @@
 //! - [`io`]: TCP framing, capture files.
 
 pub mod cli;
+pub mod config;
 pub mod decode;
 pub mod io;

@@ -1,0 +1,1225 @@
+//! Validation of a [`ConfigFile`] and its compilation into a [`Plan`].
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::{Range, RangeInclusive};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use hep_common::chunk::{self, ChunkId, ValueType, proto};
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::error::{ConfigErrors, Reporter, path_at};
+use super::plan::*;
+use super::schema::*;
+
+/// Defaults that are not spelled out in the file.
+pub mod defaults {
+    /// TCP destination queue, packets.
+    pub const TCP_QUEUE: usize = 10_000;
+    /// Datagrams per recvmmsg/sendmmsg.
+    pub const BATCH: usize = 32;
+    /// UDP receive buffer, bytes.
+    pub const RECV_BUFFER: usize = 8 << 20;
+    /// Dedup memory, packets.
+    pub const DEDUP_ENTRIES: usize = 1 << 20;
+    /// ICMP error hold-down, milliseconds.
+    pub const UDP_ERROR_HOLDDOWN_MS: u64 = 5_000;
+    /// SIGTERM drain bound, milliseconds.
+    pub const DRAIN_TIMEOUT_MS: u64 = 5_000;
+    /// Longest dedup window, milliseconds.
+    pub const MAX_DEDUP_MS: u64 = 60_000;
+}
+
+/// Reads, validates and compiles a configuration file.
+pub fn load(path: &Path) -> Result<Plan, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(src) => compile(path, &src),
+        Err(e) => Err(ConfigErrors(vec![super::error::ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: "(file)".into(),
+            message: format!("cannot read: {e}"),
+            hint: None,
+        }])),
+    }
+}
+
+/// Validates and compiles configuration text; `path` is used in error messages.
+pub fn compile(path: &Path, src: &str) -> Result<Plan, ConfigErrors> {
+    let mut r = Reporter::new(path, src);
+    let file: ConfigFile = match toml::from_str(src) {
+        Ok(f) => f,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim().to_string();
+            let hint = if message.contains("unknown field") {
+                Some("check the spelling; the fields this section takes are listed above".into())
+            } else if message.contains("invalid type") {
+                Some(
+                    "check the value's type (quoted string, number, list [..] or table {..})"
+                        .into(),
+                )
+            } else {
+                None
+            };
+            r.error(span.clone(), path_at(src, span.start), message, hint);
+            return Err(r.finish());
+        }
+    };
+    let mut c = Compiler { r };
+    let plan = c.file(path, file);
+    if c.r.failed() {
+        Err(c.r.finish())
+    } else {
+        Ok(plan)
+    }
+}
+
+struct Compiler<'s> {
+    r: Reporter<'s>,
+}
+
+fn span_of<T>(s: &Spanned<T>) -> Range<usize> {
+    s.span()
+}
+
+/// Names for the hint of an unknown name.
+fn name_list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "(none defined)".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Stable seed of a destination in rendezvous hashing: the key hash of its name.
+fn seed_of(name: &str) -> u64 {
+    hep_common::correlation::key_hash(name.as_bytes())
+}
+
+impl Compiler<'_> {
+    fn file(&mut self, path: &Path, f: ConfigFile) -> Plan {
+        let admin = f
+            .admin
+            .and_then(|a| a.listen)
+            .and_then(|l| self.socket_addr(&l, "admin.listen"));
+        if f.listener.is_empty() {
+            self.r.error(
+                0..0,
+                "listener",
+                "no [[listener]] is configured",
+                Some("add [[listener]] with name = \"agents\" and udp = \"0.0.0.0:9060\"".into()),
+            );
+        }
+        let listeners = self.listeners(&f.listener);
+        let destinations = self.destinations(&f.destination);
+        let names: Vec<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut seen = HashSet::new();
+        let mut routes = Vec::new();
+        for (i, r) in f.route.iter().enumerate() {
+            let field = format!("route[{i}]");
+            let rs = r.get_ref();
+            if !seen.insert(rs.name.get_ref().clone()) {
+                self.r.error(
+                    span_of(&rs.name),
+                    format!("{field}.name"),
+                    format!("route name {:?} is used twice", rs.name.get_ref()),
+                    Some("give every route its own name".into()),
+                );
+            }
+            let matcher = rs
+                .matches
+                .as_ref()
+                .map(|m| self.matcher(m.get_ref(), &format!("{field}.match")))
+                .unwrap_or_default();
+            let action = self.action(
+                rs.action.as_ref(),
+                rs.forward.as_ref(),
+                rs.mode.as_ref(),
+                &names,
+                &field,
+                span_of(r),
+            );
+            let rewrite = rs
+                .rewrite
+                .as_ref()
+                .map(|rw| self.rewrite(rw, &format!("{field}.rewrite")))
+                .unwrap_or_default();
+            if action == Action::Drop && !rewrite.is_empty() {
+                self.r.error(
+                    span_of(rs.rewrite.as_ref().map_or(&rs.name, |_| &rs.name)),
+                    format!("{field}.rewrite"),
+                    "a drop route rewrites nothing",
+                    Some("remove rewrite, or forward the packets".into()),
+                );
+            }
+            let sample_ppm = rs
+                .sample
+                .as_ref()
+                .and_then(|s| self.sample(s, &format!("{field}.sample")));
+            let dedup = rs.dedup.as_ref().and_then(|d| {
+                self.duration(d, &format!("{field}.dedup"), 1, defaults::MAX_DEDUP_MS)
+            });
+            routes.push(RoutePlan {
+                name: rs.name.get_ref().clone(),
+                matcher,
+                action,
+                rewrite,
+                sample_ppm,
+                dedup,
+                continue_: rs.continue_.unwrap_or(false),
+            });
+        }
+        let default = f.default.as_ref().map(|d| {
+            let ds = d.get_ref();
+            let action = self.action(
+                ds.action.as_ref(),
+                ds.forward.as_ref(),
+                ds.mode.as_ref(),
+                &names,
+                "default",
+                span_of(d),
+            );
+            let rewrite = ds
+                .rewrite
+                .as_ref()
+                .map(|rw| self.rewrite(rw, "default.rewrite"))
+                .unwrap_or_default();
+            RoutePlan {
+                name: "default".into(),
+                matcher: Matcher::default(),
+                action,
+                rewrite,
+                sample_ppm: None,
+                dedup: None,
+                continue_: false,
+            }
+        });
+        let invalid = f
+            .invalid
+            .as_ref()
+            .map(|inv| self.targets(&inv.get_ref().forward, &names, "invalid.forward"))
+            .unwrap_or_default();
+        let engine = self.engine(f.engine.as_ref());
+        let xdp = self.xdp(f.xdp.as_ref());
+        Plan {
+            source: path.to_path_buf(),
+            admin,
+            listeners,
+            destinations,
+            routes,
+            default,
+            invalid,
+            engine,
+            xdp,
+        }
+    }
+
+    fn socket_addr(&mut self, s: &Spanned<String>, field: &str) -> Option<SocketAddr> {
+        match SocketAddr::from_str(s.get_ref()) {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.r.error(
+                    span_of(s),
+                    field,
+                    format!("{:?} is not an IP:port address", s.get_ref()),
+                    Some("write e.g. \"0.0.0.0:9060\" or \"[::1]:9060\" (no host names)".into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn prefixes(&mut self, list: &SpannedStrings, field: &str) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (i, p) in list.get_ref().iter().enumerate() {
+            let s = p.get_ref().trim();
+            let parsed = IpNet::from_str(s)
+                .ok()
+                .or_else(|| IpAddr::from_str(s).ok().map(IpNet::from));
+            match parsed {
+                Some(n) => out.push(n.trunc()),
+                None => self.r.error(
+                    span_of(p),
+                    format!("{field}[{i}]"),
+                    format!("{s:?} is not an IP prefix"),
+                    Some("write e.g. \"198.18.0.0/15\", \"::1/128\" or a single address".into()),
+                ),
+            }
+        }
+        out
+    }
+
+    fn listeners(&mut self, list: &[Spanned<ListenerSection>]) -> Vec<ListenerPlan> {
+        let mut out = Vec::new();
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        for (i, l) in list.iter().enumerate() {
+            let field = format!("listener[{i}]");
+            let ls = l.get_ref();
+            if !names.insert(ls.name.get_ref().clone()) {
+                self.r.error(
+                    span_of(&ls.name),
+                    format!("{field}.name"),
+                    format!("listener name {:?} is used twice", ls.name.get_ref()),
+                    None,
+                );
+            }
+            let udp = ls
+                .udp
+                .as_ref()
+                .and_then(|a| self.socket_addr(a, &format!("{field}.udp")));
+            let tcp = ls
+                .tcp
+                .as_ref()
+                .and_then(|a| self.socket_addr(a, &format!("{field}.tcp")));
+            if ls.udp.is_none() && ls.tcp.is_none() {
+                self.r.error(
+                    span_of(l),
+                    field.clone(),
+                    "a listener needs udp or tcp (or both)",
+                    Some("add udp = \"0.0.0.0:9060\"".into()),
+                );
+            }
+            for (kind, a, s) in [("udp", udp, &ls.udp), ("tcp", tcp, &ls.tcp)] {
+                if let (Some(a), Some(s)) = (a, s)
+                    && !addrs.insert((kind, a))
+                {
+                    self.r.error(
+                        span_of(s),
+                        format!("{field}.{kind}"),
+                        format!("{kind} {a} is already used by another listener"),
+                        None,
+                    );
+                }
+            }
+            let allow = ls
+                .allow
+                .as_ref()
+                .map(|a| self.prefixes(a, &format!("{field}.allow")));
+            out.push(ListenerPlan {
+                name: ls.name.get_ref().clone(),
+                udp,
+                tcp,
+                auth_key: ls
+                    .auth_key
+                    .as_ref()
+                    .map(|k| k.get_ref().as_bytes().to_vec()),
+                allow,
+            });
+        }
+        out
+    }
+
+    fn destinations(&mut self, list: &[Spanned<DestinationSection>]) -> Vec<DestinationPlan> {
+        let mut out = Vec::new();
+        let mut names = HashSet::new();
+        for (i, d) in list.iter().enumerate() {
+            let field = format!("destination[{i}]");
+            let ds = d.get_ref();
+            let name = ds.name.get_ref().clone();
+            if !names.insert(name.clone()) {
+                self.r.error(
+                    span_of(&ds.name),
+                    format!("{field}.name"),
+                    format!("destination name {name:?} is used twice"),
+                    None,
+                );
+            }
+            let address = self.socket_addr(&ds.address, &format!("{field}.address"));
+            let transport = match ds.transport.as_ref().map(|t| t.get_ref().as_str()) {
+                None | Some("udp") => Transport::Udp,
+                Some("tcp") => Transport::Tcp,
+                Some(other) => {
+                    let s = ds.transport.as_ref().map_or(0..0, span_of);
+                    self.r.error(
+                        s,
+                        format!("{field}.transport"),
+                        format!("unknown transport {other:?}"),
+                        Some("use \"udp\" or \"tcp\"".into()),
+                    );
+                    Transport::Udp
+                }
+            };
+            let hep_version = match ds.hep_version.as_ref() {
+                None => 3,
+                Some(v) if *v.get_ref() == 3 || *v.get_ref() == 2 => *v.get_ref() as u8,
+                Some(v) => {
+                    self.r.error(
+                        span_of(v),
+                        format!("{field}.hep_version"),
+                        format!("HEP version {} cannot be sent", v.get_ref()),
+                        Some("use 3, or 2 for old collectors".into()),
+                    );
+                    3
+                }
+            };
+            if hep_version == 2 && transport == Transport::Tcp {
+                let s = ds.hep_version.as_ref().map_or(0..0, span_of);
+                self.r.error(
+                    s,
+                    format!("{field}.hep_version"),
+                    "HEPv2 exists on UDP only",
+                    Some("use transport = \"udp\" for a v2 collector, or hep_version = 3".into()),
+                );
+            }
+            if hep_version == 2 && ds.set_auth_key.is_some() {
+                let s = ds.set_auth_key.as_ref().map_or(0..0, span_of);
+                self.r.error(
+                    s,
+                    format!("{field}.set_auth_key"),
+                    "HEPv2 has no auth key chunk",
+                    Some("remove set_auth_key or send HEPv3".into()),
+                );
+            }
+            let queue = match ds.queue.as_ref() {
+                None => defaults::TCP_QUEUE,
+                Some(q) if (1..=10_000_000).contains(q.get_ref()) => *q.get_ref() as usize,
+                Some(q) => {
+                    self.r.error(
+                        span_of(q),
+                        format!("{field}.queue"),
+                        format!("queue {} is out of range", q.get_ref()),
+                        Some("use 1 to 10000000 packets".into()),
+                    );
+                    defaults::TCP_QUEUE
+                }
+            };
+            if let Some(address) = address {
+                out.push(DestinationPlan {
+                    hash_seed: seed_of(&name),
+                    name,
+                    address,
+                    transport,
+                    hep_version,
+                    set_auth_key: ds
+                        .set_auth_key
+                        .as_ref()
+                        .map(|k| k.get_ref().as_bytes().to_vec()),
+                    queue,
+                });
+            }
+        }
+        out
+    }
+
+    fn targets(&mut self, list: &SpannedStrings, names: &[String], field: &str) -> Vec<usize> {
+        let mut out = Vec::new();
+        let known: Vec<&str> = names.iter().map(String::as_str).collect();
+        for (i, n) in list.get_ref().iter().enumerate() {
+            match names.iter().position(|d| d == n.get_ref()) {
+                Some(idx) if out.contains(&idx) => self.r.error(
+                    span_of(n),
+                    format!("{field}[{i}]"),
+                    format!("destination {:?} is listed twice", n.get_ref()),
+                    None,
+                ),
+                Some(idx) => out.push(idx),
+                None => self.r.error(
+                    span_of(n),
+                    format!("{field}[{i}]"),
+                    format!("unknown destination {:?}", n.get_ref()),
+                    Some(format!("defined destinations: {}", name_list(&known))),
+                ),
+            }
+        }
+        if list.get_ref().is_empty() {
+            self.r.error(
+                span_of(list),
+                field,
+                "the list is empty",
+                Some("name at least one [[destination]]".into()),
+            );
+        }
+        out
+    }
+
+    fn action(
+        &mut self,
+        action: Option<&Spanned<String>>,
+        forward: Option<&SpannedStrings>,
+        mode: Option<&Spanned<String>>,
+        names: &[String],
+        field: &str,
+        whole: Range<usize>,
+    ) -> Action {
+        let is_drop = match action.map(|a| a.get_ref().as_str()) {
+            None | Some("forward") => false,
+            Some("drop") => true,
+            Some(other) => {
+                let s = action.map_or(whole.clone(), span_of);
+                self.r.error(
+                    s,
+                    format!("{field}.action"),
+                    format!("unknown action {other:?}"),
+                    Some("use \"forward\" (the default when forward is given) or \"drop\"".into()),
+                );
+                false
+            }
+        };
+        if is_drop {
+            if let Some(f) = forward {
+                self.r.error(
+                    span_of(f),
+                    format!("{field}.forward"),
+                    "a drop route forwards nowhere",
+                    Some("remove forward, or remove action = \"drop\"".into()),
+                );
+            }
+            if let Some(m) = mode {
+                self.r.error(
+                    span_of(m),
+                    format!("{field}.mode"),
+                    "a drop route has no mode",
+                    Some("remove mode".into()),
+                );
+            }
+            return Action::Drop;
+        }
+        let Some(forward) = forward else {
+            self.r.error(
+                whole,
+                field,
+                "nothing to do: neither forward nor action = \"drop\"",
+                Some("add forward = [\"<destination>\"] or action = \"drop\"".into()),
+            );
+            return Action::Drop;
+        };
+        let targets = self.targets(forward, names, &format!("{field}.forward"));
+        let mode = match mode.map(|m| m.get_ref().as_str()) {
+            None | Some("all") => Mode::All,
+            Some("hash") => Mode::Hash,
+            Some("round-robin") => Mode::RoundRobin,
+            Some("failover") => Mode::Failover,
+            Some(other) => {
+                let s = mode.map_or(0..0, span_of);
+                self.r.error(s, format!("{field}.mode"), format!("unknown mode {other:?}"), Some("use \"all\" (mirror), \"hash\" (call-sticky), \"round-robin\" or \"failover\"".into()));
+                Mode::All
+            }
+        };
+        Action::Forward { targets, mode }
+    }
+
+    fn u32_ranges(
+        &mut self,
+        list: &SpannedValues,
+        field: &str,
+        max: u64,
+    ) -> Vec<RangeInclusive<u64>> {
+        let mut out = Vec::new();
+        for (i, v) in list.get_ref().iter().enumerate() {
+            let f = format!("{field}[{i}]");
+            let bad = |r: &mut Reporter<'_>, msg: String| {
+                r.error(
+                    span_of(v),
+                    f.clone(),
+                    msg,
+                    Some(format!("write a number or a range \"A-B\" within 0-{max}")),
+                );
+            };
+            match v.get_ref() {
+                toml::Value::Integer(n) if *n >= 0 && (*n as u64) <= max => {
+                    out.push(*n as u64..=*n as u64)
+                }
+                toml::Value::String(s) => {
+                    let parsed = s.split_once('-').and_then(|(a, b)| {
+                        Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?))
+                    });
+                    match parsed {
+                        Some((a, b)) if a <= b && b <= max => out.push(a..=b),
+                        _ => bad(&mut self.r, format!("{s:?} is not a range")),
+                    }
+                }
+                other => bad(&mut self.r, format!("{other} is not a number or a range")),
+            }
+        }
+        out
+    }
+
+    fn matcher(&mut self, m: &MatchSection, field: &str) -> Matcher {
+        let proto = m.proto.as_ref().map(|list| {
+            let mut out = Vec::new();
+            for (i, v) in list.get_ref().iter().enumerate() {
+                let value = match v.get_ref() {
+                    toml::Value::Integer(n) if (0..=255).contains(n) => Some(*n as u8),
+                    toml::Value::String(s) => proto::by_name(s),
+                    _ => None,
+                };
+                match value {
+                    Some(p) => out.push(p),
+                    None => {
+                        let names: Vec<&str> = proto::NAMES.iter().map(|(_, n)| *n).collect();
+                        self.r.error(
+                            span_of(v),
+                            format!("{field}.proto[{i}]"),
+                            format!("{} is not a protocol type", v.get_ref()),
+                            Some(format!(
+                                "use a number 0-255 or one of: {}",
+                                names.join(", ")
+                            )),
+                        );
+                    }
+                }
+            }
+            out
+        });
+        let capture_id = m.capture_id.as_ref().map(|l| {
+            self.u32_ranges(l, &format!("{field}.capture_id"), u32::MAX as u64)
+                .into_iter()
+                .map(|r| *r.start() as u32..=*r.end() as u32)
+                .collect()
+        });
+        let inner_port = m.inner_port.as_ref().map(|l| {
+            self.u32_ranges(l, &format!("{field}.inner_port"), u16::MAX as u64)
+                .into_iter()
+                .map(|r| *r.start() as u16..=*r.end() as u16)
+                .collect()
+        });
+        let node_name = m.node_name.as_ref().map(|l| {
+            l.get_ref()
+                .iter()
+                .map(|s| s.get_ref().as_bytes().to_vec())
+                .collect()
+        });
+        let source = m
+            .source
+            .as_ref()
+            .map(|l| self.prefixes(l, &format!("{field}.source")));
+        let inner_src = m
+            .inner_src
+            .as_ref()
+            .map(|l| self.prefixes(l, &format!("{field}.inner_src")));
+        let inner_dst = m
+            .inner_dst
+            .as_ref()
+            .map(|l| self.prefixes(l, &format!("{field}.inner_dst")));
+        let correlation = m.correlation.as_ref().map(|c| {
+            let c = c.get_ref();
+            let mut strings = |v: &Option<Spanned<toml::Value>>, key: &str| -> Vec<Vec<u8>> {
+                let Some(v) = v else { return Vec::new() };
+                match v.get_ref() {
+                    toml::Value::String(s) => vec![s.as_bytes().to_vec()],
+                    toml::Value::Array(a) if !a.is_empty() && a.iter().all(|x| x.is_str()) => a
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .map(|s| s.as_bytes().to_vec())
+                        .collect(),
+                    _ => {
+                        self.r.error(
+                            span_of(v),
+                            format!("{field}.correlation.{key}"),
+                            "expected a string or a list of strings",
+                            None,
+                        );
+                        Vec::new()
+                    }
+                }
+            };
+            let none_given =
+                c.exact.is_none() && c.prefix.is_none() && c.suffix.is_none() && c.domain.is_none();
+            let cm = CorrelationMatcher {
+                exact: strings(&c.exact, "exact"),
+                prefix: strings(&c.prefix, "prefix"),
+                suffix: strings(&c.suffix, "suffix"),
+                domain: strings(&c.domain, "domain"),
+            };
+            if none_given {
+                let s = m.correlation.as_ref().map_or(0..0, span_of);
+                self.r.error(
+                    s,
+                    format!("{field}.correlation"),
+                    "no test given",
+                    Some("use exact, prefix, suffix or domain".into()),
+                );
+            }
+            cm
+        });
+        Matcher {
+            proto,
+            capture_id,
+            node_name,
+            source,
+            inner_src,
+            inner_dst,
+            inner_port,
+            correlation,
+        }
+    }
+
+    /// Resolves a chunk named in a rewrite: a generic name, `"0xNNNN"`, or `{vendor, type}`.
+    fn chunk_id(
+        &mut self,
+        v: &Spanned<toml::Value>,
+        field: &str,
+    ) -> Option<(ChunkId, Option<ValueType>)> {
+        let hint = || {
+            let names: Vec<&str> = chunk::GENERIC_CHUNKS.iter().map(|(_, n, _)| *n).collect();
+            Some(format!(
+                "name a chunk ({}), a generic type \"0x0013\", or {{ vendor = 3, type = 0x0100 }}",
+                names.join(", ")
+            ))
+        };
+        match v.get_ref() {
+            toml::Value::String(s) => {
+                if let Some((kind, t)) = chunk::generic_by_name(s) {
+                    return Some((ChunkId::generic(kind), Some(t)));
+                }
+                if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))
+                    && let Ok(kind) = u16::from_str_radix(hex, 16)
+                {
+                    return Some((ChunkId::generic(kind), chunk::generic_type(kind)));
+                }
+                self.r
+                    .error(span_of(v), field, format!("unknown chunk {s:?}"), hint());
+                None
+            }
+            toml::Value::Integer(n) if (0..=0xffff).contains(n) => {
+                let kind = *n as u16;
+                Some((ChunkId::generic(kind), chunk::generic_type(kind)))
+            }
+            toml::Value::Table(t) => {
+                let num = |k: &str| {
+                    t.get(k)
+                        .and_then(|x| x.as_integer())
+                        .filter(|n| (0..=0xffff).contains(n))
+                        .map(|n| n as u16)
+                };
+                match (num("vendor"), num("type"), t.len()) {
+                    (Some(vendor), Some(kind), 2) => {
+                        let vt = if vendor == chunk::VENDOR_GENERIC {
+                            chunk::generic_type(kind)
+                        } else {
+                            None
+                        };
+                        Some((ChunkId { vendor, kind }, vt))
+                    }
+                    _ => {
+                        self.r.error(
+                            span_of(v),
+                            field,
+                            "a chunk table needs exactly vendor and type, each 0-65535",
+                            hint(),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.r.error(span_of(v), field, "not a chunk name", hint());
+                None
+            }
+        }
+    }
+
+    fn rewrite(&mut self, list: &Spanned<Vec<Spanned<RewriteEntry>>>, field: &str) -> Vec<Edit> {
+        let mut out = Vec::new();
+        for (i, e) in list.get_ref().iter().enumerate() {
+            let f = format!("{field}[{i}]");
+            let es = e.get_ref();
+            match (&es.set, &es.delete) {
+                (Some(target), None) => {
+                    let Some((id, vt)) = self.chunk_id(target, &format!("{f}.set")) else {
+                        continue;
+                    };
+                    let Some(value) = &es.value else {
+                        self.r
+                            .error(span_of(e), format!("{f}.value"), "set needs a value", None);
+                        continue;
+                    };
+                    if let Some(v) =
+                        self.encode_value(value, vt, es.width.as_ref(), &format!("{f}.value"))
+                    {
+                        out.push(Edit { id, value: Some(v) });
+                    }
+                }
+                (None, Some(target)) => {
+                    if es.value.is_some() {
+                        self.r.error(
+                            span_of(e),
+                            format!("{f}.value"),
+                            "delete takes no value",
+                            None,
+                        );
+                    }
+                    if let Some((id, _)) = self.chunk_id(target, &format!("{f}.delete")) {
+                        out.push(Edit { id, value: None });
+                    }
+                }
+                _ => self.r.error(
+                    span_of(e),
+                    f,
+                    "a rewrite entry is { set = CHUNK, value = V } or { delete = CHUNK }",
+                    None,
+                ),
+            }
+        }
+        out
+    }
+
+    fn encode_value(
+        &mut self,
+        v: &Spanned<toml::Value>,
+        vt: Option<ValueType>,
+        width: Option<&Spanned<i64>>,
+        field: &str,
+    ) -> Option<Vec<u8>> {
+        let int = |w: usize, n: i64| -> Option<Vec<u8>> {
+            let max: u128 = if w == 8 {
+                u64::MAX as u128
+            } else {
+                (1u128 << (8 * w)) - 1
+            };
+            if n < 0 || n as u128 > max {
+                return None;
+            }
+            Some((n as u64).to_be_bytes()[8 - w..].to_vec())
+        };
+        let bad = |r: &mut Reporter<'_>, msg: String, hint: &str| {
+            r.error(span_of(v), field, msg, Some(hint.to_string()));
+            None
+        };
+        match (vt, v.get_ref()) {
+            (Some(ValueType::Octets) | None, toml::Value::String(s)) => Some(s.as_bytes().to_vec()),
+            (None, toml::Value::Integer(n)) => match width.map(|w| *w.get_ref()) {
+                Some(w @ (1 | 2 | 4 | 8)) => int(w as usize, *n).or_else(|| {
+                    bad(
+                        &mut self.r,
+                        format!("{n} does not fit in {w} bytes"),
+                        "use a smaller number or a larger width",
+                    )
+                }),
+                _ => bad(
+                    &mut self.r,
+                    "an integer for a chunk of unknown type needs a width".into(),
+                    "add width = 1, 2, 4 or 8 (bytes), or give a string value",
+                ),
+            },
+            (
+                Some(t @ (ValueType::U8 | ValueType::U16 | ValueType::U32 | ValueType::U64)),
+                toml::Value::Integer(n),
+            ) => {
+                let w = t.width().unwrap_or(8);
+                int(w, *n).or_else(|| {
+                    bad(
+                        &mut self.r,
+                        format!("{n} does not fit the chunk's {w} bytes"),
+                        "use a value within the chunk's range",
+                    )
+                })
+            }
+            (Some(ValueType::U8), toml::Value::String(s)) if proto::by_name(s).is_some() => {
+                proto::by_name(s).map(|p| vec![p])
+            }
+            (Some(ValueType::Inet4), toml::Value::String(s)) => {
+                match std::net::Ipv4Addr::from_str(s) {
+                    Ok(a) => Some(a.octets().to_vec()),
+                    Err(_) => bad(
+                        &mut self.r,
+                        format!("{s:?} is not an IPv4 address"),
+                        "write e.g. \"198.18.0.1\"",
+                    ),
+                }
+            }
+            (Some(ValueType::Inet6), toml::Value::String(s)) => {
+                match std::net::Ipv6Addr::from_str(s) {
+                    Ok(a) => Some(a.octets().to_vec()),
+                    Err(_) => bad(
+                        &mut self.r,
+                        format!("{s:?} is not an IPv6 address"),
+                        "write e.g. \"2001:db8::1\"",
+                    ),
+                }
+            }
+            (Some(t), other) => bad(
+                &mut self.r,
+                format!("{other} does not fit a chunk of type {t:?}"),
+                "numbers for integer chunks, strings for text, addresses as strings",
+            ),
+            (None, other) => bad(
+                &mut self.r,
+                format!("{other} cannot be a chunk value"),
+                "use a string, or an integer with width",
+            ),
+        }
+    }
+
+    fn sample(&mut self, s: &Spanned<toml::Value>, field: &str) -> Option<u32> {
+        let f = match s.get_ref() {
+            toml::Value::Float(f) => Some(*f),
+            toml::Value::Integer(n) => Some(*n as f64),
+            _ => None,
+        };
+        match f {
+            Some(f) if (0.0..=1.0).contains(&f) => Some((f * 1_000_000.0).round() as u32),
+            _ => {
+                self.r.error(
+                    span_of(s),
+                    field,
+                    format!("{} is not a fraction", s.get_ref()),
+                    Some(
+                        "use a number from 0.0 to 1.0, e.g. 0.25 to keep a quarter of the calls"
+                            .into(),
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        s: &Spanned<String>,
+        field: &str,
+        min_ms: u64,
+        max_ms: u64,
+    ) -> Option<Duration> {
+        match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if d.as_millis() >= min_ms as u128 && d.as_millis() <= max_ms as u128 => Some(d),
+            Ok(_) => {
+                self.r.error(
+                    span_of(s),
+                    field,
+                    format!("{:?} is out of range", s.get_ref()),
+                    Some(format!("use {min_ms}ms to {max_ms}ms")),
+                );
+                None
+            }
+            Err(e) => {
+                self.r.error(
+                    span_of(s),
+                    field,
+                    format!("{:?} is not a duration: {e}", s.get_ref()),
+                    Some("write e.g. \"500ms\" or \"2s\"".into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn bounded(
+        &mut self,
+        v: Option<&Spanned<i64>>,
+        field: &str,
+        range: RangeInclusive<i64>,
+        default: usize,
+    ) -> usize {
+        match v {
+            None => default,
+            Some(n) if range.contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.r.error(
+                    span_of(n),
+                    field,
+                    format!("{} is out of range", n.get_ref()),
+                    Some(format!("use {} to {}", range.start(), range.end())),
+                );
+                default
+            }
+        }
+    }
+
+    fn engine(&mut self, e: Option<&Spanned<EngineSection>>) -> EngineTuning {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let es = e.map(|e| e.get_ref());
+        let workers = self.bounded(
+            es.and_then(|e| e.workers.as_ref()),
+            "engine.workers",
+            1..=256,
+            cores,
+        );
+        let batch = self.bounded(
+            es.and_then(|e| e.batch.as_ref()),
+            "engine.batch",
+            1..=1024,
+            defaults::BATCH,
+        );
+        let recv_buffer = self.bounded(
+            es.and_then(|e| e.recv_buffer.as_ref()),
+            "engine.recv_buffer",
+            4096..=(1 << 30),
+            defaults::RECV_BUFFER,
+        );
+        let dedup_entries = self.bounded(
+            es.and_then(|e| e.dedup_entries.as_ref()),
+            "engine.dedup_entries",
+            1..=(1 << 26),
+            defaults::DEDUP_ENTRIES,
+        );
+        let udp_error_holddown = es
+            .and_then(|e| e.udp_error_holddown.as_ref())
+            .and_then(|d| self.duration(d, "engine.udp_error_holddown", 1, 3_600_000))
+            .unwrap_or(Duration::from_millis(defaults::UDP_ERROR_HOLDDOWN_MS));
+        let drain_timeout = es
+            .and_then(|e| e.drain_timeout.as_ref())
+            .and_then(|d| self.duration(d, "engine.drain_timeout", 0, 600_000))
+            .unwrap_or(Duration::from_millis(defaults::DRAIN_TIMEOUT_MS));
+        EngineTuning {
+            workers,
+            batch,
+            recv_buffer,
+            dedup_entries,
+            udp_error_holddown,
+            drain_timeout,
+        }
+    }
+
+    fn xdp(&mut self, x: Option<&Spanned<XdpSection>>) -> XdpPlan {
+        let xs = x.map(|x| x.get_ref());
+        let interfaces = xs
+            .and_then(|x| x.interfaces.as_ref())
+            .map(|l| l.get_ref().iter().map(|s| s.get_ref().clone()).collect())
+            .unwrap_or_default();
+        let attach = match xs.and_then(|x| x.attach.as_ref()) {
+            None => AttachMode::Native,
+            Some(a) if a.get_ref() == "native" => AttachMode::Native,
+            Some(a) if a.get_ref() == "skb" => AttachMode::Skb,
+            Some(a) => {
+                self.r.error(
+                    span_of(a),
+                    "xdp.attach",
+                    format!("unknown attach mode {:?}", a.get_ref()),
+                    Some("use \"native\" or \"skb\"".into()),
+                );
+                AttachMode::Native
+            }
+        };
+        XdpPlan { interfaces, attach }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile_str(src: &str) -> Result<Plan, ConfigErrors> {
+        compile(Path::new("t.toml"), src)
+    }
+
+    fn one_error(src: &str) -> super::super::ConfigError {
+        let errs = compile_str(src).expect_err("must be rejected").0;
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        errs.into_iter().next().unwrap()
+    }
+
+    const BASE: &str = "[[listener]]\nname = \"l\"\nudp = \"127.0.0.1:9060\"\n[[destination]]\nname = \"a\"\naddress = \"127.0.0.1:9061\"\n[[destination]]\nname = \"b\"\naddress = \"127.0.0.1:9062\"\ntransport = \"tcp\"\n";
+
+    #[test]
+    fn the_reference_example_compiles_as_its_comments_say() {
+        let src = include_str!("../../../config/example.toml");
+        let p = compile(Path::new("config/example.toml"), src).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.admin, Some("127.0.0.1:9100".parse().unwrap()));
+        let l = &p.listeners[0];
+        assert_eq!(l.auth_key.as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(l.allow.as_ref().unwrap().len(), 2);
+        assert_eq!(p.destinations[1].transport, Transport::Tcp);
+        assert_eq!(p.destinations[0].hep_version, 3);
+        let r = &p.routes[0];
+        assert_eq!(
+            r.action,
+            Action::Forward {
+                targets: vec![0, 1],
+                mode: Mode::Hash
+            }
+        );
+        assert_eq!(r.matcher.proto, Some(vec![1]));
+        assert_eq!(
+            r.matcher.correlation.as_ref().unwrap().suffix,
+            vec![b"@carrier.example".to_vec()]
+        );
+        assert_eq!(
+            r.rewrite,
+            vec![
+                Edit {
+                    id: ChunkId::generic(0x000c),
+                    value: Some(vec![0, 0, 0, 42])
+                },
+                Edit {
+                    id: ChunkId::generic(0x0013),
+                    value: Some(b"edge-1".to_vec())
+                },
+                Edit {
+                    id: ChunkId::generic(0x000e),
+                    value: None
+                },
+                Edit {
+                    id: ChunkId {
+                        vendor: 3,
+                        kind: 0x0100
+                    },
+                    value: Some(b"x".to_vec())
+                },
+            ]
+        );
+        let r = &p.routes[1];
+        assert_eq!(r.matcher.capture_id, Some(vec![2000..=2999]));
+        assert_eq!(r.sample_ppm, Some(250_000));
+        assert_eq!(
+            r.matcher.source.as_ref().unwrap()[0].to_string(),
+            "198.18.1.0/24"
+        );
+        assert_eq!(p.routes[2].action, Action::Drop);
+        assert_eq!(p.routes[2].matcher.proto, Some(vec![100]));
+        assert_eq!(
+            p.default.as_ref().unwrap().action,
+            Action::Forward {
+                targets: vec![0],
+                mode: Mode::All
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_column_field_and_hint() {
+        let src = format!("{BASE}[[route]]\nname = \"r\"\nforward = [\"a\", \"homer-c\"]\n");
+        let e = one_error(&src);
+        assert_eq!((e.line, e.column), (13, 17));
+        assert_eq!(e.field, "route[0].forward[1]");
+        assert!(e.message.contains("unknown destination \"homer-c\""));
+        assert_eq!(e.hint.as_deref(), Some("defined destinations: a, b"));
+        assert_eq!(
+            e.to_string().lines().next().unwrap(),
+            "t.toml:13:17: route[0].forward[1]: unknown destination \"homer-c\""
+        );
+
+        // Syntax and schema errors from the TOML parser carry a position and a path too.
+        let e = one_error(&format!(
+            "{BASE}[[route]]\nname = \"r\"\nfoward = [\"a\"]\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (13, "route[0].foward"));
+        assert!(
+            e.message.contains("unknown field `foward`"),
+            "{}",
+            e.message
+        );
+        let e = one_error(&format!(
+            "{BASE}[[route]]\nname = \"r\"\nforward = [\"a\"\n"
+        ));
+        assert_eq!(e.line, 14);
+    }
+
+    #[test]
+    fn each_field_is_checked() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "mode = \"sticky\"\nforward = [\"a\"]",
+                "route[0].mode",
+                "unknown mode",
+            ),
+            (
+                "action = \"drop\"\nforward = [\"a\"]",
+                "route[0].forward",
+                "forwards nowhere",
+            ),
+            (
+                "forward = [\"a\", \"a\"]",
+                "route[0].forward[1]",
+                "listed twice",
+            ),
+            ("forward = []", "route[0].forward", "empty"),
+            (
+                "forward = [\"a\"]\nsample = 1.5",
+                "route[0].sample",
+                "not a fraction",
+            ),
+            (
+                "forward = [\"a\"]\ndedup = \"soon\"",
+                "route[0].dedup",
+                "not a duration",
+            ),
+            (
+                "forward = [\"a\"]\ndedup = \"2h\"",
+                "route[0].dedup",
+                "out of range",
+            ),
+            (
+                "forward = [\"a\"]\nmatch = { proto = [\"sipp\"] }",
+                "route[0].match.proto[0]",
+                "not a protocol type",
+            ),
+            (
+                "forward = [\"a\"]\nmatch = { capture_id = [\"9-1\"] }",
+                "route[0].match.capture_id[0]",
+                "not a range",
+            ),
+            (
+                "forward = [\"a\"]\nmatch = { source = [\"10.0.0.0/33\"] }",
+                "route[0].match.source[0]",
+                "not an IP prefix",
+            ),
+            (
+                "forward = [\"a\"]\nmatch = { inner_port = [70000] }",
+                "route[0].match.inner_port[0]",
+                "not a number",
+            ),
+            (
+                "forward = [\"a\"]\nmatch = { correlation = { suffix = 3 } }",
+                "route[0].match.correlation.suffix",
+                "string",
+            ),
+            (
+                "forward = [\"a\"]\nrewrite = [{ set = \"capture_id\", value = 4294967296 }]",
+                "route[0].rewrite[0].value",
+                "does not fit",
+            ),
+            (
+                "forward = [\"a\"]\nrewrite = [{ set = \"src_ipv4\", value = \"::1\" }]",
+                "route[0].rewrite[0].value",
+                "not an IPv4",
+            ),
+            (
+                "forward = [\"a\"]\nrewrite = [{ set = \"nodename\", value = \"x\" }]",
+                "route[0].rewrite[0].set",
+                "unknown chunk",
+            ),
+            (
+                "forward = [\"a\"]\nrewrite = [{ set = { vendor = 3, type = 1 }, value = 7 }]",
+                "route[0].rewrite[0].value",
+                "needs a width",
+            ),
+            (
+                "forward = [\"a\"]\nrewrite = [{ delete = \"auth_key\", value = \"x\" }]",
+                "route[0].rewrite[0].value",
+                "takes no value",
+            ),
+            ("", "route[0]", "nothing to do"),
+        ];
+        for (body, field, msg) in cases {
+            let src = format!("{BASE}[[route]]\nname = \"r\"\n{body}\n");
+            let e = one_error(&src);
+            assert_eq!(e.field, *field, "{body}: {e}");
+            assert!(e.message.contains(msg), "{body}: {e}");
+        }
+        let e = one_error("[[listener]]\nname = \"l\"\n");
+        assert!(e.message.contains("needs udp or tcp"));
+        let e = one_error(&format!(
+            "{BASE}[[destination]]\nname = \"v2\"\naddress = \"127.0.0.1:1\"\ntransport = \"tcp\"\nhep_version = 2\n"
+        ));
+        assert_eq!(e.field, "destination[2].hep_version");
+        let e = one_error(&format!(
+            "{BASE}[[destination]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"
+        ));
+        assert_eq!(e.field, "destination[2].name");
+        let e = one_error(&format!(
+            "{BASE}[[destination]]\nname = \"c\"\naddress = \"collector:9060\"\n"
+        ));
+        assert!(e.hint.unwrap().contains("no host names"));
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let src = format!(
+            "{BASE}[[route]]\nname = \"r\"\nforward = [\"x\"]\nmode = \"m\"\n[[route]]\nname = \"r\"\naction = \"drop\"\n"
+        );
+        let errs = compile_str(&src).unwrap_err().0;
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["route[0].forward[0]", "route[0].mode", "route[1].name"]
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! The compiled configuration: names resolved to indices, addresses and prefixes parsed,
+//! values encoded. This is what the engine (and the XDP loader) run from.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hep_common::chunk::ChunkId;
+use ipnet::IpNet;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The file it came from.
+    pub source: PathBuf,
+    /// HTTP address for `/metrics` and `/healthz`.
+    pub admin: Option<SocketAddr>,
+    /// Where HEP is received.
+    pub listeners: Vec<ListenerPlan>,
+    /// Where HEP is sent.
+    pub destinations: Vec<DestinationPlan>,
+    /// Routes, in order.
+    pub routes: Vec<RoutePlan>,
+    /// What happens to packets no route took (`None`: dropped and counted as unrouted).
+    pub default: Option<RoutePlan>,
+    /// Destinations that receive unparseable packets unchanged (empty: dropped, counted).
+    pub invalid: Vec<usize>,
+    /// Engine tuning.
+    pub engine: EngineTuning,
+    /// The kernel data plane.
+    pub xdp: XdpPlan,
+}
+
+/// A listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerPlan {
+    /// Name (metrics label).
+    pub name: String,
+    /// UDP address.
+    pub udp: Option<SocketAddr>,
+    /// TCP address.
+    pub tcp: Option<SocketAddr>,
+    /// Packets without exactly this chunk 0x000e are dropped and counted.
+    pub auth_key: Option<Vec<u8>>,
+    /// Only senders inside these prefixes are accepted (`None`: everyone).
+    pub allow: Option<Vec<IpNet>>,
+}
+
+/// Transport of a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// One HEP packet per datagram.
+    Udp,
+    /// A stream of HEPv3 packets.
+    Tcp,
+}
+
+/// A destination (collector).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationPlan {
+    /// Name (metrics label).
+    pub name: String,
+    /// Collector address.
+    pub address: SocketAddr,
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// 3, or 2 for old collectors (UDP only).
+    pub hep_version: u8,
+    /// Written into chunk 0x000e on the way out (HEPv3 only).
+    pub set_auth_key: Option<Vec<u8>>,
+    /// TCP: packets queued while the collector is slow or away; more are dropped, counted.
+    pub queue: usize,
+    /// Stable seed of this destination in call-sticky hashing (from its name).
+    pub hash_seed: u64,
+}
+
+/// How a route spreads packets over its destinations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A copy to every destination (mirror).
+    All,
+    /// One destination per call: rendezvous hashing of the correlation key.
+    Hash,
+    /// Destinations in turn.
+    RoundRobin,
+    /// The first healthy destination.
+    Failover,
+}
+
+impl Mode {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::All => "all",
+            Mode::Hash => "hash",
+            Mode::RoundRobin => "round-robin",
+            Mode::Failover => "failover",
+        }
+    }
+}
+
+/// What a route does with the packets it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Drop them (counted).
+    Drop,
+    /// Send them on.
+    Forward {
+        /// Destination indices, in configuration order.
+        targets: Vec<usize>,
+        /// How to choose among them.
+        mode: Mode,
+    },
+}
+
+/// One chunk edit: set to a value, or delete (`value: None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    /// The chunk.
+    pub id: ChunkId,
+    /// The new value, encoded; `None` deletes.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Tests on the correlation key; every list given must have a match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorrelationMatcher {
+    /// Whole key equals one of these.
+    pub exact: Vec<Vec<u8>>,
+    /// Key starts with one of these.
+    pub prefix: Vec<Vec<u8>>,
+    /// Key ends with one of these.
+    pub suffix: Vec<Vec<u8>>,
+    /// The part after the last `@` equals one of these.
+    pub domain: Vec<Vec<u8>>,
+}
+
+/// A route's match keys; every key given must match, and within a key any value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matcher {
+    /// Protocol types.
+    pub proto: Option<Vec<u8>>,
+    /// Capture id ranges.
+    pub capture_id: Option<Vec<RangeInclusive<u32>>>,
+    /// Node names.
+    pub node_name: Option<Vec<Vec<u8>>>,
+    /// Sender prefixes.
+    pub source: Option<Vec<IpNet>>,
+    /// Inner source prefixes.
+    pub inner_src: Option<Vec<IpNet>>,
+    /// Inner destination prefixes.
+    pub inner_dst: Option<Vec<IpNet>>,
+    /// Inner port ranges (source or destination port).
+    pub inner_port: Option<Vec<RangeInclusive<u16>>>,
+    /// Correlation key tests.
+    pub correlation: Option<CorrelationMatcher>,
+}
+
+/// A route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePlan {
+    /// Name (metrics label).
+    pub name: String,
+    /// What it takes.
+    pub matcher: Matcher,
+    /// What it does.
+    pub action: Action,
+    /// Chunk edits applied to what it forwards.
+    pub rewrite: Vec<Edit>,
+    /// Keep only calls whose correlation hash falls below this, in millionths.
+    pub sample_ppm: Option<u32>,
+    /// Drop packets identical to one seen this recently.
+    pub dedup: Option<Duration>,
+    /// Go on with the next routes.
+    pub continue_: bool,
+}
+
+/// Engine tuning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineTuning {
+    /// UDP worker threads.
+    pub workers: usize,
+    /// Datagrams per system call.
+    pub batch: usize,
+    /// Receive buffer per UDP socket.
+    pub recv_buffer: usize,
+    /// Capacity of the dedup memory.
+    pub dedup_entries: usize,
+    /// How long an ICMP error keeps a UDP destination unhealthy.
+    pub udp_error_holddown: Duration,
+    /// How long SIGTERM waits for TCP queues to drain.
+    pub drain_timeout: Duration,
+}
+
+/// How XDP attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (veth and most NICs).
+    Native,
+    /// Generic, in the stack.
+    Skb,
+}
+
+/// The kernel data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpPlan {
+    /// Interfaces to attach to.
+    pub interfaces: Vec<String>,
+    /// Attach mode.
+    pub attach: AttachMode,
+}
