@@ -11,6 +11,7 @@
 //! - [`legacy`]: HEPv1/v2, and conversion to HEPv3.
 //! - [`framing`]: HEP over TCP.
 //! - [`correlation`]: the correlation key and its hash.
+//! - [`select`]: call-sticky destination choice and call sampling.
 //! - [`chunk`]: chunk ids, value types, protocol type names.
 
 pub mod bytes;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod framing;
 pub mod legacy;
 pub mod rewrite;
+pub mod select;
 pub mod v3;
 pub mod version;
 pub mod walker;
