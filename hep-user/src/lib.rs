@@ -4,7 +4,9 @@
 //! - [`decode`]: HEP → JSON (`hepfwd decode`).
 //! - [`io`]: TCP framing, capture files.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod engine;
 pub mod io;

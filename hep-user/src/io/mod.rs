@@ -1,4 +1,8 @@
-//! Byte movement: TCP stream framing, capture files.
+//! Byte movement: batched UDP, TCP in and out, the output flusher, capture files.
 
 pub mod capture;
 pub mod framer;
+pub mod output;
+pub mod tcp_listener;
+pub mod udp_batch;
+pub mod udp_listener;

@@ -1,0 +1,357 @@
+//! The daemon's counters: plain atomics updated on the hot path, read by one Prometheus
+//! collector at scrape time.
+//!
+//! Counters live as long as the daemon and are keyed by name, so a configuration reload
+//! keeps them (a route that keeps its name keeps counting). Every family carries a
+//! `path` label: `user` here; the XDP data plane reports the same names with `path="xdp"`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+/// Kinds of unparseable input, the `kind` label of `hepfwd_parse_errors_total`.
+pub const PARSE_ERROR_KINDS: &[&str] = &[
+    "truncated",
+    "unknown_version",
+    "length_mismatch",
+    "truncated_chunk_header",
+    "chunk_too_short",
+    "chunk_past_end",
+    "too_many_chunks",
+    "bad_chunk_width",
+    "bad_legacy_header",
+    "missing_chunk",
+    "mixed_families",
+    "too_large",
+    "buffer_too_small",
+    "tcp_framing",
+];
+
+/// Index of a parse error kind in [`PARSE_ERROR_KINDS`].
+pub fn parse_error_index(kind: &str) -> usize {
+    PARSE_ERROR_KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(0)
+}
+
+/// Counters of one listener.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Datagrams received on UDP.
+    pub received_udp: AtomicU64,
+    /// Frames received on TCP.
+    pub received_tcp: AtomicU64,
+    /// Dropped: auth key missing or wrong.
+    pub rejected_auth: AtomicU64,
+    /// Dropped: sender not in `allow`.
+    pub rejected_allow: AtomicU64,
+    /// Unparseable, by kind.
+    pub parse_errors: [AtomicU64; 14],
+    /// TCP connections accepted.
+    pub tcp_connections: AtomicU64,
+}
+
+/// Counters of one route.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Packets the route took.
+    pub matched: AtomicU64,
+    /// Packets dropped by `action = "drop"`.
+    pub dropped: AtomicU64,
+    /// Packets of calls the sampling left out.
+    pub sampled_out: AtomicU64,
+    /// Duplicates suppressed.
+    pub deduplicated: AtomicU64,
+    /// Duplicates the dedup memory could not remember (it was full).
+    pub dedup_overflow: AtomicU64,
+    /// Rewrites that failed (the packet would exceed 65535 bytes); the packet is dropped.
+    pub rewrite_errors: AtomicU64,
+}
+
+/// Counters and state of one destination.
+#[derive(Debug, Default)]
+pub struct DestinationStats {
+    /// Packets handed to the socket (UDP) or written (TCP, updated by the sink).
+    pub sent: AtomicU64,
+    /// Dropped: the TCP queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Dropped: the UDP send failed.
+    pub dropped_send_error: AtomicU64,
+    /// Dropped: the packet could not be converted to HEPv2 (missing chunks).
+    pub dropped_conversion: AtomicU64,
+    /// Dropped: still queued when the shutdown drain timed out.
+    pub dropped_shutdown: AtomicU64,
+    /// Packets waiting in the TCP queue.
+    pub queue_depth: AtomicU64,
+    /// TCP: connected. UDP: no ICMP error within the hold-down.
+    pub connected: AtomicBool,
+    /// TCP connections made after the first.
+    pub reconnects: AtomicU64,
+    /// TCP connection attempts that failed.
+    pub connect_failures: AtomicU64,
+    /// UDP: milliseconds since daemon start of the last ICMP error (0: none).
+    pub last_error_ms: AtomicU64,
+}
+
+/// Daemon-wide counters.
+#[derive(Debug, Default)]
+pub struct GlobalStats {
+    /// Packets no route took, with no `[default]`.
+    pub unrouted: AtomicU64,
+    /// Successful configuration reloads.
+    pub reloads_ok: AtomicU64,
+    /// Rejected configuration reloads.
+    pub reloads_failed: AtomicU64,
+}
+
+/// All counters, by name.
+#[derive(Debug, Default)]
+pub struct Stats {
+    listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
+    routes: Mutex<BTreeMap<String, Arc<RouteStats>>>,
+    destinations: Mutex<BTreeMap<String, Arc<DestinationStats>>>,
+    /// Daemon-wide counters.
+    pub global: GlobalStats,
+}
+
+fn entry<T: Default>(map: &Mutex<BTreeMap<String, Arc<T>>>, name: &str) -> Arc<T> {
+    let mut m = match map.lock() {
+        Ok(m) => m,
+        Err(p) => p.into_inner(),
+    };
+    m.entry(name.to_string()).or_default().clone()
+}
+
+fn snapshot<T>(map: &Mutex<BTreeMap<String, Arc<T>>>) -> Vec<(String, Arc<T>)> {
+    let m = match map.lock() {
+        Ok(m) => m,
+        Err(p) => p.into_inner(),
+    };
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+impl Stats {
+    /// The counters of a listener (created on first use).
+    pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
+        entry(&self.listeners, name)
+    }
+
+    /// The counters of a route (created on first use).
+    pub fn route(&self, name: &str) -> Arc<RouteStats> {
+        entry(&self.routes, name)
+    }
+
+    /// The counters of a destination (created on first use).
+    pub fn destination(&self, name: &str) -> Arc<DestinationStats> {
+        entry(&self.destinations, name)
+    }
+
+    /// Every destination's state, for `/healthz`.
+    pub fn destinations(&self) -> Vec<(String, Arc<DestinationStats>)> {
+        snapshot(&self.destinations)
+    }
+}
+
+/// One metric family being written: its samples as (labels, value).
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Vec<(&'static str, String)>, u64)>,
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str, kind: MetricType) -> Self {
+        Family {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, labels: Vec<(&'static str, String)>, v: u64) {
+        self.samples.push((labels, v));
+    }
+
+    fn encode(self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut me = encoder.encode_descriptor(self.name, self.help, None, self.kind)?;
+        for (labels, v) in &self.samples {
+            let fe = me.encode_family(labels)?;
+            match self.kind {
+                MetricType::Gauge => ConstGauge::new(*v as i64).encode(fe)?,
+                _ => ConstCounter::new(*v).encode(fe)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn path() -> (&'static str, String) {
+    ("path", "user".to_string())
+}
+
+/// Writes every counter of [`Stats`] on each scrape.
+#[derive(Debug)]
+pub struct StatsCollector(pub Arc<Stats>);
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let s = &self.0;
+        let mut received = Family::new("hepfwd_received", "HEP packets received", Counter);
+        let mut parse = Family::new(
+            "hepfwd_parse_errors",
+            "Unparseable packets, by kind (dropped, or sent raw to [invalid])",
+            Counter,
+        );
+        let mut rejected = Family::new(
+            "hepfwd_rejected",
+            "Packets rejected by a listener's auth_key or allow list",
+            Counter,
+        );
+        let mut conns = Family::new(
+            "hepfwd_tcp_connections",
+            "TCP connections accepted",
+            Counter,
+        );
+        for (name, l) in snapshot(&s.listeners) {
+            let base = || vec![("listener", name.clone()), path()];
+            for (t, v) in [("udp", &l.received_udp), ("tcp", &l.received_tcp)] {
+                let mut lb = base();
+                lb.push(("transport", t.to_string()));
+                received.add(lb, v.load(Relaxed));
+            }
+            for (kind, v) in PARSE_ERROR_KINDS.iter().zip(&l.parse_errors) {
+                let n = v.load(Relaxed);
+                if n > 0 {
+                    let mut lb = base();
+                    lb.push(("kind", kind.to_string()));
+                    parse.add(lb, n);
+                }
+            }
+            for (reason, v) in [("auth", &l.rejected_auth), ("allow", &l.rejected_allow)] {
+                let mut lb = base();
+                lb.push(("reason", reason.to_string()));
+                rejected.add(lb, v.load(Relaxed));
+            }
+            conns.add(base(), l.tcp_connections.load(Relaxed));
+        }
+        let mut matched = Family::new("hepfwd_route_matches", "Packets a route took", Counter);
+        let mut dropped = Family::new(
+            "hepfwd_route_dropped",
+            "Packets dropped by a drop route",
+            Counter,
+        );
+        let mut sampled = Family::new(
+            "hepfwd_sampled_out",
+            "Packets of calls left out by sampling",
+            Counter,
+        );
+        let mut dedup = Family::new(
+            "hepfwd_deduplicated",
+            "Duplicate packets suppressed",
+            Counter,
+        );
+        let mut dedup_of = Family::new(
+            "hepfwd_dedup_overflow",
+            "Packets the full dedup memory could not remember",
+            Counter,
+        );
+        let mut rw = Family::new(
+            "hepfwd_rewrite_errors",
+            "Packets dropped because a rewrite failed",
+            Counter,
+        );
+        for (name, r) in snapshot(&s.routes) {
+            let lb = || vec![("route", name.clone()), path()];
+            matched.add(lb(), r.matched.load(Relaxed));
+            dropped.add(lb(), r.dropped.load(Relaxed));
+            sampled.add(lb(), r.sampled_out.load(Relaxed));
+            dedup.add(lb(), r.deduplicated.load(Relaxed));
+            dedup_of.add(lb(), r.dedup_overflow.load(Relaxed));
+            rw.add(lb(), r.rewrite_errors.load(Relaxed));
+        }
+        let mut sent = Family::new(
+            "hepfwd_destination_sent",
+            "Packets sent to a destination",
+            Counter,
+        );
+        let mut ddrop = Family::new(
+            "hepfwd_destination_dropped",
+            "Packets for a destination that were dropped, by reason",
+            Counter,
+        );
+        let mut depth = Family::new(
+            "hepfwd_destination_queue_depth",
+            "Packets waiting in a TCP destination's queue",
+            Gauge,
+        );
+        let mut up = Family::new(
+            "hepfwd_destination_connected",
+            "1 when a TCP destination is connected or a UDP one saw no recent ICMP error",
+            Gauge,
+        );
+        let mut reconn = Family::new(
+            "hepfwd_destination_reconnects",
+            "TCP reconnections",
+            Counter,
+        );
+        let mut cfail = Family::new(
+            "hepfwd_destination_connect_failures",
+            "Failed TCP connection attempts",
+            Counter,
+        );
+        for (name, d) in snapshot(&s.destinations) {
+            let lb = || vec![("destination", name.clone()), path()];
+            sent.add(lb(), d.sent.load(Relaxed));
+            for (reason, v) in [
+                ("queue_full", &d.dropped_queue_full),
+                ("send_error", &d.dropped_send_error),
+                ("conversion", &d.dropped_conversion),
+                ("shutdown", &d.dropped_shutdown),
+            ] {
+                let mut l = lb();
+                l.push(("reason", reason.to_string()));
+                ddrop.add(l, v.load(Relaxed));
+            }
+            depth.add(lb(), d.queue_depth.load(Relaxed));
+            up.add(lb(), u64::from(d.connected.load(Relaxed)));
+            reconn.add(lb(), d.reconnects.load(Relaxed));
+            cfail.add(lb(), d.connect_failures.load(Relaxed));
+        }
+        let mut unrouted = Family::new(
+            "hepfwd_unrouted",
+            "Packets no route took, with no [default]",
+            Counter,
+        );
+        unrouted.add(vec![path()], s.global.unrouted.load(Relaxed));
+        let mut reloads = Family::new(
+            "hepfwd_config_reloads",
+            "Configuration reloads, by result",
+            Counter,
+        );
+        reloads.add(
+            vec![("result", "ok".into())],
+            s.global.reloads_ok.load(Relaxed),
+        );
+        reloads.add(
+            vec![("result", "error".into())],
+            s.global.reloads_failed.load(Relaxed),
+        );
+        for f in [
+            received, parse, rejected, conns, matched, dropped, sampled, dedup, dedup_of, rw, sent,
+            ddrop, depth, up, reconn, cfail, unrouted, reloads,
+        ] {
+            f.encode(&mut encoder)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! [`Flusher`]: moves an [`Outbox`] to the destinations — UDP through per-destination
+//! connected sockets with `sendmmsg`, TCP into the destination's queue.
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::udp_batch::{connect_sender, send_batch};
+use crate::config::plan::Transport;
+use crate::engine::{Engine, Outbox};
+
+/// How long one UDP send may block on a full socket buffer.
+const SEND_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Per-worker sending state: one connected UDP socket per UDP destination.
+#[derive(Default)]
+pub struct Flusher {
+    generation: Option<u64>,
+    udp: Vec<Option<std::net::UdpSocket>>,
+    buckets: Vec<Vec<usize>>,
+}
+
+impl Flusher {
+    /// A flusher with no sockets yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn prepare(&mut self, eng: &Engine) {
+        if self.generation == Some(eng.generation) {
+            return;
+        }
+        self.generation = Some(eng.generation);
+        self.udp = eng
+            .destinations
+            .iter()
+            .map(|d| {
+                if d.plan.transport != Transport::Udp {
+                    return None;
+                }
+                match connect_sender(d.plan.address, SEND_TIMEOUT) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!(destination = %d.plan.name, error = %e, "cannot open a UDP socket");
+                        None
+                    }
+                }
+            })
+            .collect();
+        self.buckets = vec![Vec::new(); eng.destinations.len()];
+    }
+
+    /// Sends everything in `out` and clears it.
+    pub fn flush(&mut self, eng: &Engine, out: &mut Outbox) {
+        if out.is_empty() {
+            return;
+        }
+        self.prepare(eng);
+        for b in &mut self.buckets {
+            b.clear();
+        }
+        for (i, item) in out.items().iter().enumerate() {
+            if let Some(b) = self.buckets.get_mut(item.dest) {
+                b.push(i);
+            }
+        }
+        for (dest, idxs) in self.buckets.iter().enumerate() {
+            if idxs.is_empty() {
+                continue;
+            }
+            let Some(d) = eng.destinations.get(dest) else {
+                continue;
+            };
+            match d.plan.transport {
+                Transport::Tcp => {
+                    let Some(q) = &d.queue else { continue };
+                    for i in idxs {
+                        let item = out.items()[*i];
+                        // The sink counts what it drops.
+                        q.try_send(Bytes::copy_from_slice(out.bytes(&item)));
+                    }
+                }
+                Transport::Udp => {
+                    let packets: Vec<&[u8]> =
+                        idxs.iter().map(|i| out.bytes(&out.items()[*i])).collect();
+                    let Some(Some(sock)) = self.udp.get(dest) else {
+                        d.stats
+                            .dropped_send_error
+                            .fetch_add(packets.len() as u64, Relaxed);
+                        continue;
+                    };
+                    let mut done = 0;
+                    let mut retried = false;
+                    while done < packets.len() {
+                        let (n, err) = send_batch(sock, &packets[done..]);
+                        done += n;
+                        d.stats.sent.fetch_add(n as u64, Relaxed);
+                        match err {
+                            None => break,
+                            Some(e) if e.kind() == io::ErrorKind::ConnectionRefused && !retried => {
+                                // An ICMP error from an earlier datagram: note it, send on.
+                                d.stats.last_error_ms.store(eng.clock_ms().max(1), Relaxed);
+                                d.stats.connected.store(false, Relaxed);
+                                retried = true;
+                            }
+                            Some(e) => {
+                                let lost = packets.len() - done;
+                                d.stats.dropped_send_error.fetch_add(lost as u64, Relaxed);
+                                tracing::debug!(destination = %d.plan.name, error = %e, lost, "UDP send failed");
+                                break;
+                            }
+                        }
+                    }
+                    if !d.stats.connected.load(Relaxed) && eng.healthy(dest) {
+                        d.stats.connected.store(true, Relaxed);
+                    }
+                }
+            }
+        }
+        out.clear();
+    }
+}

@@ -1,0 +1,107 @@
+//! TCP listeners: HEPv3 frames cut by the stream framer, processed by the engine, one task
+//! per connection. Garbage on a connection is counted and closes it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use arc_swap::ArcSwap;
+use futures_util::StreamExt as _;
+use tokio::net::TcpListener as TokioListener;
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+
+use super::framer::{FrameCodecError, HepFrameCodec};
+use super::output::Flusher;
+use crate::admin::stats::parse_error_index;
+use crate::engine::{Engine, Outbox, WorkerCtx};
+
+/// A running TCP listener.
+pub struct TcpListener {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl TcpListener {
+    /// Binds `addr` and accepts connections in a task.
+    pub async fn start(addr: SocketAddr, engine: Arc<ArcSwap<Engine>>) -> std::io::Result<Self> {
+        let lis = TokioListener::bind(addr).await?;
+        let bound = lis.local_addr()?;
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, from) = match lis.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TCP accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(addr, stream, from, engine.clone()));
+            }
+        });
+        Ok(TcpListener { addr: bound, task })
+    }
+
+    /// Stops accepting (open connections end when their peers close them).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn connection(
+    configured: SocketAddr,
+    stream: tokio::net::TcpStream,
+    from: SocketAddr,
+    engine: Arc<ArcSwap<Engine>>,
+) {
+    let mut frames = FramedRead::new(
+        stream,
+        HepFrameCodec::new(hep_common::framing::MAX_FRAME_LEN),
+    );
+    let mut ctx = WorkerCtx::new();
+    let mut out = Outbox::new();
+    let mut flusher = Flusher::new();
+    let mut counted = false;
+    while let Some(item) = frames.next().await {
+        let eng = engine.load_full();
+        let Some(idx) = eng
+            .plan
+            .listeners
+            .iter()
+            .position(|l| l.tcp == Some(configured))
+        else {
+            return;
+        };
+        let Some(stats) = eng.listener_stats(idx) else {
+            return;
+        };
+        if !counted {
+            stats.tcp_connections.fetch_add(1, Relaxed);
+            counted = true;
+        }
+        match item {
+            Ok(frame) => {
+                stats.received_tcp.fetch_add(1, Relaxed);
+                eng.process(&mut ctx, idx, from, &frame, &mut out);
+                // Batch whatever else is already buffered before sending.
+                if frames.read_buffer().len() < 6 {
+                    flusher.flush(&eng, &mut out);
+                }
+            }
+            Err(FrameCodecError::Frame(e)) => {
+                stats.parse_errors[parse_error_index("tcp_framing")].fetch_add(1, Relaxed);
+                tracing::info!(%from, error = %e, "closing a TCP connection that is not HEPv3");
+                break;
+            }
+            Err(FrameCodecError::Io(e)) => {
+                tracing::debug!(%from, error = %e, "TCP connection failed");
+                break;
+            }
+        }
+    }
+    let eng = engine.load_full();
+    flusher.flush(&eng, &mut out);
+}

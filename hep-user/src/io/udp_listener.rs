@@ -1,0 +1,138 @@
+//! UDP listeners: one worker thread per core, each with its own SO_REUSEPORT socket,
+//! receiving in batches, running the engine, and flushing its outbox per batch.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::output::Flusher;
+use super::udp_batch::{RecvBatch, bind_reuseport};
+use crate::engine::{Engine, Outbox, WorkerCtx};
+
+/// How often an idle worker wakes to notice shutdown.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A running UDP listener (all its workers).
+pub struct UdpListener {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    /// Datagrams cut because they exceeded 64 KiB (counted as truncated parse errors too).
+    pub oversize: Arc<AtomicU64>,
+}
+
+impl UdpListener {
+    /// Binds `workers` sockets on `addr` and starts their threads.
+    pub fn start(
+        addr: SocketAddr,
+        workers: usize,
+        batch: usize,
+        recv_buffer: usize,
+        engine: Arc<ArcSwap<Engine>>,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let oversize = Arc::new(AtomicU64::new(0));
+        let mut sockets = Vec::new();
+        // The first bind decides the port (for ":0"); the others share it.
+        let first = bind_reuseport(addr, recv_buffer, POLL)?;
+        let bound = first.local_addr()?;
+        sockets.push(first);
+        for _ in 1..workers.max(1) {
+            sockets.push(bind_reuseport(bound, recv_buffer, POLL)?);
+        }
+        let mut handles = Vec::new();
+        for (i, sock) in sockets.into_iter().enumerate() {
+            let stop = stop.clone();
+            let engine = engine.clone();
+            let oversize = oversize.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("udp-{}-{i}", bound.port()))
+                .spawn(move || worker(addr, sock, batch, engine, stop, oversize))?;
+            handles.push(h);
+        }
+        Ok(UdpListener {
+            addr: bound,
+            stop,
+            workers: handles,
+            oversize,
+        })
+    }
+
+    /// Stops the workers and waits for them (at most one poll interval).
+    pub fn stop(self) {
+        self.stop.store(true, Relaxed);
+        for h in self.workers {
+            let _ = h.join();
+        }
+    }
+}
+
+fn worker(
+    configured: SocketAddr,
+    sock: std::net::UdpSocket,
+    batch: usize,
+    engine: Arc<ArcSwap<Engine>>,
+    stop: Arc<AtomicBool>,
+    oversize: Arc<AtomicU64>,
+) {
+    let _span = tracing::info_span!("udp_worker", listen = %configured).entered();
+    let mut rb = RecvBatch::new(batch);
+    let mut ctx = WorkerCtx::new();
+    let mut out = Outbox::new();
+    let mut flusher = Flusher::new();
+    let mut listener_idx: Option<(u64, Option<usize>)> = None;
+    while !stop.load(Relaxed) {
+        let n = match rb.recv(&sock) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "UDP receive failed");
+                std::thread::sleep(POLL);
+                continue;
+            }
+        };
+        let eng = engine.load_full();
+        // The listener's index in this configuration, by address.
+        let idx = match listener_idx {
+            Some((g, i)) if g == eng.generation => i,
+            _ => {
+                let i = eng
+                    .plan
+                    .listeners
+                    .iter()
+                    .position(|l| l.udp == Some(configured));
+                listener_idx = Some((eng.generation, i));
+                i
+            }
+        };
+        let Some(idx) = idx else { continue };
+        if let Some(s) = eng.listener_stats(idx) {
+            s.received_udp.fetch_add(n as u64, Relaxed);
+        }
+        for i in 0..n {
+            let Some((from, data, cut)) = rb.get(i) else {
+                continue;
+            };
+            if cut {
+                oversize.fetch_add(1, Relaxed);
+            }
+            eng.process(&mut ctx, idx, from, data, &mut out);
+        }
+        flusher.flush(&eng, &mut out);
+    }
+}
