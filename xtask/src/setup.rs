@@ -1,0 +1,336 @@
+//! `cargo xtask setup`: install what building and testing hepfwd needs, idempotently.
+//!
+//! The steps (`../shared/TOOLCHAIN.md`): Debian packages, Debian's rustc linked as the
+//! rustup toolchain `debian-web` (the only compiler here with the library source that
+//! `-Z build-std=core` needs), bpf-linker 0.13.0 built against LLVM 22, bpffs mounted on
+//! `/sys/fs/bpf`, and the npm packages of the hep-js interop test. Each step prints one
+//! line: what it did, or that it was already done.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd;
+
+/// Debian packages the build and the tests need.
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "bpftool",
+    "iproute2",
+    "kamailio",
+    "sip-tester",
+    "ethtool",
+];
+
+/// The rustup toolchain name of Debian's rustc (`rustup toolchain link debian-web /usr`).
+pub const TOOLCHAIN: &str = "debian-web";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPFFS: &str = "/sys/fs/bpf";
+const HEPJS_DIR: &str = "tests/interop/hepjs";
+
+/// Runs every step; fails with the manual steps when something is missing and this is not
+/// a Debian/Ubuntu machine or we are not root.
+pub fn run() -> Result<()> {
+    let root = cmd::workspace_root();
+    let state = State::probe(&root)?;
+    let pending = state.pending();
+    let (is_root, distro) = (is_root(), debian_like());
+    if !pending.is_empty() && (!is_root || distro.is_none()) {
+        let why = match (is_root, &distro) {
+            (false, None) => "not root, and not a Debian/Ubuntu machine".to_string(),
+            (false, Some(_)) => "not root".to_string(),
+            (true, _) => "not a Debian/Ubuntu machine (no apt)".to_string(),
+        };
+        print_manual_steps(&why, &pending);
+        bail!("setup cannot install what is missing ({why}); see the steps above");
+    }
+
+    step_apt(&state)?;
+    step_toolchain(&state)?;
+    step_bpf_linker(&state)?;
+    step_bpffs(&state)?;
+    step_npm(&root, &state)?;
+    Ok(())
+}
+
+/// What is already there.
+struct State {
+    missing_apt: Vec<&'static str>,
+    toolchain_linked: bool,
+    bpf_linker: Option<String>,
+    bpffs_mounted: bool,
+    /// `Some(true)` when hep-js needs `npm ci`, `None` when there is no lockfile.
+    npm_needed: Option<bool>,
+}
+
+impl State {
+    fn probe(root: &Path) -> Result<Self> {
+        let mut missing_apt: Vec<&'static str> = APT_PACKAGES
+            .iter()
+            .copied()
+            .filter(|p| !dpkg_installed(p))
+            .collect();
+        // Node only when missing: a machine may have it from elsewhere (nodesource, nvm).
+        if !cmd::on_path("node") && !dpkg_installed("nodejs") {
+            missing_apt.push("nodejs");
+        }
+        if !cmd::on_path("npm") && !dpkg_installed("npm") {
+            missing_apt.push("npm");
+        }
+        Ok(State {
+            missing_apt,
+            toolchain_linked: toolchain_linked()?,
+            bpf_linker: bpf_linker_version(),
+            bpffs_mounted: bpffs_mounted(),
+            npm_needed: npm_needed(root),
+        })
+    }
+
+    fn bpf_linker_ok(&self) -> bool {
+        self.bpf_linker
+            .as_deref()
+            .is_some_and(|v| v.split_whitespace().any(|w| w == BPF_LINKER_VERSION))
+    }
+
+    /// The manual commands for the steps that still need doing.
+    fn pending(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.missing_apt.is_empty() {
+            out.push(format!(
+                "sudo apt-get update && sudo apt-get install -y {}",
+                self.missing_apt.join(" ")
+            ));
+        }
+        if !self.toolchain_linked {
+            out.push(format!("rustup toolchain link {TOOLCHAIN} /usr"));
+        }
+        if !self.bpf_linker_ok() {
+            out.push(format!(
+                "PATH={LLVM_PREFIX}/bin:$PATH LLVM_SYS_221_PREFIX={LLVM_PREFIX} cargo install \
+                 bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features llvm-22"
+            ));
+        }
+        if !self.bpffs_mounted {
+            out.push(format!("sudo mount -t bpf bpf {BPFFS}"));
+        }
+        if self.npm_needed == Some(true) {
+            out.push(format!("(cd {HEPJS_DIR} && npm ci)"));
+        }
+        out
+    }
+}
+
+fn print_manual_steps(why: &str, pending: &[String]) {
+    eprintln!("[setup] cannot set up automatically: {why}.");
+    eprintln!("[setup] On Debian 12 (or a Debian/Ubuntu with these packages), run:");
+    for (i, s) in pending.iter().enumerate() {
+        eprintln!("[setup]   {}. {s}", i + 1);
+    }
+    eprintln!(
+        "[setup] Then build with `cargo xtask build`. Without the eBPF toolchain, userspace \
+         alone builds with `AYA_BUILD_SKIP=1 cargo build` (the hepfwd binary then has no XDP \
+         program and says so when asked to load it)."
+    );
+}
+
+fn step_apt(state: &State) -> Result<()> {
+    if state.missing_apt.is_empty() {
+        println!("[setup] apt packages: already installed");
+        return Ok(());
+    }
+    let missing = state.missing_apt.join(" ");
+    println!("[setup] apt packages: installing {missing}");
+    cmd::run(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get update")?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y"])
+            .args(&state.missing_apt)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get install")?;
+    println!("[setup] apt packages: installed {missing}");
+    Ok(())
+}
+
+fn step_toolchain(state: &State) -> Result<()> {
+    if state.toolchain_linked {
+        println!("[setup] rustup toolchain {TOOLCHAIN}: already linked");
+        return Ok(());
+    }
+    cmd::run(Command::new("rustup").args(["toolchain", "link", TOOLCHAIN, "/usr"]))
+        .with_context(|| format!("linking Debian's rustc as the rustup toolchain {TOOLCHAIN}"))?;
+    let v = cmd::probe("rustup", &["run", TOOLCHAIN, "rustc", "--version"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("[setup] rustup toolchain {TOOLCHAIN}: linked /usr ({v})");
+    Ok(())
+}
+
+fn step_bpf_linker(state: &State) -> Result<()> {
+    if state.bpf_linker_ok() {
+        println!("[setup] bpf-linker {BPF_LINKER_VERSION}: already installed");
+        return Ok(());
+    }
+    match &state.bpf_linker {
+        Some(v) => println!("[setup] bpf-linker: found `{v}`, installing {BPF_LINKER_VERSION}"),
+        None => println!("[setup] bpf-linker: installing {BPF_LINKER_VERSION} (about a minute)"),
+    }
+    let old_path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![PathBuf::from(LLVM_PREFIX).join("bin")];
+    dirs.extend(std::env::split_paths(&old_path));
+    let path = std::env::join_paths(dirs).context("building PATH for the bpf-linker build")?;
+    cmd::run(
+        cmd::cargo()
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22", "--locked"])
+            .env("PATH", path)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX),
+    )
+    .context("installing bpf-linker")?;
+    match bpf_linker_version() {
+        Some(v) if v.contains(BPF_LINKER_VERSION) => {
+            println!("[setup] bpf-linker {BPF_LINKER_VERSION}: installed ({v})");
+            Ok(())
+        }
+        other => bail!(
+            "bpf-linker was installed but `bpf-linker --version` says {other:?}; is {} on PATH?",
+            cmd::cargo_bin_dir().map_or_else(|| "~/.cargo/bin".into(), |d| d.display().to_string())
+        ),
+    }
+}
+
+fn step_bpffs(state: &State) -> Result<()> {
+    if state.bpffs_mounted {
+        println!("[setup] bpffs on {BPFFS}: already mounted");
+        return Ok(());
+    }
+    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+        .with_context(|| format!("mounting bpffs on {BPFFS}"))?;
+    println!("[setup] bpffs on {BPFFS}: mounted");
+    Ok(())
+}
+
+fn step_npm(root: &Path, state: &State) -> Result<()> {
+    match state.npm_needed {
+        None => println!("[setup] npm packages of {HEPJS_DIR}: no package-lock.json, skipped"),
+        Some(false) => println!("[setup] npm packages of {HEPJS_DIR}: already installed"),
+        Some(true) => {
+            cmd::run(
+                Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund"])
+                    .current_dir(root.join(HEPJS_DIR)),
+            )
+            .with_context(|| format!("npm ci in {HEPJS_DIR}"))?;
+            println!("[setup] npm packages of {HEPJS_DIR}: installed (npm ci)");
+        }
+    }
+    Ok(())
+}
+
+/// Effective uid 0, from `/proc/self/status` (no libc dependency).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|rest| rest.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `Some(ID)` on Debian, Ubuntu and their derivatives (by `/etc/os-release`).
+fn debian_like() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim_matches('"').to_ascii_lowercase())
+    };
+    let id = field("ID=").unwrap_or_default();
+    let like = field("ID_LIKE=").unwrap_or_default();
+    let is = |w: &str| id == w || like.split_whitespace().any(|l| l == w);
+    (is("debian") || is("ubuntu")).then_some(id)
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    cmd::probe("dpkg-query", &["-W", "-f=${Status}", pkg]).is_some_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed"
+    })
+}
+
+fn toolchain_linked() -> Result<bool> {
+    let Some(out) = cmd::probe("rustup", &["toolchain", "list"]) else {
+        bail!(
+            "rustup is not installed or not on PATH; install it first (https://rustup.rs), \
+             then run `cargo xtask setup` again"
+        );
+    };
+    let list = String::from_utf8_lossy(&out.stdout);
+    Ok(list
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(TOOLCHAIN)))
+}
+
+/// `bpf-linker --version`, looked up on PATH and in cargo's bin directory.
+fn bpf_linker_version() -> Option<String> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = cmd::find_on_path("bpf-linker") {
+        candidates.push(p);
+    }
+    if let Some(d) = cmd::cargo_bin_dir() {
+        candidates.push(d.join("bpf-linker"));
+    }
+    candidates.into_iter().find_map(|p| {
+        let out = cmd::probe(&p, &["--version"])?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    })
+}
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next(), f.next(), f.next());
+            dir == Some(BPFFS) && fstype == Some("bpf")
+        })
+    })
+}
+
+/// `None` without a lockfile; `Some(true)` when `node_modules` is missing or older than
+/// the lockfile (npm writes `node_modules/.package-lock.json` on every install).
+fn npm_needed(root: &Path) -> Option<bool> {
+    let dir = root.join(HEPJS_DIR);
+    let lock = dir.join("package-lock.json");
+    let lock_time = lock.metadata().and_then(|m| m.modified()).ok()?;
+    let manifest_time = dir
+        .join("package.json")
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok();
+    let installed = dir
+        .join("node_modules")
+        .join(".package-lock.json")
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok();
+    Some(match installed {
+        None => true,
+        Some(t) => t < lock_time || manifest_time.is_some_and(|m| t < m),
+    })
+}
