@@ -20,6 +20,7 @@ pub mod correlation;
 pub mod error;
 pub mod framing;
 pub mod legacy;
+pub mod maps;
 pub mod rewrite;
 pub mod select;
 pub mod v3;
