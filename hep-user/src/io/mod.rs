@@ -4,5 +4,6 @@ pub mod capture;
 pub mod framer;
 pub mod output;
 pub mod tcp_listener;
+pub mod tcp_sink;
 pub mod udp_batch;
 pub mod udp_listener;
