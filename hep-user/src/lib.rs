@@ -1,12 +1,17 @@
 //! hepfwd userspace: the daemon and its tools.
 //!
-//! - [`cli`]: the `hepfwd` subcommands, one file each.
+//! - [`config`]: the TOML schema, validation, compilation into a plan.
+//! - [`engine`]: route matching, actions, rewrite, output conversion.
+//! - [`io`]: batched UDP workers, TCP in and out, the output flusher, capture files.
+//! - [`daemon`]: start, reload (SIGHUP), drain and stop (SIGTERM).
+//! - [`admin`]: counters, `/metrics` and `/healthz`.
 //! - [`decode`]: HEP → JSON (`hepfwd decode`).
-//! - [`io`]: TCP framing, capture files.
+//! - [`cli`]: the `hepfwd` subcommands, one file each.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod decode;
 pub mod engine;
 pub mod io;

@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
     }
     let res = match cli.command {
         Command::Run(a) => cli::run::run(a),
+        Command::CheckConfig(a) => cli::check_config::run(a),
         Command::Decode(a) => cli::decode::run(a),
     };
     match res {

@@ -86,8 +86,11 @@ pub struct DestinationStats {
     pub dropped_send_error: AtomicU64,
     /// Dropped: the packet could not be converted to HEPv2 (missing chunks).
     pub dropped_conversion: AtomicU64,
-    /// Dropped: still queued when the shutdown drain timed out.
+    /// Dropped: still queued when the shutdown drain timed out (or offered after it).
     pub dropped_shutdown: AtomicU64,
+    /// TCP: refused because it was not exactly one HEPv3 frame (it would desynchronise the
+    /// collector's stream), e.g. a raw unparseable packet sent to `[invalid]`.
+    pub dropped_invalid: AtomicU64,
     /// Packets waiting in the TCP queue.
     pub queue_depth: AtomicU64,
     /// TCP: connected. UDP: no ICMP error within the hold-down.
@@ -317,6 +320,7 @@ impl Collector for StatsCollector {
                 ("send_error", &d.dropped_send_error),
                 ("conversion", &d.dropped_conversion),
                 ("shutdown", &d.dropped_shutdown),
+                ("invalid_frame", &d.dropped_invalid),
             ] {
                 let mut l = lb();
                 l.push(("reason", reason.to_string()));

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod check_config;
 pub mod decode;
 pub mod run;
 
@@ -34,6 +35,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the forwarder.
     Run(run::RunArgs),
+    /// Validate a configuration file.
+    CheckConfig(check_config::CheckConfigArgs),
     /// Print HEP packets as JSON, one object per line.
     Decode(decode::DecodeArgs),
 }

@@ -82,7 +82,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -117,32 +117,11 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_PROBES: u32 = 3;
 const USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Counters of one TCP destination. All are updated by the sink and only read by others.
-#[derive(Debug, Default)]
-pub struct SinkStats {
-    /// Frames fully written to the socket (accepted by the kernel; see the module docs for
-    /// what can still be lost after that).
-    pub sent: AtomicU64,
-    /// Frames refused by [`TcpSink::try_send`] because the queue was full.
-    pub dropped_queue_full: AtomicU64,
-    /// Frames not written because the sink stopped: still queued or in the write batch at
-    /// the drain deadline (or [`ORPHAN_DRAIN`] after every handle was dropped), or offered
-    /// after the stop.
-    pub dropped_shutdown: AtomicU64,
-    /// Frames refused by [`TcpSink::try_send`] because they were not exactly one HEPv3
-    /// frame (`HEP3` magic, length field equal to the frame length): on a stream they
-    /// would desynchronise the collector's framing and make it close the connection.
-    pub dropped_invalid: AtomicU64,
-    /// Successful connections after the first one.
-    pub reconnects: AtomicU64,
-    /// Failed connection attempts (refused, unreachable, timed out).
-    pub connect_failures: AtomicU64,
-    /// Whether a connection to the collector is established and not known to be broken.
-    pub connected: AtomicBool,
-    /// Frames accepted by [`TcpSink::try_send`] and not yet written or dropped: the queue
-    /// plus the write batch. Incremented on enqueue, decremented when written or dropped.
-    pub queue_depth: AtomicU64,
-}
+/// Counters of one TCP destination: the daemon's [`DestinationStats`], so `/metrics` and
+/// failover read what the sink writes. The sink updates `sent`, `dropped_queue_full`,
+/// `dropped_shutdown`, `dropped_invalid`, `reconnects`, `connect_failures`, `connected`
+/// and `queue_depth`.
+pub type SinkStats = crate::admin::stats::DestinationStats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {

@@ -1,0 +1,296 @@
+//! `hepfwd run`: the daemon's lifecycle — start from a configuration, reload it on SIGHUP
+//! without losing packets, drain and stop on SIGTERM.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::admin::stats::Stats;
+use crate::config::plan::{DestinationPlan, Plan, Transport};
+use crate::engine::{DestinationHandle, Engine, FrameQueue};
+use crate::io::tcp_listener::TcpListener;
+use crate::io::tcp_sink::TcpSink;
+use crate::io::udp_listener::UdpListener;
+
+/// The data path the operator asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    /// XDP where possible, else userspace.
+    Auto,
+    /// XDP or fail.
+    Xdp,
+    /// Userspace only.
+    Userspace,
+}
+
+/// What identifies a TCP sink across reloads: a destination keeps its connection and queue
+/// when none of these change.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SinkKey {
+    name: String,
+    address: SocketAddr,
+    queue: usize,
+}
+
+impl SinkKey {
+    fn of(d: &DestinationPlan) -> Self {
+        SinkKey {
+            name: d.name.clone(),
+            address: d.address,
+            queue: d.queue,
+        }
+    }
+}
+
+/// The running daemon.
+pub struct Daemon {
+    stats: Arc<Stats>,
+    engine: Arc<ArcSwap<Engine>>,
+    sinks: HashMap<SinkKey, TcpSink>,
+    udp: HashMap<SocketAddr, UdpListener>,
+    tcp: HashMap<SocketAddr, TcpListener>,
+    generation: u64,
+    epoch: Instant,
+    config: PathBuf,
+}
+
+/// Addresses the daemon actually bound (ports resolved), for logs and tests.
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    /// UDP listeners: configured address → bound address.
+    pub udp: Vec<(SocketAddr, SocketAddr)>,
+    /// TCP listeners: configured address → bound address.
+    pub tcp: Vec<(SocketAddr, SocketAddr)>,
+}
+
+impl Daemon {
+    /// Loads the configuration and starts everything it names.
+    pub async fn start(config: PathBuf, path: DataPath) -> Result<Self> {
+        let plan = crate::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        match path {
+            DataPath::Userspace => tracing::info!("data path: userspace (--mode userspace)"),
+            DataPath::Auto => {
+                tracing::info!("data path: userspace; the XDP data plane is not built yet")
+            }
+            DataPath::Xdp => bail!(
+                "--mode xdp: the XDP data plane is not built yet; use --mode auto or userspace"
+            ),
+        }
+        let stats = Arc::new(Stats::default());
+        let epoch = Instant::now();
+        let mut d = Daemon {
+            stats: stats.clone(),
+            engine: Arc::new(ArcSwap::from_pointee(Engine::new(
+                plan.clone(),
+                0,
+                Vec::new(),
+                stats.clone(),
+                epoch,
+            ))),
+            sinks: HashMap::new(),
+            udp: HashMap::new(),
+            tcp: HashMap::new(),
+            generation: 0,
+            epoch,
+            config,
+        };
+        d.install(plan).await?;
+        Ok(d)
+    }
+
+    /// The counters (for the admin server).
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// The current engine.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.load_full()
+    }
+
+    /// Installs a validated plan: destinations (keeping unchanged TCP connections and
+    /// queues), a new engine swapped in atomically, then listeners added or removed.
+    async fn install(&mut self, plan: Plan) -> Result<()> {
+        let handle = tokio::runtime::Handle::current();
+        let mut sinks = HashMap::new();
+        let mut dests = Vec::new();
+        for d in &plan.destinations {
+            let stats = self.stats.destination(&d.name);
+            let queue: Option<Arc<dyn FrameQueue>> = match d.transport {
+                Transport::Udp => {
+                    stats
+                        .connected
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
+                Transport::Tcp => {
+                    let key = SinkKey::of(d);
+                    let sink = match self.sinks.remove(&key) {
+                        Some(s) => s,
+                        None => TcpSink::spawn(
+                            d.name.clone(),
+                            d.address,
+                            d.queue,
+                            stats.clone(),
+                            &handle,
+                        ),
+                    };
+                    sinks.insert(key, sink.clone());
+                    Some(Arc::new(sink))
+                }
+            };
+            dests.push(DestinationHandle {
+                plan: d.clone(),
+                stats,
+                queue,
+            });
+        }
+        self.generation += 1;
+        let engine = Engine::new(
+            plan.clone(),
+            self.generation,
+            dests,
+            self.stats.clone(),
+            self.epoch,
+        );
+        self.engine.store(Arc::new(engine));
+        // Sinks of destinations that are gone: the old engine may still hold them for a
+        // batch; they finish what is queued and stop when the last handle is dropped.
+        self.sinks = sinks;
+
+        let want_udp: Vec<SocketAddr> = plan.listeners.iter().filter_map(|l| l.udp).collect();
+        let want_tcp: Vec<SocketAddr> = plan.listeners.iter().filter_map(|l| l.tcp).collect();
+        for a in &want_udp {
+            if !self.udp.contains_key(a) {
+                let e = &plan.engine;
+                let l =
+                    UdpListener::start(*a, e.workers, e.batch, e.recv_buffer, self.engine.clone())
+                        .with_context(|| format!("listening on UDP {a}"))?;
+                tracing::info!(configured = %a, bound = %l.addr, workers = e.workers, "listening on UDP");
+                self.udp.insert(*a, l);
+            }
+        }
+        for a in &want_tcp {
+            if !self.tcp.contains_key(a) {
+                let l = TcpListener::start(*a, self.engine.clone())
+                    .await
+                    .with_context(|| format!("listening on TCP {a}"))?;
+                tracing::info!(configured = %a, bound = %l.addr, "listening on TCP");
+                self.tcp.insert(*a, l);
+            }
+        }
+        let gone_udp: Vec<SocketAddr> = self
+            .udp
+            .keys()
+            .filter(|a| !want_udp.contains(a))
+            .copied()
+            .collect();
+        for a in gone_udp {
+            if let Some(l) = self.udp.remove(&a) {
+                tokio::task::spawn_blocking(move || l.stop());
+                tracing::info!(%a, "stopped listening on UDP");
+            }
+        }
+        let gone_tcp: Vec<SocketAddr> = self
+            .tcp
+            .keys()
+            .filter(|a| !want_tcp.contains(a))
+            .copied()
+            .collect();
+        for a in gone_tcp {
+            if let Some(l) = self.tcp.remove(&a) {
+                l.stop();
+                tracing::info!(%a, "stopped listening on TCP");
+            }
+        }
+        Ok(())
+    }
+
+    /// The bound addresses.
+    pub fn bound(&self) -> Bound {
+        Bound {
+            udp: self.udp.iter().map(|(c, l)| (*c, l.addr)).collect(),
+            tcp: self.tcp.iter().map(|(c, l)| (*c, l.addr)).collect(),
+        }
+    }
+
+    /// Re-reads the configuration; on any error keeps the running one.
+    pub async fn reload(&mut self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let plan = match crate::config::load(&self.config) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.global.reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!("reload rejected, the running configuration stays:\n{e}");
+                return false;
+            }
+        };
+        match self.install(plan).await {
+            Ok(()) => {
+                self.stats.global.reloads_ok.fetch_add(1, Relaxed);
+                tracing::info!(generation = self.generation, "configuration reloaded");
+                true
+            }
+            Err(e) => {
+                self.stats.global.reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!(error = %format!("{e:#}"), "reload failed part-way; listeners that could not start are missing");
+                false
+            }
+        }
+    }
+
+    /// Stops receiving, then gives TCP queues a bounded time to drain.
+    pub async fn shutdown(mut self) {
+        let drain = self.engine.load().plan.engine.drain_timeout;
+        let udp: Vec<UdpListener> = self.udp.drain().map(|(_, l)| l).collect();
+        let _ =
+            tokio::task::spawn_blocking(move || udp.into_iter().for_each(UdpListener::stop)).await;
+        for (_, l) in self.tcp.drain() {
+            l.stop();
+        }
+        let drains = self.sinks.values().map(|s| {
+            let s = s.clone();
+            async move { s.drain(drain).await }
+        });
+        let all = futures_util::future::join_all(drains).await;
+        if all.iter().all(|ok| *ok) {
+            tracing::info!("all TCP queues drained");
+        } else {
+            tracing::warn!(
+                ?drain,
+                "some TCP queues did not drain in time; the rest is counted as dropped"
+            );
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: PathBuf, path: DataPath) -> Result<()> {
+    let mut d = Daemon::start(config, path).await?;
+    let admin = d.engine().plan.admin;
+    if let Some(addr) = admin {
+        let (local, serve) = crate::admin::bind(addr, d.stats()).await?;
+        tracing::info!(%local, "admin server: /metrics, /healthz");
+        tokio::spawn(serve);
+    }
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tracing::info!("running");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => { d.reload().await; }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    d.shutdown().await;
+    Ok(())
+}
