@@ -243,7 +243,9 @@ impl CallIdScanner {
             },
             State::ValueLead => match b {
                 b'\n' => State::LineStart,
-                b'\r' => State::ValueLead,
+                // The value ends at the first CR: here it is empty, so no match; the search
+                // goes on at the next line.
+                b'\r' => State::SkipLine,
                 _ if is_wsp(b) => State::ValueLead,
                 _ => {
                     self.start = pos;

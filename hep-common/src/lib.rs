@@ -27,6 +27,9 @@ pub mod v3;
 pub mod version;
 pub mod walker;
 
+#[cfg(test)]
+mod regression_tests;
+
 pub use error::HepError;
 pub use v3::{Hep3, Hep3Message};
 pub use version::{HepPacket, HepVersion};

@@ -9,6 +9,9 @@
 //! - `Delete`: every occurrence is removed.
 //! - Every other chunk, known or not, vendor or generic, is copied byte for byte, in order.
 //! - The total length is recomputed. Fixed-width generic types must be set with their width.
+//! - An output the walker would reject is refused instead of written: more than
+//!   [`chunk::MAX_CHUNKS`] chunks ([`HepError::TooManyChunks`]) or more than 65535 bytes
+//!   ([`HepError::TooLarge`]).
 
 use crate::chunk::{self, ChunkId};
 use crate::error::HepError;

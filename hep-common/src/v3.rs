@@ -3,7 +3,9 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::chunk::{self, CHUNK_HEADER_LEN, ChunkId, HEADER_LEN, MAGIC, MAX_PACKET_LEN};
+use crate::chunk::{
+    self, CHUNK_HEADER_LEN, ChunkId, HEADER_LEN, MAGIC, MAX_CHUNKS, MAX_PACKET_LEN,
+};
 use crate::correlation::{self, CorrelationKey};
 use crate::error::HepError;
 use crate::walker::ChunkHeader;
@@ -221,9 +223,13 @@ impl<'a> Hep3<'a> {
 }
 
 /// Writes a HEPv3 packet chunk by chunk into a caller-provided buffer.
+///
+/// It writes only packets the walker accepts: at most [`MAX_CHUNKS`] chunks, at most
+/// [`MAX_PACKET_LEN`] bytes, fixed-width generic types with their width.
 pub struct ChunkWriter<'b> {
     out: &'b mut [u8],
     pos: usize,
+    count: usize,
 }
 
 impl<'b> ChunkWriter<'b> {
@@ -238,6 +244,7 @@ impl<'b> ChunkWriter<'b> {
         Ok(ChunkWriter {
             out,
             pos: HEADER_LEN,
+            count: 0,
         })
     }
 
@@ -251,7 +258,8 @@ impl<'b> ChunkWriter<'b> {
         self.pos == HEADER_LEN
     }
 
-    /// Appends a chunk. Fixed-width generic types must have their exact width.
+    /// Appends a chunk. Fixed-width generic types must have their exact width; a packet
+    /// holds at most [`MAX_CHUNKS`] chunks.
     pub fn push(&mut self, id: ChunkId, value: &[u8]) -> Result<(), HepError> {
         if let Some(expected) = chunk::fixed_width(id.vendor, id.kind)
             && expected != value.len()
@@ -261,6 +269,12 @@ impl<'b> ChunkWriter<'b> {
                 kind: id.kind,
                 len: value.len(),
                 expected,
+            });
+        }
+        if self.count >= MAX_CHUNKS {
+            return Err(HepError::TooManyChunks {
+                offset: self.pos,
+                max: MAX_CHUNKS,
             });
         }
         let len = CHUNK_HEADER_LEN + value.len();
@@ -280,6 +294,7 @@ impl<'b> ChunkWriter<'b> {
         dst[4..6].copy_from_slice(&(len as u16).to_be_bytes());
         dst[6..].copy_from_slice(value);
         self.pos = end;
+        self.count += 1;
         Ok(())
     }
 
