@@ -13,6 +13,8 @@ fn main() -> std::process::ExitCode {
         Command::Run(a) => cli::run::run(a),
         Command::CheckConfig(a) => cli::check_config::run(a),
         Command::Decode(a) => cli::decode::run(a),
+        Command::Gen(a) => cli::generate::run(a),
+        Command::Sink(a) => cli::sink::run(a),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

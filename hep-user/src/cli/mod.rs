@@ -4,7 +4,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod check_config;
 pub mod decode;
+pub mod generate;
 pub mod run;
+pub mod sink;
 
 /// hepfwd: an eBPF/XDP-accelerated HEP forwarder.
 #[derive(Debug, Parser)]
@@ -39,6 +41,11 @@ pub enum Command {
     CheckConfig(check_config::CheckConfigArgs),
     /// Print HEP packets as JSON, one object per line.
     Decode(decode::DecodeArgs),
+    /// Send a bounded HEP load (benchmarks, manual tests).
+    #[command(name = "gen")]
+    Gen(generate::GenArgs),
+    /// Count HEP arriving on UDP and TCP (benchmarks, manual tests).
+    Sink(sink::SinkArgs),
 }
 
 /// Sets up `tracing` on stderr.

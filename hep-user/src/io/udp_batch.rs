@@ -66,6 +66,11 @@ impl RecvBatch {
         }
     }
 
+    /// Most datagrams one receive can take.
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
     /// Number of datagrams of the last receive.
     pub fn len(&self) -> usize {
         self.filled
