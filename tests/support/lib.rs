@@ -1,3 +1,8 @@
 //! Shared helpers for the workspace-level integration tests.
+pub mod collector;
+pub mod daemon;
 pub mod hepfwd;
+pub mod hepgen;
+pub mod metrics;
 pub mod peers;
+pub mod privileged;

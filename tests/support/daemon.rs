@@ -1,0 +1,369 @@
+//! A `hepfwd run --mode userspace` daemon under test: its configuration in a temp dir,
+//! free loopback ports, readiness through `/healthz`, signals to exactly its PID, counters
+//! from `/metrics`. Dropping the guard stops it; a failing test prints its stderr.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::hepfwd::hepfwd_bin;
+use crate::metrics::{Metrics, http_get};
+use crate::peers::{ProcessGuard, TestDir, read_tail};
+
+/// The IPv4 loopback address.
+pub const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// How long the daemon may take to answer `/healthz` after its start.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+static HANDED_OUT: Mutex<BTreeSet<(IpAddr, u16)>> = Mutex::new(BTreeSet::new());
+
+/// A port on `ip` that was free for both UDP and TCP a moment ago and that this test
+/// process has not handed out before (so parallel tests do not collide with each other;
+/// another process may still take it, which [`Daemon::start`] survives by retrying).
+pub fn free_port(ip: IpAddr) -> u16 {
+    let mut handed = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..200 {
+        let Ok(u) = UdpSocket::bind((ip, 0)) else {
+            continue;
+        };
+        let Ok(port) = u.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        if handed.contains(&(ip, port)) || TcpListener::bind((ip, port)).is_err() {
+            continue;
+        }
+        handed.insert((ip, port));
+        return port;
+    }
+    panic!("no free port on {ip}");
+}
+
+/// A port free on 127.0.0.1.
+pub fn free_port_v4() -> u16 {
+    free_port(IpAddr::V4(LO))
+}
+
+/// Ports chosen for one start of the daemon (chosen again if the start fails on a port
+/// another process took).
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// The main listener port (free on 127.0.0.1 for UDP and TCP).
+    pub listen: u16,
+    /// A second listener port (free on 127.0.0.1 for UDP and TCP).
+    pub listen2: u16,
+    /// A listener port free on [::1] (UDP and TCP).
+    pub listen6: u16,
+    /// The admin server port.
+    pub admin: u16,
+}
+
+impl Ports {
+    fn pick() -> Self {
+        Ports {
+            listen: free_port_v4(),
+            listen2: free_port_v4(),
+            listen6: free_port(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+            admin: free_port_v4(),
+        }
+    }
+
+    /// `127.0.0.1:listen`.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::from((LO, self.listen))
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    proc: Option<ProcessGuard>,
+    dir: TestDir,
+    config: PathBuf,
+    /// The ports it was started with.
+    pub ports: Ports,
+    /// Its admin server.
+    pub admin: SocketAddr,
+    status: Option<ExitStatus>,
+}
+
+fn wait_ready(p: &mut ProcessGuard, admin: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(st) = p.try_wait()? {
+            bail!("hepfwd exited during start: {st}");
+        }
+        if let Ok((200, body)) = http_get(admin, "/healthz") {
+            let v: serde_json::Value =
+                serde_json::from_str(&body).context("/healthz is not JSON")?;
+            if v["status"] != "ok" {
+                bail!("/healthz says {body}");
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("/healthz did not answer within {READY_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `[admin]` section pointing at `port`, appended when a configuration has none.
+fn with_admin(config: &str, port: u16) -> String {
+    if config.contains("[admin]") {
+        config.to_string()
+    } else {
+        format!("{config}\n[admin]\nlisten = \"127.0.0.1:{port}\"\n")
+    }
+}
+
+impl Daemon {
+    /// Writes the configuration `config(ports)` (an `[admin]` section on `ports.admin` is
+    /// appended when it has none), starts the daemon and waits until `/healthz` answers.
+    /// Panics with the daemon's stderr when it does not come up.
+    pub fn start(name: &str, config: impl Fn(&Ports) -> String) -> Daemon {
+        Self::try_start(name, config).unwrap_or_else(|e| panic!("starting hepfwd: {e:#}"))
+    }
+
+    /// Like [`Daemon::start`], returning the error.
+    pub fn try_start(name: &str, config: impl Fn(&Ports) -> String) -> Result<Daemon> {
+        let bin = hepfwd_bin()?;
+        let dir = TestDir::new(name)?;
+        let cfg_path = dir.join("hepfwd.toml");
+        let mut last_err = anyhow::anyhow!("hepfwd did not start");
+        for attempt in 0..4 {
+            let ports = Ports::pick();
+            let text = with_admin(&config(&ports), ports.admin);
+            std::fs::write(&cfg_path, &text)
+                .with_context(|| format!("write {}", cfg_path.display()))?;
+            let stderr = dir.join(&format!("hepfwd-{attempt}.stderr"));
+            let stdout = dir.join(&format!("hepfwd-{attempt}.stdout"));
+            let mut cmd = Command::new(&bin);
+            cmd.args(["--log", "info", "run", "--mode", "userspace", "--config"])
+                .arg(&cfg_path);
+            let mut guard = ProcessGuard::spawn("hepfwd", cmd, &stdout, &stderr)?;
+            let admin = SocketAddr::from((LO, ports.admin));
+            match wait_ready(&mut guard, admin) {
+                Ok(()) => {
+                    return Ok(Daemon {
+                        proc: Some(guard),
+                        dir,
+                        config: cfg_path,
+                        ports,
+                        admin,
+                        status: None,
+                    });
+                }
+                Err(e) => {
+                    drop(guard);
+                    let log = read_tail(&stderr, 64 * 1024);
+                    // Another process took one of the ports between the pick and the bind.
+                    let retry = log.contains("Address already in use");
+                    last_err = e.context(format!("hepfwd stderr:\n{log}"));
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    fn proc_mut(&mut self) -> &mut ProcessGuard {
+        self.proc.as_mut().expect("the daemon process")
+    }
+
+    /// The daemon's PID.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, ProcessGuard::pid)
+    }
+
+    /// The configuration file.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The test's scratch directory.
+    pub fn dir(&self) -> &TestDir {
+        &self.dir
+    }
+
+    /// Everything the daemon wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        match &self.proc {
+            Some(p) => read_tail(p.stderr_path(), 64 * 1024),
+            None => String::new(),
+        }
+    }
+
+    /// `127.0.0.1:ports.listen`.
+    pub fn listen(&self) -> SocketAddr {
+        self.ports.listen_addr()
+    }
+
+    /// Sends `sig` to the daemon's PID (and nothing else).
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = self.pid();
+        assert!(pid > 0, "no daemon process");
+        // SAFETY: kill(2) on the PID of the child this guard spawned and has not reaped.
+        let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(
+            r,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// A scrape of `/metrics` (panics if the daemon does not answer).
+    pub fn metrics(&self) -> Metrics {
+        Metrics::scrape(self.admin).unwrap_or_else(|e| {
+            panic!(
+                "scraping /metrics: {e:#}\nhepfwd stderr:\n{}",
+                self.stderr()
+            )
+        })
+    }
+
+    /// One counter (sum of the matching samples, 0 if none).
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.metrics().get(name, labels)
+    }
+
+    /// Polls a counter until it equals `want`; panics at `timeout` with its last value.
+    pub fn wait_counter(&self, name: &str, labels: &[(&str, &str)], want: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.counter(name, labels);
+            if v == want {
+                return;
+            }
+            if v > want || Instant::now() >= deadline {
+                panic!(
+                    "{name}{labels:?} is {v}, expected {want} (within {timeout:?})\nhepfwd stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Polls until `cond(metrics)` holds; panics at `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut(&Metrics) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.metrics();
+            if cond(&m) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\nlast metrics:\n{:#?}\nhepfwd stderr:\n{}",
+                    m.samples
+                        .iter()
+                        .filter(|s| s.value != 0.0)
+                        .map(|s| format!("{} {:?} {}", s.name, s.labels, s.value))
+                        .collect::<Vec<_>>(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Packets received by every listener so far (UDP and TCP).
+    pub fn received(&self) -> u64 {
+        self.counter("hepfwd_received_total", &[])
+    }
+
+    /// Writes `config(ports)` (same ports, `[admin]` appended as at start) over the
+    /// configuration file, sends SIGHUP and waits until the daemon counted the reload.
+    /// Returns whether it was accepted.
+    pub fn reload(&self, config: impl Fn(&Ports) -> String) -> bool {
+        let text = with_admin(&config(&self.ports), self.ports.admin);
+        let m = self.metrics();
+        let ok0 = m.get("hepfwd_config_reloads_total", &[("result", "ok")]);
+        let err0 = m.get("hepfwd_config_reloads_total", &[("result", "error")]);
+        // Write then rename, so the daemon never reads half a file.
+        let tmp = self.config.with_extension("toml.new");
+        std::fs::write(&tmp, text).expect("write the new configuration");
+        std::fs::rename(&tmp, &self.config).expect("replace the configuration");
+        self.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.metrics();
+            let ok = m.get("hepfwd_config_reloads_total", &[("result", "ok")]);
+            let err = m.get("hepfwd_config_reloads_total", &[("result", "error")]);
+            if ok > ok0 {
+                return true;
+            }
+            if err > err0 {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reload was not counted within 10 s\nhepfwd stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits up to `timeout` for the daemon to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self
+                .proc_mut()
+                .wait_timeout(timeout)
+                .expect("waiting for hepfwd");
+        }
+        self.status
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.proc_mut().try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- hepfwd stderr (config {}) ----\n{}\n---- end of hepfwd stderr ----",
+                self.config.display(),
+                self.stderr()
+            );
+        }
+        // ProcessGuard's drop stops the process (SIGTERM, then SIGKILL).
+        drop(self.proc.take());
+    }
+}
+
+/// `[[destination]]` for a UDP collector.
+pub fn udp_destination(name: &str, addr: SocketAddr) -> String {
+    format!("\n[[destination]]\nname = \"{name}\"\naddress = \"{addr}\"\ntransport = \"udp\"\n")
+}
+
+/// `[[destination]]` for a TCP collector, with an optional queue bound.
+pub fn tcp_destination(name: &str, addr: SocketAddr, queue: Option<usize>) -> String {
+    let q = queue.map_or(String::new(), |q| format!("queue = {q}\n"));
+    format!("\n[[destination]]\nname = \"{name}\"\naddress = \"{addr}\"\ntransport = \"tcp\"\n{q}")
+}
+
+/// `[[listener]]` named `agents` on UDP `127.0.0.1:ports.listen`.
+pub fn udp_listener(p: &Ports) -> String {
+    format!(
+        "\n[[listener]]\nname = \"agents\"\nudp = \"127.0.0.1:{}\"\n",
+        p.listen
+    )
+}
+
+/// `[engine]` with one UDP worker (ordering and round-robin counts are exact).
+pub const ONE_WORKER: &str = "\n[engine]\nworkers = 1\n";
