@@ -1,0 +1,44 @@
+//! [`XdpCounters`]: the XDP program's per-CPU counters, summed over the CPUs.
+
+use aya::maps::{MapData, PerCpuArray};
+use hep_common::maps::XdpCounter;
+
+use super::XdpError;
+
+/// One reading of every counter (sum over CPUs), indexed by [`XdpCounter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct XdpCounters {
+    /// The values, in [`XdpCounter`] index order.
+    pub values: [u64; XdpCounter::COUNT],
+}
+
+impl XdpCounters {
+    /// Reads and sums every counter of `map` (the `COUNTERS` per-CPU array).
+    pub fn read(map: &PerCpuArray<&MapData, u64>) -> Result<Self, XdpError> {
+        let mut values = [0u64; XdpCounter::COUNT];
+        for c in XdpCounter::ALL {
+            let per_cpu = map.get(&c.index(), 0)?;
+            values[c.index() as usize] = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
+        }
+        Ok(XdpCounters { values })
+    }
+
+    /// The value of one counter.
+    pub fn get(&self, c: XdpCounter) -> u64 {
+        self.values[c.index() as usize]
+    }
+
+    /// `(name, value)` for every counter, in index order (for metrics).
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        XdpCounter::ALL.iter().map(|c| (c.name(), self.get(*c)))
+    }
+
+    /// What changed since `earlier` (wrapping, as the counters are monotonic u64).
+    pub fn delta(&self, earlier: &XdpCounters) -> XdpCounters {
+        let mut values = [0u64; XdpCounter::COUNT];
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = self.values[i].wrapping_sub(earlier.values[i]);
+        }
+        XdpCounters { values }
+    }
+}

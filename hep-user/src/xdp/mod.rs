@@ -1,0 +1,30 @@
+//! The XDP data plane's userspace side: load the `hep_xdp` program embedded in the binary,
+//! attach it to interfaces, read its counters, drain its logs.
+//!
+//! - [`loader`]: [`XdpProgram`] — load (with the HEP port), attach/detach by interface
+//!   name through bpf_link, the aya-log drain task.
+//! - [`counters`]: [`XdpCounters`] — the per-CPU counters summed.
+//! - [`error`]: [`XdpError`] — what went wrong, in words an operator can act on.
+//!
+//! The kernel side is `hep-ebpf`; the map and counter layout they share is
+//! `hep_common::maps`.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), hep_user::xdp::XdpError> {
+//! use hep_user::xdp::{AttachMode, LoadOptions, XdpProgram};
+//! use hep_common::maps::XdpCounter;
+//!
+//! let mut xdp = XdpProgram::load(&LoadOptions::default())?;
+//! xdp.attach("eth0", AttachMode::Native)?;
+//! let c = xdp.counters()?;
+//! println!("HEPv3 packets seen: {}", c.get(XdpCounter::HepV3));
+//! # Ok(()) }
+//! ```
+
+pub mod counters;
+pub mod error;
+pub mod loader;
+
+pub use counters::XdpCounters;
+pub use error::XdpError;
+pub use loader::{AttachMode, LoadOptions, OBJECT, XdpProgram, built_with_xdp};
