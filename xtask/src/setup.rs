@@ -40,16 +40,16 @@ const HEPJS_DIR: &str = "tests/interop/hepjs";
 /// a Debian/Ubuntu machine or we are not root.
 pub fn run() -> Result<()> {
     let root = cmd::workspace_root();
-    let state = State::probe(&root)?;
-    let pending = state.pending();
+    let state = State::probe(&root);
+    let steps = state.steps();
     let (is_root, distro) = (is_root(), debian_like());
-    if !pending.is_empty() && (!is_root || distro.is_none()) {
+    if steps.iter().any(|(done, _)| !done) && (!is_root || distro.is_none()) {
         let why = match (is_root, &distro) {
             (false, None) => "not root, and not a Debian/Ubuntu machine".to_string(),
             (false, Some(_)) => "not root".to_string(),
             (true, _) => "not a Debian/Ubuntu machine (no apt)".to_string(),
         };
-        print_manual_steps(&why, &pending);
+        print_manual_steps(&why, &steps);
         bail!("setup cannot install what is missing ({why}); see the steps above");
     }
 
@@ -64,7 +64,8 @@ pub fn run() -> Result<()> {
 /// What is already there.
 struct State {
     missing_apt: Vec<&'static str>,
-    toolchain_linked: bool,
+    /// `None` when rustup itself is missing.
+    toolchain_linked: Option<bool>,
     bpf_linker: Option<String>,
     bpffs_mounted: bool,
     /// `Some(true)` when hep-js needs `npm ci`, `None` when there is no lockfile.
@@ -72,7 +73,7 @@ struct State {
 }
 
 impl State {
-    fn probe(root: &Path) -> Result<Self> {
+    fn probe(root: &Path) -> Self {
         let mut missing_apt: Vec<&'static str> = APT_PACKAGES
             .iter()
             .copied()
@@ -85,13 +86,13 @@ impl State {
         if !cmd::on_path("npm") && !dpkg_installed("npm") {
             missing_apt.push("npm");
         }
-        Ok(State {
+        State {
             missing_apt,
-            toolchain_linked: toolchain_linked()?,
+            toolchain_linked: toolchain_linked(),
             bpf_linker: bpf_linker_version(),
             bpffs_mounted: bpffs_mounted(),
             npm_needed: npm_needed(root),
-        })
+        }
     }
 
     fn bpf_linker_ok(&self) -> bool {
@@ -100,39 +101,53 @@ impl State {
             .is_some_and(|v| v.split_whitespace().any(|w| w == BPF_LINKER_VERSION))
     }
 
-    /// The manual commands for the steps that still need doing.
-    fn pending(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if !self.missing_apt.is_empty() {
-            out.push(format!(
-                "sudo apt-get update && sudo apt-get install -y {}",
-                self.missing_apt.join(" ")
-            ));
-        }
-        if !self.toolchain_linked {
-            out.push(format!("rustup toolchain link {TOOLCHAIN} /usr"));
-        }
-        if !self.bpf_linker_ok() {
-            out.push(format!(
-                "PATH={LLVM_PREFIX}/bin:$PATH LLVM_SYS_221_PREFIX={LLVM_PREFIX} cargo install \
-                 bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features llvm-22"
-            ));
-        }
-        if !self.bpffs_mounted {
-            out.push(format!("sudo mount -t bpf bpf {BPFFS}"));
-        }
-        if self.npm_needed == Some(true) {
-            out.push(format!("(cd {HEPJS_DIR} && npm ci)"));
-        }
-        out
+    /// Every step as `(done, manual command)`, in order.
+    fn steps(&self) -> Vec<(bool, String)> {
+        let apt = if self.missing_apt.is_empty() {
+            APT_PACKAGES.join(" ")
+        } else {
+            self.missing_apt.join(" ")
+        };
+        vec![
+            (
+                self.missing_apt.is_empty(),
+                format!("sudo apt-get update && sudo apt-get install -y {apt}"),
+            ),
+            (
+                self.toolchain_linked == Some(true),
+                match self.toolchain_linked {
+                    None => format!(
+                        "install rustup (https://rustup.rs), then: rustup toolchain link \
+                         {TOOLCHAIN} /usr"
+                    ),
+                    Some(_) => format!("rustup toolchain link {TOOLCHAIN} /usr"),
+                },
+            ),
+            (
+                self.bpf_linker_ok(),
+                format!(
+                    "PATH={LLVM_PREFIX}/bin:$PATH LLVM_SYS_221_PREFIX={LLVM_PREFIX} cargo install \
+                     bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features \
+                     llvm-22"
+                ),
+            ),
+            (self.bpffs_mounted, format!("sudo mount -t bpf bpf {BPFFS}")),
+            (
+                self.npm_needed != Some(true),
+                format!(
+                    "(cd {HEPJS_DIR} && npm ci)   # only if {HEPJS_DIR}/package-lock.json exists"
+                ),
+            ),
+        ]
     }
 }
 
-fn print_manual_steps(why: &str, pending: &[String]) {
+fn print_manual_steps(why: &str, steps: &[(bool, String)]) {
     eprintln!("[setup] cannot set up automatically: {why}.");
-    eprintln!("[setup] On Debian 12 (or a Debian/Ubuntu with these packages), run:");
-    for (i, s) in pending.iter().enumerate() {
-        eprintln!("[setup]   {}. {s}", i + 1);
+    eprintln!("[setup] On Debian 12 (or a Debian/Ubuntu with these packages), as root:");
+    for (i, (done, s)) in steps.iter().enumerate() {
+        let mark = if *done { "   (already done here)" } else { "" };
+        eprintln!("[setup]   {}. {s}{mark}", i + 1);
     }
     eprintln!(
         "[setup] Then build with `cargo xtask build`. Without the eBPF toolchain, userspace \
@@ -166,9 +181,16 @@ fn step_apt(state: &State) -> Result<()> {
 }
 
 fn step_toolchain(state: &State) -> Result<()> {
-    if state.toolchain_linked {
-        println!("[setup] rustup toolchain {TOOLCHAIN}: already linked");
-        return Ok(());
+    match state.toolchain_linked {
+        Some(true) => {
+            println!("[setup] rustup toolchain {TOOLCHAIN}: already linked");
+            return Ok(());
+        }
+        Some(false) => {}
+        None => bail!(
+            "rustup is not installed or not on PATH; install it first (https://rustup.rs), \
+             then run `cargo xtask setup` again"
+        ),
     }
     cmd::run(Command::new("rustup").args(["toolchain", "link", TOOLCHAIN, "/usr"]))
         .with_context(|| format!("linking Debian's rustc as the rustup toolchain {TOOLCHAIN}"))?;
@@ -272,17 +294,14 @@ fn dpkg_installed(pkg: &str) -> bool {
     })
 }
 
-fn toolchain_linked() -> Result<bool> {
-    let Some(out) = cmd::probe("rustup", &["toolchain", "list"]) else {
-        bail!(
-            "rustup is not installed or not on PATH; install it first (https://rustup.rs), \
-             then run `cargo xtask setup` again"
-        );
-    };
+/// Whether `rustup toolchain list` has `debian-web`; `None` without rustup.
+fn toolchain_linked() -> Option<bool> {
+    let out = cmd::probe("rustup", &["toolchain", "list"])?;
     let list = String::from_utf8_lossy(&out.stdout);
-    Ok(list
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(TOOLCHAIN)))
+    Some(
+        list.lines()
+            .any(|l| l.split_whitespace().next() == Some(TOOLCHAIN)),
+    )
 }
 
 /// `bpf-linker --version`, looked up on PATH and in cargo's bin directory.
