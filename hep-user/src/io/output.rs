@@ -19,6 +19,8 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(100);
 pub struct Flusher {
     generation: Option<u64>,
     udp: Vec<Option<std::net::UdpSocket>>,
+    /// Per UDP socket: when it last sent (daemon clock, ms; 0: never).
+    last_send_ms: Vec<u64>,
     buckets: Vec<Vec<usize>>,
 }
 
@@ -49,6 +51,7 @@ impl Flusher {
                 }
             })
             .collect();
+        self.last_send_ms = vec![0; eng.destinations.len()];
         self.buckets = vec![Vec::new(); eng.destinations.len()];
     }
 
@@ -91,6 +94,18 @@ impl Flusher {
                             .fetch_add(packets.len() as u64, Relaxed);
                         continue;
                     };
+                    // A pending ICMP error is about datagrams of the last send on this
+                    // socket; once that is a hold-down old, the error is stale: forget it
+                    // rather than start a new hold-down of a destination that may be back.
+                    let now = eng.clock_ms().max(1);
+                    let last = self.last_send_ms[dest];
+                    if last != 0
+                        && now.saturating_sub(last)
+                            >= eng.plan.engine.udp_error_holddown.as_millis() as u64
+                    {
+                        let _ = sock.take_error();
+                    }
+                    self.last_send_ms[dest] = now;
                     let mut done = 0;
                     let mut retried = false;
                     while done < packets.len() {
