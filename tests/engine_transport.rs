@@ -1,0 +1,252 @@
+//! Transports end to end: listener auth key and allow list, HEP over TCP from agents
+//! (several frames per write, frames split across writes), TCP collectors (restart without
+//! loss inside the queue bound, queue overflow counted exactly).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use hepfwd_tests::collector::{
+    Agent, QUIET, TcpAgent, TcpCollector, UdpCollector, WAIT, expect_all_silent, sorted,
+};
+use hepfwd_tests::daemon::{
+    Daemon, LO, ONE_WORKER, free_port_v4, tcp_destination, udp_destination, udp_listener,
+};
+use hepfwd_tests::hepgen::Pkt;
+
+#[test]
+fn listener_auth_key_and_allow_list_reject_and_count() {
+    let col = UdpCollector::new("ok");
+    let d = Daemon::start("auth", |p| {
+        format!(
+            "\n[[listener]]\nname = \"guarded\"\nudp = \"127.0.0.1:{0}\"\ntcp = \"127.0.0.1:{0}\"\nauth_key = \"k1\"\nallow = [\"127.0.0.1/32\", \"::1/128\"]\n",
+            p.listen
+        ) + &udp_destination("ok", col.addr)
+            + "\n[default]\nforward = [\"ok\"]\n"
+            + ONE_WORKER
+    });
+    let inside = Agent::new();
+    let outside = Agent::bind("127.0.0.2");
+    let to = d.listen();
+    let good: Vec<Vec<u8>> = (0..2)
+        .map(|i| Pkt::sip("a@x", i).auth("k1").encode())
+        .collect();
+    for p in &good {
+        inside.send(to, p);
+    }
+    inside.send(to, &Pkt::sip("a@x", 10).encode()); // no key
+    inside.send(to, &Pkt::sip("a@x", 11).auth("k2").encode()); // wrong key
+    inside.send(to, &Pkt::sip("a@x", 12).auth("k1x").encode()); // not exactly the key
+    inside.send(to, &Pkt::sip("a@x", 13).encode_legacy(2)); // HEPv2 has no key
+    outside.send(to, &Pkt::sip("a@x", 14).auth("k1").encode()); // right key, wrong sender
+    outside.send(to, b"not even HEP"); // the allow list comes first
+    let mut tcp = TcpAgent::connect(to);
+    let tcp_good = Pkt::sip("t@x", 20).auth("k1").encode();
+    let mut both = tcp_good.clone();
+    both.extend_from_slice(&Pkt::sip("t@x", 21).auth("nope").encode());
+    tcp.write(&both);
+
+    // UDP and TCP are processed apart: no order between them.
+    let got = col.expect(3, WAIT);
+    let mut want = good.clone();
+    want.push(tcp_good);
+    assert!(
+        sorted(got) == sorted(want),
+        "the good packets (2 UDP, 1 TCP)"
+    );
+    let m = d.metrics();
+    let rejected = |r: &str| {
+        m.get(
+            "hepfwd_rejected_total",
+            &[("listener", "guarded"), ("reason", r)],
+        )
+    };
+    assert_eq!(rejected("auth"), 5);
+    assert_eq!(rejected("allow"), 2);
+    assert_eq!(m.get("hepfwd_parse_errors_total", &[]), 0);
+    assert_eq!(
+        m.get(
+            "hepfwd_received_total",
+            &[("listener", "guarded"), ("transport", "udp")]
+        ),
+        8
+    );
+    assert_eq!(
+        m.get(
+            "hepfwd_received_total",
+            &[("listener", "guarded"), ("transport", "tcp")]
+        ),
+        2
+    );
+}
+
+#[test]
+fn tcp_agents_coalesced_and_split_frames_reach_tcp_and_udp_collectors() {
+    let t = TcpCollector::new("tcp");
+    let u = UdpCollector::new("udp");
+    let d = Daemon::start("tcp-in", |p| {
+        format!(
+            "\n[[listener]]\nname = \"tcp-agents\"\ntcp = \"127.0.0.1:{}\"\n",
+            p.listen
+        ) + &tcp_destination("t", t.addr, None)
+            + &udp_destination("u", u.addr)
+            + "\n[default]\nforward = [\"t\", \"u\"]\n"
+    });
+    let frames: Vec<Vec<u8>> = (0..16)
+        .map(|i| {
+            let mut p = Pkt::sip(&format!("tcp-{i}@x"), i);
+            if i == 15 {
+                // A frame near the largest a HEPv3 length can say.
+                p.payload.extend(std::iter::repeat_n(b'x', 60_000));
+            }
+            p.encode()
+        })
+        .collect();
+    let cat = |r: std::ops::Range<usize>| -> Vec<u8> { frames[r].concat() };
+    let pause = || std::thread::sleep(Duration::from_millis(30));
+    let mut a = TcpAgent::connect(SocketAddr::from((LO, d.ports.listen)));
+    a.write(&cat(0..10)); // ten frames in one write
+    pause();
+    let f = &frames[10]; // one frame in three writes
+    a.write(&f[..3]);
+    pause();
+    a.write(&f[3..20]);
+    pause();
+    a.write(&f[20..]);
+    pause();
+    let mut mixed = cat(11..13);
+    let half = frames[13].len() / 2;
+    mixed.extend_from_slice(&frames[13][..half]);
+    a.write(&mixed); // two frames and a half
+    pause();
+    let mut rest = frames[13][half..].to_vec();
+    rest.extend_from_slice(&frames[14]);
+    a.write(&rest); // the other half and one more
+    pause();
+    let big = &frames[15];
+    for piece in big.chunks(7_000) {
+        a.write(piece);
+    }
+    assert!(
+        t.take(16, WAIT) == frames,
+        "TCP collector: other frames or order"
+    );
+    assert!(
+        u.take(16, WAIT) == frames,
+        "UDP collector: other datagrams or order"
+    );
+
+    // A second agent connection.
+    let more: Vec<Vec<u8>> = (100..103)
+        .map(|i| Pkt::rtcp("second-conn", i).encode())
+        .collect();
+    let mut b = TcpAgent::connect(SocketAddr::from((LO, d.ports.listen)));
+    b.write(&more.concat());
+    assert!(t.take(3, WAIT) == more);
+    assert!(u.take(3, WAIT) == more);
+    expect_all_silent(&[&t.inbox, &u.inbox], QUIET);
+    let m = d.metrics();
+    assert_eq!(
+        m.get(
+            "hepfwd_received_total",
+            &[("listener", "tcp-agents"), ("transport", "tcp")]
+        ),
+        19
+    );
+    assert_eq!(
+        m.get(
+            "hepfwd_tcp_connections_total",
+            &[("listener", "tcp-agents")]
+        ),
+        2
+    );
+    assert_eq!(
+        m.get("hepfwd_destination_sent_total", &[("destination", "t")]),
+        19
+    );
+    assert_eq!(
+        t.accepted.load(Relaxed),
+        1,
+        "one connection to the collector"
+    );
+    drop(a);
+}
+
+#[test]
+fn tcp_collector_restart_loses_nothing_inside_the_queue_bound() {
+    let t = TcpCollector::new("collector");
+    let addr = t.addr;
+    let d = Daemon::start("tcp-restart", |p| {
+        udp_listener(p)
+            + &tcp_destination("t", addr, Some(100))
+            + "\n[default]\nforward = [\"t\"]\n"
+            + ONE_WORKER
+    });
+    let dest = [("destination", "t")];
+    d.wait_counter("hepfwd_destination_connected", &dest, 1, WAIT);
+    let agent = Agent::new();
+    let before: Vec<Vec<u8>> = (0..10).map(|i| Pkt::sip("r@x", i).encode()).collect();
+    for p in &before {
+        agent.send(d.listen(), p);
+    }
+    assert!(t.take(10, WAIT) == before);
+
+    assert!(t.stop().is_empty());
+    d.wait_counter("hepfwd_destination_connected", &dest, 0, WAIT);
+    let held: Vec<Vec<u8>> = (10..60).map(|i| Pkt::sip("r@x", i).encode()).collect();
+    for p in &held {
+        agent.send(d.listen(), p);
+    }
+    d.wait_counter("hepfwd_destination_queue_depth", &dest, 50, WAIT);
+
+    let t = TcpCollector::bind("collector-again", addr);
+    assert!(
+        t.expect(50, WAIT) == held,
+        "the queued frames, once, in order"
+    );
+    let m = d.metrics();
+    assert_eq!(m.get("hepfwd_destination_reconnects_total", &dest), 1);
+    assert_eq!(m.get("hepfwd_destination_sent_total", &dest), 60);
+    assert_eq!(m.get("hepfwd_destination_queue_depth", &dest), 0);
+    assert_eq!(m.get("hepfwd_destination_dropped_total", &dest), 0);
+    assert_eq!(t.accepted.load(Relaxed), 1);
+}
+
+#[test]
+fn tcp_queue_overflow_is_counted_exactly() {
+    let addr = SocketAddr::from((LO, free_port_v4()));
+    let d = Daemon::start("tcp-overflow", |p| {
+        udp_listener(p)
+            + &tcp_destination("t", addr, Some(20))
+            + "\n[default]\nforward = [\"t\"]\n"
+            + ONE_WORKER
+    });
+    let dest = [("destination", "t")];
+    let agent = Agent::new();
+    let sent: Vec<Vec<u8>> = (0..50).map(|i| Pkt::sip("o@x", i).encode()).collect();
+    for p in &sent {
+        agent.send(d.listen(), p);
+    }
+    d.wait_counter(
+        "hepfwd_destination_dropped_total",
+        &[("destination", "t"), ("reason", "queue_full")],
+        30,
+        WAIT,
+    );
+    assert_eq!(d.counter("hepfwd_destination_queue_depth", &dest), 20);
+    assert!(d.counter("hepfwd_destination_connect_failures_total", &dest) >= 1);
+
+    let t = TcpCollector::bind("late", addr);
+    assert!(t.expect(20, WAIT) == sent[..20], "the first 20, in order");
+    let m = d.metrics();
+    assert_eq!(
+        m.get(
+            "hepfwd_destination_dropped_total",
+            &[("destination", "t"), ("reason", "queue_full")]
+        ),
+        30
+    );
+    assert_eq!(m.get("hepfwd_destination_dropped_total", &dest), 30);
+    assert_eq!(m.get("hepfwd_destination_sent_total", &dest), 20);
+    assert_eq!(m.get("hepfwd_destination_queue_depth", &dest), 0);
+}
