@@ -73,8 +73,12 @@ pub fn skip(name: &str, why: &str) -> bool {
     if required() {
         panic!("{name}: cannot run ({why}) and {REQUIRE_VAR}=1 forbids skipping it");
     }
-    eprintln!(
-        "\n!!!!!!!! SKIPPED {name}: {why}.\n!!!!!!!! Run as root (e.g. `sudo -E cargo test`); \
+    // Straight to the stderr fd, not `eprintln!`: the test harness captures the print
+    // macros of passing tests, and a skip must be seen.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED {name}: {why}.\n!!!!!!!! They need root and the XDP build: `cargo xtask test` as root does both; \
          set {REQUIRE_VAR}=1 to make this skip a failure.\n"
     );
     false
