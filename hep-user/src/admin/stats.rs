@@ -343,11 +343,11 @@ impl Collector for StatsCollector {
             Counter,
         );
         reloads.add(
-            vec![("result", "ok".into())],
+            vec![("result", "ok".into()), path()],
             s.global.reloads_ok.load(Relaxed),
         );
         reloads.add(
-            vec![("result", "error".into())],
+            vec![("result", "error".into()), path()],
             s.global.reloads_failed.load(Relaxed),
         );
         for f in [
