@@ -1,0 +1,519 @@
+//! Operations end to end: SIGHUP reloads under load without loss (and a rejected one),
+//! malformed input counted by kind and forwarded raw to `[invalid]`, SIGTERM draining TCP
+//! queues, `check-config` errors, and the `path` label on every metric.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use hepfwd_tests::collector::{
+    Agent, QUIET, TcpAgent, TcpCollector, UdpCollector, WAIT, expect_all_silent,
+};
+use hepfwd_tests::daemon::{
+    Daemon, LO, ONE_WORKER, Ports, free_port_v4, tcp_destination, udp_destination, udp_listener,
+};
+use hepfwd_tests::hepfwd::hepfwd_bin;
+use hepfwd_tests::hepgen::{Pkt, packet_of};
+use hepfwd_tests::metrics::Metrics;
+use hepfwd_tests::peers::TestDir;
+
+/// The sequence number an RTCP test packet carries (payload bytes 4..8).
+fn seq_of(p: &[u8]) -> u32 {
+    let h = hep_common::Hep3::parse(p).expect("HEPv3");
+    let payload = h.payload().expect("a payload");
+    u32::from_be_bytes(payload[4..8].try_into().unwrap())
+}
+
+const LOAD: u32 = 20_000;
+
+#[test]
+fn reloads_under_load_lose_nothing_and_a_bad_one_is_rejected() {
+    let u = UdpCollector::new("udp");
+    let t = TcpCollector::new("tcp");
+    let (uaddr, taddr) = (u.addr, t.addr);
+    // Every version keeps the two destinations as they are; routes are renamed and added.
+    let version = move |v: usize| {
+        move |p: &Ports| {
+            let mut c =
+                udp_listener(p) + &udp_destination("u", uaddr) + &tcp_destination("t", taddr, None);
+            if v >= 2 {
+                c += &udp_destination("spare", SocketAddr::from((LO, 9)));
+                c += "\n[[route]]\nname = \"logs\"\nmatch = { proto = [100] }\naction = \"drop\"\n";
+            }
+            if v >= 3 {
+                c += "\n[[route]]\nname = \"sip-spare\"\nmatch = { proto = [\"sip\"] }\nforward = [\"spare\"]\n";
+            }
+            c + &format!("\n[[route]]\nname = \"load-v{v}\"\nforward = [\"u\", \"t\"]\n")
+        }
+    };
+    let d = Daemon::start("reload", version(0));
+    d.wait_counter(
+        "hepfwd_destination_connected",
+        &[("destination", "t")],
+        1,
+        WAIT,
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let admin = d.admin;
+    let to = d.listen();
+    let sender = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let agent = Agent::new();
+            let received = || {
+                Metrics::scrape(admin)
+                    .map(|m| m.get("hepfwd_received_total", &[]))
+                    .unwrap_or(0)
+            };
+            // About 10,000 packets a second, never more than 500 ahead of the daemon.
+            let start = Instant::now();
+            for chunk in 0..LOAD / 100 {
+                let packets: Vec<Vec<u8>> = (chunk * 100..chunk * 100 + 100)
+                    .map(|s| Pkt::rtcp("load", s).encode())
+                    .collect();
+                agent.send_paced(to, &packets, 500, received);
+                let due = start + Duration::from_millis(10 * u64::from(chunk + 1));
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+            done.store(true, Relaxed);
+        })
+    };
+    let mut reloads = 0;
+    let mut v = 1;
+    while !done.load(Relaxed) && v <= 5 {
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(d.reload(version(v)), "reload {v} rejected");
+        reloads += 1;
+        v += 1;
+    }
+    // A file with an error is rejected; the running configuration stays.
+    let bad = |p: &Ports| version(5)(p) + "\n[[route]]\nname = \"broken\"\nforward = [\"nope\"]\n";
+    assert!(!d.reload(bad), "a bad configuration was accepted");
+    sender.join().expect("the sender thread");
+    assert!(
+        reloads >= 3,
+        "only {reloads} reloads happened during the load"
+    );
+
+    let mut useqs: Vec<u32> = u
+        .take(LOAD as usize, WAIT)
+        .iter()
+        .map(|p| seq_of(p))
+        .collect();
+    let tseqs: Vec<u32> = t
+        .take(LOAD as usize, WAIT)
+        .iter()
+        .map(|p| seq_of(p))
+        .collect();
+    expect_all_silent(&[&u.inbox, &t.inbox], QUIET);
+    useqs.sort_unstable();
+    assert!(
+        useqs == (0..LOAD).collect::<Vec<_>>(),
+        "UDP: a packet lost or twice"
+    );
+    let tset: BTreeSet<u32> = tseqs.iter().copied().collect();
+    assert_eq!(tset.len(), LOAD as usize, "TCP: a packet twice");
+    assert!(tset.iter().copied().eq(0..LOAD), "TCP: a packet lost");
+
+    let m = d.metrics();
+    assert_eq!(
+        m.get("hepfwd_config_reloads_total", &[("result", "ok")]),
+        reloads
+    );
+    assert_eq!(
+        m.get("hepfwd_config_reloads_total", &[("result", "error")]),
+        1
+    );
+    let t_dest = [("destination", "t")];
+    assert_eq!(m.get("hepfwd_destination_reconnects_total", &t_dest), 0);
+    assert_eq!(m.get("hepfwd_destination_dropped_total", &t_dest), 0);
+    assert_eq!(t.accepted.load(Relaxed), 1, "the TCP connection was kept");
+    let route_sum: u64 = (0..=5)
+        .map(|v| {
+            m.get(
+                "hepfwd_route_matches_total",
+                &[("route", &format!("load-v{v}"))],
+            )
+        })
+        .sum();
+    assert_eq!(route_sum, u64::from(LOAD));
+
+    // The rejection names file, line, column and field.
+    let cfg = d.config_path().display().to_string();
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("forward = [\"nope\"]"))
+        .unwrap()
+        + 1;
+    let log = d.stderr();
+    let want = format!("{cfg}:{line}:12: route[");
+    assert!(
+        log.contains(&want) && log.contains("unknown destination \"nope\""),
+        "the log does not name {want}…: {log}"
+    );
+
+    // Still running, on the last good configuration.
+    let p = Pkt::rtcp("after", LOAD + 1).encode();
+    Agent::new().send(to, &p);
+    assert!(u.take(1, WAIT) == vec![p.clone()]);
+    assert!(t.take(1, WAIT) == vec![p]);
+    assert_eq!(
+        d.counter(
+            "hepfwd_route_matches_total",
+            &[("route", &format!("load-v{}", v - 1))]
+        ),
+        m.get(
+            "hepfwd_route_matches_total",
+            &[("route", &format!("load-v{}", v - 1))]
+        ) + 1
+    );
+}
+
+#[test]
+fn malformed_input_is_counted_by_kind_and_forwarded_raw() {
+    let good = UdpCollector::new("good");
+    let raw_udp = UdpCollector::new("raw-udp");
+    let raw_tcp = TcpCollector::new("raw-tcp");
+    let d = Daemon::start("malformed", |p| {
+        format!(
+            "\n[[listener]]\nname = \"agents\"\nudp = \"127.0.0.1:{0}\"\ntcp = \"127.0.0.1:{0}\"\n",
+            p.listen
+        ) + &udp_destination("good", good.addr)
+            + &udp_destination("raw-udp", raw_udp.addr)
+            + &tcp_destination("raw-tcp", raw_tcp.addr, None)
+            + "\n[default]\nforward = [\"good\"]\n"
+            + "\n[invalid]\nforward = [\"raw-udp\", \"raw-tcp\"]\n"
+            + ONE_WORKER
+    });
+    let valid = Pkt::sip("ok@x", 1).encode();
+    let mut longer = valid.clone();
+    let n = longer.len() as u16 + 10;
+    longer[4..6].copy_from_slice(&n.to_be_bytes());
+    let mut shorter = valid.clone();
+    let n = shorter.len() as u16 - 1;
+    shorter[4..6].copy_from_slice(&n.to_be_bytes());
+    let bad_width = packet_of(&[
+        (0, 0x000b, vec![1]),
+        (0, 0x000c, vec![0, 7]),
+        (0, 0x000f, b"x".to_vec()),
+    ]);
+    let mut past_end = packet_of(&[(0, 0x000b, vec![1]), (0, 0x000f, b"payload".to_vec())]);
+    let last = past_end.len() - 7 - 6 + 4; // the payload chunk's length field
+    past_end[last..last + 2].copy_from_slice(&40u16.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", b"HE".to_vec()),
+        ("truncated", b"HEP3\x00".to_vec()),
+        ("length_mismatch", longer),
+        ("length_mismatch", shorter),
+        ("bad_chunk_width", bad_width.clone()),
+        ("chunk_past_end", past_end.clone()),
+        ("unknown_version", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+    ];
+    let agent = Agent::new();
+    for (_, bytes) in &cases {
+        agent.send(d.listen(), bytes);
+    }
+    agent.send(d.listen(), &valid);
+    // Raw and unchanged to the UDP destination of [invalid], in order.
+    let raw: Vec<Vec<u8>> = cases.iter().map(|c| c.1.clone()).collect();
+    assert!(
+        raw_udp.take(raw.len(), WAIT) == raw,
+        "[invalid] got other bytes"
+    );
+    assert!(good.take(1, WAIT) == vec![valid.clone()]);
+    // A TCP destination takes only what is exactly one HEPv3 frame by its length field
+    // (anything else would desynchronise the collector's stream), and counts the rest.
+    assert!(raw_tcp.take(2, WAIT) == vec![bad_width, past_end]);
+
+    // TCP: a good frame, then garbage: the frame goes through, the connection is closed.
+    let mut a = TcpAgent::connect(d.listen());
+    let mut stream = Pkt::sip("tcp-ok@x", 2).encode();
+    let tcp_valid = stream.clone();
+    stream.extend_from_slice(b"GARBAGE AFTER A FRAME");
+    a.write(&stream);
+    assert!(
+        a.closed_by_peer(Duration::from_secs(5)),
+        "the daemon kept a connection that sent garbage"
+    );
+    let mut b = TcpAgent::connect(d.listen());
+    b.write(b"\x16\x03\x01 a TLS hello, say");
+    assert!(b.closed_by_peer(Duration::from_secs(5)));
+    assert!(good.take(1, WAIT) == vec![tcp_valid]);
+    expect_all_silent(&[&good.inbox, &raw_udp.inbox, &raw_tcp.inbox], QUIET);
+
+    let m = d.metrics();
+    let kinds = [
+        "truncated",
+        "length_mismatch",
+        "bad_chunk_width",
+        "chunk_past_end",
+        "unknown_version",
+        "tcp_framing",
+    ];
+    for k in kinds {
+        let want = if k == "tcp_framing" {
+            2
+        } else {
+            cases.iter().filter(|c| c.0 == k).count() as u64
+        };
+        assert_eq!(
+            m.get(
+                "hepfwd_parse_errors_total",
+                &[("listener", "agents"), ("kind", k)]
+            ),
+            want,
+            "kind {k}"
+        );
+    }
+    assert_eq!(m.get("hepfwd_parse_errors_total", &[]), 9);
+    assert_eq!(
+        m.get(
+            "hepfwd_destination_dropped_total",
+            &[("destination", "raw-tcp"), ("reason", "invalid_frame")]
+        ),
+        5
+    );
+    assert_eq!(
+        m.get(
+            "hepfwd_destination_sent_total",
+            &[("destination", "raw-udp")]
+        ),
+        7
+    );
+}
+
+#[test]
+fn without_invalid_malformed_input_is_dropped_and_counted() {
+    let good = UdpCollector::new("good");
+    let d = Daemon::start("malformed-drop", |p| {
+        udp_listener(p)
+            + &udp_destination("good", good.addr)
+            + "\n[default]\nforward = [\"good\"]\n"
+    });
+    let agent = Agent::new();
+    for _ in 0..4 {
+        agent.send(d.listen(), b"\xff\xfe garbage");
+    }
+    d.wait_counter(
+        "hepfwd_parse_errors_total",
+        &[("kind", "unknown_version")],
+        4,
+        WAIT,
+    );
+    good.expect_silent(QUIET);
+    assert_eq!(d.counter("hepfwd_destination_sent_total", &[]), 0);
+}
+
+#[test]
+fn sigterm_drains_tcp_queues_to_a_late_collector_and_exits_0() {
+    let addr = SocketAddr::from((LO, free_port_v4()));
+    let mut d = Daemon::start("sigterm", |p| {
+        udp_listener(p)
+            + &tcp_destination("late", addr, None)
+            + "\n[default]\nforward = [\"late\"]\n"
+            + "\n[engine]\nworkers = 1\ndrain_timeout = \"5s\"\n"
+    });
+    let agent = Agent::new();
+    let sent: Vec<Vec<u8>> = (0..30).map(|i| Pkt::sip("drain@x", i).encode()).collect();
+    for p in &sent {
+        agent.send(d.listen(), p);
+    }
+    d.wait_counter(
+        "hepfwd_destination_queue_depth",
+        &[("destination", "late")],
+        30,
+        WAIT,
+    );
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.running(), "hepfwd exited before its queue drained");
+    let c = TcpCollector::bind("late", addr);
+    let st = d
+        .wait_exit(Duration::from_secs(8))
+        .expect("hepfwd did not exit");
+    let took = t0.elapsed();
+    assert!(st.success(), "exit status {st}");
+    assert!(took < Duration::from_secs(5), "the drain took {took:?}");
+    assert!(
+        c.expect(30, WAIT) == sent,
+        "the queued frames, once, in order"
+    );
+    assert!(
+        d.stderr().contains("all TCP queues drained"),
+        "{}",
+        d.stderr()
+    );
+}
+
+#[test]
+fn sigterm_gives_up_at_the_drain_timeout_and_exits_0() {
+    let addr = SocketAddr::from((LO, free_port_v4()));
+    let mut d = Daemon::start("sigterm-timeout", |p| {
+        udp_listener(p)
+            + &tcp_destination("never", addr, None)
+            + "\n[default]\nforward = [\"never\"]\n"
+            + "\n[engine]\ndrain_timeout = \"300ms\"\n"
+    });
+    let agent = Agent::new();
+    for i in 0..5 {
+        agent.send(d.listen(), &Pkt::sip("x@x", i).encode());
+    }
+    d.wait_counter(
+        "hepfwd_destination_queue_depth",
+        &[("destination", "never")],
+        5,
+        WAIT,
+    );
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM);
+    let st = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("hepfwd did not exit");
+    assert!(st.success(), "exit status {st}");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let log = d.stderr();
+    assert!(log.contains("did not drain in time"), "{log}");
+}
+
+/// `hepfwd check-config FILE`: (success, stdout, stderr).
+fn check_config(path: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(hepfwd_bin().unwrap())
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_names_file_line_column_field_and_hint() {
+    let dir = TestDir::new("check-config").unwrap();
+    let base = "[[listener]]\nname = \"l\"\nudp = \"127.0.0.1:9060\"\n\n[[destination]]\nname = \"a\"\naddress = \"127.0.0.1:9061\"\n";
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "unknown-destination.toml",
+            "\n[[route]]\nname = \"r\"\nforward = [\"a\", \"homer-c\"]\n",
+            ":11:17: route[0].forward[1]: unknown destination \"homer-c\"",
+            "hint: defined destinations: a",
+        ),
+        (
+            "typo.toml",
+            "\n[[route]]\nname = \"r\"\nfoward = [\"a\"]\n",
+            ":11:1: route[0].foward: unknown field `foward`",
+            "hint: check the spelling",
+        ),
+        (
+            "bad-sample.toml",
+            "\n[[route]]\nname = \"r\"\nforward = [\"a\"]\nsample = 1.5\n",
+            ":12:10: route[0].sample: 1.5 is not a fraction",
+            "hint: use a number from 0.0 to 1.0",
+        ),
+        (
+            "bad-address.toml",
+            "\n[[destination]]\nname = \"b\"\naddress = \"collector:9060\"\n",
+            ":11:11: destination[1].address: \"collector:9060\" is not an IP:port address",
+            "hint: write e.g. \"0.0.0.0:9060\"",
+        ),
+    ];
+    for (name, tail, error, hint) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{base}{tail}")).unwrap();
+        let (ok, _, stderr) = check_config(&path);
+        assert!(!ok, "{name}: accepted");
+        let want = format!("{}{error}", path.display());
+        assert!(
+            stderr.lines().any(|l| l.contains(&want)),
+            "{name}: no line with {want:?} in:\n{stderr}"
+        );
+        assert!(
+            stderr.lines().any(|l| l.trim_start().starts_with(hint)),
+            "{name}: no {hint:?} in:\n{stderr}"
+        );
+    }
+    // Every error of a file at once.
+    let path = dir.join("several.toml");
+    std::fs::write(
+        &path,
+        format!("{base}\n[[route]]\nname = \"r\"\nforward = [\"x\"]\nmode = \"sticky\"\n"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check_config(&path);
+    assert!(!ok);
+    assert!(
+        stderr.contains("route[0].forward[0]: unknown destination \"x\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("route[0].mode: unknown mode \"sticky\""),
+        "{stderr}"
+    );
+    // A missing file.
+    let (ok, _, stderr) = check_config(&dir.join("absent.toml"));
+    assert!(!ok && stderr.contains("cannot read"), "{stderr}");
+    // And a good one.
+    let path = dir.join("good.toml");
+    std::fs::write(
+        &path,
+        format!("{base}\n[[route]]\nname = \"r\"\nforward = [\"a\"]\n"),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check_config(&path);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("route \"r\": forward all to a"), "{stdout}");
+}
+
+#[test]
+fn every_metric_has_the_path_label() {
+    let col = UdpCollector::new("c");
+    let d = Daemon::start("path-label", |p| {
+        udp_listener(p)
+            + &udp_destination("c", col.addr)
+            + "\n[[route]]\nname = \"r\"\nforward = [\"c\"]\n"
+    });
+    Agent::new().send(d.listen(), &Pkt::sip("p@x", 1).encode());
+    col.take(1, WAIT);
+    assert!(d.reload(|p| {
+        udp_listener(p)
+            + &udp_destination("c", col.addr)
+            + "\n[[route]]\nname = \"r2\"\nforward = [\"c\"]\n"
+    }));
+    let m = d.metrics();
+    let missing: BTreeSet<&str> = m
+        .samples
+        .iter()
+        .filter(|s| s.labels.get("path").map(String::as_str) != Some("user"))
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "families without path=\"user\": {missing:?}"
+    );
+    for name in [
+        "hepfwd_received_total",
+        "hepfwd_rejected_total",
+        "hepfwd_route_matches_total",
+        "hepfwd_destination_sent_total",
+        "hepfwd_unrouted_total",
+        "hepfwd_config_reloads_total",
+    ] {
+        assert!(m.names().contains(&name), "{name} missing");
+    }
+    let (status, body) = hepfwd_tests::metrics::http_get(d.admin, "/healthz").unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["destinations_reachable"]["c"], true);
+}
