@@ -15,3 +15,4 @@ pub mod daemon;
 pub mod decode;
 pub mod engine;
 pub mod io;
+pub mod xdp;
