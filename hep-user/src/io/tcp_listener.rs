@@ -86,8 +86,12 @@ async fn connection(
             Ok(frame) => {
                 stats.received_tcp.fetch_add(1, Relaxed);
                 eng.process(&mut ctx, idx, from, &frame, &mut out);
-                // Batch whatever else is already buffered before sending.
-                if frames.read_buffer().len() < 6 {
+                // Batch the whole frames already buffered; send before waiting for more.
+                let buffered = frames.read_buffer();
+                if !matches!(
+                    hep_common::framing::frame_len(buffered, hep_common::framing::MAX_FRAME_LEN),
+                    Ok(Some(_))
+                ) {
                     flusher.flush(&eng, &mut out);
                 }
             }
