@@ -250,3 +250,29 @@ fn tcp_queue_overflow_is_counted_exactly() {
     assert_eq!(m.get("hepfwd_destination_sent_total", &dest), 20);
     assert_eq!(m.get("hepfwd_destination_queue_depth", &dest), 0);
 }
+
+/// Frames already received are sent on while the next frame is still incomplete: an agent
+/// that pauses in the middle of a frame does not hold back the ones before it.
+#[test]
+fn tcp_frames_before_an_incomplete_one_are_not_held_back() {
+    let u = UdpCollector::new("udp");
+    let d = Daemon::start("tcp-partial", |p| {
+        format!(
+            "\n[[listener]]\nname = \"tcp-agents\"\ntcp = \"127.0.0.1:{}\"\n",
+            p.listen
+        ) + &udp_destination("u", u.addr)
+            + "\n[default]\nforward = [\"u\"]\n"
+    });
+    let frames: Vec<Vec<u8>> = (0..3).map(|i| Pkt::sip("partial@x", i).encode()).collect();
+    let mut a = TcpAgent::connect(SocketAddr::from((LO, d.ports.listen)));
+    let mut first = frames[..2].concat();
+    first.extend_from_slice(&frames[2][..10]);
+    a.write(&first);
+    // The third frame is incomplete: the first two must arrive without it.
+    assert!(
+        u.take(2, Duration::from_secs(2)) == frames[..2],
+        "whole frames held while the next one is incomplete"
+    );
+    a.write(&frames[2][10..]);
+    assert!(u.expect(1, WAIT) == frames[2..]);
+}
