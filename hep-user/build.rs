@@ -61,6 +61,9 @@ fn build() -> Result<()> {
         std::env::set_var("RUSTC_BOOTSTRAP", "1");
         // bpf-linker lives in cargo's bin directory, which may not be on PATH.
         std::env::set_var("PATH", path_with_cargo_bin());
+        // aya-build turns every stderr line of the nested cargo into a `cargo:warning`
+        // (replayed on every build); keep only compiler diagnostics and errors.
+        std::env::set_var("CARGO_TERM_QUIET", "true");
     }
     let root_dir = path_str(&ebpf_dir)?;
     aya_build::build_ebpf(
@@ -72,9 +75,10 @@ fn build() -> Result<()> {
         aya_build::Toolchain::Custom(TOOLCHAIN),
     )
     .context(
-        "building the XDP program (hep-ebpf for bpfel-unknown-none) failed. Install the \
-         toolchain with `cargo xtask setup` (Debian's rustc as rustup toolchain `debian-web`, \
-         bpf-linker 0.13), or build userspace only with `AYA_BUILD_SKIP=1 cargo build`",
+        "building the XDP program (hep-ebpf for bpfel-unknown-none) failed; compiler \
+         errors, if any, are above. A missing toolchain is installed by `cargo xtask setup` \
+         (Debian's rustc as rustup toolchain `debian-web`, bpf-linker 0.13); userspace alone \
+         builds with `AYA_BUILD_SKIP=1 cargo build`",
     )?;
     let obj = out_dir.join(BIN);
     if !obj.is_file() {

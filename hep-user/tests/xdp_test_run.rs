@@ -435,3 +435,97 @@ fn xdp_counts_repeated_runs_per_packet() {
         frame.len()
     );
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned()
+    }
+}
+
+#[test]
+fn xdp_kernel_debug_logs_reach_tracing_through_the_drain_task() {
+    let test = "xdp_kernel_debug_logs_reach_tracing_through_the_drain_task";
+    if !privileged::available(test) {
+        return;
+    }
+    let opts = LoadOptions {
+        hep_port: HEP_PORT,
+        log_level: tracing::Level::DEBUG,
+    };
+    let mut xdp = match XdpProgram::load(&opts) {
+        Ok(p) => p,
+        Err(XdpError::NotBuilt) => {
+            privileged::skip(
+                test,
+                "hepfwd was built with AYA_BUILD_SKIP=1 (no XDP program)",
+            );
+            return;
+        }
+        Err(e) => panic!("{test}: loading with kernel debug logs: {e}"),
+    };
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // The drain task runs on this thread (current-thread runtime), under this subscriber.
+    tracing::subscriber::with_default(subscriber, || {
+        rt.block_on(async {
+            let drain = xdp.spawn_log_drain().expect("drain").expect("a log ring");
+            assert!(xdp.spawn_log_drain().expect("second call").is_none());
+            let frame = eth(
+                &[],
+                ETH_P_IP,
+                &ipv4(17, 0, 5, &udp(HEP_PORT, b"not hep at all")),
+            );
+            run_case(
+                &mut xdp,
+                "invalid hep with debug logs",
+                &frame,
+                XdpCounter::HepInvalid,
+            );
+            for _ in 0..100 {
+                if out.text().contains("invalid HEP") {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            drain.abort();
+        });
+    });
+    let text = out.text();
+    assert!(
+        text.contains("invalid HEP, 14 payload bytes") && text.contains("hepfwd::xdp::kernel"),
+        "the kernel's debug record did not reach tracing; captured:\n{text}"
+    );
+}
