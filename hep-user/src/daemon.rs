@@ -114,9 +114,13 @@ impl Daemon {
         self.engine.load_full()
     }
 
-    /// Installs a validated plan: destinations (keeping unchanged TCP connections and
-    /// queues), a new engine swapped in atomically, then listeners added or removed.
+    /// Installs a validated plan: the listeners it adds are bound first (if one cannot be,
+    /// nothing changes), then destinations (keeping unchanged TCP connections and queues),
+    /// a new engine swapped in atomically, then the listeners it dropped are stopped.
     async fn install(&mut self, plan: Plan) -> Result<()> {
+        let want_udp: Vec<SocketAddr> = plan.listeners.iter().filter_map(|l| l.udp).collect();
+        let want_tcp: Vec<SocketAddr> = plan.listeners.iter().filter_map(|l| l.tcp).collect();
+        let (new_udp, new_tcp) = self.bind_new_listeners(&plan, &want_udp, &want_tcp).await?;
         let handle = tokio::runtime::Handle::current();
         let mut sinks = HashMap::new();
         let mut dests = Vec::new();
@@ -164,27 +168,8 @@ impl Daemon {
         // batch; they finish what is queued and stop when the last handle is dropped.
         self.sinks = sinks;
 
-        let want_udp: Vec<SocketAddr> = plan.listeners.iter().filter_map(|l| l.udp).collect();
-        let want_tcp: Vec<SocketAddr> = plan.listeners.iter().filter_map(|l| l.tcp).collect();
-        for a in &want_udp {
-            if !self.udp.contains_key(a) {
-                let e = &plan.engine;
-                let l =
-                    UdpListener::start(*a, e.workers, e.batch, e.recv_buffer, self.engine.clone())
-                        .with_context(|| format!("listening on UDP {a}"))?;
-                tracing::info!(configured = %a, bound = %l.addr, workers = e.workers, "listening on UDP");
-                self.udp.insert(*a, l);
-            }
-        }
-        for a in &want_tcp {
-            if !self.tcp.contains_key(a) {
-                let l = TcpListener::start(*a, self.engine.clone())
-                    .await
-                    .with_context(|| format!("listening on TCP {a}"))?;
-                tracing::info!(configured = %a, bound = %l.addr, "listening on TCP");
-                self.tcp.insert(*a, l);
-            }
-        }
+        self.udp.extend(new_udp);
+        self.tcp.extend(new_tcp);
         let gone_udp: Vec<SocketAddr> = self
             .udp
             .keys()
@@ -210,6 +195,61 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Binds the listeners `plan` adds, all or none: on an error the ones already bound are
+    /// stopped, so the running configuration is left as it was.
+    async fn bind_new_listeners(
+        &self,
+        plan: &Plan,
+        want_udp: &[SocketAddr],
+        want_tcp: &[SocketAddr],
+    ) -> Result<(
+        HashMap<SocketAddr, UdpListener>,
+        HashMap<SocketAddr, TcpListener>,
+    )> {
+        let mut udp = HashMap::new();
+        let mut tcp = HashMap::new();
+        let mut result = Ok(());
+        for a in want_udp.iter().filter(|a| !self.udp.contains_key(*a)) {
+            let e = &plan.engine;
+            match UdpListener::start(*a, e.workers, e.batch, e.recv_buffer, self.engine.clone()) {
+                Ok(l) => {
+                    tracing::info!(configured = %a, bound = %l.addr, workers = e.workers, "listening on UDP");
+                    udp.insert(*a, l);
+                }
+                Err(e) => {
+                    result = Err(anyhow::Error::new(e).context(format!("listening on UDP {a}")));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            for a in want_tcp.iter().filter(|a| !self.tcp.contains_key(*a)) {
+                match TcpListener::start(*a, self.engine.clone()).await {
+                    Ok(l) => {
+                        tracing::info!(configured = %a, bound = %l.addr, "listening on TCP");
+                        tcp.insert(*a, l);
+                    }
+                    Err(e) => {
+                        result =
+                            Err(anyhow::Error::new(e).context(format!("listening on TCP {a}")));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(e) = result {
+            for (_, l) in tcp {
+                l.stop();
+            }
+            let udp: Vec<UdpListener> = udp.into_values().collect();
+            let _ =
+                tokio::task::spawn_blocking(move || udp.into_iter().for_each(UdpListener::stop))
+                    .await;
+            return Err(e);
+        }
+        Ok((udp, tcp))
     }
 
     /// The bound addresses.
@@ -239,7 +279,7 @@ impl Daemon {
             }
             Err(e) => {
                 self.stats.global.reloads_failed.fetch_add(1, Relaxed);
-                tracing::error!(error = %format!("{e:#}"), "reload failed part-way; listeners that could not start are missing");
+                tracing::error!(error = %format!("{e:#}"), "reload rejected, the running configuration stays");
                 false
             }
         }
