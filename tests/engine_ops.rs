@@ -517,3 +517,55 @@ fn every_metric_has_the_path_label() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["destinations_reachable"]["c"], true);
 }
+
+#[test]
+fn reload_moves_listeners_and_a_failed_bind_keeps_the_running_configuration() {
+    let col = UdpCollector::new("c");
+    let on = |port_of: fn(&Ports) -> u16| {
+        let addr = col.addr;
+        move |p: &Ports| {
+            format!(
+                "\n[[listener]]\nname = \"agents\"\nudp = \"127.0.0.1:{0}\"\ntcp = \"127.0.0.1:{0}\"\n",
+                port_of(p)
+            ) + &udp_destination("c", addr)
+                + "\n[default]\nforward = [\"c\"]\n"
+        }
+    };
+    let d = Daemon::start("reload-listeners", on(|p| p.listen));
+    let agent = Agent::new();
+    let first = SocketAddr::from((LO, d.ports.listen));
+    let second = SocketAddr::from((LO, d.ports.listen2));
+    let p1 = Pkt::sip("l@x", 1).encode();
+    agent.send(first, &p1);
+    assert!(col.take(1, WAIT) == vec![p1]);
+
+    // Moved: the new port takes packets (UDP and TCP), the old one is closed.
+    assert!(d.reload(on(|p| p.listen2)));
+    let p2 = Pkt::sip("l@x", 2).encode();
+    agent.send(second, &p2);
+    assert!(col.take(1, WAIT) == vec![p2]);
+    let p3 = Pkt::sip("l@x", 3).encode();
+    TcpAgent::connect(second).write(&p3);
+    assert!(col.take(1, WAIT) == vec![p3]);
+    agent.send(first, &Pkt::sip("l@x", 4).encode());
+    col.expect_silent(QUIET);
+    assert!(
+        std::net::TcpStream::connect_timeout(&first, Duration::from_secs(1)).is_err(),
+        "the old TCP listener still accepts"
+    );
+
+    // Moving back onto a port someone else holds fails: the reload is an error, and the
+    // running configuration keeps working.
+    let squatter = std::net::UdpSocket::bind(first).expect("bind the old port");
+    assert!(
+        !d.reload(on(|p| p.listen)),
+        "a reload that cannot bind was counted ok"
+    );
+    let p5 = Pkt::sip("l@x", 5).encode();
+    agent.send(second, &p5);
+    assert!(
+        col.take(1, Duration::from_secs(3)) == vec![p5],
+        "the running listener stopped forwarding after the failed reload"
+    );
+    drop(squatter);
+}
