@@ -150,6 +150,10 @@ fn reloads_under_load_lose_nothing_and_a_bad_one_is_rejected() {
         .unwrap()
         + 1;
     let log = d.stderr();
+    assert!(
+        !log.contains('\u{1b}'),
+        "terminal colour codes in a log that is not a terminal"
+    );
     let want = format!("{cfg}:{line}:12: route[");
     assert!(
         log.contains(&want) && log.contains("unknown destination \"nope\""),
