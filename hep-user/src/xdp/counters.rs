@@ -42,3 +42,23 @@ impl XdpCounters {
         XdpCounters { values }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_and_names() {
+        let mut a = XdpCounters::default();
+        let mut b = XdpCounters::default();
+        a.values[XdpCounter::HepV3 as usize] = 5;
+        b.values[XdpCounter::HepV3 as usize] = 12;
+        b.values[XdpCounter::Received as usize] = u64::MAX;
+        let d = b.delta(&a);
+        assert_eq!(d.get(XdpCounter::HepV3), 7);
+        assert_eq!(d.get(XdpCounter::Received), u64::MAX);
+        let names: Vec<_> = d.iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), XdpCounter::COUNT);
+        assert_eq!(names[0], "received");
+    }
+}

@@ -349,3 +349,43 @@ impl log::Log for TracingLog {
 
     fn flush(&self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_mode_parses_and_prints() {
+        assert_eq!("native".parse(), Ok(AttachMode::Native));
+        assert_eq!("driver".parse(), Ok(AttachMode::Native));
+        assert_eq!("skb".parse(), Ok(AttachMode::Skb));
+        assert_eq!("generic".parse(), Ok(AttachMode::Skb));
+        assert!("offload".parse::<AttachMode>().is_err());
+        assert_eq!(AttachMode::default(), AttachMode::Native);
+        assert_eq!(AttachMode::Skb.to_string(), "skb");
+    }
+
+    #[test]
+    fn an_empty_object_means_built_without_xdp() {
+        // Needs no privileges: the check comes first.
+        assert!(matches!(
+            XdpProgram::load_object(&[], &LoadOptions::default()),
+            Err(XdpError::NotBuilt)
+        ));
+        assert!(
+            XdpError::NotBuilt.to_string().contains("AYA_BUILD_SKIP"),
+            "the message must say why"
+        );
+    }
+
+    #[test]
+    fn interface_errors_name_the_interface() {
+        let e = if_index("hepfwd-none0").expect_err("no such interface");
+        assert!(matches!(&e, XdpError::InterfaceNotFound(n) if n == "hepfwd-none0"));
+        assert!(e.to_string().contains("\"hepfwd-none0\" not found"));
+        assert!(matches!(
+            if_index("a\0b"),
+            Err(XdpError::InterfaceNotFound(_))
+        ));
+    }
+}
