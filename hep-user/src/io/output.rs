@@ -120,6 +120,11 @@ impl Flusher {
                                 d.stats.connected.store(false, Relaxed);
                                 retried = true;
                             }
+                            Some(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                                // This datagram is too big for UDP; the next ones may fit.
+                                d.stats.dropped_send_error.fetch_add(1, Relaxed);
+                                done += 1;
+                            }
                             Some(e) => {
                                 let lost = packets.len() - done;
                                 d.stats.dropped_send_error.fetch_add(lost as u64, Relaxed);
