@@ -276,3 +276,41 @@ fn tcp_frames_before_an_incomplete_one_are_not_held_back() {
     a.write(&frames[2][10..]);
     assert!(u.expect(1, WAIT) == frames[2..]);
 }
+
+/// A packet too big for one UDP datagram (65507 bytes over IPv4; a rewrite can grow a
+/// packet past it) is dropped and counted alone: the packets sent in the same batch to the
+/// same destination go through.
+#[test]
+fn a_packet_too_big_for_udp_is_dropped_alone() {
+    let u = UdpCollector::new("udp");
+    let value = "v".repeat(120);
+    let d = Daemon::start("too-big", |p| {
+        udp_listener(p)
+            + &udp_destination("u", u.addr)
+            // One packet in, two copies out in one flush: the first grown past 65507 bytes.
+            + &format!(
+                "\n[[route]]\nname = \"grow\"\nforward = [\"u\"]\ncontinue = true\nrewrite = [{{ set = {{ vendor = 3, type = 7 }}, value = \"{value}\" }}]\n"
+            )
+            + "\n[[route]]\nname = \"plain\"\nforward = [\"u\"]\n"
+            + ONE_WORKER
+    });
+    let mut p = Pkt::sip("big@x", 1);
+    let room = 65_400 - p.encode().len();
+    p.payload.extend(std::iter::repeat_n(b'x', room));
+    let p = p.encode();
+    assert_eq!(p.len(), 65_400);
+    Agent::new().send(d.listen(), &p);
+    assert!(u.expect(1, WAIT) == vec![p], "the copy that fits");
+    let m = d.metrics();
+    assert_eq!(
+        m.get(
+            "hepfwd_destination_dropped_total",
+            &[("destination", "u"), ("reason", "send_error")]
+        ),
+        1
+    );
+    assert_eq!(
+        m.get("hepfwd_destination_sent_total", &[("destination", "u")]),
+        1
+    );
+}
