@@ -25,12 +25,17 @@ fn mirror_gives_every_collector_identical_bytes() {
     let a = UdpCollector::new("a");
     let b = UdpCollector::new("b");
     let t = TcpCollector::new("t");
+    // Over IPv6 too.
+    let a6 = UdpCollector::bind("a6", "[::1]:0".parse().unwrap());
+    let t6 = TcpCollector::bind("t6", "[::1]:0".parse().unwrap());
     let d = Daemon::start("mirror", |p| {
         udp_listener(p)
             + &udp_destination("a", a.addr)
             + &udp_destination("b", b.addr)
             + &tcp_destination("t", t.addr, None)
-            + "\n[[route]]\nname = \"mirror\"\nforward = [\"a\", \"b\", \"t\"]\nmode = \"all\"\n"
+            + &udp_destination("a6", a6.addr)
+            + &tcp_destination("t6", t6.addr, None)
+            + "\n[[route]]\nname = \"mirror\"\nforward = [\"a\", \"b\", \"t\", \"a6\", \"t6\"]\nmode = \"all\"\n"
             + ONE_WORKER
     });
     let agent = Agent::new();
@@ -44,9 +49,11 @@ fn mirror_gives_every_collector_identical_bytes() {
     assert!(a.take(20, WAIT) == sent, "a: other bytes or order");
     assert!(b.take(20, WAIT) == sent, "b: other bytes or order");
     assert!(t.take(20, WAIT) == sent, "t: other bytes or order");
-    expect_all_silent(&[&a.inbox, &b.inbox, &t.inbox], QUIET);
+    assert!(a6.take(20, WAIT) == sent, "a6: other bytes or order");
+    assert!(t6.take(20, WAIT) == sent, "t6: other bytes or order");
+    expect_all_silent(&[&a.inbox, &b.inbox, &t.inbox, &a6.inbox, &t6.inbox], QUIET);
     let m = d.metrics();
-    for n in ["a", "b", "t"] {
+    for n in ["a", "b", "t", "a6", "t6"] {
         assert_eq!(
             m.get("hepfwd_destination_sent_total", &[("destination", n)]),
             20,
