@@ -128,9 +128,12 @@ impl Daemon {
             let stats = self.stats.destination(&d.name);
             let queue: Option<Arc<dyn FrameQueue>> = match d.transport {
                 Transport::Udp => {
-                    stats
-                        .connected
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    // Reachable until an ICMP error says otherwise; a destination in its
+                    // hold-down keeps its state across a reload (the flusher restores it).
+                    use std::sync::atomic::Ordering::Relaxed;
+                    if stats.last_error_ms.load(Relaxed) == 0 {
+                        stats.connected.store(true, Relaxed);
+                    }
                     None
                 }
                 Transport::Tcp => {
