@@ -12,6 +12,7 @@
 //! - [`framing`]: HEP over TCP.
 //! - [`correlation`]: the correlation key and its hash.
 //! - [`select`]: call-sticky destination choice and call sampling.
+//! - [`maps`], [`kernel_plan`]: the XDP maps and route tables, and their evaluation.
 //! - [`chunk`]: chunk ids, value types, protocol type names.
 
 pub mod bytes;
@@ -19,6 +20,7 @@ pub mod chunk;
 pub mod correlation;
 pub mod error;
 pub mod framing;
+pub mod kernel_plan;
 pub mod legacy;
 pub mod maps;
 pub mod rewrite;

@@ -1,0 +1,643 @@
+//! The route tables of the XDP data plane, shared by the kernel program (which reads them
+//! from maps and evaluates them) and the loader (which compiles the configuration into
+//! them). Evaluation ([`evaluate`]) lives here so the kernel and host tests run the same
+//! code.
+//!
+//! # Contract
+//! - The loader writes the tables of one configuration into the *inactive* bank of
+//!   [`ROUTES_MAP`] / [`DESTINATIONS_MAP`] / [`LISTENERS_MAP`], then flips
+//!   [`XdpConfig::bank`] in [`CONFIG_MAP`] (one 4-byte store): a packet sees one whole
+//!   configuration, old or new.
+//! - Routes are evaluated in order, first match wins, exactly like userspace, over the
+//!   routes of the bank (`XdpConfig::route_count[bank]`); the configuration's `[default]`
+//!   is the last route, with no match keys. A route whose match the kernel cannot evaluate
+//!   is [`RouteKind::Opaque`]: reaching it passes the packet to userspace (it might match).
+//!   A route that matches but whose action needs userspace ([`RouteAction::Pass`]) passes
+//!   it too. No route matching (and no default) also passes: userspace counts it.
+//! - Everything the kernel does not do exactly as userspace would, it passes; so kernel and
+//!   userspace together always implement the whole configuration.
+
+use crate::select::{rendezvous_pick, sample_keep};
+
+/// Name of the `Array<XdpConfig>` (one entry).
+pub const CONFIG_MAP: &str = "XDP_CONFIG";
+/// Name of the `Array<KernelRoute>` (2 × [`MAX_ROUTES`]: two banks).
+pub const ROUTES_MAP: &str = "ROUTES";
+/// Name of the `Array<KernelDestination>` (2 × [`MAX_DESTINATIONS`]).
+pub const DESTINATIONS_MAP: &str = "DESTINATIONS";
+/// Name of the `Array<KernelListener>` (2 × [`MAX_LISTENERS`]).
+pub const LISTENERS_MAP: &str = "LISTENERS";
+/// Name of the `LpmTrie<AllowKey, u8>` of listener allow lists.
+pub const ALLOW_MAP: &str = "ALLOW";
+/// Name of the `PerCpuArray<u64>` of per-route counters ([`RouteCounter`], by route slot).
+pub const ROUTE_COUNTERS_MAP: &str = "ROUTE_COUNTERS";
+/// Name of the `PerCpuArray<u64>` of per-destination counters ([`DestCounter`], by slot).
+pub const DEST_COUNTERS_MAP: &str = "DEST_COUNTERS";
+
+/// Routes per bank.
+pub const MAX_ROUTES: usize = 32;
+/// Destinations per bank.
+pub const MAX_DESTINATIONS: usize = 32;
+/// Listeners per bank.
+pub const MAX_LISTENERS: usize = 8;
+/// Destinations one route can name and the kernel still handle.
+pub const MAX_TARGETS: usize = 8;
+/// Capture id ranges, port ranges and prefixes per match key the kernel handles.
+pub const MAX_MATCH_VALUES: usize = 4;
+/// Longest auth key the kernel compares.
+pub const MAX_AUTH_KEY: usize = 32;
+/// Counter slots (routes and destinations are given a stable slot by name).
+pub const MAX_SLOTS: usize = 64;
+
+/// The one-entry configuration array.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// The active bank, 0 or 1.
+    pub bank: u32,
+    /// Routes in each bank.
+    pub route_count: [u32; 2],
+    /// Listeners in each bank.
+    pub listener_count: [u32; 2],
+}
+
+/// An address as 16 bytes: IPv6, or IPv4 mapped (`::ffff:a.b.c.d`).
+pub type Addr16 = [u8; 16];
+
+/// IPv4 mapped into [`Addr16`].
+pub const fn map_v4(a: [u8; 4]) -> Addr16 {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// A prefix over [`Addr16`]: IPv4 prefixes of length `n` are stored as `96 + n`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelPrefix {
+    /// Network address (host bits zero).
+    pub addr: Addr16,
+    /// Prefix length in bits, 0..=128.
+    pub len: u8,
+    /// Padding.
+    pub _pad: [u8; 3],
+}
+
+impl KernelPrefix {
+    /// Whether `a` is inside the prefix.
+    #[inline(always)]
+    pub fn contains(&self, a: &Addr16) -> bool {
+        let len = if self.len > 128 {
+            128
+        } else {
+            self.len as usize
+        };
+        let full = len / 8;
+        let mut i = 0;
+        while i < 16 {
+            if i < full {
+                if a[i] != self.addr[i] {
+                    return false;
+                }
+            } else if i == full && len % 8 != 0 {
+                let mask = 0xffu8 << (8 - len % 8);
+                if a[i] & mask != self.addr[i] & mask {
+                    return false;
+                }
+            }
+            i += 1;
+        }
+        true
+    }
+}
+
+/// Whether the kernel can evaluate a route's match.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// The match is evaluated in the kernel.
+    Evaluable = 0,
+    /// Only userspace can tell whether it matches: reaching it passes the packet.
+    Opaque = 1,
+}
+
+/// What the kernel does with a packet a route took.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Userspace runs the action (rewrite, TCP or v2 destination, dedup, failover, ...).
+    Pass = 0,
+    /// Drop (counted).
+    Drop = 1,
+    /// Send to one destination chosen by [`SteerMode`], headers rewritten in XDP.
+    Steer = 2,
+    /// A copy to every target, by the TC program.
+    Mirror = 3,
+}
+
+/// How a steering route picks its destination.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteerMode {
+    /// The only target.
+    Single = 0,
+    /// Rendezvous hashing of the correlation key hash over the targets' seeds.
+    Hash = 1,
+    /// Per-CPU round robin.
+    RoundRobin = 2,
+}
+
+/// Match flags of [`KernelRoute::flags`].
+pub mod match_flags {
+    /// `proto` given.
+    pub const PROTO: u32 = 1 << 0;
+    /// `capture_id` given.
+    pub const CAPTURE_ID: u32 = 1 << 1;
+    /// `source` given.
+    pub const SOURCE: u32 = 1 << 2;
+    /// `inner_src` given.
+    pub const INNER_SRC: u32 = 1 << 3;
+    /// `inner_dst` given.
+    pub const INNER_DST: u32 = 1 << 4;
+    /// `inner_port` given.
+    pub const INNER_PORT: u32 = 1 << 5;
+}
+
+/// One route as the kernel evaluates it. All values in host byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelRoute {
+    /// [`RouteKind`] as u8.
+    pub kind: u8,
+    /// [`RouteAction`] as u8.
+    pub action: u8,
+    /// [`SteerMode`] as u8.
+    pub mode: u8,
+    /// Number of `targets`.
+    pub n_targets: u8,
+    /// [`match_flags`] of the keys given.
+    pub flags: u32,
+    /// Counter slot of the route.
+    pub slot: u32,
+    /// Calls kept, in millionths (1_000_000: no sampling).
+    pub sample_ppm: u32,
+    /// Protocol types matched: bit `t` of `proto[t / 64]`.
+    pub proto: [u64; 4],
+    /// Capture id ranges (inclusive); `n_capture` used.
+    pub capture: [[u32; 2]; MAX_MATCH_VALUES],
+    /// Inner port ranges (inclusive; source or destination port); `n_ports` used.
+    pub ports: [[u16; 2]; MAX_MATCH_VALUES],
+    /// Counts of the value lists: capture, ports, source, inner_src, inner_dst.
+    pub n_capture: u8,
+    /// See `n_capture`.
+    pub n_ports: u8,
+    /// See `n_capture`.
+    pub n_source: u8,
+    /// See `n_capture`.
+    pub n_inner_src: u8,
+    /// See `n_capture`.
+    pub n_inner_dst: u8,
+    /// Padding.
+    pub _pad: [u8; 3],
+    /// Sender prefixes.
+    pub source: [KernelPrefix; MAX_MATCH_VALUES],
+    /// Inner source prefixes.
+    pub inner_src: [KernelPrefix; MAX_MATCH_VALUES],
+    /// Inner destination prefixes.
+    pub inner_dst: [KernelPrefix; MAX_MATCH_VALUES],
+    /// Destination indices (within the bank).
+    pub targets: [u32; MAX_TARGETS],
+    /// Rendezvous seeds of the targets.
+    pub seeds: [u64; MAX_TARGETS],
+}
+
+impl KernelRoute {
+    /// A route that matches nothing and passes (to be filled in).
+    pub const EMPTY: KernelRoute = KernelRoute {
+        kind: RouteKind::Opaque as u8,
+        action: RouteAction::Pass as u8,
+        mode: SteerMode::Single as u8,
+        n_targets: 0,
+        flags: 0,
+        slot: 0,
+        sample_ppm: 1_000_000,
+        proto: [0; 4],
+        capture: [[0; 2]; MAX_MATCH_VALUES],
+        ports: [[0; 2]; MAX_MATCH_VALUES],
+        n_capture: 0,
+        n_ports: 0,
+        n_source: 0,
+        n_inner_src: 0,
+        n_inner_dst: 0,
+        _pad: [0; 3],
+        source: [KernelPrefix {
+            addr: [0; 16],
+            len: 0,
+            _pad: [0; 3],
+        }; MAX_MATCH_VALUES],
+        inner_src: [KernelPrefix {
+            addr: [0; 16],
+            len: 0,
+            _pad: [0; 3],
+        }; MAX_MATCH_VALUES],
+        inner_dst: [KernelPrefix {
+            addr: [0; 16],
+            len: 0,
+            _pad: [0; 3],
+        }; MAX_MATCH_VALUES],
+        targets: [0; MAX_TARGETS],
+        seeds: [0; MAX_TARGETS],
+    };
+}
+
+/// What the kernel read from a packet for route evaluation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelFacts {
+    /// The HEP sender (outer source address).
+    pub sender: Addr16,
+    /// Chunk 0x000b.
+    pub proto_type: Option<u8>,
+    /// Chunk 0x000c.
+    pub capture_id: Option<u32>,
+    /// Chunks 0x0003/0x0005 (first IPv4, else IPv6).
+    pub inner_src: Option<Addr16>,
+    /// Chunks 0x0004/0x0006.
+    pub inner_dst: Option<Addr16>,
+    /// Chunk 0x0007.
+    pub src_port: Option<u16>,
+    /// Chunk 0x0008.
+    pub dst_port: Option<u16>,
+    /// [`crate::correlation::key_hash`] of the correlation key (empty key when none).
+    pub key_hash: u64,
+}
+
+#[inline(always)]
+fn any_prefix(list: &[KernelPrefix; MAX_MATCH_VALUES], n: u8, a: Option<Addr16>) -> bool {
+    let Some(a) = a else { return false };
+    let mut i = 0;
+    while i < MAX_MATCH_VALUES {
+        if i < n as usize && list[i].contains(&a) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn any_port(r: &KernelRoute, p: Option<u16>) -> bool {
+    let Some(p) = p else { return false };
+    let mut i = 0;
+    while i < MAX_MATCH_VALUES {
+        if i < r.n_ports as usize && r.ports[i][0] <= p && p <= r.ports[i][1] {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+impl KernelRoute {
+    /// Whether an [`RouteKind::Evaluable`] route's keys all match (within a key, any value).
+    #[inline(always)]
+    pub fn matches(&self, f: &KernelFacts) -> bool {
+        use match_flags::*;
+        if self.flags & PROTO != 0 {
+            let Some(t) = f.proto_type else { return false };
+            if self.proto[(t / 64) as usize & 3] & (1u64 << (t % 64)) == 0 {
+                return false;
+            }
+        }
+        if self.flags & CAPTURE_ID != 0 {
+            let Some(c) = f.capture_id else { return false };
+            let mut hit = false;
+            let mut i = 0;
+            while i < MAX_MATCH_VALUES {
+                if i < self.n_capture as usize && self.capture[i][0] <= c && c <= self.capture[i][1]
+                {
+                    hit = true;
+                }
+                i += 1;
+            }
+            if !hit {
+                return false;
+            }
+        }
+        if self.flags & SOURCE != 0 && !any_prefix(&self.source, self.n_source, Some(f.sender)) {
+            return false;
+        }
+        if self.flags & INNER_SRC != 0
+            && !any_prefix(&self.inner_src, self.n_inner_src, f.inner_src)
+        {
+            return false;
+        }
+        if self.flags & INNER_DST != 0
+            && !any_prefix(&self.inner_dst, self.n_inner_dst, f.inner_dst)
+        {
+            return false;
+        }
+        if self.flags & INNER_PORT != 0
+            && !any_port(self, f.src_port)
+            && !any_port(self, f.dst_port)
+        {
+            return false;
+        }
+        true
+    }
+
+    /// The destination (index within the bank) a steering route sends this packet to;
+    /// `rr` is the round-robin position (per CPU in the kernel).
+    #[inline(always)]
+    pub fn pick(&self, f: &KernelFacts, rr: u32) -> Option<u32> {
+        let n = (self.n_targets as usize).min(MAX_TARGETS);
+        if n == 0 {
+            return None;
+        }
+        let i = match self.mode {
+            m if m == SteerMode::Hash as u8 => rendezvous_pick(f.key_hash, &self.seeds[..n])?,
+            m if m == SteerMode::RoundRobin as u8 => rr as usize % n,
+            _ => 0,
+        };
+        Some(self.targets[i])
+    }
+}
+
+/// The kernel's decision for a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// To userspace: a route is opaque (index), or its action needs userspace, or nothing
+    /// matched.
+    Pass {
+        /// Why.
+        reason: PassReason,
+        /// The route that decided, if any.
+        route: Option<usize>,
+    },
+    /// Dropped by route `route`'s drop action.
+    Drop {
+        /// Route index.
+        route: usize,
+    },
+    /// Left out by route `route`'s sampling.
+    SampledOut {
+        /// Route index.
+        route: usize,
+    },
+    /// Sent to destination `dest` by route `route`.
+    Steer {
+        /// Route index.
+        route: usize,
+        /// Destination index within the bank.
+        dest: u32,
+    },
+    /// Copied to every target of route `route` (by the TC program).
+    Mirror {
+        /// Route index.
+        route: usize,
+    },
+}
+
+/// Why a packet goes to userspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassReason {
+    /// A route the kernel cannot evaluate came first.
+    OpaqueRoute,
+    /// The route that matched needs userspace for its action.
+    UserspaceAction,
+    /// No route matched.
+    NoRoute,
+}
+
+/// Evaluates routes in order (see the module docs); `rr` as in [`KernelRoute::pick`].
+#[inline(always)]
+pub fn evaluate(routes: &[KernelRoute], f: &KernelFacts, rr: u32) -> Verdict {
+    let mut i = 0;
+    while i < routes.len() && i < MAX_ROUTES {
+        let r = &routes[i];
+        if r.kind != RouteKind::Evaluable as u8 {
+            return Verdict::Pass {
+                reason: PassReason::OpaqueRoute,
+                route: Some(i),
+            };
+        }
+        if r.matches(f) {
+            return decide(r, i, f, rr);
+        }
+        i += 1;
+    }
+    Verdict::Pass {
+        reason: PassReason::NoRoute,
+        route: None,
+    }
+}
+
+/// The verdict of route `i`, which matched.
+#[inline(always)]
+pub fn decide(r: &KernelRoute, i: usize, f: &KernelFacts, rr: u32) -> Verdict {
+    if r.action == RouteAction::Pass as u8 {
+        return Verdict::Pass {
+            reason: PassReason::UserspaceAction,
+            route: Some(i),
+        };
+    }
+    if r.sample_ppm < 1_000_000 && !sample_keep(f.key_hash, r.sample_ppm) {
+        return Verdict::SampledOut { route: i };
+    }
+    match r.action {
+        a if a == RouteAction::Drop as u8 => Verdict::Drop { route: i },
+        a if a == RouteAction::Mirror as u8 => Verdict::Mirror { route: i },
+        _ => match r.pick(f, rr) {
+            Some(dest) => Verdict::Steer { route: i, dest },
+            None => Verdict::Pass {
+                reason: PassReason::UserspaceAction,
+                route: Some(i),
+            },
+        },
+    }
+}
+
+/// A destination the kernel can steer to: UDP, HEPv3, no chunk rewriting.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelDestination {
+    /// Collector address.
+    pub addr: Addr16,
+    /// Source address to write (the node's address on the egress interface).
+    pub src_addr: Addr16,
+    /// Collector UDP port.
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// Padding.
+    pub _pad: u8,
+    /// Counter slot of the destination.
+    pub slot: u32,
+}
+
+/// A listener as the kernel sees it: the UDP port it listens on, its auth key, whether it
+/// has an allow list.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelListener {
+    /// UDP port (host order).
+    pub port: u16,
+    /// Length of `auth_key` (0: no check).
+    pub auth_key_len: u8,
+    /// 1: senders are checked against [`ALLOW_MAP`] under this listener's id.
+    pub has_allow: u8,
+    /// Listener id in [`AllowKey`] (bank × [`MAX_LISTENERS`] + index).
+    pub id: u32,
+    /// Required chunk 0x000e.
+    pub auth_key: [u8; MAX_AUTH_KEY],
+}
+
+/// Key of [`ALLOW_MAP`] (an LPM trie): the listener id (always fully matched) and the
+/// sender address; the trie's prefix length counts 32 bits of `listener` plus the address
+/// prefix over [`Addr16`].
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowKey {
+    /// Listener id, big endian (it is part of the matched prefix).
+    pub listener: [u8; 4],
+    /// Address.
+    pub addr: Addr16,
+}
+
+/// Per-route counters, `ROUTE_COUNTERS[slot * RouteCounter::COUNT + counter]`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteCounter {
+    /// Packets the route took in the kernel.
+    Matched = 0,
+    /// Dropped by its drop action.
+    Dropped = 1,
+    /// Left out by sampling.
+    SampledOut = 2,
+    /// Steered.
+    Steered = 3,
+    /// Mirrored.
+    Mirrored = 4,
+    /// Passed to userspace by this route.
+    Passed = 5,
+}
+
+impl RouteCounter {
+    /// Counters per route slot.
+    pub const COUNT: usize = 6;
+}
+
+/// Per-destination counters, `DEST_COUNTERS[slot * DestCounter::COUNT + counter]`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestCounter {
+    /// Packets sent by XDP (steer) or TC (mirror).
+    Sent = 0,
+    /// Packets that could not be sent from the kernel (no neighbour yet...), passed instead.
+    Fallback = 1,
+}
+
+impl DestCounter {
+    /// Counters per destination slot.
+    pub const COUNT: usize = 2;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::XdpConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelRoute {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelDestination {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelListener {}
+    // SAFETY: as above (packed, byte arrays only).
+    unsafe impl aya::Pod for super::AllowKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> Addr16 {
+        map_v4([a, b, c, d])
+    }
+
+    #[test]
+    fn prefixes() {
+        let p = KernelPrefix {
+            addr: v4(198, 18, 0, 0),
+            len: 96 + 15,
+            _pad: [0; 3],
+        };
+        assert!(p.contains(&v4(198, 19, 255, 1)));
+        assert!(!p.contains(&v4(198, 20, 0, 1)));
+        let all = KernelPrefix {
+            addr: [0; 16],
+            len: 0,
+            _pad: [0; 3],
+        };
+        assert!(all.contains(&v4(1, 2, 3, 4)));
+    }
+
+    #[test]
+    fn first_match_wins_opaque_passes_sampling_and_picks() {
+        let mut sip = KernelRoute::EMPTY;
+        sip.kind = RouteKind::Evaluable as u8;
+        sip.flags = match_flags::PROTO;
+        sip.proto[0] = 1 << 1;
+        sip.action = RouteAction::Steer as u8;
+        sip.mode = SteerMode::Hash as u8;
+        sip.n_targets = 2;
+        sip.targets = [3, 4, 0, 0, 0, 0, 0, 0];
+        sip.seeds = [11, 22, 0, 0, 0, 0, 0, 0];
+        let mut logs = KernelRoute::EMPTY;
+        logs.kind = RouteKind::Evaluable as u8;
+        logs.flags = match_flags::PROTO | match_flags::CAPTURE_ID;
+        logs.proto[1] = 1 << (100 - 64);
+        logs.n_capture = 1;
+        logs.capture[0] = [2000, 2999];
+        logs.action = RouteAction::Drop as u8;
+        let opaque = KernelRoute::EMPTY;
+        let routes = [sip, logs, opaque];
+        let mut f = KernelFacts {
+            proto_type: Some(1),
+            key_hash: 7,
+            ..Default::default()
+        };
+        let v = evaluate(&routes, &f, 0);
+        let want = rendezvous_pick(7, &[11, 22]).map(|i| [3, 4][i]).unwrap();
+        assert_eq!(
+            v,
+            Verdict::Steer {
+                route: 0,
+                dest: want
+            }
+        );
+        f.proto_type = Some(100);
+        f.capture_id = Some(2500);
+        assert_eq!(evaluate(&routes, &f, 0), Verdict::Drop { route: 1 });
+        f.capture_id = Some(3000);
+        assert_eq!(
+            evaluate(&routes, &f, 0),
+            Verdict::Pass {
+                reason: PassReason::OpaqueRoute,
+                route: Some(2)
+            }
+        );
+        assert_eq!(
+            evaluate(&routes[..2], &f, 0),
+            Verdict::Pass {
+                reason: PassReason::NoRoute,
+                route: None
+            }
+        );
+        let mut sampled = logs;
+        sampled.capture[0] = [0, u32::MAX];
+        sampled.sample_ppm = 0;
+        assert_eq!(
+            evaluate(&[sampled], &f, 0),
+            Verdict::SampledOut { route: 0 }
+        );
+    }
+}
