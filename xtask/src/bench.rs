@@ -25,7 +25,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Offered rates to try, packets per second, in order.
-    #[arg(long, value_delimiter = ',', default_values_t = [20_000u64, 40_000, 60_000, 70_000, 80_000, 100_000, 120_000, 150_000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [50_000u64, 100_000, 125_000, 150_000, 175_000, 200_000, 225_000, 250_000, 300_000])]
     pub rates: Vec<u64>,
     /// Seconds per step.
     #[arg(long, default_value_t = 5)]
