@@ -64,7 +64,18 @@ async fn connection(
     let mut ctx = WorkerCtx::new();
     let mut out = Outbox::new();
     let mut flusher = Flusher::new();
-    let mut counted = false;
+    {
+        let eng = engine.load();
+        if let Some(idx) = eng
+            .plan
+            .listeners
+            .iter()
+            .position(|l| l.tcp == Some(configured))
+            && let Some(stats) = eng.listener_stats(idx)
+        {
+            stats.tcp_connections.fetch_add(1, Relaxed);
+        }
+    }
     while let Some(item) = frames.next().await {
         let eng = engine.load_full();
         let Some(idx) = eng
@@ -78,10 +89,6 @@ async fn connection(
         let Some(stats) = eng.listener_stats(idx) else {
             return;
         };
-        if !counted {
-            stats.tcp_connections.fetch_add(1, Relaxed);
-            counted = true;
-        }
         match item {
             Ok(frame) => {
                 stats.received_tcp.fetch_add(1, Relaxed);
