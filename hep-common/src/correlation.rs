@@ -59,7 +59,21 @@ impl CorrelationKey<'_> {
 
 /// The correlation key of a packet (see the module documentation).
 pub fn correlation_key<'a>(p: &Hep3<'a>) -> Option<CorrelationKey<'a>> {
-    if let Some(v) = p.correlation_id()
+    key_from_chunks(
+        p.correlation_id(),
+        p.proto_type(),
+        p.generic(chunk::PAYLOAD),
+    )
+}
+
+/// The correlation key from the first chunk 0x0011, the protocol type and the first plain
+/// payload chunk of a packet (for callers that already walked its chunks).
+pub fn key_from_chunks<'a>(
+    correlation_id: Option<&'a [u8]>,
+    proto_type: Option<u8>,
+    payload: Option<&'a [u8]>,
+) -> Option<CorrelationKey<'a>> {
+    if let Some(v) = correlation_id
         && !v.is_empty()
     {
         return Some(CorrelationKey {
@@ -67,10 +81,10 @@ pub fn correlation_key<'a>(p: &Hep3<'a>) -> Option<CorrelationKey<'a>> {
             bytes: v,
         });
     }
-    if p.proto_type() != Some(proto::SIP) {
+    if proto_type != Some(proto::SIP) {
         return None;
     }
-    let payload = p.generic(chunk::PAYLOAD)?;
+    let payload = payload?;
     let (start, end) = find_call_id(payload, 0, payload.len())?;
     Some(CorrelationKey {
         source: KeySource::SipCallId,

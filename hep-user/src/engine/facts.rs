@@ -4,7 +4,7 @@ use std::cell::OnceCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hep_common::chunk::{self, VENDOR_GENERIC};
-use hep_common::correlation::{CorrelationKey, key_hash};
+use hep_common::correlation::{CorrelationKey, key_from_chunks, key_hash};
 use hep_common::v3::Hep3;
 
 /// The matchable facts of one HEPv3 packet.
@@ -31,6 +31,8 @@ pub struct Facts<'a> {
     pub auth_key: Option<&'a [u8]>,
     /// The captured payload (0x000f, else 0x0010), for dedup.
     pub payload: &'a [u8],
+    correlation_id: Option<&'a [u8]>,
+    plain_payload: Option<&'a [u8]>,
     key: OnceCell<Option<CorrelationKey<'a>>>,
 }
 
@@ -49,6 +51,8 @@ impl<'a> Facts<'a> {
             dst_port: None,
             auth_key: None,
             payload: &[],
+            correlation_id: None,
+            plain_payload: None,
             key: OnceCell::new(),
         };
         let mut compressed: Option<&[u8]> = None;
@@ -83,6 +87,7 @@ impl<'a> Facts<'a> {
                         .map(|a| Ipv4Addr::from(a).into())
                 }
                 chunk::PAYLOAD if plain.is_none() => plain = Some(v),
+                chunk::CORRELATION_ID if f.correlation_id.is_none() => f.correlation_id = Some(v),
                 chunk::COMPRESSED_PAYLOAD if compressed.is_none() => compressed = Some(v),
                 _ => {}
             }
@@ -95,13 +100,16 @@ impl<'a> Facts<'a> {
             f.inner_dst = packet.dst_ipv6().map(|a: Ipv6Addr| a.into());
         }
         f.payload = plain.or(compressed).unwrap_or(&[]);
+        f.plain_payload = plain;
         f
     }
 
     /// The correlation key (computed on first use).
     pub fn key(&self) -> Option<&'a [u8]> {
         self.key
-            .get_or_init(|| self.packet.correlation_key())
+            .get_or_init(|| {
+                key_from_chunks(self.correlation_id, self.proto_type, self.plain_payload)
+            })
             .map(|k| k.bytes)
     }
 
