@@ -17,7 +17,12 @@
 //! - Everything the kernel does not do exactly as userspace would, it passes; so kernel and
 //!   userspace together always implement the whole configuration.
 
+use crate::bytes::ByteSource;
+use crate::chunk;
+use crate::correlation::{KEY_HASH_LIMIT, KeyHasher};
+use crate::error::HepError;
 use crate::select::{rendezvous_pick, sample_keep};
+use crate::walker::ChunkWalker;
 
 /// Name of the `Array<XdpConfig>` (one entry).
 pub const CONFIG_MAP: &str = "XDP_CONFIG";
@@ -564,6 +569,64 @@ mod tests {
     }
 
     #[test]
+    fn facts_follow_the_shared_definitions() {
+        use crate::v3::{Hep3Message, Payload};
+        use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let sip = b"INVITE sip:b@x SIP/2.0\r\nVia: v\r\ni: abc@host \r\n\r\n";
+        let mut buf = [0u8; 512];
+        for (corr, proto, v6) in [
+            (None, 1u8, false),
+            (Some(&b"corr-1"[..]), 5, true),
+            (Some(&b""[..]), 1, false),
+            (None, 100, false),
+        ] {
+            let (s, d): (IpAddr, IpAddr) = if v6 {
+                (
+                    Ipv6Addr::LOCALHOST.into(),
+                    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9).into(),
+                )
+            } else {
+                (
+                    Ipv4Addr::new(198, 18, 0, 1).into(),
+                    Ipv4Addr::new(198, 18, 0, 2).into(),
+                )
+            };
+            let m = Hep3Message {
+                ip_proto: 17,
+                src_ip: s,
+                dst_ip: d,
+                src_port: 5060,
+                dst_port: 5062,
+                ts_sec: 1,
+                ts_usec: 2,
+                proto_type: proto,
+                capture_id: 2001,
+                auth_key: None,
+                correlation_id: corr,
+                vlan_id: None,
+                node_name: None,
+                extra: &[],
+                payload: Payload::Plain(sip),
+            };
+            let n = m.encode(&mut buf).unwrap();
+            let p = crate::v3::Hep3::parse(&buf[..n]).unwrap();
+            let f = facts(&buf[..n], map_v4([127, 0, 0, 1])).unwrap();
+            let key = p.correlation_key().map_or(&[][..], |k| k.bytes);
+            assert_eq!(f.key_hash, crate::correlation::key_hash(key));
+            assert_eq!(f.proto_type, Some(proto));
+            assert_eq!(f.capture_id, Some(2001));
+            assert_eq!((f.src_port, f.dst_port), (Some(5060), Some(5062)));
+            let want = |ip: IpAddr| match ip {
+                IpAddr::V4(a) => map_v4(a.octets()),
+                IpAddr::V6(a) => a.octets(),
+            };
+            assert_eq!(f.inner_src, Some(want(s)));
+            assert_eq!(f.inner_dst, Some(want(d)));
+        }
+        assert!(facts(&b"HEP3\x00\x07"[..], [0; 16]).is_err());
+    }
+
+    #[test]
     fn prefixes() {
         let p = KernelPrefix {
             addr: v4(198, 18, 0, 0),
@@ -640,4 +703,91 @@ mod tests {
             Verdict::SampledOut { route: 0 }
         );
     }
+}
+
+/// Reads the [`KernelFacts`] of the HEPv3 packet in `src` (validated on the way, with the
+/// shared walker), received from `sender`. Generic over [`ByteSource`] so the XDP program
+/// (packet bytes) and host code (slices) compute the same facts, the correlation key hash
+/// included ([`crate::correlation`]'s definition: first non-empty 0x0011, else for SIP the
+/// Call-ID of the first plain payload).
+#[inline(always)]
+pub fn facts<S: ByteSource + ?Sized>(src: &S, sender: Addr16) -> Result<KernelFacts, HepError> {
+    let mut f = KernelFacts {
+        sender,
+        ..KernelFacts::default()
+    };
+    let mut corr: Option<(usize, usize)> = None;
+    let mut payload: Option<(usize, usize)> = None;
+    let mut src6: Option<Addr16> = None;
+    let mut dst6: Option<Addr16> = None;
+    let mut w = ChunkWalker::new(src)?;
+    let mut n = 0;
+    while n < crate::chunk::MAX_CHUNKS + 1 {
+        n += 1;
+        let Some(c) = w.next_chunk()? else { break };
+        if c.vendor != crate::chunk::VENDOR_GENERIC {
+            continue;
+        }
+        let off = c.value_offset();
+        match c.kind {
+            chunk::PROTO_TYPE if f.proto_type.is_none() => {
+                f.proto_type = src.load::<1>(off).map(|b| b[0])
+            }
+            chunk::CAPTURE_ID if f.capture_id.is_none() => {
+                f.capture_id = src.load::<4>(off).map(u32::from_be_bytes)
+            }
+            chunk::SRC_PORT if f.src_port.is_none() => {
+                f.src_port = src.load::<2>(off).map(u16::from_be_bytes)
+            }
+            chunk::DST_PORT if f.dst_port.is_none() => {
+                f.dst_port = src.load::<2>(off).map(u16::from_be_bytes)
+            }
+            chunk::SRC_IPV4 if f.inner_src.is_none() => {
+                f.inner_src = src.load::<4>(off).map(map_v4)
+            }
+            chunk::DST_IPV4 if f.inner_dst.is_none() => {
+                f.inner_dst = src.load::<4>(off).map(map_v4)
+            }
+            chunk::SRC_IPV6 if src6.is_none() => src6 = src.load::<16>(off),
+            chunk::DST_IPV6 if dst6.is_none() => dst6 = src.load::<16>(off),
+            chunk::CORRELATION_ID if corr.is_none() => corr = Some((off, c.value_len())),
+            chunk::PAYLOAD if payload.is_none() => payload = Some((off, c.value_len())),
+            _ => {}
+        }
+    }
+    if f.inner_src.is_none() {
+        f.inner_src = src6;
+    }
+    if f.inner_dst.is_none() {
+        f.inner_dst = dst6;
+    }
+    let key = match corr {
+        Some((off, len)) if len > 0 => Some((off, len)),
+        _ => match (f.proto_type, payload) {
+            (Some(p), Some((off, len))) if p == crate::chunk::proto::SIP => {
+                crate::correlation::find_call_id(src, off, len).map(|(s, e)| (off + s, e - s))
+            }
+            _ => None,
+        },
+    };
+    let mut h = KeyHasher::new();
+    if let Some((off, len)) = key {
+        let n = if len < KEY_HASH_LIMIT {
+            len
+        } else {
+            KEY_HASH_LIMIT
+        };
+        let mut i = 0;
+        while i < KEY_HASH_LIMIT {
+            if i >= n {
+                break;
+            }
+            if let Some([b]) = src.load::<1>(off + i) {
+                h.write_byte(b);
+            }
+            i += 1;
+        }
+    }
+    f.key_hash = h.finish();
+    Ok(f)
 }
