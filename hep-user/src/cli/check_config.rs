@@ -12,6 +12,10 @@ use crate::config::plan::{Action, Plan};
 pub struct CheckConfigArgs {
     /// The configuration file (TOML).
     pub file: PathBuf,
+    /// Also print, for each route, whether it runs in the kernel (XDP) or in userspace, and
+    /// why (source addresses are resolved with this host's routing table).
+    #[arg(long)]
+    pub plan: bool,
 }
 
 fn summary(p: &Plan) -> String {
@@ -43,6 +47,16 @@ pub fn run(args: CheckConfigArgs) -> Result<()> {
     match crate::config::load(&args.file) {
         Ok(plan) => {
             println!("{}", summary(&plan));
+            if args.plan {
+                let tables = crate::xdp::compile::compile(
+                    &plan,
+                    &mut crate::xdp::compile::Slots::default(),
+                    &crate::xdp::compile::HostNet,
+                    false,
+                );
+                println!("where each route runs with XDP attached:");
+                print!("{}", crate::xdp::compile::describe(&tables));
+            }
             Ok(())
         }
         Err(e) => Err(anyhow::anyhow!("{e}")),

@@ -3,6 +3,8 @@
 //!
 //! - [`loader`]: [`XdpProgram`] — load (with the HEP port), attach/detach by interface
 //!   name through bpf_link, the aya-log drain task.
+//! - [`compile`]: the configuration compiled into the kernel route tables, with where
+//!   each route runs and why (`hepfwd check-config --plan`).
 //! - [`counters`]: [`XdpCounters`] — the per-CPU counters summed.
 //! - [`error`]: [`XdpError`] — what went wrong, in words an operator can act on.
 //!
@@ -21,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod compile;
 pub mod counters;
 pub mod error;
 pub mod loader;
