@@ -546,6 +546,93 @@ impl DestCounter {
     pub const COUNT: usize = 2;
 }
 
+/// Reads the [`KernelFacts`] of the HEPv3 packet in `src` (validated on the way, with the
+/// shared walker), received from `sender`. Generic over [`ByteSource`] so the XDP program
+/// (packet bytes) and host code (slices) compute the same facts, the correlation key hash
+/// included ([`crate::correlation`]'s definition: first non-empty 0x0011, else for SIP the
+/// Call-ID of the first plain payload).
+#[inline(always)]
+pub fn facts<S: ByteSource + ?Sized>(src: &S, sender: Addr16) -> Result<KernelFacts, HepError> {
+    let mut f = KernelFacts {
+        sender,
+        ..KernelFacts::default()
+    };
+    let mut corr: Option<(usize, usize)> = None;
+    let mut payload: Option<(usize, usize)> = None;
+    let mut src6: Option<Addr16> = None;
+    let mut dst6: Option<Addr16> = None;
+    let mut w = ChunkWalker::new(src)?;
+    let mut n = 0;
+    while n < crate::chunk::MAX_CHUNKS + 1 {
+        n += 1;
+        let Some(c) = w.next_chunk()? else { break };
+        if c.vendor != crate::chunk::VENDOR_GENERIC {
+            continue;
+        }
+        let off = c.value_offset();
+        match c.kind {
+            chunk::PROTO_TYPE if f.proto_type.is_none() => {
+                f.proto_type = src.load::<1>(off).map(|b| b[0])
+            }
+            chunk::CAPTURE_ID if f.capture_id.is_none() => {
+                f.capture_id = src.load::<4>(off).map(u32::from_be_bytes)
+            }
+            chunk::SRC_PORT if f.src_port.is_none() => {
+                f.src_port = src.load::<2>(off).map(u16::from_be_bytes)
+            }
+            chunk::DST_PORT if f.dst_port.is_none() => {
+                f.dst_port = src.load::<2>(off).map(u16::from_be_bytes)
+            }
+            chunk::SRC_IPV4 if f.inner_src.is_none() => {
+                f.inner_src = src.load::<4>(off).map(map_v4)
+            }
+            chunk::DST_IPV4 if f.inner_dst.is_none() => {
+                f.inner_dst = src.load::<4>(off).map(map_v4)
+            }
+            chunk::SRC_IPV6 if src6.is_none() => src6 = src.load::<16>(off),
+            chunk::DST_IPV6 if dst6.is_none() => dst6 = src.load::<16>(off),
+            chunk::CORRELATION_ID if corr.is_none() => corr = Some((off, c.value_len())),
+            chunk::PAYLOAD if payload.is_none() => payload = Some((off, c.value_len())),
+            _ => {}
+        }
+    }
+    if f.inner_src.is_none() {
+        f.inner_src = src6;
+    }
+    if f.inner_dst.is_none() {
+        f.inner_dst = dst6;
+    }
+    let key = match corr {
+        Some((off, len)) if len > 0 => Some((off, len)),
+        _ => match (f.proto_type, payload) {
+            (Some(p), Some((off, len))) if p == crate::chunk::proto::SIP => {
+                crate::correlation::find_call_id(src, off, len).map(|(s, e)| (off + s, e - s))
+            }
+            _ => None,
+        },
+    };
+    let mut h = KeyHasher::new();
+    if let Some((off, len)) = key {
+        let n = if len < KEY_HASH_LIMIT {
+            len
+        } else {
+            KEY_HASH_LIMIT
+        };
+        let mut i = 0;
+        while i < KEY_HASH_LIMIT {
+            if i >= n {
+                break;
+            }
+            if let Some([b]) = src.load::<1>(off + i) {
+                h.write_byte(b);
+            }
+            i += 1;
+        }
+    }
+    f.key_hash = h.finish();
+    Ok(f)
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `repr(C)` data with explicit padding and no invalid bit patterns.
@@ -703,91 +790,4 @@ mod tests {
             Verdict::SampledOut { route: 0 }
         );
     }
-}
-
-/// Reads the [`KernelFacts`] of the HEPv3 packet in `src` (validated on the way, with the
-/// shared walker), received from `sender`. Generic over [`ByteSource`] so the XDP program
-/// (packet bytes) and host code (slices) compute the same facts, the correlation key hash
-/// included ([`crate::correlation`]'s definition: first non-empty 0x0011, else for SIP the
-/// Call-ID of the first plain payload).
-#[inline(always)]
-pub fn facts<S: ByteSource + ?Sized>(src: &S, sender: Addr16) -> Result<KernelFacts, HepError> {
-    let mut f = KernelFacts {
-        sender,
-        ..KernelFacts::default()
-    };
-    let mut corr: Option<(usize, usize)> = None;
-    let mut payload: Option<(usize, usize)> = None;
-    let mut src6: Option<Addr16> = None;
-    let mut dst6: Option<Addr16> = None;
-    let mut w = ChunkWalker::new(src)?;
-    let mut n = 0;
-    while n < crate::chunk::MAX_CHUNKS + 1 {
-        n += 1;
-        let Some(c) = w.next_chunk()? else { break };
-        if c.vendor != crate::chunk::VENDOR_GENERIC {
-            continue;
-        }
-        let off = c.value_offset();
-        match c.kind {
-            chunk::PROTO_TYPE if f.proto_type.is_none() => {
-                f.proto_type = src.load::<1>(off).map(|b| b[0])
-            }
-            chunk::CAPTURE_ID if f.capture_id.is_none() => {
-                f.capture_id = src.load::<4>(off).map(u32::from_be_bytes)
-            }
-            chunk::SRC_PORT if f.src_port.is_none() => {
-                f.src_port = src.load::<2>(off).map(u16::from_be_bytes)
-            }
-            chunk::DST_PORT if f.dst_port.is_none() => {
-                f.dst_port = src.load::<2>(off).map(u16::from_be_bytes)
-            }
-            chunk::SRC_IPV4 if f.inner_src.is_none() => {
-                f.inner_src = src.load::<4>(off).map(map_v4)
-            }
-            chunk::DST_IPV4 if f.inner_dst.is_none() => {
-                f.inner_dst = src.load::<4>(off).map(map_v4)
-            }
-            chunk::SRC_IPV6 if src6.is_none() => src6 = src.load::<16>(off),
-            chunk::DST_IPV6 if dst6.is_none() => dst6 = src.load::<16>(off),
-            chunk::CORRELATION_ID if corr.is_none() => corr = Some((off, c.value_len())),
-            chunk::PAYLOAD if payload.is_none() => payload = Some((off, c.value_len())),
-            _ => {}
-        }
-    }
-    if f.inner_src.is_none() {
-        f.inner_src = src6;
-    }
-    if f.inner_dst.is_none() {
-        f.inner_dst = dst6;
-    }
-    let key = match corr {
-        Some((off, len)) if len > 0 => Some((off, len)),
-        _ => match (f.proto_type, payload) {
-            (Some(p), Some((off, len))) if p == crate::chunk::proto::SIP => {
-                crate::correlation::find_call_id(src, off, len).map(|(s, e)| (off + s, e - s))
-            }
-            _ => None,
-        },
-    };
-    let mut h = KeyHasher::new();
-    if let Some((off, len)) = key {
-        let n = if len < KEY_HASH_LIMIT {
-            len
-        } else {
-            KEY_HASH_LIMIT
-        };
-        let mut i = 0;
-        while i < KEY_HASH_LIMIT {
-            if i >= n {
-                break;
-            }
-            if let Some([b]) = src.load::<1>(off + i) {
-                h.write_byte(b);
-            }
-            i += 1;
-        }
-    }
-    f.key_hash = h.finish();
-    Ok(f)
 }

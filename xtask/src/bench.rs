@@ -86,7 +86,15 @@ fn step(bin: &Path, dir: &Path, workers: usize, rate: u64, seconds: u64) -> Resu
     )?;
     let mut sink = Guard(
         Command::new(bin)
-            .args(["sink", "--listen", &format!("127.0.0.1:{sp}"), "--idle", "1", "--duration", &(seconds + 20).to_string()])
+            .args([
+                "sink",
+                "--listen",
+                &format!("127.0.0.1:{sp}"),
+                "--idle",
+                "1",
+                "--duration",
+                &(seconds + 20).to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -95,7 +103,9 @@ fn step(bin: &Path, dir: &Path, workers: usize, rate: u64, seconds: u64) -> Resu
     // Wait for the sink's "listening" line.
     if let Some(err) = sink.0.stderr.take() {
         let mut line = String::new();
-        BufReader::new(err).read_line(&mut line).context("waiting for the sink")?;
+        BufReader::new(err)
+            .read_line(&mut line)
+            .context("waiting for the sink")?;
     }
     let fwd = Guard(
         Command::new(bin)
@@ -167,8 +177,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let dir = std::env::temp_dir().join(format!("hepfwd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    println!("[bench] userspace, {} worker(s), {} s per step, loss limit {:.2}%", args.workers, args.seconds, args.max_loss * 100.0);
-    println!("[bench] {:>9} {:>10} {:>10} {:>8} {:>10} {:>12}", "offered", "sent", "received", "loss %", "rcvbuf_err", "cpu us/pkt");
+    println!(
+        "[bench] userspace, {} worker(s), {} s per step, loss limit {:.2}%",
+        args.workers,
+        args.seconds,
+        args.max_loss * 100.0
+    );
+    println!(
+        "[bench] {:>9} {:>10} {:>10} {:>8} {:>10} {:>12}",
+        "offered", "sent", "received", "loss %", "rcvbuf_err", "cpu us/pkt"
+    );
     let mut best: Option<Step> = None;
     for &rate in &args.rates {
         let s = step(&bin, &dir, args.workers, rate, args.seconds)?;
@@ -196,7 +214,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             args.workers,
             b.cpu_us_per_pkt
         ),
-        None => println!("[bench] result: even the lowest rate lost more than {:.1}%", args.max_loss * 100.0),
+        None => println!(
+            "[bench] result: even the lowest rate lost more than {:.1}%",
+            args.max_loss * 100.0
+        ),
     }
     Ok(())
 }

@@ -401,17 +401,16 @@ impl State {
                 }
             }
         }
-        if tcp.fin() || tcp.rst() {
-            if let Some(flow) = self.flows.remove(&key)
-                && !flow.dead
-                && flow.framer.pending() > 0
-            {
-                sink(CaptureItem::Error {
-                    frame,
-                    message: format!("tcp {src} -> {dst}: stream closed inside a HEP frame"),
-                    offset: flow.framer.offset(),
-                });
-            }
+        if (tcp.fin() || tcp.rst())
+            && let Some(flow) = self.flows.remove(&key)
+            && !flow.dead
+            && flow.framer.pending() > 0
+        {
+            sink(CaptureItem::Error {
+                frame,
+                message: format!("tcp {src} -> {dst}: stream closed inside a HEP frame"),
+                offset: flow.framer.offset(),
+            });
         }
     }
 }

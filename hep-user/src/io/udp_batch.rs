@@ -254,7 +254,7 @@ mod tests {
         let mut got = Vec::new();
         while got.len() < 10 {
             let k = b.recv(&rx).unwrap();
-            assert!(k >= 1 && k <= 4);
+            assert!((1..=4).contains(&k));
             for i in 0..k {
                 let (from, data, cut) = b.get(i).unwrap();
                 assert_eq!(from, tx.local_addr().unwrap());

@@ -229,7 +229,7 @@ forward = ["c"]
         let sip = format!("INVITE sip:b SIP/2.0\r\nCall-ID: {call}\r\n\r\n");
         let inner_src: Ipv4Addr = rng.pick(&[[198, 18, 1, 1], [10, 0, 0, 1]]).into();
         let inner_dst: Ipv4Addr = rng.pick(&[[198, 19, 0, 9], [10, 0, 0, 2]]).into();
-        let corr = (proto != 1).then(|| call.as_bytes());
+        let corr = (proto != 1).then_some(call.as_bytes());
         let node = rng.pick(&[Some(&b"special"[..]), None, None]);
         let m = Hep3Message {
             ip_proto: 17,
