@@ -158,11 +158,7 @@ impl UdpCollector {
     /// received and not yet read.
     pub fn close(mut self) -> Vec<Vec<u8>> {
         self.shutdown();
-        let mut rest = Vec::new();
-        while let Ok(p) = self.inbox.rx.try_recv() {
-            rest.push(p);
-        }
-        rest
+        self.inbox.drain(Duration::ZERO)
     }
 
     fn shutdown(&mut self) {
@@ -307,11 +303,7 @@ impl TcpCollector {
     /// frames received and not yet read.
     pub fn stop(mut self) -> Vec<Vec<u8>> {
         self.shutdown();
-        let mut rest = Vec::new();
-        while let Ok(p) = self.inbox.rx.try_recv() {
-            rest.push(p);
-        }
-        rest
+        self.inbox.drain(Duration::ZERO)
     }
 
     fn shutdown(&mut self) {
