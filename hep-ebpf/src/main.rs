@@ -11,6 +11,8 @@ mod hep;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod tables;
+#[cfg(target_arch = "bpf")]
 mod xdp;
 
 /// The verifier rejects an infinite loop it can reach, so the panic handler must not be the

@@ -70,6 +70,10 @@ pub enum XdpError {
     #[error("the embedded XDP object has no {0}; hep-ebpf and hep-user are out of step")]
     MissingItem(String),
 
+    /// A configuration's tables do not fit the kernel's maps.
+    #[error("the kernel tables do not fit: {0}")]
+    TableTooLarge(String),
+
     /// Loading the object (maps, relocations, BTF).
     #[error("loading the XDP object: {0}")]
     Load(#[source] aya::EbpfError),

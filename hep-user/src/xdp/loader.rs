@@ -216,6 +216,17 @@ impl XdpProgram {
         XdpCounters::read(&arr)
     }
 
+    /// The loaded object, read-only (tests inspect its maps).
+    #[doc(hidden)]
+    pub fn ebpf_for_tests(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// The loaded object (maps), for the table installer.
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// The program itself, e.g. to run it on test frames with `aya::TestRun`.
     pub fn program_mut(&mut self) -> Result<&mut Xdp, XdpError> {
         program_mut(&mut self.ebpf)

@@ -27,6 +27,7 @@ pub mod compile;
 pub mod counters;
 pub mod error;
 pub mod loader;
+pub mod tables;
 
 pub use counters::XdpCounters;
 pub use error::XdpError;

@@ -1,0 +1,46 @@
+//! The route tables of `hep_common::kernel_plan`, as maps the loader fills: two banks of
+//! routes, destinations and listeners, the configuration word that names the active bank,
+//! the listener allow lists, and the per-route and per-destination counters.
+//!
+//! The program does not read them yet (it passes every packet); declaring them here fixes
+//! the layout the loader writes and tests read back.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, PerCpuArray},
+};
+use hep_common::kernel_plan::{
+    AllowKey, DestCounter, KernelDestination, KernelListener, KernelRoute, MAX_DESTINATIONS,
+    MAX_LISTENERS, MAX_ROUTES, MAX_SLOTS, RouteCounter, XdpConfig,
+};
+
+/// The active bank and the table sizes (one entry).
+#[map]
+pub static XDP_CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
+
+/// Routes: bank `b` holds entries `b * MAX_ROUTES ..`.
+#[map]
+pub static ROUTES: Array<KernelRoute> = Array::with_max_entries(2 * MAX_ROUTES as u32, 0);
+
+/// Destinations, banked like the routes.
+#[map]
+pub static DESTINATIONS: Array<KernelDestination> =
+    Array::with_max_entries(2 * MAX_DESTINATIONS as u32, 0);
+
+/// Listeners, banked like the routes.
+#[map]
+pub static LISTENERS: Array<KernelListener> = Array::with_max_entries(2 * MAX_LISTENERS as u32, 0);
+
+/// Allow lists of every listener of both banks.
+#[map]
+pub static ALLOW: LpmTrie<AllowKey, u8> = LpmTrie::with_max_entries(4096, 0);
+
+/// Per-route counters by slot.
+#[map]
+pub static ROUTE_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries((MAX_SLOTS * RouteCounter::COUNT) as u32, 0);
+
+/// Per-destination counters by slot.
+#[map]
+pub static DEST_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries((MAX_SLOTS * DestCounter::COUNT) as u32, 0);
