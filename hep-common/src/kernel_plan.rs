@@ -551,25 +551,108 @@ impl DestCounter {
 /// (packet bytes) and host code (slices) compute the same facts, the correlation key hash
 /// included ([`crate::correlation`]'s definition: first non-empty 0x0011, else for SIP the
 /// Call-ID of the first plain payload).
+///
+/// The steps are public ([`FactsWalk`]) so the kernel can run the chunk walk and the
+/// Call-ID scan in `bpf_loop` callbacks with the very same code.
 #[inline(always)]
 pub fn facts<S: ByteSource + ?Sized>(src: &S, sender: Addr16) -> Result<KernelFacts, HepError> {
-    let mut f = KernelFacts {
-        sender,
-        ..KernelFacts::default()
-    };
-    let mut corr: Option<(usize, usize)> = None;
-    let mut payload: Option<(usize, usize)> = None;
-    let mut src6: Option<Addr16> = None;
-    let mut dst6: Option<Addr16> = None;
+    let mut walk = FactsWalk::new(sender);
     let mut w = ChunkWalker::new(src)?;
     let mut n = 0;
     while n < crate::chunk::MAX_CHUNKS + 1 {
         n += 1;
         let Some(c) = w.next_chunk()? else { break };
+        walk.on_chunk(src, &c);
+    }
+    let key = match walk.key_source() {
+        KeySpan::None => None,
+        KeySpan::Bytes { offset, len } => Some((offset, len)),
+        KeySpan::CallIdIn { offset, len } => {
+            crate::correlation::find_call_id(src, offset, len).map(|(s, e)| (offset + s, e - s))
+        }
+    };
+    let mut h = KeyHasher::new();
+    if let Some((off, len)) = key {
+        hash_range(src, off, len, &mut h);
+    }
+    Ok(walk.finish(h.finish()))
+}
+
+/// Feeds the bytes `[off, off + min(len, KEY_HASH_LIMIT))` of `src` to `h`.
+#[inline(always)]
+pub fn hash_range<S: ByteSource + ?Sized>(src: &S, off: usize, len: usize, h: &mut KeyHasher) {
+    let n = if len < KEY_HASH_LIMIT {
+        len
+    } else {
+        KEY_HASH_LIMIT
+    };
+    let mut i = 0;
+    while i < KEY_HASH_LIMIT {
+        if i >= n {
+            break;
+        }
+        if let Some([b]) = src.load::<1>(off + i) {
+            h.write_byte(b);
+        }
+        i += 1;
+    }
+}
+
+/// Where a packet's correlation key is, after the chunk walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySpan {
+    /// No key: the empty key is hashed.
+    None,
+    /// The key is these bytes (a non-empty chunk 0x0011).
+    Bytes {
+        /// Offset in the packet.
+        offset: usize,
+        /// Length.
+        len: usize,
+    },
+    /// The key is the Call-ID found in this SIP payload, if any.
+    CallIdIn {
+        /// Offset of the payload in the packet.
+        offset: usize,
+        /// Payload length.
+        len: usize,
+    },
+}
+
+/// The state of the facts walk: one [`FactsWalk::on_chunk`] per chunk, in wire order.
+#[derive(Debug, Clone, Copy)]
+pub struct FactsWalk {
+    f: KernelFacts,
+    corr: Option<(usize, usize)>,
+    payload: Option<(usize, usize)>,
+    src6: Option<Addr16>,
+    dst6: Option<Addr16>,
+}
+
+impl FactsWalk {
+    /// Before the first chunk.
+    #[inline(always)]
+    pub fn new(sender: Addr16) -> Self {
+        FactsWalk {
+            f: KernelFacts {
+                sender,
+                ..KernelFacts::default()
+            },
+            corr: None,
+            payload: None,
+            src6: None,
+            dst6: None,
+        }
+    }
+
+    /// Takes what the facts need from chunk `c` (first occurrences win).
+    #[inline(always)]
+    pub fn on_chunk<S: ByteSource + ?Sized>(&mut self, src: &S, c: &crate::walker::ChunkHeader) {
         if c.vendor != crate::chunk::VENDOR_GENERIC {
-            continue;
+            return;
         }
         let off = c.value_offset();
+        let f = &mut self.f;
         match c.kind {
             chunk::PROTO_TYPE if f.proto_type.is_none() => {
                 f.proto_type = src.load::<1>(off).map(|b| b[0])
@@ -589,48 +672,41 @@ pub fn facts<S: ByteSource + ?Sized>(src: &S, sender: Addr16) -> Result<KernelFa
             chunk::DST_IPV4 if f.inner_dst.is_none() => {
                 f.inner_dst = src.load::<4>(off).map(map_v4)
             }
-            chunk::SRC_IPV6 if src6.is_none() => src6 = src.load::<16>(off),
-            chunk::DST_IPV6 if dst6.is_none() => dst6 = src.load::<16>(off),
-            chunk::CORRELATION_ID if corr.is_none() => corr = Some((off, c.value_len())),
-            chunk::PAYLOAD if payload.is_none() => payload = Some((off, c.value_len())),
+            chunk::SRC_IPV6 if self.src6.is_none() => self.src6 = src.load::<16>(off),
+            chunk::DST_IPV6 if self.dst6.is_none() => self.dst6 = src.load::<16>(off),
+            chunk::CORRELATION_ID if self.corr.is_none() => self.corr = Some((off, c.value_len())),
+            chunk::PAYLOAD if self.payload.is_none() => self.payload = Some((off, c.value_len())),
             _ => {}
         }
     }
-    if f.inner_src.is_none() {
-        f.inner_src = src6;
-    }
-    if f.inner_dst.is_none() {
-        f.inner_dst = dst6;
-    }
-    let key = match corr {
-        Some((off, len)) if len > 0 => Some((off, len)),
-        _ => match (f.proto_type, payload) {
-            (Some(p), Some((off, len))) if p == crate::chunk::proto::SIP => {
-                crate::correlation::find_call_id(src, off, len).map(|(s, e)| (off + s, e - s))
-            }
-            _ => None,
-        },
-    };
-    let mut h = KeyHasher::new();
-    if let Some((off, len)) = key {
-        let n = if len < KEY_HASH_LIMIT {
-            len
-        } else {
-            KEY_HASH_LIMIT
-        };
-        let mut i = 0;
-        while i < KEY_HASH_LIMIT {
-            if i >= n {
-                break;
-            }
-            if let Some([b]) = src.load::<1>(off + i) {
-                h.write_byte(b);
-            }
-            i += 1;
+
+    /// Where the correlation key is (after the last chunk).
+    #[inline(always)]
+    pub fn key_source(&self) -> KeySpan {
+        match self.corr {
+            Some((offset, len)) if len > 0 => KeySpan::Bytes { offset, len },
+            _ => match (self.f.proto_type, self.payload) {
+                (Some(p), Some((offset, len))) if p == crate::chunk::proto::SIP => {
+                    KeySpan::CallIdIn { offset, len }
+                }
+                _ => KeySpan::None,
+            },
         }
     }
-    f.key_hash = h.finish();
-    Ok(f)
+
+    /// The facts, with the key hash computed by the caller.
+    #[inline(always)]
+    pub fn finish(self, key_hash: u64) -> KernelFacts {
+        let mut f = self.f;
+        if f.inner_src.is_none() {
+            f.inner_src = self.src6;
+        }
+        if f.inner_dst.is_none() {
+            f.inner_dst = self.dst6;
+        }
+        f.key_hash = key_hash;
+        f
+    }
 }
 
 #[cfg(feature = "user")]
