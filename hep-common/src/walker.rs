@@ -126,44 +126,11 @@ impl<'s, S: ByteSource + ?Sized> ChunkWalker<'s, S> {
                 max: MAX_CHUNKS,
             });
         }
-        if self.end - offset < CHUNK_HEADER_LEN {
-            return Err(HepError::TruncatedChunkHeader { offset });
-        }
-        let Some(h) = self.src.load::<6>(offset) else {
-            return Err(HepError::TruncatedChunkHeader { offset });
-        };
-        let vendor = be16([h[0], h[1]]);
-        let kind = be16([h[2], h[3]]);
-        let len = be16([h[4], h[5]]);
-        if (len as usize) < CHUNK_HEADER_LEN {
-            return Err(HepError::ChunkTooShort { offset, len });
-        }
-        if len as usize > self.end - offset {
-            return Err(HepError::ChunkPastEnd {
-                offset,
-                len,
-                end: self.end,
-            });
-        }
-        let value_len = len as usize - CHUNK_HEADER_LEN;
-        if let Some(expected) = fixed_width(vendor, kind)
-            && expected != value_len
-        {
-            return Err(HepError::BadChunkWidth {
-                offset,
-                kind,
-                len: value_len,
-                expected,
-            });
-        }
+        let c = read_chunk(self.src, offset, self.end)?;
+        let len = c.len;
         self.offset = offset + len as usize;
         self.count += 1;
-        Ok(Some(ChunkHeader {
-            offset,
-            vendor,
-            kind,
-            len,
-        }))
+        Ok(Some(c))
     }
 }
 
@@ -173,6 +140,53 @@ impl<S: ByteSource + ?Sized> Iterator for ChunkWalker<'_, S> {
     fn next(&mut self) -> Option<Self::Item> {
         self.next_chunk().transpose()
     }
+}
+
+/// Reads and validates the chunk at `offset` of a packet that ends at `end` (every rule of
+/// the module but the chunk count, which the caller bounds). The one step of
+/// [`ChunkWalker`], public for walks driven from elsewhere (the kernel's `bpf_loop`).
+#[inline(always)]
+pub fn read_chunk<S: ByteSource + ?Sized>(
+    src: &S,
+    offset: usize,
+    end: usize,
+) -> Result<ChunkHeader, HepError> {
+    if end - offset < CHUNK_HEADER_LEN {
+        return Err(HepError::TruncatedChunkHeader { offset });
+    }
+    let Some(h) = src.load::<6>(offset) else {
+        return Err(HepError::TruncatedChunkHeader { offset });
+    };
+    let vendor = be16([h[0], h[1]]);
+    let kind = be16([h[2], h[3]]);
+    let len = be16([h[4], h[5]]);
+    if (len as usize) < CHUNK_HEADER_LEN {
+        return Err(HepError::ChunkTooShort { offset, len });
+    }
+    if len as usize > end - offset {
+        return Err(HepError::ChunkPastEnd {
+            offset,
+            len,
+            end: end,
+        });
+    }
+    let value_len = len as usize - CHUNK_HEADER_LEN;
+    if let Some(expected) = fixed_width(vendor, kind)
+        && expected != value_len
+    {
+        return Err(HepError::BadChunkWidth {
+            offset,
+            kind,
+            len: value_len,
+            expected,
+        });
+    }
+    Ok(ChunkHeader {
+        offset,
+        vendor,
+        kind,
+        len,
+    })
 }
 
 /// Walks a whole packet and returns its chunk count, or the first error.

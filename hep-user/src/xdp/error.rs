@@ -130,14 +130,19 @@ impl From<aya::programs::ProgramError> for XdpError {
                 io_error,
                 verifier_log,
             } => {
-                if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                // The verifier also answers EACCES; only without a verifier log is it a
+                // missing privilege.
+                let log = verifier_log.to_string();
+                if log.trim().is_empty()
+                    && matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+                {
                     return XdpError::NotPrivileged {
                         detail: io_error.to_string(),
                     };
                 }
                 XdpError::Verifier {
                     source: io_error,
-                    verifier_log: verifier_log.to_string(),
+                    verifier_log: log,
                 }
             }
             e => match is_permission(&e) {
