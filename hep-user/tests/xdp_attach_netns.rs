@@ -6,8 +6,7 @@
 //!
 //! Needs root; skips loudly otherwise, fails under `HEPFWD_REQUIRE_PRIVILEGED=1`.
 
-#[path = "../../tests/support/privileged.rs"]
-mod privileged;
+mod common;
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -18,7 +17,7 @@ use std::time::Duration;
 use hep_common::chunk::ChunkId;
 use hep_common::maps::XdpCounter;
 use hep_common::v3::ChunkWriter;
-use hep_user::xdp::{AttachMode, LoadOptions, XdpError, XdpProgram};
+use hep_user::xdp::{AttachMode, LoadOptions, XdpError};
 
 const ADDR_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const ADDR_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -126,19 +125,8 @@ fn hep3(n: u32) -> Vec<u8> {
 #[test]
 fn xdp_attaches_to_a_veth_in_a_netns_sees_hep_and_detaches() {
     let test = "xdp_attaches_to_a_veth_in_a_netns_sees_hep_and_detaches";
-    if !privileged::available(test) {
+    let Some(mut xdp) = common::load_or_skip(test, &LoadOptions::default()) else {
         return;
-    }
-    let mut xdp = match XdpProgram::load(&LoadOptions::default()) {
-        Ok(p) => p,
-        Err(XdpError::NotBuilt) => {
-            privileged::skip(
-                test,
-                "hepfwd was built with AYA_BUILD_SKIP=1 (no XDP program)",
-            );
-            return;
-        }
-        Err(e) => panic!("loading the XDP program: {e}"),
     };
     let id = xdp.program_id().expect("program id");
 

@@ -3,8 +3,7 @@
 //!
 //! Needs root (CAP_BPF); skips loudly otherwise, fails under `HEPFWD_REQUIRE_PRIVILEGED=1`.
 
-#[path = "../../tests/support/privileged.rs"]
-mod privileged;
+mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -15,8 +14,8 @@ use hep_common::kernel_plan::{
     ALLOW_MAP, AllowKey, KernelListener, KernelRoute, LISTENERS_MAP, MAX_LISTENERS, MAX_ROUTES,
     ROUTES_MAP, RouteAction, map_v4,
 };
+use hep_user::xdp::LoadOptions;
 use hep_user::xdp::compile::{NetEnv, Slots, compile};
-use hep_user::xdp::{LoadOptions, XdpError, XdpProgram};
 
 struct Net;
 impl NetEnv for Net {
@@ -40,19 +39,8 @@ fn config(drop_first: bool) -> String {
 #[test]
 fn tables_install_into_the_inactive_bank_and_flip() {
     let test = "tables_install_into_the_inactive_bank_and_flip";
-    if !privileged::available(test) {
+    let Some(mut xdp) = common::load_or_skip(test, &LoadOptions::default()) else {
         return;
-    }
-    let mut xdp = match XdpProgram::load(&LoadOptions::default()) {
-        Ok(p) => p,
-        Err(XdpError::NotBuilt) => {
-            privileged::skip(
-                test,
-                "hepfwd was built with AYA_BUILD_SKIP=1 (no XDP program)",
-            );
-            return;
-        }
-        Err(e) => panic!("{test}: loading: {e}"),
     };
     let mut slots = Slots::default();
     let plan1 = hep_user::config::compile(Path::new("a.toml"), &config(true)).expect("config");

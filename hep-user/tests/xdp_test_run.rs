@@ -5,38 +5,24 @@
 //!
 //! Needs root (CAP_BPF); skips loudly otherwise, fails under `HEPFWD_REQUIRE_PRIVILEGED=1`.
 
-#[path = "../../tests/support/privileged.rs"]
-mod privileged;
+mod common;
 
 use aya::{TestRun as _, TestRunOptions};
 use hep_common::chunk::ChunkId;
 use hep_common::maps::XdpCounter;
 use hep_common::v3::ChunkWriter;
-use hep_user::xdp::{LoadOptions, XdpError, XdpProgram};
+use hep_user::xdp::{LoadOptions, XdpProgram};
 
 const XDP_PASS: u32 = 2;
 const HEP_PORT: u16 = 9060;
 
 /// Loads the program, or skips (loudly) / fails as the privileged-test rules say.
 fn load(test: &str, hep_port: u16) -> Option<XdpProgram> {
-    if !privileged::available(test) {
-        return None;
-    }
     let opts = LoadOptions {
         hep_port,
         ..LoadOptions::default()
     };
-    match XdpProgram::load(&opts) {
-        Ok(p) => Some(p),
-        Err(XdpError::NotBuilt) => {
-            privileged::skip(
-                test,
-                "hepfwd was built with AYA_BUILD_SKIP=1 (no XDP program)",
-            );
-            None
-        }
-        Err(e) => panic!("{test}: loading the XDP program failed: {e}"),
-    }
+    common::load_or_skip(test, &opts)
 }
 
 // ----- frame building --------------------------------------------------------------------
@@ -469,23 +455,12 @@ impl Captured {
 #[test]
 fn xdp_kernel_debug_logs_reach_tracing_through_the_drain_task() {
     let test = "xdp_kernel_debug_logs_reach_tracing_through_the_drain_task";
-    if !privileged::available(test) {
-        return;
-    }
     let opts = LoadOptions {
         hep_port: HEP_PORT,
         log_level: tracing::Level::DEBUG,
     };
-    let mut xdp = match XdpProgram::load(&opts) {
-        Ok(p) => p,
-        Err(XdpError::NotBuilt) => {
-            privileged::skip(
-                test,
-                "hepfwd was built with AYA_BUILD_SKIP=1 (no XDP program)",
-            );
-            return;
-        }
-        Err(e) => panic!("{test}: loading with kernel debug logs: {e}"),
+    let Some(mut xdp) = common::load_or_skip(test, &opts) else {
+        return;
     };
     let out = Captured::default();
     let writer = out.clone();
