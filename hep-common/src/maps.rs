@@ -6,12 +6,14 @@
 //! - [`XdpCounter::Received`] is incremented once;
 //! - exactly one *outcome* is incremented ([`XdpCounter::OUTCOMES`]): why the packet is not
 //!   HEP, or which kind of HEP it is;
-//! - exactly one *action* is incremented ([`XdpCounter::ACTIONS`]; today only
-//!   [`XdpCounter::Passed`]);
-//! - [`XdpCounter::HepCandidate`] is incremented for every UDP datagram to the HEP port
-//!   (then one of `HepV3`, `HepLegacy`, `HepInvalid` is its outcome).
+//! - exactly one *action* is incremented ([`XdpCounter::ACTIONS`]: passed to the stack,
+//!   dropped, steered by XDP, or handed to the TC mirror);
+//! - [`XdpCounter::HepCandidate`] is incremented for every UDP datagram to a listener port
+//!   (then one of `HepV3`, `HepLegacy`, `HepInvalid` is its outcome);
+//! - every `HepV3` packet gets exactly one *decision* ([`XdpCounter::DECISIONS`]).
 //!
-//! So `Received == Σ OUTCOMES == Σ ACTIONS` and `HepCandidate == HepV3 + HepLegacy + HepInvalid`.
+//! So `Received == Σ OUTCOMES == Σ ACTIONS`, `HepCandidate == HepV3 + HepLegacy + HepInvalid`
+//! and `HepV3 == Σ DECISIONS`.
 
 /// Name of the `PerCpuArray<u64>` of counters in the XDP object.
 pub const COUNTERS_MAP: &str = "COUNTERS";
@@ -52,11 +54,40 @@ pub enum XdpCounter {
     HepInvalid = 11,
     /// Action: `XDP_PASS` (the packet goes on to the kernel stack and the daemon).
     Passed = 12,
+    /// Action: `XDP_DROP` (a decision below says why).
+    Dropped = 13,
+    /// Action and decision: rewritten and sent by XDP (`XDP_TX` or a redirect).
+    Steered = 14,
+    /// Action and decision: passed with the route in the packet metadata, for the TC
+    /// program to copy to every destination (without TC, the daemon mirrors it).
+    Mirrored = 15,
+    /// Decision (pass): the HEP packet is larger than the kernel's scratch buffer.
+    TooLarge = 16,
+    /// Decision (drop): the listener's auth key (chunk 0x000e) is missing or different.
+    AuthFailed = 17,
+    /// Decision (drop): the sender is not in the listener's allow list.
+    NotAllowed = 18,
+    /// Decision (pass): a route only userspace can evaluate came first.
+    PassOpaque = 19,
+    /// Decision (pass): the route that matched needs userspace for its action.
+    PassAction = 20,
+    /// Decision (pass): no route matched (userspace counts it as unrouted).
+    PassNoRoute = 21,
+    /// Decision (drop): a route with `action = "drop"`.
+    RouteDrop = 22,
+    /// Decision (drop): left out by a route's call sampling.
+    SampledOut = 23,
+    /// Decision (pass, unmodified): a steer the kernel could not complete (no neighbour
+    /// entry yet, no route, packet too big for the egress MTU); the daemon sends it.
+    SteerFallback = 24,
+    /// Decision (pass): the kernel cannot evaluate this listener's checks (an auth key
+    /// longer than it compares), so userspace does.
+    PassListener = 25,
 }
 
 impl XdpCounter {
     /// Number of counters, the size of [`COUNTERS_MAP`].
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 26;
 
     /// Every counter, in index order.
     pub const ALL: [XdpCounter; Self::COUNT] = [
@@ -73,6 +104,19 @@ impl XdpCounter {
         XdpCounter::HepLegacy,
         XdpCounter::HepInvalid,
         XdpCounter::Passed,
+        XdpCounter::Dropped,
+        XdpCounter::Steered,
+        XdpCounter::Mirrored,
+        XdpCounter::TooLarge,
+        XdpCounter::AuthFailed,
+        XdpCounter::NotAllowed,
+        XdpCounter::PassOpaque,
+        XdpCounter::PassAction,
+        XdpCounter::PassNoRoute,
+        XdpCounter::RouteDrop,
+        XdpCounter::SampledOut,
+        XdpCounter::SteerFallback,
+        XdpCounter::PassListener,
     ];
 
     /// The outcomes: exactly one of them per packet.
@@ -90,7 +134,28 @@ impl XdpCounter {
     ];
 
     /// The actions: exactly one of them per packet.
-    pub const ACTIONS: [XdpCounter; 1] = [XdpCounter::Passed];
+    pub const ACTIONS: [XdpCounter; 4] = [
+        XdpCounter::Passed,
+        XdpCounter::Dropped,
+        XdpCounter::Steered,
+        XdpCounter::Mirrored,
+    ];
+
+    /// The decisions: exactly one per valid HEPv3 packet.
+    pub const DECISIONS: [XdpCounter; 12] = [
+        XdpCounter::TooLarge,
+        XdpCounter::PassListener,
+        XdpCounter::AuthFailed,
+        XdpCounter::NotAllowed,
+        XdpCounter::PassOpaque,
+        XdpCounter::PassAction,
+        XdpCounter::PassNoRoute,
+        XdpCounter::RouteDrop,
+        XdpCounter::SampledOut,
+        XdpCounter::SteerFallback,
+        XdpCounter::Steered,
+        XdpCounter::Mirrored,
+    ];
 
     /// The map index.
     #[inline(always)]
@@ -123,6 +188,19 @@ impl XdpCounter {
             XdpCounter::HepLegacy => "hep_legacy",
             XdpCounter::HepInvalid => "hep_invalid",
             XdpCounter::Passed => "passed",
+            XdpCounter::Dropped => "dropped",
+            XdpCounter::Steered => "steered",
+            XdpCounter::Mirrored => "mirrored",
+            XdpCounter::TooLarge => "too_large",
+            XdpCounter::AuthFailed => "auth_failed",
+            XdpCounter::NotAllowed => "not_allowed",
+            XdpCounter::PassOpaque => "pass_opaque",
+            XdpCounter::PassAction => "pass_action",
+            XdpCounter::PassNoRoute => "pass_no_route",
+            XdpCounter::RouteDrop => "route_drop",
+            XdpCounter::SampledOut => "sampled_out",
+            XdpCounter::SteerFallback => "steer_fallback",
+            XdpCounter::PassListener => "pass_listener",
         }
     }
 }
