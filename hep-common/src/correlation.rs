@@ -157,8 +157,10 @@ enum State {
     LineStart,
     /// Saw CR at line start: an LF next ends the headers.
     BlankCr,
-    /// Matched `n` bytes of "call-id".
-    Name(u8),
+    /// Inside "call-id" (`CallIdScanner::matched` bytes matched). A separate counter, not
+    /// a payload: an enum with a payload in some variants leaves undefined bytes that
+    /// LLVM may store from an unset register, which the kernel's verifier rejects.
+    Name,
     /// After the header name, before the colon.
     AfterName,
     /// After the colon, skipping leading whitespace.
@@ -175,6 +177,7 @@ enum State {
 #[derive(Debug, Clone, Copy)]
 pub struct CallIdScanner {
     state: State,
+    matched: u8,
     start: usize,
     end: usize,
     found: bool,
@@ -188,6 +191,15 @@ impl Default for CallIdScanner {
 
 const CALL_ID: &[u8; 7] = b"call-id";
 
+/// Whether one of the 8 bytes of `w` is `\n` (the classic zero-byte test on `w ^ 0x0a…0a`).
+#[inline(always)]
+const fn has_line_feed(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let x = w ^ (ONES * b'\n' as u64);
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
+}
+
 #[inline(always)]
 fn is_wsp(b: u8) -> bool {
     b == b' ' || b == b'\t'
@@ -199,6 +211,7 @@ impl CallIdScanner {
     pub const fn new() -> Self {
         CallIdScanner {
             state: State::SkipLine,
+            matched: 0,
             start: 0,
             end: 0,
             found: false,
@@ -226,7 +239,10 @@ impl CallIdScanner {
             State::LineStart => match b {
                 b'\n' => State::Done,
                 b'\r' => State::BlankCr,
-                b'c' | b'C' => State::Name(1),
+                b'c' | b'C' => {
+                    self.matched = 1;
+                    State::Name
+                }
                 b'i' | b'I' => State::AfterName,
                 _ => State::SkipLine,
             },
@@ -234,7 +250,8 @@ impl CallIdScanner {
                 b'\n' => State::Done,
                 _ => State::SkipLine,
             },
-            State::Name(n) => {
+            State::Name => {
+                let n = self.matched;
                 if b == b'\n' {
                     State::LineStart
                 } else if (n as usize) < CALL_ID.len()
@@ -243,7 +260,8 @@ impl CallIdScanner {
                     if n as usize + 1 == CALL_ID.len() {
                         State::AfterName
                     } else {
-                        State::Name(n + 1)
+                        self.matched = n + 1;
+                        State::Name
                     }
                 } else {
                     State::SkipLine
@@ -281,6 +299,21 @@ impl CallIdScanner {
         };
     }
 
+    /// Feeds the 8 bytes at payload positions `pos .. pos + 8`: the same as eight
+    /// [`CallIdScanner::feed`]s, but a block without a line feed is skipped whole while the
+    /// scanner is skipping a line (feeding such bytes there changes nothing).
+    #[inline(always)]
+    pub fn feed_block(&mut self, block: [u8; 8], pos: usize) {
+        if self.state == State::SkipLine && !has_line_feed(u64::from_le_bytes(block)) {
+            return;
+        }
+        let mut i = 0;
+        while i < 8 {
+            self.feed(block[i], pos + i);
+            i += 1;
+        }
+    }
+
     /// The value's `[start, end)` positions, after the last byte was fed.
     #[inline(always)]
     pub fn result(&self) -> Option<(usize, usize)> {
@@ -309,9 +342,7 @@ pub fn find_call_id<S: ByteSource + ?Sized>(
     let mut pos = 0;
     while pos + 8 <= window && !sc.is_done() {
         let block = src.load::<8>(offset + pos)?;
-        for (i, b) in block.iter().enumerate() {
-            sc.feed(*b, pos + i);
-        }
+        sc.feed_block(block, pos);
         pos += 8;
     }
     while pos < window && !sc.is_done() {

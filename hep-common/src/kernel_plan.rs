@@ -89,30 +89,36 @@ pub struct KernelPrefix {
 }
 
 impl KernelPrefix {
-    /// Whether `a` is inside the prefix.
+    /// Whether `a` is inside the prefix. Two masked 64-bit compares with constant byte
+    /// indices (the kernel's verifier rejects reading a stack array at a variable index).
     #[inline(always)]
     pub fn contains(&self, a: &Addr16) -> bool {
-        let len = if self.len > 128 {
-            128
-        } else {
-            self.len as usize
+        let len = if self.len > 128 { 128 } else { self.len as u32 };
+        let half = |x: &Addr16, lo: bool| {
+            let o = if lo { 8 } else { 0 };
+            u64::from_be_bytes([
+                x[o],
+                x[o + 1],
+                x[o + 2],
+                x[o + 3],
+                x[o + 4],
+                x[o + 5],
+                x[o + 6],
+                x[o + 7],
+            ])
         };
-        let full = len / 8;
-        let mut i = 0;
-        while i < 16 {
-            if i < full {
-                if a[i] != self.addr[i] {
-                    return false;
-                }
-            } else if i == full && len % 8 != 0 {
-                let mask = 0xffu8 << (8 - len % 8);
-                if a[i] & mask != self.addr[i] & mask {
-                    return false;
-                }
-            }
-            i += 1;
-        }
-        true
+        let mask_hi = match len {
+            0 => 0,
+            64.. => u64::MAX,
+            n => u64::MAX << (64 - n),
+        };
+        let mask_lo = match len {
+            0..=64 => 0,
+            128.. => u64::MAX,
+            n => u64::MAX << (128 - n),
+        };
+        (half(a, false) ^ half(&self.addr, false)) & mask_hi == 0
+            && (half(a, true) ^ half(&self.addr, true)) & mask_lo == 0
     }
 }
 
@@ -363,7 +369,25 @@ impl KernelRoute {
             m if m == SteerMode::RoundRobin as u8 => rr as usize % n,
             _ => 0,
         };
-        Some(self.targets[i])
+        self.target(i)
+    }
+
+    /// Target `i`, read at a constant index per arm: the kernel's verifier cannot bound an
+    /// index computed by `%` or by the rendezvous loop, but it follows these.
+    #[inline(always)]
+    fn target(&self, i: usize) -> Option<u32> {
+        let t = &self.targets;
+        Some(match i {
+            0 => t[0],
+            1 => t[1],
+            2 => t[2],
+            3 => t[3],
+            4 => t[4],
+            5 => t[5],
+            6 => t[6],
+            7 => t[7],
+            _ => return None,
+        })
     }
 }
 
@@ -461,13 +485,30 @@ pub fn decide(r: &KernelRoute, i: usize, f: &KernelFacts, rr: u32) -> Verdict {
     }
 }
 
+/// `MirrorMeta::magic`: "HEPM".
+pub const MIRROR_META_MAGIC: u32 = u32::from_be_bytes(*b"HEPM");
+
+/// What `hep_xdp` writes in front of a packet to be mirrored (XDP metadata), for the TC
+/// program: the bank and the route whose targets get a copy.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorMeta {
+    /// [`MIRROR_META_MAGIC`].
+    pub magic: u32,
+    /// The bank the route was read from.
+    pub bank: u32,
+    /// Route index within the bank.
+    pub route: u32,
+}
+
 /// A destination the kernel can steer to: UDP, HEPv3, no chunk rewriting.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelDestination {
     /// Collector address.
     pub addr: Addr16,
-    /// Source address to write (the node's address on the egress interface).
+    /// Source address to write (the node's address on the egress interface). Right after
+    /// `addr`: the kernel checksums the 32 bytes of both in one helper call.
     pub src_addr: Addr16,
     /// Collector UDP port.
     pub port: u16,
@@ -627,6 +668,7 @@ pub struct FactsWalk {
     payload: Option<(usize, usize)>,
     src6: Option<Addr16>,
     dst6: Option<Addr16>,
+    auth: Option<(usize, usize)>,
 }
 
 impl FactsWalk {
@@ -642,6 +684,7 @@ impl FactsWalk {
             payload: None,
             src6: None,
             dst6: None,
+            auth: None,
         }
     }
 
@@ -676,8 +719,16 @@ impl FactsWalk {
             chunk::DST_IPV6 if self.dst6.is_none() => self.dst6 = src.load::<16>(off),
             chunk::CORRELATION_ID if self.corr.is_none() => self.corr = Some((off, c.value_len())),
             chunk::PAYLOAD if self.payload.is_none() => self.payload = Some((off, c.value_len())),
+            chunk::AUTH_KEY if self.auth.is_none() => self.auth = Some((off, c.value_len())),
             _ => {}
         }
+    }
+
+    /// Where the auth key (the first chunk 0x000e, as [`crate::v3::Hep3::auth_key`]) is:
+    /// `(offset, len)`, after the last chunk.
+    #[inline(always)]
+    pub fn auth_span(&self) -> Option<(usize, usize)> {
+        self.auth
     }
 
     /// Where the correlation key is (after the last chunk).

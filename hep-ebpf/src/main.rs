@@ -1,5 +1,7 @@
-//! hepfwd's XDP program, `hep_xdp`: classify every packet (is it HEP to our port?), count
-//! the outcome per CPU, act. Today it passes everything; steering comes later.
+//! hepfwd's XDP program, `hep_xdp`: parse every packet; for HEPv3 to a listener port, read
+//! its facts with hep-common's walker, evaluate the route tables the loader compiled from
+//! the configuration, then steer, drop, mark for mirroring or pass to the daemon; count
+//! every outcome per CPU.
 //!
 //! Built for `bpfel-unknown-none` by `hep-user/build.rs`. On the host this crate is a stub
 //! binary, so that `cargo build --workspace` and `cargo test --workspace` work.
@@ -7,9 +9,15 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod hep;
+mod facts;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod route;
+#[cfg(target_arch = "bpf")]
+mod scratch;
+#[cfg(target_arch = "bpf")]
+mod steer;
 #[cfg(target_arch = "bpf")]
 mod tables;
 #[cfg(target_arch = "bpf")]

@@ -5,6 +5,7 @@
 //! 14 + 2·4 + 60 + 8), never unbounded, so the pointer arithmetic verifies.
 
 use aya_ebpf::programs::XdpContext;
+use hep_common::kernel_plan::{Addr16, map_v4};
 use hep_common::maps::XdpCounter;
 
 const ETH_HLEN: usize = 14;
@@ -19,13 +20,25 @@ const IPPROTO_UDP: u8 = 17;
 /// IPv4 flags/fragment offset: MF bit and the 13-bit offset.
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 
-/// A UDP datagram to the HEP port: where its payload is in the frame, and how long it is
-/// (from the UDP length, so Ethernet padding is not counted).
+/// A UDP datagram to a HEP port: where its headers and payload are in the frame, and how
+/// long the payload is (from the UDP length, so Ethernet padding is not counted).
 pub struct HepDatagram {
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the UDP header.
+    pub l4: usize,
     /// Offset of the UDP payload from the start of the frame.
     pub payload_offset: usize,
     /// UDP payload length.
     pub payload_len: usize,
+    /// Whether the frame carries VLAN tags.
+    pub tagged: bool,
+    /// IPv6 (else IPv4).
+    pub v6: bool,
+    /// UDP destination port (host order).
+    pub dport: u16,
+    /// The sender: the outer source address, IPv4 mapped.
+    pub sender: Addr16,
 }
 
 /// `N` bytes at `off`, read directly from the packet after a bounds check against
@@ -53,10 +66,13 @@ fn load_be16(ctx: &XdpContext, off: usize) -> Option<u16> {
     load::<2>(ctx, off).map(u16::from_be_bytes)
 }
 
-/// Parses the headers up to UDP. `Ok` is a datagram to `hep_port`; `Err` is the outcome
-/// counter for everything else.
+/// Parses the headers up to UDP. `Ok` is a datagram to a port `is_hep_port` accepts; `Err`
+/// is the outcome counter for everything else.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, hep_port: u16) -> Result<HepDatagram, XdpCounter> {
+pub fn parse(
+    ctx: &XdpContext,
+    is_hep_port: impl Fn(u16) -> bool,
+) -> Result<HepDatagram, XdpCounter> {
     // Ethernet, then up to two VLAN tags (802.1Q / 802.1ad, in any order).
     let Some(mut proto) = load_be16(ctx, ETH_HLEN - 2) else {
         return Err(XdpCounter::Truncated);
@@ -77,9 +93,10 @@ pub fn parse(ctx: &XdpContext, hep_port: u16) -> Result<HepDatagram, XdpCounter>
         }
     }
 
-    let l4 = match proto {
-        ETH_P_IP => ipv4(ctx, l3)?,
-        ETH_P_IPV6 => ipv6(ctx, l3)?,
+    let tagged = l3 != ETH_HLEN;
+    let (l4, v6) = match proto {
+        ETH_P_IP => (ipv4(ctx, l3)?, false),
+        ETH_P_IPV6 => (ipv6(ctx, l3)?, true),
         _ => return Err(XdpCounter::NotIp),
     };
 
@@ -87,7 +104,8 @@ pub fn parse(ctx: &XdpContext, hep_port: u16) -> Result<HepDatagram, XdpCounter>
     let Some(udp) = load::<UDP_HLEN>(ctx, l4) else {
         return Err(XdpCounter::Truncated);
     };
-    if u16::from_be_bytes([udp[2], udp[3]]) != hep_port {
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    if !is_hep_port(dport) {
         return Err(XdpCounter::OtherPort);
     }
     let udp_len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
@@ -100,9 +118,20 @@ pub fn parse(ctx: &XdpContext, hep_port: u16) -> Result<HepDatagram, XdpCounter>
     if payload_offset + payload_len > frame_len {
         return Err(XdpCounter::Truncated);
     }
+    let sender = if v6 {
+        load::<16>(ctx, l3 + 8).ok_or(XdpCounter::Truncated)?
+    } else {
+        map_v4(load::<4>(ctx, l3 + 12).ok_or(XdpCounter::Truncated)?)
+    };
     Ok(HepDatagram {
+        l3,
+        l4,
         payload_offset,
         payload_len,
+        tagged,
+        v6,
+        dport,
+        sender,
     })
 }
 

@@ -2,8 +2,7 @@
 //! routes, destinations and listeners, the configuration word that names the active bank,
 //! the listener allow lists, and the per-route and per-destination counters.
 //!
-//! The program does not read them yet (it passes every packet); declaring them here fixes
-//! the layout the loader writes and tests read back.
+//! Plus the program's own state: the per-CPU round-robin positions.
 
 use aya_ebpf::{
     macros::map,
@@ -44,3 +43,8 @@ pub static ROUTE_COUNTERS: PerCpuArray<u64> =
 #[map]
 pub static DEST_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries((MAX_SLOTS * DestCounter::COUNT) as u32, 0);
+
+/// Round-robin position of each route slot, per CPU (no atomics: each CPU rotates on its
+/// own, which spreads evenly over many packets).
+#[map]
+pub static RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SLOTS as u32, 0);

@@ -1,20 +1,31 @@
-//! The `hep_xdp` program: parse → count → act, straight-line like Katran's
-//! `balancer_kern.c`.
+//! The `hep_xdp` program: parse → facts → decide → act → count, a straight line like
+//! Katran's `balancer_kern.c`.
 
 use aya_ebpf::{
     Global,
     bindings::xdp_action,
+    helpers::bpf_xdp_adjust_meta,
     macros::{map, xdp},
     maps::PerCpuArray,
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
+use hep_common::kernel_plan::{
+    DestCounter, MAX_DESTINATIONS, MAX_ROUTES, MAX_SLOTS, MIRROR_META_MAGIC, MirrorMeta,
+    PassReason, RouteCounter, Verdict,
+};
 use hep_common::maps::{DEFAULT_HEP_PORT, XdpCounter};
+use hep_common::version::{HepVersion, detect_prefix};
 
-use crate::{hep, parse};
+use crate::parse::{self, HepDatagram};
+use crate::route::{self, Gate};
+use crate::scratch::{self, Scratch};
+use crate::tables::{DEST_COUNTERS, DESTINATIONS, ROUTE_COUNTERS, ROUTES};
+use crate::{facts, steer};
 
-/// The HEP UDP destination port (host byte order). Set at load time by the loader
-/// (`override_global`); `.rodata` is frozen, so the verifier sees it as a constant.
+/// The HEP UDP destination port (host byte order) used before the loader installed
+/// listeners. Set at load time (`override_global`); `.rodata` is frozen, so the verifier
+/// sees it as a constant.
 #[unsafe(no_mangle)]
 static HEP_PORT: Global<u16> = Global::new(DEFAULT_HEP_PORT);
 
@@ -32,31 +43,243 @@ fn count(counter: XdpCounter) {
     }
 }
 
-/// Classifies every packet, counts the outcome, and passes it to the stack.
+/// Adds one to counter `c` of the route in slot `slot`.
+#[inline(always)]
+fn count_route(slot: u32, c: RouteCounter) {
+    let i = (slot % MAX_SLOTS as u32) * RouteCounter::COUNT as u32 + c as u32;
+    if let Some(p) = ROUTE_COUNTERS.get_ptr_mut(i) {
+        // SAFETY: as in `count`.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Adds one to counter `c` of the destination in slot `slot`.
+#[inline(always)]
+fn count_dest(slot: u32, c: DestCounter) {
+    let i = (slot % MAX_SLOTS as u32) * DestCounter::COUNT as u32 + c as u32;
+    if let Some(p) = DEST_COUNTERS.get_ptr_mut(i) {
+        // SAFETY: as in `count`.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Counts `decision` and the action it implies, and returns the action.
+#[inline(always)]
+fn finish(decision: XdpCounter, action: u32) -> u32 {
+    count(decision);
+    let a = match action {
+        xdp_action::XDP_DROP => XdpCounter::Dropped,
+        xdp_action::XDP_PASS => XdpCounter::Passed,
+        _ => XdpCounter::Steered,
+    };
+    // Steered is both a decision and an action: counted once.
+    if a != decision {
+        count(a);
+    }
+    action
+}
+
+/// Parses, decides and acts on every packet.
 #[xdp]
 pub fn hep_xdp(ctx: XdpContext) -> u32 {
     count(XdpCounter::Received);
-
-    // Parse.
-    let outcome = match parse::parse(&ctx, HEP_PORT.load()) {
-        Ok(dgram) => {
-            count(XdpCounter::HepCandidate);
-            let outcome = hep::classify(&ctx, &dgram);
+    let cfg = route::config();
+    // Parse: a UDP datagram to a listener's port (to HEP_PORT before tables are loaded).
+    let dgram = match parse::parse(&ctx, |port| match cfg {
+        Some(c) if c.listener_count[(c.bank & 1) as usize] > 0 => {
+            route::listener(c, port).is_some()
+        }
+        _ => port == HEP_PORT.load(),
+    }) {
+        Ok(d) => d,
+        Err(outcome) => {
+            count(outcome);
+            count(XdpCounter::Passed);
+            return xdp_action::XDP_PASS;
+        }
+    };
+    count(XdpCounter::HepCandidate);
+    match classify(&ctx, &dgram) {
+        Ok(s) => {
+            count(XdpCounter::HepV3);
+            decide_and_act(&ctx, &dgram, s)
+        }
+        Err(outcome) => {
             if outcome == XdpCounter::HepInvalid {
                 debug!(
                     &ctx,
                     "hep_xdp: invalid HEP, {} payload bytes", dgram.payload_len
                 );
             }
-            outcome
+            count(outcome);
+            count(XdpCounter::Passed);
+            xdp_action::XDP_PASS
         }
-        Err(outcome) => outcome,
+    }
+}
+
+/// The version of the HEP packet; for HEPv3, its facts computed in the scratch entry (an
+/// oversized packet is HEPv3 by its header, decided later as too large).
+#[inline(always)]
+fn classify(ctx: &XdpContext, d: &HepDatagram) -> Result<Option<*mut Scratch>, XdpCounter> {
+    let Some(s) = scratch::scratch() else {
+        return Err(XdpCounter::HepInvalid);
     };
+    if d.payload_len > scratch::SCRATCH_LEN {
+        // Only the header is checked here; userspace validates the rest.
+        let mut prefix = [0u8; 4];
+        // SAFETY: 4 bytes into our stack buffer; the helper bounds-checks the frame.
+        let r = unsafe {
+            aya_ebpf::helpers::bpf_xdp_load_bytes(
+                ctx.ctx,
+                d.payload_offset as u32,
+                prefix.as_mut_ptr().cast(),
+                4,
+            )
+        };
+        return match (r, detect_prefix(prefix)) {
+            (0, Some(HepVersion::V3)) => Ok(None),
+            (0, Some(HepVersion::V1 | HepVersion::V2)) => Err(XdpCounter::HepLegacy),
+            _ => Err(XdpCounter::HepInvalid),
+        };
+    }
+    if !scratch::copy_in(ctx, s, d.payload_offset, d.payload_len) {
+        return Err(XdpCounter::HepInvalid);
+    }
+    // SAFETY: this CPU's scratch entry, just filled.
+    let prefix = unsafe { [(*s).buf[0], (*s).buf[1], (*s).buf[2], (*s).buf[3]] };
+    match detect_prefix(prefix) {
+        Some(HepVersion::V3) => {
+            if facts::compute(s, d.sender) {
+                Ok(Some(s))
+            } else {
+                Err(XdpCounter::HepInvalid)
+            }
+        }
+        Some(HepVersion::V1 | HepVersion::V2) => Err(XdpCounter::HepLegacy),
+        None => Err(XdpCounter::HepInvalid),
+    }
+}
 
-    // Count.
-    count(outcome);
+/// The decision for a valid HEPv3 packet, and its action.
+#[inline(always)]
+fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, s: Option<*mut Scratch>) -> u32 {
+    let Some(s) = s else {
+        return finish(XdpCounter::TooLarge, xdp_action::XDP_PASS);
+    };
+    let Some(cfg) = route::config() else {
+        return finish(XdpCounter::PassNoRoute, xdp_action::XDP_PASS);
+    };
+    if let Some(l) = route::listener(cfg, d.dport) {
+        match route::gate(l, s) {
+            Gate::Open => {}
+            Gate::Userspace => return finish(XdpCounter::PassListener, xdp_action::XDP_PASS),
+            Gate::NotAllowed => return finish(XdpCounter::NotAllowed, xdp_action::XDP_DROP),
+            Gate::AuthFailed => return finish(XdpCounter::AuthFailed, xdp_action::XDP_DROP),
+        }
+    }
+    let bank = cfg.bank & 1;
+    let verdict = route::evaluate(cfg, s);
+    let route_slot = |i: usize| {
+        ROUTES
+            .get(bank * MAX_ROUTES as u32 + (i % MAX_ROUTES) as u32)
+            .map(|r| r.slot)
+    };
+    match verdict {
+        Verdict::Pass { reason, route } => {
+            if let Some(slot) = route.and_then(route_slot) {
+                count_route(slot, RouteCounter::Passed);
+            }
+            let decision = match reason {
+                PassReason::OpaqueRoute => XdpCounter::PassOpaque,
+                PassReason::UserspaceAction => XdpCounter::PassAction,
+                PassReason::NoRoute => XdpCounter::PassNoRoute,
+            };
+            finish(decision, xdp_action::XDP_PASS)
+        }
+        Verdict::Drop { route } => {
+            if let Some(slot) = route_slot(route) {
+                count_route(slot, RouteCounter::Matched);
+                count_route(slot, RouteCounter::Dropped);
+            }
+            finish(XdpCounter::RouteDrop, xdp_action::XDP_DROP)
+        }
+        Verdict::SampledOut { route } => {
+            if let Some(slot) = route_slot(route) {
+                count_route(slot, RouteCounter::Matched);
+                count_route(slot, RouteCounter::SampledOut);
+            }
+            finish(XdpCounter::SampledOut, xdp_action::XDP_DROP)
+        }
+        Verdict::Steer { route, dest } => {
+            let slot = route_slot(route);
+            let Some(dst) =
+                DESTINATIONS.get(bank * MAX_DESTINATIONS as u32 + dest % MAX_DESTINATIONS as u32)
+            else {
+                return finish(XdpCounter::SteerFallback, xdp_action::XDP_PASS);
+            };
+            match steer::steer(ctx, d, dst) {
+                steer::FALLBACK => {
+                    if let Some(slot) = slot {
+                        count_route(slot, RouteCounter::Passed);
+                    }
+                    count_dest(dst.slot, DestCounter::Fallback);
+                    finish(XdpCounter::SteerFallback, xdp_action::XDP_PASS)
+                }
+                action => {
+                    if let Some(slot) = slot {
+                        count_route(slot, RouteCounter::Matched);
+                        count_route(slot, RouteCounter::Steered);
+                    }
+                    count_dest(dst.slot, DestCounter::Sent);
+                    finish(XdpCounter::Steered, action)
+                }
+            }
+        }
+        Verdict::Mirror { route } => {
+            // The TC program copies it to every destination; it finds the route in the
+            // metadata. Without metadata support, userspace mirrors it.
+            let slot = route_slot(route);
+            if mark_mirror(ctx, bank, route as u32) {
+                if let Some(slot) = slot {
+                    count_route(slot, RouteCounter::Matched);
+                    count_route(slot, RouteCounter::Mirrored);
+                }
+                // Both the decision and the action.
+                count(XdpCounter::Mirrored);
+                xdp_action::XDP_PASS
+            } else {
+                if let Some(slot) = slot {
+                    count_route(slot, RouteCounter::Passed);
+                }
+                finish(XdpCounter::PassAction, xdp_action::XDP_PASS)
+            }
+        }
+    }
+}
 
-    // Act. Steering and mirroring of HEPv3 will decide here; everything passes for now.
-    count(XdpCounter::Passed);
-    xdp_action::XDP_PASS
+/// Writes the mirror metadata (route and bank) in front of the frame.
+#[inline(always)]
+fn mark_mirror(ctx: &XdpContext, bank: u32, route: u32) -> bool {
+    let size = core::mem::size_of::<MirrorMeta>() as i32;
+    // SAFETY: the helper moves data_meta; pointers are re-read after it.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -size) } != 0 {
+        return false;
+    }
+    let meta = ctx.metadata();
+    if meta + size as usize > ctx.data() {
+        return false;
+    }
+    // SAFETY: `meta .. meta + size` is the metadata area (checked against data above).
+    unsafe {
+        core::ptr::write_unaligned(
+            meta as *mut MirrorMeta,
+            MirrorMeta {
+                magic: MIRROR_META_MAGIC,
+                bank,
+                route,
+            },
+        )
+    };
+    true
 }

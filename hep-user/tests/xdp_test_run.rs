@@ -1,7 +1,8 @@
 //! Runs the real XDP object on crafted frames with `BPF_PROG_TEST_RUN` (no interface):
-//! every frame must come back `XDP_PASS` and unchanged, with exactly the expected counter
-//! deltas (one outcome, `received`, `passed`, and `hep_candidate` for datagrams to the HEP
-//! port).
+//! with no route tables installed every frame must come back `XDP_PASS` and unchanged, with
+//! exactly the expected counter deltas (one outcome, `received`, `passed`, `hep_candidate`
+//! for datagrams to the HEP port, and `pass_no_route` for valid HEPv3). The route outcomes
+//! are tested in `xdp_routes.rs`.
 //!
 //! Needs root (CAP_BPF); skips loudly otherwise, fails under `HEPFWD_REQUIRE_PRIVILEGED=1`.
 
@@ -317,6 +318,10 @@ fn expected(outcome: XdpCounter) -> [u64; XdpCounter::COUNT] {
         XdpCounter::HepV3 | XdpCounter::HepLegacy | XdpCounter::HepInvalid
     ) {
         e[XdpCounter::HepCandidate as usize] = 1;
+    }
+    // No route tables are installed in these tests: a valid HEPv3 packet finds no route.
+    if outcome == XdpCounter::HepV3 {
+        e[XdpCounter::PassNoRoute as usize] = 1;
     }
     e
 }

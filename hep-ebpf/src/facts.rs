@@ -1,0 +1,197 @@
+//! The route facts of a HEPv3 packet, with hep-common's definitions: the walker's step
+//! (`walker::read_chunk`), `kernel_plan::FactsWalk`, `correlation::CallIdScanner` and
+//! `kernel_plan::hash_range` — the same code the daemon runs. `bpf_loop` drives the chunk
+//! walk (one chunk per callback), the Call-ID scan and the key hash (one 8-byte block per
+//! callback); their
+//! state lives in the scratch entry (see [`crate::scratch`]).
+
+use core::ffi::c_void;
+use core::ptr;
+
+use aya_ebpf::helpers::bpf_loop;
+use hep_common::chunk::{HEADER_LEN, MAX_CHUNKS};
+use hep_common::correlation::{CALLID_SCAN_LIMIT, CallIdScanner, KEY_HASH_LIMIT, KeyHasher};
+use hep_common::kernel_plan::{Addr16, FactsWalk, KeySpan};
+use hep_common::walker::{check_header, read_chunk};
+
+use crate::scratch::{Bytes, Scratch, WALK_DONE, WALK_FAILED, WALKING, scratch};
+
+/// One chunk of the walk.
+unsafe extern "C" fn walk_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = scratch() else { return 1 };
+    // SAFETY: this CPU's scratch entry; nothing else holds a reference to it while
+    // bpf_loop runs (the caller only keeps the raw pointer).
+    let s = unsafe { &mut *s };
+    let bytes = Bytes::new(&s.buf, s.len);
+    let w = &mut s.walk;
+    if w.offset >= w.end {
+        w.status = WALK_DONE;
+        return 1;
+    }
+    // The walker's rule: at most MAX_CHUNKS chunks.
+    if i >= MAX_CHUNKS as u64 {
+        w.status = WALK_FAILED;
+        return 1;
+    }
+    match read_chunk(&bytes, w.offset, w.end) {
+        Ok(c) => {
+            w.facts.on_chunk(&bytes, &c);
+            w.offset = c.end();
+            0
+        }
+        Err(_) => {
+            w.status = WALK_FAILED;
+            1
+        }
+    }
+}
+
+/// One 8-byte block (or, at the end of the window, one byte) of the Call-ID scan.
+unsafe extern "C" fn scan_step(_i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = scratch() else { return 1 };
+    // SAFETY: as in `walk_step`.
+    let s = unsafe { &mut *s };
+    let bytes = Bytes::new(&s.buf, s.len);
+    let sc = &mut s.scan;
+    if sc.pos >= sc.window || sc.scanner.is_done() {
+        return 1;
+    }
+    use hep_common::bytes::ByteSource as _;
+    if sc.pos + 8 <= sc.window {
+        let Some(block) = bytes.load::<8>(sc.base + sc.pos) else {
+            return 1;
+        };
+        sc.scanner.feed_block(block, sc.pos);
+        sc.pos += 8;
+    } else {
+        let Some([b]) = bytes.load::<1>(sc.base + sc.pos) else {
+            return 1;
+        };
+        sc.scanner.feed(b, sc.pos);
+        sc.pos += 1;
+    }
+    0
+}
+
+/// Up to 8 bytes of the key into the hasher (`correlation::KeyHasher`, byte by byte as
+/// `kernel_plan::hash_range` feeds it).
+unsafe extern "C" fn hash_step(_i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = scratch() else { return 1 };
+    // SAFETY: as in `walk_step`.
+    let s = unsafe { &mut *s };
+    let bytes = Bytes::new(&s.buf, s.len);
+    let h = &mut s.hash;
+    if h.left == 0 {
+        return 1;
+    }
+    use hep_common::bytes::ByteSource as _;
+    if h.left >= 8 {
+        let Some(block) = bytes.load::<8>(h.offset) else {
+            return 1;
+        };
+        let mut i = 0;
+        while i < 8 {
+            h.hasher.write_byte(block[i]);
+            i += 1;
+        }
+        h.offset += 8;
+        h.left -= 8;
+    } else {
+        let Some([b]) = bytes.load::<1>(h.offset) else {
+            return 1;
+        };
+        h.hasher.write_byte(b);
+        h.offset += 1;
+        h.left -= 1;
+    }
+    0
+}
+
+/// Walks the payload in the scratch entry `s` (validating it by the walker's rules) and
+/// stores its facts in `s.facts`; `false` when it is not valid HEPv3.
+#[inline(always)]
+pub fn compute(s: *mut Scratch, sender: Addr16) -> bool {
+    // SAFETY (every block below): `s` is this CPU's scratch entry; references to it are
+    // only held between the bpf_loop calls, never across them.
+    unsafe {
+        let r = &mut *s;
+        let bytes = Bytes::new(&r.buf, r.len);
+        let Ok(end) = check_header(&bytes) else {
+            return false;
+        };
+        r.walk.offset = HEADER_LEN;
+        r.walk.end = end;
+        r.walk.status = WALKING;
+        ptr::write(&raw mut r.walk.facts, FactsWalk::new(sender));
+    }
+    // One more iteration than chunks, to see the end (or one chunk too many).
+    // SAFETY: a static callback of the right signature; it takes its state from the map.
+    unsafe {
+        bpf_loop(
+            MAX_CHUNKS as u32 + 1,
+            walk_step as *mut c_void,
+            ptr::null_mut(),
+            0,
+        )
+    };
+    let key = unsafe {
+        let r = &mut *s;
+        if r.walk.status != WALK_DONE {
+            return false;
+        }
+        r.walk.facts.key_source()
+    };
+    // Where the key is: a 0x0011 value, or the Call-ID the scan finds in a SIP payload.
+    let span = match key {
+        KeySpan::None => None,
+        KeySpan::Bytes { offset, len } => Some((offset, len)),
+        KeySpan::CallIdIn { offset, len } => {
+            unsafe {
+                let r = &mut *s;
+                r.scan.base = offset;
+                r.scan.window = if len < CALLID_SCAN_LIMIT {
+                    len
+                } else {
+                    CALLID_SCAN_LIMIT
+                };
+                r.scan.pos = 0;
+                r.scan.scanner = CallIdScanner::new();
+            }
+            // SAFETY: as above. Blocks of 8, then up to 7 single bytes.
+            unsafe {
+                bpf_loop(
+                    (CALLID_SCAN_LIMIT / 8 + 8) as u32,
+                    scan_step as *mut c_void,
+                    ptr::null_mut(),
+                    0,
+                )
+            };
+            unsafe { (*s).scan.scanner.result() }.map(|(start, end)| (offset + start, end - start))
+        }
+    };
+    unsafe {
+        let r = &mut *s;
+        r.hash.hasher = KeyHasher::new();
+        let (off, len) = span.unwrap_or((0, 0));
+        r.hash.offset = off;
+        r.hash.left = if len < KEY_HASH_LIMIT {
+            len
+        } else {
+            KEY_HASH_LIMIT
+        };
+    }
+    // SAFETY: as above. Blocks of 8, then up to 7 single bytes.
+    unsafe {
+        bpf_loop(
+            (KEY_HASH_LIMIT / 8 + 8) as u32,
+            hash_step as *mut c_void,
+            ptr::null_mut(),
+            0,
+        )
+    };
+    unsafe {
+        let r = &mut *s;
+        r.facts = r.walk.facts.finish(r.hash.hasher.finish());
+    }
+    true
+}

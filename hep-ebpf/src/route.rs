@@ -1,0 +1,164 @@
+//! The decision for a valid HEPv3 packet: the listener's checks (allow list, auth key),
+//! then the routes of the active bank in order, with `kernel_plan::KernelRoute::matches`
+//! and `kernel_plan::decide` — the code the host-side tests and the compiler's cross-check
+//! run. Routes are evaluated by `bpf_loop`, one route per callback.
+
+use core::ffi::c_void;
+use core::ptr;
+
+use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
+use hep_common::bytes::ByteSource as _;
+use hep_common::kernel_plan::{
+    AllowKey, KernelListener, MAX_AUTH_KEY, MAX_LISTENERS, MAX_ROUTES, MAX_SLOTS, PassReason,
+    RouteKind, SteerMode, Verdict, XdpConfig, decide,
+};
+
+use crate::scratch::{Bytes, NO_ROUTE, Scratch, scratch};
+use crate::tables::{ALLOW, LISTENERS, ROUTES, RR, XDP_CONFIG};
+
+/// `KernelListener::auth_key_len` of a key only userspace can check.
+const AUTH_IN_USERSPACE: u8 = u8::MAX;
+
+/// The active configuration, `None` before the loader installed one.
+#[inline(always)]
+pub fn config() -> Option<&'static XdpConfig> {
+    XDP_CONFIG.get(0)
+}
+
+/// The active bank's listener on UDP port `port`.
+#[inline(always)]
+pub fn listener(cfg: &XdpConfig, port: u16) -> Option<&'static KernelListener> {
+    let bank = cfg.bank & 1;
+    let n = cfg.listener_count[bank as usize];
+    let mut i = 0u32;
+    while i < MAX_LISTENERS as u32 {
+        if i >= n {
+            break;
+        }
+        if let Some(l) = LISTENERS.get(bank * MAX_LISTENERS as u32 + i)
+            && l.port == port
+        {
+            return Some(l);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The listener's verdict on a packet before any route: `None` to go on to the routes.
+pub enum Gate {
+    /// Go on.
+    Open,
+    /// The kernel cannot check this listener's auth key: pass.
+    Userspace,
+    /// Sender not in the allow list.
+    NotAllowed,
+    /// Auth key missing or different.
+    AuthFailed,
+}
+
+/// The listener's checks, in userspace's order: allow list, then auth key (the first chunk
+/// 0x000e must equal the key).
+#[inline(always)]
+pub fn gate(l: &KernelListener, s: *mut Scratch) -> Gate {
+    if l.auth_key_len == AUTH_IN_USERSPACE {
+        return Gate::Userspace;
+    }
+    // SAFETY: this CPU's scratch entry, no bpf_loop running.
+    let r = unsafe { &*s };
+    if l.has_allow != 0 {
+        let key = Key::new(
+            32 + 128,
+            AllowKey {
+                listener: l.id.to_be_bytes(),
+                addr: r.facts.sender,
+            },
+        );
+        if ALLOW.get(&key).is_none() {
+            return Gate::NotAllowed;
+        }
+    }
+    let want = l.auth_key_len as usize;
+    if want > 0 {
+        let Some((off, len)) = r.walk.facts.auth_span() else {
+            return Gate::AuthFailed;
+        };
+        if len != want || want > MAX_AUTH_KEY {
+            return Gate::AuthFailed;
+        }
+        let bytes = Bytes::new(&r.buf, r.len);
+        let mut i = 0;
+        while i < MAX_AUTH_KEY {
+            if i >= want {
+                break;
+            }
+            match bytes.load::<1>(off + i) {
+                Some([b]) if b == l.auth_key[i] => {}
+                _ => return Gate::AuthFailed,
+            }
+            i += 1;
+        }
+    }
+    Gate::Open
+}
+
+/// One route: decides (returns 1) or goes on to the next (0).
+unsafe extern "C" fn route_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = scratch() else { return 1 };
+    // SAFETY: this CPU's scratch entry; the caller holds no reference across bpf_loop.
+    let s = unsafe { &mut *s };
+    let e = &mut s.eval;
+    if i >= e.count as u64 || i >= MAX_ROUTES as u64 {
+        return 1;
+    }
+    let idx = i as usize;
+    let Some(r) = ROUTES.get(e.base + i as u32) else {
+        return 1;
+    };
+    if r.kind != RouteKind::Evaluable as u8 {
+        e.verdict = Verdict::Pass {
+            reason: PassReason::OpaqueRoute,
+            route: Some(idx),
+        };
+        return 1;
+    }
+    if !r.matches(&s.facts) {
+        return 0;
+    }
+    let mut rr = 0u32;
+    if r.mode == SteerMode::RoundRobin as u8
+        && let Some(p) = RR.get_ptr_mut(r.slot % MAX_SLOTS as u32)
+    {
+        // SAFETY: this CPU's slot of the per-CPU round-robin array.
+        unsafe {
+            rr = *p;
+            *p = rr.wrapping_add(1);
+        }
+    }
+    e.verdict = decide(r, idx, &s.facts, rr);
+    1
+}
+
+/// Evaluates the routes of `cfg`'s active bank over `s.facts`.
+#[inline(always)]
+pub fn evaluate(cfg: &XdpConfig, s: *mut Scratch) -> Verdict {
+    let bank = cfg.bank & 1;
+    // SAFETY: this CPU's scratch entry; no reference is held across the bpf_loop call.
+    unsafe {
+        let r = &mut *s;
+        r.eval.base = bank * MAX_ROUTES as u32;
+        r.eval.count = cfg.route_count[bank as usize];
+        r.eval.verdict = NO_ROUTE;
+    }
+    // SAFETY: a static callback of the right signature; its state is in the map.
+    unsafe {
+        bpf_loop(
+            MAX_ROUTES as u32,
+            route_step as *mut c_void,
+            ptr::null_mut(),
+            0,
+        )
+    };
+    // SAFETY: as above.
+    unsafe { (*s).eval.verdict }
+}
