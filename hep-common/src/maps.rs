@@ -21,6 +21,8 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const HEP_PORT_GLOBAL: &str = "HEP_PORT";
 /// Name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "hep_xdp";
+/// Name of the TC (TCX ingress) mirror program in the object.
+pub const MIRROR_PROGRAM: &str = "hep_mirror";
 /// The default HEP port (`HEP_PORT` when userspace does not override it).
 pub const DEFAULT_HEP_PORT: u16 = 9060;
 

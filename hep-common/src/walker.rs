@@ -164,11 +164,7 @@ pub fn read_chunk<S: ByteSource + ?Sized>(
         return Err(HepError::ChunkTooShort { offset, len });
     }
     if len as usize > end - offset {
-        return Err(HepError::ChunkPastEnd {
-            offset,
-            len,
-            end: end,
-        });
+        return Err(HepError::ChunkPastEnd { offset, len, end });
     }
     let value_len = len as usize - CHUNK_HEADER_LEN;
     if let Some(expected) = fixed_width(vendor, kind)

@@ -11,6 +11,8 @@
 #[cfg(target_arch = "bpf")]
 mod facts;
 #[cfg(target_arch = "bpf")]
+mod mirror;
+#[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod route;

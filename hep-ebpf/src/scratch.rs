@@ -11,7 +11,7 @@
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, macros::map, maps::PerCpuArray, programs::XdpContext};
 use hep_common::bytes::ByteSource;
 use hep_common::correlation::{CallIdScanner, KeyHasher};
-use hep_common::kernel_plan::{FactsWalk, KernelFacts, PassReason, Verdict};
+use hep_common::kernel_plan::{FactsWalk, KernelFacts, MAX_TARGETS, PassReason, Verdict};
 
 /// Largest HEP payload the kernel handles (a power of two); larger ones go to userspace.
 pub const SCRATCH_LEN: usize = 4096;
@@ -93,6 +93,20 @@ pub struct Scratch {
     pub eval: Eval,
     /// The steer's `bpf_fib_lookup` parameters (64 bytes the stack cannot spare).
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+    /// The mirror's next hops, one per target.
+    pub hops: [Hop; MAX_TARGETS],
+}
+
+/// A resolved next hop.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Hop {
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Next hop MAC.
+    pub dmac: [u8; 6],
+    /// Egress interface MAC.
+    pub smac: [u8; 6],
 }
 
 #[map]

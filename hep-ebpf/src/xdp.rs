@@ -237,10 +237,11 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, s: Option<*mut Scratch>) ->
             }
         }
         Verdict::Mirror { route } => {
-            // The TC program copies it to every destination; it finds the route in the
-            // metadata. Without metadata support, userspace mirrors it.
+            // The TC program (`hep_mirror`) copies it to every destination; it finds the
+            // route in the metadata. Tagged frames, and drivers without metadata support,
+            // leave it to userspace.
             let slot = route_slot(route);
-            if mark_mirror(ctx, bank, route as u32) {
+            if !d.tagged && mark_mirror(ctx, bank, route as u32) {
                 if let Some(slot) = slot {
                     count_route(slot, RouteCounter::Matched);
                     count_route(slot, RouteCounter::Mirrored);

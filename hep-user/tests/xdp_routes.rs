@@ -22,7 +22,9 @@ use std::path::Path;
 use aya::maps::{MapData, PerCpuArray};
 use aya::{TestRun as _, TestRunOptions};
 use hep_common::correlation::key_hash;
-use hep_common::kernel_plan::{DEST_COUNTERS_MAP, DestCounter, ROUTE_COUNTERS_MAP, RouteCounter};
+use hep_common::kernel_plan::{
+    DEST_COUNTERS_MAP, DestCounter, MIRROR_META_MAGIC, ROUTE_COUNTERS_MAP, RouteCounter,
+};
 use hep_common::select::{rendezvous_pick, sample_keep};
 use hep_common::v3::{Hep3Message, Payload};
 use hep_user::xdp::compile::{HostNet, KernelTables, Slots, compile};
@@ -92,6 +94,11 @@ name = "rewrite"
 match = { capture_id = [7000] }
 forward = ["a"]
 rewrite = [ { set = "capture_id", value = 1 } ]
+[[route]]
+name = "mirror"
+match = { capture_id = [8000] }
+forward = ["a", "b"]
+mode = "all"
 [[route]]
 name = "to-tcp"
 match = { capture_id = [7001] }
@@ -385,10 +392,10 @@ fn sorted(v: &[&str]) -> Vec<String> {
 
 /// Compiles CONFIG (with or without the opaque route) inside the lab (so the node's
 /// source addresses come from the lab's routes) and installs it.
-fn install(xdp: &mut XdpProgram, slots: &mut Slots, opaque: bool) -> KernelTables {
+fn install(xdp: &mut XdpProgram, slots: &mut Slots, opaque: bool, mirrors: bool) -> KernelTables {
     let text = CONFIG.replace("OPAQUE", if opaque { OPAQUE_ROUTE } else { "" });
     let plan = hep_user::config::compile(Path::new("lab.toml"), &text).expect("config");
-    let t = compile(&plan, slots, &HostNet, false);
+    let t = compile(&plan, slots, &HostNet, mirrors);
     xdp.install(&t).expect("install");
     t
 }
@@ -429,7 +436,7 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
     lab.within(|| {
         let xdp = &mut xdp;
         let mut slots = Slots::default();
-        let t = install(xdp, &mut slots, false);
+        let t = install(xdp, &mut slots, false, true);
         let sender = v4("198.18.1.1");
         let me = v4("198.18.1.2");
         let out_src = v4("198.18.2.1");
@@ -719,6 +726,43 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
             );
         }
 
+        // Mirror (the TC program copies it): passed unchanged, with the route in the XDP
+        // metadata in front of the frame (BPF_PROG_TEST_RUN returns it with the data).
+        let f = frame(
+            sender,
+            me,
+            &hep(Hep {
+                capture: 8000,
+                ..SIP
+            }),
+            false,
+        );
+        let bank = xdp.config().expect("config").bank;
+        let route = t
+            .placements
+            .iter()
+            .position(|p| p.route == "mirror")
+            .expect("mirror route") as u32;
+        let mut want = Vec::new();
+        for w in [MIRROR_META_MAGIC, bank, route] {
+            want.extend_from_slice(&w.to_ne_bytes());
+        }
+        want.extend_from_slice(&f);
+        let mut c = common("mirrored=1");
+        c.extend([
+            "route/mirror/matched=1".into(),
+            "route/mirror/mirrored=1".into(),
+        ]);
+        check(
+            xdp,
+            &slots,
+            "mirror",
+            &f,
+            XDP_PASS,
+            &want,
+            &c.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+
         // No neighbour entry for the collector yet: passed untouched (the daemon sends it).
         let f = frame(
             sender,
@@ -795,8 +839,8 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
 
         // With an opaque route (node_name: the kernel cannot match it) in front of the
         // default, packets reaching it go to userspace; earlier routes still decide.
-        assert_eq!(t.routes.len(), 9);
-        install(xdp, &mut slots, true);
+        assert_eq!(t.routes.len(), 10);
+        install(xdp, &mut slots, true, false);
         let f = frame(sender, me, &hep(SIP), false);
         let mut c = common("pass_opaque=1");
         c.extend(["passed=1".into(), "route/by-node/passed=1".into()]);

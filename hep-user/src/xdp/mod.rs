@@ -6,6 +6,8 @@
 //! - [`compile`]: the configuration compiled into the kernel route tables, with where
 //!   each route runs and why (`hepfwd check-config --plan`).
 //! - [`counters`]: [`XdpCounters`] — the per-CPU counters summed.
+//! - [`tables`]: install compiled tables (one bank flip per configuration).
+//! - [`mirror`]: the TC program that copies marked packets to every mirror target.
 //! - [`error`]: [`XdpError`] — what went wrong, in words an operator can act on.
 //!
 //! The kernel side is `hep-ebpf`; the map and counter layout they share is
@@ -27,6 +29,7 @@ pub mod compile;
 pub mod counters;
 pub mod error;
 pub mod loader;
+pub mod mirror;
 pub mod tables;
 
 pub use counters::XdpCounters;

@@ -68,7 +68,7 @@ impl XdpProgram {
             for (i, l) in t.listeners.iter().enumerate() {
                 let mut l = *l;
                 l.id = id_of(l.id);
-                ls.set(base(bank, MAX_LISTENERS) + i as u32, &l, 0)?;
+                ls.set(base(bank, MAX_LISTENERS) + i as u32, l, 0)?;
             }
         }
         {

@@ -1,8 +1,11 @@
 //! A network namespace for XDP tests that need the kernel's routing answers
-//! (`bpf_fib_lookup`) without sending anything: two veth pairs with fixed interface
-//! indices and MACs, forwarding on, permanent neighbour entries for the collectors. The
-//! program is test-run on frames "received" on `in0` from a thread inside the namespace.
-//! Deleted on drop, also when the test fails.
+//! (`bpf_fib_lookup`): two veth pairs with fixed interface indices and MACs, forwarding on,
+//! permanent neighbour entries for the collectors. The program is test-run on frames
+//! "received" on `in0` from a thread inside the namespace; with [`Lab::with_ends`] the peers
+//! live in a sender and a collector namespace, for real traffic. Deleted on drop, also when
+//! the test fails.
+
+#![allow(dead_code)] // each test uses part of it
 
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
@@ -34,11 +37,16 @@ pub fn neighbour_mac(addr: &str) -> [u8; 6] {
         .unwrap_or_else(|| panic!("{addr} is not a lab neighbour"))
 }
 
-/// The namespace.
+/// The namespace (and, with [`Lab::with_ends`], a sender and a collector namespace).
 pub struct Lab {
     /// Its name (`ip netns` name).
     pub name: String,
+    /// The sender and collector namespaces, if any.
+    ends: Vec<String>,
 }
+
+/// The collector namespace's MAC (on `out1`; both collector addresses are there).
+pub const COLLECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
 
 fn mac(m: [u8; 6]) -> String {
     m.iter()
@@ -67,7 +75,10 @@ impl Lab {
         let name = format!("hepfwd-{tag}-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         run("ip", &["netns", "add", &name]);
-        let lab = Lab { name };
+        let lab = Lab {
+            name,
+            ends: Vec::new(),
+        };
         let in_ix = IN_IFINDEX.to_string();
         let in1_ix = (IN_IFINDEX + 1).to_string();
         let out_ix = OUT_IFINDEX.to_string();
@@ -128,6 +139,54 @@ impl Lab {
         lab
     }
 
+    /// [`Lab::new`], with `in1` moved to a sender namespace (`<name>-snd`, 198.18.1.1/24,
+    /// default route via `in0`) and `out1` to a collector namespace (`<name>-col`,
+    /// 198.18.2.2/24 and 198.18.2.4/24, MAC [`COLLECTOR_MAC`], route back via `out0`); the
+    /// lab's neighbour entries for both collector addresses point at that MAC.
+    pub fn with_ends(tag: &str) -> Lab {
+        let mut lab = Lab::new(tag);
+        let snd = format!("{}-snd", lab.name);
+        let col = format!("{}-col", lab.name);
+        for ns in [&snd, &col] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            run("ip", &["netns", "add", ns]);
+            lab.ends.push(ns.clone());
+        }
+        lab.ip(&["link", "set", "in1", "netns", &snd]);
+        lab.ip(&["link", "set", "out1", "netns", &col]);
+        let on = |ns: &str, args: &[&str]| {
+            let mut all = vec!["-n", ns];
+            all.extend_from_slice(args);
+            run("ip", &all);
+        };
+        on(&snd, &["addr", "add", "198.18.1.1/24", "dev", "in1"]);
+        on(
+            &col,
+            &["link", "set", "out1", "address", &mac(COLLECTOR_MAC)],
+        );
+        on(&col, &["addr", "add", "198.18.2.2/24", "dev", "out1"]);
+        on(&col, &["addr", "add", "198.18.2.4/24", "dev", "out1"]);
+        for (ns, dev) in [(&snd, "in1"), (&snd, "lo"), (&col, "out1"), (&col, "lo")] {
+            on(ns, &["link", "set", dev, "up"]);
+        }
+        on(&snd, &["route", "add", "default", "via", "198.18.1.2"]);
+        on(&col, &["route", "add", "default", "via", "198.18.2.1"]);
+        for addr in ["198.18.2.2", "198.18.2.4"] {
+            lab.ip(&[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &mac(COLLECTOR_MAC),
+                "dev",
+                "out0",
+                "nud",
+                "permanent",
+            ]);
+        }
+        lab
+    }
+
     /// `ip -n NAME ARGS`, asserting success.
     pub fn ip(&self, args: &[&str]) {
         let mut all = vec!["-n", self.name.as_str()];
@@ -135,36 +194,48 @@ impl Lab {
         run("ip", &all);
     }
 
+    /// Runs `f` on a thread inside the sender namespace ([`Lab::with_ends`]).
+    pub fn in_sender<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        within(&self.ends[0], f)
+    }
+
+    /// Runs `f` on a thread inside the collector namespace ([`Lab::with_ends`]).
+    pub fn in_collector<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        within(&self.ends[1], f)
+    }
+
     /// Runs `f` on a thread inside the namespace.
     pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let target = File::open(format!("/var/run/netns/{}", self.name))
-                    .expect("open the netns file");
-                // SAFETY: a valid namespace fd; setns changes only this (scoped) thread.
-                let r = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("the thread inside the lab panicked")
-        })
+        within(&self.name, f)
     }
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+fn within<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let target = File::open(format!("/var/run/netns/{ns}")).expect("open the netns file");
+            // SAFETY: a valid namespace fd; setns changes only this (scoped) thread.
+            let r = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("the thread inside the lab panicked")
+    })
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "cleanup: ip netns del {}: {}",
-                self.name,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("cleanup: ip netns del {}: {e}", self.name),
+        for ns in self.ends.iter().chain([&self.name]) {
+            match Command::new("ip").args(["netns", "del", ns]).output() {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => eprintln!(
+                    "cleanup: ip netns del {ns}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => eprintln!("cleanup: ip netns del {ns}: {e}"),
+            }
         }
     }
 }
