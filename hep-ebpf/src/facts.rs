@@ -16,7 +16,10 @@ use hep_common::walker::{check_header, read_chunk};
 
 use crate::scratch::{Bytes, Scratch, WALK_DONE, WALK_FAILED, WALKING, scratch};
 
-/// One chunk of the walk.
+/// Chunks read per callback (fewer callbacks: each costs a call).
+const WALK_CHUNKS: u64 = 4;
+
+/// Up to [`WALK_CHUNKS`] chunks of the walk; callback `i` reads chunks `i * WALK_CHUNKS ..`.
 unsafe extern "C" fn walk_step(i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = scratch() else { return 1 };
     // SAFETY: this CPU's scratch entry; nothing else holds a reference to it while
@@ -24,52 +27,67 @@ unsafe extern "C" fn walk_step(i: u64, _ctx: *mut c_void) -> i64 {
     let s = unsafe { &mut *s };
     let bytes = Bytes::new(&s.buf, s.len);
     let w = &mut s.walk;
-    if w.offset >= w.end {
-        w.status = WALK_DONE;
-        return 1;
-    }
-    // The walker's rule: at most MAX_CHUNKS chunks.
-    if i >= MAX_CHUNKS as u64 {
-        w.status = WALK_FAILED;
-        return 1;
-    }
-    match read_chunk(&bytes, w.offset, w.end) {
-        Ok(c) => {
-            w.facts.on_chunk(&bytes, &c);
-            w.offset = c.end();
-            0
+    let mut k = 0;
+    while k < WALK_CHUNKS {
+        if w.offset >= w.end {
+            w.status = WALK_DONE;
+            return 1;
         }
-        Err(_) => {
+        // The walker's rule: at most MAX_CHUNKS chunks.
+        if i * WALK_CHUNKS + k >= MAX_CHUNKS as u64 {
             w.status = WALK_FAILED;
-            1
+            return 1;
         }
+        match read_chunk(&bytes, w.offset, w.end) {
+            Ok(c) => {
+                w.facts.on_chunk(&bytes, &c);
+                w.offset = c.end();
+            }
+            Err(_) => {
+                w.status = WALK_FAILED;
+                return 1;
+            }
+        }
+        k += 1;
     }
+    0
 }
 
-/// One 8-byte block (or, at the end of the window, one byte) of the Call-ID scan.
+/// Blocks of the Call-ID scan fed per callback (fewer callbacks: each costs a call).
+const SCAN_BLOCKS: usize = 4;
+
+/// Up to [`SCAN_BLOCKS`] 8-byte blocks (or, at the end of the window, one byte) of the
+/// Call-ID scan.
 unsafe extern "C" fn scan_step(_i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = scratch() else { return 1 };
     // SAFETY: as in `walk_step`.
     let s = unsafe { &mut *s };
     let bytes = Bytes::new(&s.buf, s.len);
     let sc = &mut s.scan;
-    if sc.pos >= sc.window || sc.scanner.is_done() {
-        return 1;
-    }
     use hep_common::bytes::ByteSource as _;
-    if sc.pos + 8 <= sc.window {
+    let mut k = 0;
+    while k < SCAN_BLOCKS {
+        if sc.pos >= sc.window || sc.scanner.is_done() {
+            return 1;
+        }
+        if sc.pos + 8 > sc.window {
+            break;
+        }
         let Some(block) = bytes.load::<8>(sc.base + sc.pos) else {
             return 1;
         };
         sc.scanner.feed_block(block, sc.pos);
         sc.pos += 8;
-    } else {
-        let Some([b]) = bytes.load::<1>(sc.base + sc.pos) else {
-            return 1;
-        };
-        sc.scanner.feed(b, sc.pos);
-        sc.pos += 1;
+        k += 1;
     }
+    if k == SCAN_BLOCKS {
+        return 0;
+    }
+    let Some([b]) = bytes.load::<1>(sc.base + sc.pos) else {
+        return 1;
+    };
+    sc.scanner.feed(b, sc.pos);
+    sc.pos += 1;
     0
 }
 
@@ -124,11 +142,12 @@ pub fn compute(s: *mut Scratch, sender: Addr16) -> bool {
         r.walk.status = WALKING;
         ptr::write(&raw mut r.walk.facts, FactsWalk::new(sender));
     }
-    // One more iteration than chunks, to see the end (or one chunk too many).
+    // Enough callbacks for MAX_CHUNKS chunks and one more step, to see the end (or one
+    // chunk too many).
     // SAFETY: a static callback of the right signature; it takes its state from the map.
     unsafe {
         bpf_loop(
-            MAX_CHUNKS as u32 + 1,
+            (MAX_CHUNKS as u64 / WALK_CHUNKS + 1) as u32,
             walk_step as *mut c_void,
             ptr::null_mut(),
             0,
@@ -157,10 +176,10 @@ pub fn compute(s: *mut Scratch, sender: Addr16) -> bool {
                 r.scan.pos = 0;
                 r.scan.scanner = CallIdScanner::new();
             }
-            // SAFETY: as above. Blocks of 8, then up to 7 single bytes.
+            // SAFETY: as above. Blocks of 8 (SCAN_BLOCKS per call), then up to 7 bytes.
             unsafe {
                 bpf_loop(
-                    (CALLID_SCAN_LIMIT / 8 + 8) as u32,
+                    (CALLID_SCAN_LIMIT / 8 / SCAN_BLOCKS + 8) as u32,
                     scan_step as *mut c_void,
                     ptr::null_mut(),
                     0,

@@ -837,6 +837,47 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
             &["received=1", "hep_candidate=1", "hep_invalid=1", "passed=1"],
         );
 
+        // The walker's chunk limit: 64 chunks are valid (steered by the default route),
+        // 65 are not (passed untouched).
+        let chunky = |n: usize| {
+            let mut p = b"HEP3\0\0".to_vec();
+            p.extend_from_slice(&[0, 0, 0, 0x0e, 0, 12]);
+            p.extend_from_slice(b"s3cret");
+            for i in 1..n {
+                p.extend_from_slice(&[0, 3, 1, 0, 0, 7, i as u8]);
+            }
+            let len = p.len() as u16;
+            p[4..6].copy_from_slice(&len.to_be_bytes());
+            p
+        };
+        let f = frame(sender, me, &chunky(64), false);
+        let want = steered(&f, out_src, v4("198.18.2.2"), 9061, OUT_MAC, a_mac);
+        let mut c = common("steered=1");
+        c.extend([
+            "route/default/matched=1".into(),
+            "route/default/steered=1".into(),
+            "dest/a/sent=1".into(),
+        ]);
+        check(
+            xdp,
+            &slots,
+            "64 chunks",
+            &f,
+            XDP_REDIRECT,
+            &want,
+            &c.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let f = frame(sender, me, &chunky(65), false);
+        check(
+            xdp,
+            &slots,
+            "65 chunks",
+            &f,
+            XDP_PASS,
+            &f,
+            &["received=1", "hep_candidate=1", "hep_invalid=1", "passed=1"],
+        );
+
         // With an opaque route (node_name: the kernel cannot match it) in front of the
         // default, packets reaching it go to userspace; earlier routes still decide.
         assert_eq!(t.routes.len(), 10);

@@ -36,6 +36,15 @@ pub struct BenchArgs {
     /// Skip setup and build (use the existing release binary).
     #[arg(long)]
     pub no_build: bool,
+    /// Userspace mirroring: every packet to two destinations (`mode = "all"`); the sink
+    /// must receive two copies of each.
+    #[arg(long)]
+    pub mirror: bool,
+    /// The kernel data plane instead (root): `hep_xdp` steering, mirroring (with the TC
+    /// program) and dropping frames injected with BPF_PROG_TEST_RUN live frames into a
+    /// namespace topology; reports packets/s and ns/packet from `kernel.bpf_stats_enabled`.
+    #[arg(long)]
+    pub xdp: bool,
 }
 
 /// Kills the child on drop (by its PID: only processes this benchmark started).
@@ -75,13 +84,28 @@ struct Step {
     cpu_us_per_pkt: f64,
 }
 
-fn step(bin: &Path, dir: &Path, workers: usize, rate: u64, seconds: u64) -> Result<Step> {
+fn step(
+    bin: &Path,
+    dir: &Path,
+    workers: usize,
+    rate: u64,
+    seconds: u64,
+    mirror: bool,
+) -> Result<Step> {
     let (lp, sp) = (free_port()?, free_port()?);
     let cfg = dir.join("bench.toml");
+    let routes = if mirror {
+        // Two destinations on the same sink: it counts both copies.
+        format!(
+            "[[destination]]\nname = \"sink2\"\naddress = \"127.0.0.1:{sp}\"\n\n[default]\nforward = [\"sink\", \"sink2\"]\nmode = \"all\"\n"
+        )
+    } else {
+        "[[route]]\nname = \"sip\"\nmatch = { proto = [\"sip\"] }\nforward = [\"sink\"]\nmode = \"hash\"\n\n[default]\nforward = [\"sink\"]\n".to_string()
+    };
     std::fs::write(
         &cfg,
         format!(
-            "[[listener]]\nname = \"bench\"\nudp = \"127.0.0.1:{lp}\"\n\n[[destination]]\nname = \"sink\"\naddress = \"127.0.0.1:{sp}\"\n\n[engine]\nworkers = {workers}\n\n[[route]]\nname = \"sip\"\nmatch = {{ proto = [\"sip\"] }}\nforward = [\"sink\"]\nmode = \"hash\"\n\n[default]\nforward = [\"sink\"]\n"
+            "[[listener]]\nname = \"bench\"\nudp = \"127.0.0.1:{lp}\"\n\n[[destination]]\nname = \"sink\"\naddress = \"127.0.0.1:{sp}\"\n\n[engine]\nworkers = {workers}\n\n{routes}"
         ),
     )?;
     let mut sink = Guard(
@@ -154,7 +178,9 @@ fn step(bin: &Path, dir: &Path, workers: usize, rate: u64, seconds: u64) -> Resu
     drop(fwd);
     let sink_v = json_line(sink_out.as_bytes())?;
     let sent = generated["sent"].as_u64().unwrap_or(0);
-    let received = sink_v["udp"].as_u64().unwrap_or(0);
+    // Mirroring: a packet counts as forwarded when both copies arrived.
+    let copies = if mirror { 2 } else { 1 };
+    let received = sink_v["udp"].as_u64().unwrap_or(0) / copies;
     let ticks = t1.saturating_sub(t0) as f64;
     Ok(Step {
         rate,
@@ -167,6 +193,9 @@ fn step(bin: &Path, dir: &Path, workers: usize, rate: u64, seconds: u64) -> Resu
 
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.xdp {
+        return run_xdp(args);
+    }
     if !args.no_build {
         setup::run()?;
         build::build_workspace(true)?;
@@ -178,7 +207,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("hepfwd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!(
-        "[bench] userspace, {} worker(s), {} s per step, loss limit {:.2}%",
+        "[bench] userspace{}, {} worker(s), {} s per step, loss limit {:.2}%",
+        if args.mirror { " mirror x2" } else { "" },
         args.workers,
         args.seconds,
         args.max_loss * 100.0
@@ -189,7 +219,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     let mut best: Option<Step> = None;
     for &rate in &args.rates {
-        let s = step(&bin, &dir, args.workers, rate, args.seconds)?;
+        let s = step(&bin, &dir, args.workers, rate, args.seconds, args.mirror)?;
         let loss = 1.0 - s.received as f64 / s.sent.max(1) as f64;
         println!(
             "[bench] {:>9} {:>10} {:>10} {:>8.3} {:>10} {:>12.2}",
@@ -220,4 +250,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// `cargo xtask bench --xdp`: the kernel benchmark, an ignored test of hep-user
+/// (`tests/xdp_bench.rs`) that builds its own namespaces; it prints the table.
+fn run_xdp(args: &BenchArgs) -> Result<()> {
+    if !args.no_build {
+        setup::run()?;
+    }
+    cmd::run(
+        Command::new("cargo")
+            .current_dir(cmd::workspace_root())
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "hep-user",
+                "--test",
+                "xdp_bench",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ]),
+    )
 }

@@ -1,0 +1,217 @@
+//! The kernel data plane benchmark (`cargo xtask bench --xdp`; ignored by `cargo test`):
+//! frames are injected at `in0` of a lab namespace with BPF_PROG_TEST_RUN live frames
+//! (the xdp-trafficgen technique: the kernel runs `hep_xdp` on each frame as if received,
+//! and really transmits what it steers, or passes it up to TC), for three routes: steer to
+//! one collector, mirror to two (TC clones), drop. Reported per scenario: frames, wall
+//! time, frames per second end to end on this machine (injection syscalls, program, the
+//! veth transmit and the collector namespace's stack all share its cores), and the
+//! programs' own cost per run from `kernel.bpf_stats_enabled` (run_time_ns / run_cnt).
+//! No timing is asserted: it prints.
+//!
+//! Bounded: a fixed number of frames per scenario. Needs root.
+
+mod common;
+#[path = "common/lab.rs"]
+mod lab;
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aya::programs::{ProgramInfo, SchedClassifier};
+use aya::{TestRun as _, TestRunAttrs, TestRunOptions};
+use hep_common::maps::{MIRROR_PROGRAM, XdpCounter};
+use hep_common::v3::{Hep3Message, Payload};
+use hep_user::xdp::compile::{HostNet, Slots, compile};
+use hep_user::xdp::{AttachMode, LoadOptions, XdpProgram};
+use lab::{IN_IFINDEX, IN_MAC, Lab};
+
+const FRAMES: u32 = 1_000_192;
+/// Frames per BPF_PROG_TEST_RUN call (the kernel's largest live-frames batch).
+const BATCH: u32 = 256;
+
+fn config(route: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"agents\"\nudp = \"198.18.1.2:9060\"\n\
+         [[destination]]\nname = \"a\"\naddress = \"198.18.2.2:9061\"\n\
+         [[destination]]\nname = \"b\"\naddress = \"198.18.2.4:9062\"\n{route}"
+    )
+}
+
+/// A SIP INVITE with SDP in HEPv3 (about the size of the benchmark mix's largest kind),
+/// in an Ethernet/IPv4/UDP frame from the sender to the listener.
+fn frame() -> Vec<u8> {
+    let sip = "INVITE sip:bob@198.18.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.9.1:5060;branch=z9hG4bK-bench\r\n\
+               Max-Forwards: 70\r\nFrom: <sip:alice@198.18.9.1>;tag=1\r\nTo: <sip:bob@198.18.2.9>\r\n\
+               Call-ID: bench-call-1@198.18.9.1\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@198.18.9.1:5060>\r\n\
+               Content-Type: application/sdp\r\nContent-Length: 130\r\n\r\n\
+               v=0\r\no=- 1 1 IN IP4 198.18.9.1\r\ns=-\r\nc=IN IP4 198.18.9.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let m = Hep3Message {
+        ip_proto: 17,
+        src_ip: Ipv4Addr::new(198, 18, 9, 1).into(),
+        dst_ip: Ipv4Addr::new(198, 18, 9, 2).into(),
+        src_port: 5060,
+        dst_port: 5060,
+        ts_sec: 1_700_000_000,
+        ts_usec: 1,
+        proto_type: 1,
+        capture_id: 2001,
+        auth_key: None,
+        correlation_id: None,
+        vlan_id: None,
+        node_name: None,
+        extra: &[],
+        payload: Payload::Plain(sip.as_bytes()),
+    };
+    let mut hep = vec![0u8; 2048];
+    let n = m.encode(&mut hep).expect("encode");
+    hep.truncate(n);
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&5070u16.to_be_bytes());
+    udp.extend_from_slice(&9060u16.to_be_bytes());
+    udp.extend_from_slice(&((8 + hep.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&hep);
+    let mut ip = vec![
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 198, 18, 1, 1, 198, 18, 1, 2,
+    ];
+    ip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+    let sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&IN_MAC);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0xa1, 0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&udp);
+    f
+}
+
+fn stats(info: &ProgramInfo) -> (Duration, u64) {
+    (info.run_time(), info.run_count())
+}
+
+fn per_run(before: (Duration, u64), after: (Duration, u64)) -> f64 {
+    let runs = after.1.saturating_sub(before.1).max(1);
+    after.0.saturating_sub(before.0).as_nanos() as f64 / runs as f64
+}
+
+fn mirror_info(xdp: &XdpProgram) -> Option<ProgramInfo> {
+    let p: &SchedClassifier = xdp
+        .ebpf_for_tests()
+        .program(MIRROR_PROGRAM)?
+        .try_into()
+        .ok()?;
+    p.info().ok()
+}
+
+/// One scenario: a fresh lab, the programs attached, `route` installed, FRAMES frames.
+fn scenario(name: &str, route: &str) {
+    let Some(mut xdp) = common::load_or_skip("xdp_bench", &LoadOptions::default()) else {
+        return;
+    };
+    let lab = Lab::with_ends("bench");
+    let _ = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{}-col", lab.name),
+            "ethtool",
+            "-K",
+            "out1",
+            "gro",
+            "on",
+        ])
+        .output();
+    // Sockets for the copies (no ICMP port-unreachable storm); they overflow, which is
+    // fine: the benchmark measures the forwarder.
+    let _sinks = lab.in_collector(|| {
+        (
+            UdpSocket::bind("198.18.2.2:9061").expect("bind a"),
+            UdpSocket::bind("198.18.2.4:9062").expect("bind b"),
+        )
+    });
+    let frame = frame();
+    let row = lab.within(|| {
+        xdp.attach("in0", AttachMode::Native).expect("attach");
+        let _link = xdp.attach_mirror("in0").expect("mirror");
+        let plan = hep_user::config::compile(Path::new("bench.toml"), &config(route))
+            .expect("config");
+        let t = compile(&plan, &mut Slots::default(), &HostNet, true);
+        xdp.install(&t).expect("install");
+        // Warm up: the neighbour entries are permanent; one frame loads the caches.
+        let c0 = xdp.counters().expect("counters");
+        let x0 = stats(&xdp.program_info().expect("info"));
+        let m0 = mirror_info(&xdp).map(|i| stats(&i));
+        let mut ctx = Vec::new();
+        for v in [0, frame.len() as u32, 0, IN_IFINDEX, 0, 0] {
+            ctx.extend_from_slice(&v.to_ne_bytes());
+        }
+        let t0 = Instant::now();
+        // The kernel initialises each live frame's page once per call and the programs
+        // rewrite frames in place, so every call sends one batch: each page once.
+        for _ in 0..FRAMES / BATCH {
+            xdp.program_mut()
+                .expect("program")
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    ctx_in: Some(&ctx),
+                    repeat: BATCH,
+                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                    ..TestRunOptions::default()
+                })
+                .expect("live frames");
+        }
+        let wall = t0.elapsed();
+        let c = xdp.counters().expect("counters").delta(&c0);
+        let x1 = stats(&xdp.program_info().expect("info"));
+        let m1 = mirror_info(&xdp).map(|i| stats(&i));
+        let mirror_ns = match (m0, m1) {
+            (Some(a), Some(b)) if b.1 > a.1 + 1000 => format!("{:.0}", per_run(a, b)),
+            _ => "-".into(),
+        };
+        format!(
+            "| {name} | {} | {} B | {:.2} s | {:.0} | {:.0} | {mirror_ns} | steered {} mirrored {} dropped {} passed {} |",
+            FRAMES,
+            frame.len(),
+            wall.as_secs_f64(),
+            f64::from(FRAMES) / wall.as_secs_f64(),
+            per_run(x0, x1),
+            c.get(XdpCounter::Steered),
+            c.get(XdpCounter::Mirrored),
+            c.get(XdpCounter::Dropped),
+            c.get(XdpCounter::Passed),
+        )
+    });
+    println!("{row}");
+}
+
+#[test]
+#[ignore = "benchmark: cargo xtask bench --xdp"]
+fn xdp_bench() {
+    let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .unwrap_or_else(|_| "0".into());
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    println!(
+        "| scenario | frames | frame | wall | frames/s | hep_xdp ns/run | hep_mirror ns/run | counters |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    scenario(
+        "steer (XDP_REDIRECT to a)",
+        "[default]\nforward = [\"a\"]\n",
+    );
+    scenario(
+        "mirror x2 (XDP mark + TC clone)",
+        "[default]\nforward = [\"a\", \"b\"]\nmode = \"all\"\n",
+    );
+    scenario(
+        "drop",
+        "[[route]]\nname = \"drop\"\nmatch = { proto = [\"sip\"] }\naction = \"drop\"\n",
+    );
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
+}
