@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -17,6 +17,7 @@ use crate::engine::{DestinationHandle, Engine, FrameQueue};
 use crate::io::tcp_listener::TcpListener;
 use crate::io::tcp_sink::TcpSink;
 use crate::io::udp_listener::UdpListener;
+use crate::xdp::dataplane::{Choice, DataPlane, Requested, SharedDataPlane, choose};
 
 /// The data path the operator asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub struct Daemon {
     generation: u64,
     epoch: Instant,
     config: PathBuf,
+    /// The kernel data plane, when the run uses it.
+    dataplane: Option<Arc<Mutex<DataPlane>>>,
 }
 
 /// Addresses the daemon actually bound (ports resolved), for logs and tests.
@@ -73,14 +76,18 @@ impl Daemon {
     /// Loads the configuration and starts everything it names.
     pub async fn start(config: PathBuf, path: DataPath) -> Result<Self> {
         let plan = crate::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-        match path {
-            DataPath::Userspace => tracing::info!("data path: userspace (--mode userspace)"),
-            DataPath::Auto => {
-                tracing::info!("data path: userspace; the XDP data plane is not built yet")
-            }
-            DataPath::Xdp => bail!(
-                "--mode xdp: the XDP data plane is not built yet; use --mode auto or userspace"
-            ),
+        let requested = match path {
+            DataPath::Auto => Requested::Auto,
+            DataPath::Xdp => Requested::Xdp,
+            DataPath::Userspace => Requested::Userspace,
+        };
+        let choice = choose(
+            requested,
+            crate::xdp::built_with_xdp(),
+            plan.xdp.interfaces.len(),
+        );
+        if let Choice::Fail(why) = &choice {
+            bail!("{why}");
         }
         let stats = Arc::new(Stats::default());
         let epoch = Instant::now();
@@ -99,9 +106,50 @@ impl Daemon {
             generation: 0,
             epoch,
             config,
+            dataplane: None,
         };
-        d.install(plan).await?;
+        d.install(plan.clone()).await?;
+        // The kernel path starts once userspace listens: what it passes up has a socket.
+        match choice {
+            Choice::Userspace(why) => tracing::info!("data path: userspace ({why})"),
+            Choice::Fail(_) => {}
+            Choice::TryXdp => match DataPlane::start(&plan) {
+                Ok(dp) => {
+                    tracing::info!(
+                        interfaces = ?dp.interfaces(),
+                        mirrors_in_kernel = dp.kernel_mirrors(),
+                        "data path: xdp, with userspace for what the kernel passes up"
+                    );
+                    let dp = Arc::new(Mutex::new(dp));
+                    d.stats.set_xdp(Some(Arc::new(SharedDataPlane(dp.clone()))));
+                    d.dataplane = Some(dp);
+                }
+                Err(e) if requested == Requested::Auto => {
+                    tracing::warn!("data path: userspace; the XDP data plane could not start: {e}")
+                }
+                Err(e) => {
+                    d.shutdown().await;
+                    bail!("--mode xdp: {e}");
+                }
+            },
+        }
         Ok(d)
+    }
+
+    /// Installs `plan` into the kernel data plane, if it runs; if the kernel cannot take
+    /// it, the kernel passes everything to userspace (which has `plan` already).
+    fn install_kernel(&self, plan: &Plan) {
+        let Some(dp) = &self.dataplane else { return };
+        let mut dp = match dp.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Err(e) = dp.install(plan) {
+            tracing::error!(error = %e, "the kernel could not take the new configuration; it passes every packet to userspace until the next reload");
+            if let Err(e) = dp.pass_all() {
+                tracing::error!(error = %e, "clearing the kernel tables failed");
+            }
+        }
     }
 
     /// The counters (for the admin server).
@@ -167,6 +215,7 @@ impl Daemon {
             self.epoch,
         );
         self.engine.store(Arc::new(engine));
+        self.install_kernel(&plan);
         // Sinks of destinations that are gone: the old engine may still hold them for a
         // batch; they finish what is queued and stop when the last handle is dropped.
         self.sinks = sinks;
@@ -309,6 +358,11 @@ impl Daemon {
                 ?drain,
                 "some TCP queues did not drain in time; the rest is counted as dropped"
             );
+        }
+        // Last: the programs detach when their links drop.
+        self.stats.set_xdp(None);
+        if self.dataplane.take().is_some() {
+            tracing::info!("XDP data plane detached");
         }
     }
 }

@@ -15,6 +15,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use hep_common::kernel_plan::{DestCounter, RouteCounter};
+
 /// Kinds of unparseable input, the `kind` label of `hepfwd_parse_errors_total`.
 pub const PARSE_ERROR_KINDS: &[&str] = &[
     "truncated",
@@ -122,6 +124,26 @@ pub struct Stats {
     destinations: Mutex<BTreeMap<String, Arc<DestinationStats>>>,
     /// Daemon-wide counters.
     pub global: GlobalStats,
+    /// The kernel data plane's counters, when it runs: read at each scrape and written into
+    /// the same families with `path="xdp"`.
+    xdp: Mutex<Option<Arc<dyn XdpSource>>>,
+}
+
+/// One reading of the kernel data plane's counters (sums over CPUs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XdpReading {
+    /// Every `hep_common::maps::XdpCounter`, by name, in index order.
+    pub global: Vec<(&'static str, u64)>,
+    /// Per route (current configuration): `hep_common::kernel_plan::RouteCounter` values.
+    pub routes: Vec<(String, [u64; RouteCounter::COUNT])>,
+    /// Per kernel destination: `hep_common::kernel_plan::DestCounter` values.
+    pub destinations: Vec<(String, [u64; DestCounter::COUNT])>,
+}
+
+/// Where [`XdpReading`]s come from (the running data plane).
+pub trait XdpSource: std::fmt::Debug + Send + Sync {
+    /// The counters now, `None` if they cannot be read.
+    fn read(&self) -> Option<XdpReading>;
 }
 
 fn entry<T: Default>(map: &Mutex<BTreeMap<String, Arc<T>>>, name: &str) -> Arc<T> {
@@ -160,7 +182,35 @@ impl Stats {
     pub fn destinations(&self) -> Vec<(String, Arc<DestinationStats>)> {
         snapshot(&self.destinations)
     }
+
+    /// Sets (or clears) the kernel data plane whose counters `/metrics` shows.
+    pub fn set_xdp(&self, src: Option<Arc<dyn XdpSource>>) {
+        match self.xdp.lock() {
+            Ok(mut g) => *g = src,
+            Err(p) => *p.into_inner() = src,
+        }
+    }
+
+    fn xdp_reading(&self) -> Option<XdpReading> {
+        let src = match self.xdp.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        src?.read()
+    }
 }
+
+/// Names of [`RouteCounter`]s, in order (the `outcome` label).
+const ROUTE_OUTCOMES: [&str; RouteCounter::COUNT] = [
+    "matched",
+    "dropped",
+    "sampled_out",
+    "steered",
+    "mirrored",
+    "passed",
+];
+/// Names of [`DestCounter`]s, in order.
+const DEST_OUTCOMES: [&str; DestCounter::COUNT] = ["sent", "fallback"];
 
 /// One metric family being written: its samples as (labels, value).
 struct Family {
@@ -199,6 +249,10 @@ impl Family {
 
 fn path() -> (&'static str, String) {
     ("path", "user".to_string())
+}
+
+fn xdp_path() -> (&'static str, String) {
+    ("path", "xdp".to_string())
 }
 
 /// Writes every counter of [`Stats`] on each scrape.
@@ -350,11 +404,74 @@ impl Collector for StatsCollector {
             vec![("result", "error".into()), path()],
             s.global.reloads_failed.load(Relaxed),
         );
+        let mut xdp_packets = Family::new(
+            "hepfwd_xdp_packets",
+            "Packets the XDP program saw, by outcome, decision and action",
+            Counter,
+        );
+        let mut xdp_routes = Family::new(
+            "hepfwd_xdp_route_packets",
+            "Packets a route decided in the kernel, by outcome",
+            Counter,
+        );
+        let mut xdp_dests = Family::new(
+            "hepfwd_xdp_destination_packets",
+            "Packets the kernel sent to a destination, or passed up because it could not",
+            Counter,
+        );
+        if let Some(x) = s.xdp_reading() {
+            for (name, v) in &x.global {
+                xdp_packets.add(vec![("counter", name.to_string()), xdp_path()], *v);
+            }
+            for (name, v) in &x.routes {
+                let lb = || vec![("route", name.clone()), xdp_path()];
+                // The kernel counts a match only where it acted; a route it passed up is
+                // counted by userspace, so the two paths add up without counting twice.
+                matched.add(lb(), v[RouteCounter::Matched as usize]);
+                dropped.add(lb(), v[RouteCounter::Dropped as usize]);
+                sampled.add(lb(), v[RouteCounter::SampledOut as usize]);
+                for (i, outcome) in ROUTE_OUTCOMES.iter().enumerate() {
+                    let mut l = lb();
+                    l.push(("outcome", outcome.to_string()));
+                    xdp_routes.add(l, v[i]);
+                }
+            }
+            for (name, v) in &x.destinations {
+                let lb = || vec![("destination", name.clone()), xdp_path()];
+                sent.add(lb(), v[DestCounter::Sent as usize]);
+                for (i, outcome) in DEST_OUTCOMES.iter().enumerate() {
+                    let mut l = lb();
+                    l.push(("outcome", outcome.to_string()));
+                    xdp_dests.add(l, v[i]);
+                }
+            }
+        }
         for f in [
-            received, parse, rejected, conns, matched, dropped, sampled, dedup, dedup_of, rw, sent,
-            ddrop, depth, up, reconn, cfail, unrouted, reloads,
+            received,
+            parse,
+            rejected,
+            conns,
+            matched,
+            dropped,
+            sampled,
+            dedup,
+            dedup_of,
+            rw,
+            sent,
+            ddrop,
+            depth,
+            up,
+            reconn,
+            cfail,
+            unrouted,
+            reloads,
+            xdp_packets,
+            xdp_routes,
+            xdp_dests,
         ] {
-            f.encode(&mut encoder)?;
+            if !f.samples.is_empty() || !f.name.starts_with("hepfwd_xdp_") {
+                f.encode(&mut encoder)?;
+            }
         }
         Ok(())
     }

@@ -222,6 +222,11 @@ impl XdpProgram {
         &self.ebpf
     }
 
+    /// The loaded object (maps), for the counter readers.
+    pub(crate) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
     /// The loaded object (maps), for the table installer.
     pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

@@ -8,6 +8,8 @@
 //! - [`counters`]: [`XdpCounters`] — the per-CPU counters summed.
 //! - [`tables`]: install compiled tables (one bank flip per configuration).
 //! - [`mirror`]: the TC program that copies marked packets to every mirror target.
+//! - [`dataplane`]: [`dataplane::DataPlane`] — all of it as the daemon runs it, and the
+//!   choice of data path for `--mode`.
 //! - [`error`]: [`XdpError`] — what went wrong, in words an operator can act on.
 //!
 //! The kernel side is `hep-ebpf`; the map and counter layout they share is
@@ -27,6 +29,7 @@
 
 pub mod compile;
 pub mod counters;
+pub mod dataplane;
 pub mod error;
 pub mod loader;
 pub mod mirror;

@@ -63,8 +63,8 @@ pub struct AllowEntry {
     pub prefix_len: u32,
 }
 
-/// The kernel tables of one configuration.
-#[derive(Debug, Clone, PartialEq)]
+/// The kernel tables of one configuration (empty: the kernel passes everything).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct KernelTables {
     /// Routes in order, `[default]` last.
     pub routes: Vec<KernelRoute>,

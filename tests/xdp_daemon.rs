@@ -1,0 +1,522 @@
+//! `hepfwd run` with the kernel data plane, in namespaces this test creates: sender
+//! namespace → lab namespace (the daemon; XDP and the TC mirror on `in0`) → collector
+//! namespace (two UDP collectors and a TCP one). Addresses in 198.18.0.0/15.
+//!
+//! - Parity: the same packet sequence through `--mode xdp` and `--mode userspace`
+//!   delivers the same HEP bytes (as multisets) to the same collectors, for every route kind
+//!   the kernel handles or hands up: drop, call sampling, call-sticky hash, mirror, steer,
+//!   a rewrite and a TCP destination (userspace actions), an opaque match (correlation), the
+//!   auth key. In XDP mode the counters prove the kernel steered, mirrored and dropped, and
+//!   that the daemon's sockets received exactly the packets the kernel passed up.
+//! - `kill -9` under load leaves no program attached, and traffic reaches the stack.
+//! - `--mode xdp` refuses to start without interfaces; `--mode auto` says why it runs
+//!   userspace-only (these two need no privileges).
+//!
+//! Privileged parts skip loudly unless root, and fail under `HEPFWD_REQUIRE_PRIVILEGED=1`.
+
+#[path = "../hep-user/tests/common/lab.rs"]
+mod lab;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hep_common::v3::{Hep3Message, Payload};
+use hepfwd_tests::collector::{TcpCollector, UdpCollector};
+use hepfwd_tests::hepfwd::hepfwd_bin;
+use hepfwd_tests::metrics::Metrics;
+use hepfwd_tests::peers::{ProcessGuard, TestDir, read_tail};
+use hepfwd_tests::privileged;
+use lab::Lab;
+
+const ADMIN: &str = "127.0.0.1:9100";
+
+const CONFIG: &str = r#"
+[admin]
+listen = "127.0.0.1:9100"
+
+[[listener]]
+name = "agents"
+udp = "198.18.1.2:9060"
+auth_key = "s3cret"
+allow = ["198.18.1.0/24"]
+
+[xdp]
+interfaces = ["in0"]
+attach = "native"
+
+[[destination]]
+name = "a"
+address = "198.18.2.2:9061"
+[[destination]]
+name = "b"
+address = "198.18.2.4:9062"
+[[destination]]
+name = "homer-tcp"
+address = "198.18.2.4:9063"
+transport = "tcp"
+
+[[route]]
+name = "drop-logs"
+match = { proto = [100] }
+action = "drop"
+
+[[route]]
+name = "rtcp-sampled"
+match = { proto = ["rtcp"] }
+forward = ["b"]
+sample = 0.5
+
+[[route]]
+name = "calls"
+match = { capture_id = ["2000-2999"] }
+forward = ["a", "b"]
+mode = "hash"
+
+[[route]]
+name = "mirror"
+match = { capture_id = [3000] }
+forward = ["a", "b"]
+mode = "all"
+
+[[route]]
+name = "rewrite"
+match = { capture_id = [4000] }
+forward = ["a"]
+rewrite = [ { set = "capture_id", value = 42 } ]
+
+[[route]]
+name = "to-tcp"
+match = { capture_id = [5000] }
+forward = ["homer-tcp"]
+
+[[route]]
+name = "carrier"
+match = { correlation = { suffix = "@carrier.example" } }
+forward = ["b"]
+
+[default]
+forward = ["a"]
+"#;
+
+/// One packet of the sequence: proto type, capture id, call id, correlation chunk, auth.
+fn hep(proto: u8, capture: u32, call: &str, corr: Option<&str>, auth: Option<&[u8]>) -> Vec<u8> {
+    let sip = format!(
+        "INVITE sip:bob@198.18.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.9.1\r\nCall-ID: {call}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let m = Hep3Message {
+        ip_proto: 17,
+        src_ip: Ipv4Addr::new(198, 18, 9, 1).into(),
+        dst_ip: Ipv4Addr::new(198, 18, 9, 2).into(),
+        src_port: 5060,
+        dst_port: 5060,
+        ts_sec: 1_700_000_000,
+        ts_usec: capture,
+        proto_type: proto,
+        capture_id: capture,
+        auth_key: auth,
+        correlation_id: corr.map(str::as_bytes),
+        vlan_id: None,
+        node_name: None,
+        extra: &[],
+        payload: Payload::Plain(sip.as_bytes()),
+    };
+    let mut buf = vec![0u8; 2048];
+    let n = m.encode(&mut buf).expect("encode");
+    buf.truncate(n);
+    buf
+}
+
+/// The test sequence (bounded): every route, several calls each.
+fn sequence() -> Vec<Vec<u8>> {
+    let k = Some(&b"s3cret"[..]);
+    let mut v = Vec::new();
+    for i in 0..8 {
+        v.push(hep(100, 1000, &format!("log-{i}"), None, k));
+        let rtcp_key = format!("rtcp-{i}@lab");
+        v.push(hep(5, 1000, "x", Some(&rtcp_key), k));
+        for _ in 0..2 {
+            v.push(hep(1, 2000 + i, &format!("call-{i}@lab"), None, k));
+        }
+        v.push(hep(1, 3000, &format!("mirrored-{i}@lab"), None, k));
+        v.push(hep(1, 4000, &format!("rewritten-{i}@lab"), None, k));
+        v.push(hep(1, 5000, &format!("tcp-{i}@lab"), None, k));
+        v.push(hep(1, 1000, &format!("c-{i}@carrier.example"), None, k));
+        v.push(hep(1, 1000, &format!("other-{i}@lab"), None, k));
+        v.push(hep(1, 1000, &format!("no-auth-{i}@lab"), None, None));
+    }
+    v
+}
+
+fn multiset(v: Vec<Vec<u8>>) -> BTreeMap<Vec<u8>, usize> {
+    let mut m = BTreeMap::new();
+    for p in v {
+        *m.entry(p).or_insert(0) += 1;
+    }
+    m
+}
+
+/// What the collectors received.
+#[derive(Debug, PartialEq)]
+struct Delivered {
+    a: BTreeMap<Vec<u8>, usize>,
+    b: BTreeMap<Vec<u8>, usize>,
+    tcp: BTreeMap<Vec<u8>, usize>,
+}
+
+/// The daemon in the lab namespace, stopped (SIGTERM, then SIGKILL) on drop.
+struct Daemon {
+    proc: ProcessGuard,
+    _dir: TestDir,
+}
+
+impl Daemon {
+    fn start(lab: &Lab, mode: &str, config: &str) -> Daemon {
+        let dir = TestDir::new("hepfwd-xdp-daemon").expect("temp dir");
+        let cfg = dir.join("hepfwd.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &lab.name])
+            .arg(hepfwd_bin().expect("hepfwd binary"))
+            .args(["run", "--mode", mode, "--log", "info", "--config"])
+            .arg(&cfg);
+        let proc = ProcessGuard::spawn(
+            "hepfwd",
+            cmd,
+            &dir.join("stdout.log"),
+            &dir.join("stderr.log"),
+        )
+        .expect("spawn hepfwd");
+        let mut d = Daemon { proc, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if lab
+                .within(|| Metrics::scrape(ADMIN.parse().unwrap()))
+                .is_ok()
+            {
+                break;
+            }
+            if let Ok(Some(st)) = d.proc.try_wait() {
+                panic!("hepfwd exited at start ({st}):\n{}", d.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hepfwd not ready:\n{}",
+                d.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    fn stderr(&self) -> String {
+        read_tail(self.proc.stderr_path(), 20_000)
+    }
+
+    fn metrics(&self, lab: &Lab) -> Metrics {
+        lab.within(|| Metrics::scrape(ADMIN.parse().unwrap()))
+            .unwrap_or_else(|e| panic!("scrape: {e}\n{}", self.stderr()))
+    }
+}
+
+fn gro_on_collector(lab: &Lab) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{}-col", lab.name),
+            "ethtool",
+            "-K",
+            "out1",
+            "gro",
+            "on",
+        ])
+        .output()
+        .expect("ethtool");
+    assert!(
+        out.status.success(),
+        "ethtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs the sequence through a daemon in `mode`; returns what the collectors got and the
+/// daemon's final metrics.
+fn run_sequence(mode: &str) -> (Delivered, Metrics) {
+    let lab = Lab::with_ends(&format!("par-{}", &mode[..1]));
+    gro_on_collector(&lab);
+    let (ca, cb, ct) = lab.in_collector(|| {
+        (
+            UdpCollector::bind("a", "198.18.2.2:9061".parse().unwrap()),
+            UdpCollector::bind("b", "198.18.2.4:9062".parse().unwrap()),
+            TcpCollector::bind("homer-tcp", "198.18.2.4:9063".parse().unwrap()),
+        )
+    });
+    let d = Daemon::start(&lab, mode, CONFIG);
+    if mode == "xdp" {
+        assert!(
+            d.stderr().contains("data path: xdp"),
+            "the daemon must say it runs XDP:\n{}",
+            d.stderr()
+        );
+    }
+    let seq = sequence();
+    lab.in_sender(|| {
+        let s = UdpSocket::bind("198.18.1.1:5070").expect("bind the sender");
+        for p in &seq {
+            s.send_to(p, "198.18.1.2:9060").expect("send");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let quiet = Duration::from_millis(700);
+    let a = multiset(ca.inbox.drain(quiet));
+    let b = multiset(cb.inbox.drain(quiet));
+    std::thread::sleep(Duration::from_millis(300));
+    let m = d.metrics(&lab);
+    drop(d);
+    let tcp = multiset(ct.stop());
+    (Delivered { a, b, tcp }, m)
+}
+
+#[test]
+fn xdp_and_userspace_deliver_the_same_bytes_to_the_same_collectors() {
+    let test = "xdp_and_userspace_deliver_the_same_bytes_to_the_same_collectors";
+    if !privileged::available(test) {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (user, um) = run_sequence("userspace");
+    let (xdp, xm) = run_sequence("xdp");
+    // The sequence reached every collector (so the comparison is not of empty sets).
+    assert!(
+        !user.a.is_empty() && !user.b.is_empty() && !user.tcp.is_empty(),
+        "{user:?}"
+    );
+    assert_eq!(
+        um.get("hepfwd_xdp_packets_total", &[]),
+        0,
+        "userspace mode has no XDP counters"
+    );
+    assert_eq!(
+        xdp.a, user.a,
+        "collector a: the two modes must deliver the same HEP bytes"
+    );
+    assert_eq!(xdp.b, user.b, "collector b");
+    assert_eq!(xdp.tcp, user.tcp, "the TCP collector");
+
+    // XDP mode: the kernel did the common cases...
+    let x = |c: &str| {
+        xm.require(
+            "hepfwd_xdp_packets_total",
+            &[("counter", c), ("path", "xdp")],
+        )
+    };
+    assert!(
+        x("sampled_out") > 0 && x("sampled_out") < 8,
+        "sampled out {}",
+        x("sampled_out")
+    );
+    assert_eq!(
+        x("steered"),
+        16 + (8 - x("sampled_out")),
+        "calls, and RTCP kept"
+    );
+    assert_eq!(x("mirrored"), 8);
+    assert_eq!(x("route_drop"), 8);
+    assert_eq!(x("auth_failed"), 8);
+    // ...and handed up exactly the rest, which the daemon's socket received.
+    let passed_up = x("pass_action") + x("pass_opaque") + x("pass_no_route") + x("steer_fallback");
+    assert_eq!(x("pass_action"), 16, "rewrite and TCP routes");
+    assert_eq!(
+        x("pass_opaque"),
+        16,
+        "everything reaching the correlation route"
+    );
+    let user_received = xm.get("hepfwd_received_total", &[("path", "user")]);
+    assert_eq!(
+        user_received, passed_up,
+        "the daemon's sockets saw exactly what the kernel passed up"
+    );
+    assert_eq!(
+        xm.require(
+            "hepfwd_route_matches_total",
+            &[("route", "mirror"), ("path", "xdp")]
+        ),
+        8
+    );
+    assert!(
+        xm.require(
+            "hepfwd_destination_sent_total",
+            &[("destination", "b"), ("path", "xdp")]
+        ) > 0
+    );
+}
+
+/// `ip -d link show dev in0` in the lab (shows an attached XDP program).
+fn link_state(lab: &Lab) -> String {
+    let link = Command::new("ip")
+        .args(["-n", &lab.name, "-d", "link", "show", "dev", "in0"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&link.stdout).into_owned()
+}
+
+/// The ids of the loaded BPF programs named `hep_xdp` or `hep_mirror`.
+fn our_programs() -> std::collections::BTreeSet<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool prog show");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| matches!(p["name"].as_str(), Some("hep_xdp" | "hep_mirror")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+/// The privileged tests of this file run one at a time: the kill test tells the daemon's
+/// programs by the ids that appear while it starts.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Whether a BPF program with this id is still loaded.
+fn program_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn kill_9_under_load_leaves_no_program_and_traffic_flows_to_the_stack() {
+    let test = "kill_9_under_load_leaves_no_program_and_traffic_flows_to_the_stack";
+    if !privileged::available(test) {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lab = Lab::with_ends("kill9");
+    gro_on_collector(&lab);
+    let sink = lab.in_collector(|| UdpCollector::bind("a", "198.18.2.2:9061".parse().unwrap()));
+    let before = our_programs();
+    let mut d = Daemon::start(&lab, "xdp", CONFIG);
+    let link = link_state(&lab);
+    assert!(link.contains("prog/xdp"), "XDP attached to in0:\n{link}");
+    let progs: Vec<u64> = our_programs().difference(&before).copied().collect();
+    assert_eq!(
+        progs.len(),
+        2,
+        "the daemon holds hep_xdp and hep_mirror: {progs:?}"
+    );
+
+    // Load: a bounded stream (at most 20,000 packets, at most 5 s) while the daemon dies.
+    let pkt = hep(1, 1000, "load@lab", None, Some(b"s3cret"));
+    let pid = d.proc.pid();
+    lab.in_sender(|| {
+        let s = UdpSocket::bind("198.18.1.1:5071").expect("bind");
+        let t0 = Instant::now();
+        let mut killed = false;
+        for i in 0..20_000u32 {
+            let _ = s.send_to(&pkt, "198.18.1.2:9060");
+            if !killed && t0.elapsed() > Duration::from_millis(300) {
+                // SAFETY: signalling the daemon this test started, by its PID.
+                assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+                killed = true;
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            if i % 64 == 0 {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+        assert!(killed, "the daemon was killed during the load");
+    });
+    let st = d.proc.wait_timeout(Duration::from_secs(5)).expect("wait");
+    assert!(st.is_some(), "the daemon did not die");
+    assert!(
+        !sink.inbox.drain(Duration::from_millis(200)).is_empty(),
+        "the kernel forwarded part of the load before the kill"
+    );
+
+    // The links died with the process: nothing attached, both programs unloaded (an
+    // attachment would keep its program loaded).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let gone =
+        || !link_state(&lab).contains("prog/xdp") && !progs.iter().any(|id| program_exists(*id));
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let link = link_state(&lab);
+    assert!(
+        !link.contains("prog/xdp"),
+        "XDP still attached after kill -9:\n{link}"
+    );
+    for id in &progs {
+        assert!(
+            !program_exists(*id),
+            "program {id} still loaded after kill -9"
+        );
+    }
+
+    // Traffic flows to the stack: a socket on the listener address gets the packets.
+    let rx = lab.within(|| UdpSocket::bind("198.18.1.2:9060").expect("bind the freed port"));
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    lab.in_sender(|| {
+        let s = UdpSocket::bind("198.18.1.1:5072").expect("bind");
+        s.send_to(&pkt, "198.18.1.2:9060").expect("send");
+    });
+    let mut buf = [0u8; 2048];
+    let n = rx
+        .recv(&mut buf)
+        .expect("the packet reaches the stack's socket");
+    assert_eq!(&buf[..n], &pkt[..]);
+}
+
+/// Starts `hepfwd run` on a loopback config (no privileges needed) and returns its exit
+/// status (if it exited within `wait`) and stderr.
+fn start_briefly(mode: &str, wait: Duration) -> (Option<std::process::ExitStatus>, String) {
+    let dir = TestDir::new("hepfwd-mode").expect("dir");
+    let cfg = dir.join("c.toml");
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listener]]\nname = \"l\"\nudp = \"127.0.0.1:{port}\"\n[[destination]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n[default]\nforward = [\"a\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(hepfwd_bin().expect("hepfwd"));
+    cmd.args(["run", "--mode", mode, "--config"]).arg(&cfg);
+    let mut p = ProcessGuard::spawn("hepfwd", cmd, &dir.join("o"), &dir.join("e")).unwrap();
+    let st = p.wait_timeout(wait).unwrap();
+    let err = read_tail(p.stderr_path(), 10_000);
+    let _ = p.terminate(Duration::from_secs(2));
+    (st, err)
+}
+
+#[test]
+fn mode_xdp_without_interfaces_refuses_and_auto_says_why_it_runs_userspace() {
+    let (st, err) = start_briefly("xdp", Duration::from_secs(10));
+    let st = st.expect("--mode xdp without interfaces must exit");
+    assert!(!st.success(), "{err}");
+    assert!(
+        err.contains("--mode xdp: no [xdp] interfaces are configured"),
+        "{err}"
+    );
+    let (st, err) = start_briefly("auto", Duration::from_millis(1500));
+    assert!(st.is_none(), "--mode auto keeps running:\n{err}");
+    assert!(
+        err.contains("data path: userspace (no [xdp] interfaces are configured)"),
+        "{err}"
+    );
+}
