@@ -306,6 +306,23 @@ fn xdp_and_userspace_deliver_the_same_bytes_to_the_same_collectors() {
     );
     assert_eq!(xdp.b, user.b, "collector b");
     assert_eq!(xdp.tcp, user.tcp, "the TCP collector");
+    // Call-sticky hashing: both packets of each call at one collector, both collectors used.
+    let mut at = [0usize; 2];
+    for i in 0..8 {
+        let call = format!("call-{i}@lab");
+        let k = Some(&b"s3cret"[..]);
+        let p = hep(1, 2000 + i, &call, None, k);
+        let (na, nb) = (
+            xdp.a.get(&p).copied().unwrap_or(0),
+            xdp.b.get(&p).copied().unwrap_or(0),
+        );
+        assert!(
+            (na, nb) == (2, 0) || (na, nb) == (0, 2),
+            "{call}: {na} at a, {nb} at b"
+        );
+        at[usize::from(nb > 0)] += 1;
+    }
+    assert!(at[0] > 0 && at[1] > 0, "both collectors take calls: {at:?}");
 
     // XDP mode: the kernel did the common cases...
     let x = |c: &str| {

@@ -476,3 +476,68 @@ impl Collector for StatsCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fake(XdpReading);
+
+    impl XdpSource for Fake {
+        fn read(&self) -> Option<XdpReading> {
+            Some(self.0.clone())
+        }
+    }
+
+    fn render(stats: Arc<Stats>) -> String {
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register_collector(Box::new(StatsCollector(stats)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        out
+    }
+
+    #[test]
+    fn xdp_counters_join_the_user_families_with_path_xdp() {
+        let stats = Arc::new(Stats::default());
+        stats.route("calls").matched.fetch_add(3, Relaxed);
+        stats.destination("a").sent.fetch_add(5, Relaxed);
+        let without = render(stats.clone());
+        assert!(!without.contains("path=\"xdp\""), "{without}");
+        assert!(!without.contains("hepfwd_xdp_"), "{without}");
+
+        let mut routes = [0u64; RouteCounter::COUNT];
+        routes[RouteCounter::Matched as usize] = 7;
+        routes[RouteCounter::Steered as usize] = 6;
+        routes[RouteCounter::SampledOut as usize] = 1;
+        let mut dests = [0u64; DestCounter::COUNT];
+        dests[DestCounter::Sent as usize] = 6;
+        dests[DestCounter::Fallback as usize] = 2;
+        stats.set_xdp(Some(Arc::new(Fake(XdpReading {
+            global: vec![("received", 11), ("steered", 6)],
+            routes: vec![("calls".into(), routes)],
+            destinations: vec![("a".into(), dests)],
+        }))));
+        let text = render(stats.clone());
+        for line in [
+            "hepfwd_route_matches_total{route=\"calls\",path=\"user\"} 3",
+            "hepfwd_route_matches_total{route=\"calls\",path=\"xdp\"} 7",
+            "hepfwd_sampled_out_total{route=\"calls\",path=\"xdp\"} 1",
+            "hepfwd_destination_sent_total{destination=\"a\",path=\"user\"} 5",
+            "hepfwd_destination_sent_total{destination=\"a\",path=\"xdp\"} 6",
+            "hepfwd_xdp_packets_total{counter=\"steered\",path=\"xdp\"} 6",
+            "hepfwd_xdp_route_packets_total{route=\"calls\",path=\"xdp\",outcome=\"steered\"} 6",
+            "hepfwd_xdp_destination_packets_total{destination=\"a\",path=\"xdp\",outcome=\"fallback\"} 2",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+        // One descriptor per family, whatever the paths.
+        assert_eq!(
+            text.matches("# TYPE hepfwd_route_matches counter").count(),
+            1
+        );
+        stats.set_xdp(None);
+        assert!(!render(stats).contains("path=\"xdp\""));
+    }
+}

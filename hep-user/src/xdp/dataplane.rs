@@ -99,6 +99,7 @@ impl DataPlane {
         };
         for iface in &plan.xdp.interfaces {
             program.attach(iface, mode)?;
+            warn_if_not_forwarding(iface);
         }
         let mut mirrors = Vec::new();
         let mut kernel_mirrors = true;
@@ -222,6 +223,29 @@ impl DataPlane {
             routes,
             destinations,
         })
+    }
+}
+
+/// `bpf_fib_lookup` answers only for interfaces that forward (`FWD_DISABLED` otherwise):
+/// without it every steer falls back to userspace. Said once at start, with the fix.
+fn warn_if_not_forwarding(iface: &str) {
+    for (v, path) in [
+        (
+            "IPv4",
+            format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"),
+        ),
+        (
+            "IPv6",
+            format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"),
+        ),
+    ] {
+        if std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == "0") {
+            tracing::warn!(
+                iface,
+                "{v} forwarding is off on {iface}: the kernel cannot look up next hops, so {v} packets to steer or mirror go to userspace (counted as steer_fallback); enable it with `sysctl -w {}=1`",
+                path.trim_start_matches("/proc/sys/").replace('/', ".")
+            );
+        }
     }
 }
 
