@@ -51,6 +51,8 @@ pub const MAX_TARGETS: usize = 8;
 pub const MAX_MATCH_VALUES: usize = 4;
 /// Longest auth key the kernel compares.
 pub const MAX_AUTH_KEY: usize = 32;
+/// Longest node name (chunk 0x0013) a kernel route can match.
+pub const MAX_NODE_NAME: usize = 32;
 /// Counter slots (routes and destinations are given a stable slot by name).
 pub const MAX_SLOTS: usize = 64;
 
@@ -172,6 +174,8 @@ pub mod match_flags {
     pub const INNER_DST: u32 = 1 << 4;
     /// `inner_port` given.
     pub const INNER_PORT: u32 = 1 << 5;
+    /// `node_name` given.
+    pub const NODE_NAME: u32 = 1 << 6;
 }
 
 /// One route as the kernel evaluates it. All values in host byte order.
@@ -208,14 +212,20 @@ pub struct KernelRoute {
     pub n_inner_src: u8,
     /// See `n_capture`.
     pub n_inner_dst: u8,
+    /// Number of `node_names`.
+    pub n_node_names: u8,
     /// Padding.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
     /// Sender prefixes.
     pub source: [KernelPrefix; MAX_MATCH_VALUES],
     /// Inner source prefixes.
     pub inner_src: [KernelPrefix; MAX_MATCH_VALUES],
     /// Inner destination prefixes.
     pub inner_dst: [KernelPrefix; MAX_MATCH_VALUES],
+    /// Node names matched (exact bytes), `node_name_lens[i]` bytes of each.
+    pub node_names: [[u8; MAX_NODE_NAME]; MAX_MATCH_VALUES],
+    /// Lengths of `node_names`.
+    pub node_name_lens: [u8; MAX_MATCH_VALUES],
     /// Destination indices (within the bank).
     pub targets: [u32; MAX_TARGETS],
     /// Rendezvous seeds of the targets.
@@ -240,7 +250,8 @@ impl KernelRoute {
         n_source: 0,
         n_inner_src: 0,
         n_inner_dst: 0,
-        _pad: [0; 3],
+        n_node_names: 0,
+        _pad: [0; 2],
         source: [KernelPrefix {
             addr: [0; 16],
             len: 0,
@@ -256,6 +267,8 @@ impl KernelRoute {
             len: 0,
             _pad: [0; 3],
         }; MAX_MATCH_VALUES],
+        node_names: [[0; MAX_NODE_NAME]; MAX_MATCH_VALUES],
+        node_name_lens: [0; MAX_MATCH_VALUES],
         targets: [0; MAX_TARGETS],
         seeds: [0; MAX_TARGETS],
     };
@@ -278,6 +291,11 @@ pub struct KernelFacts {
     pub src_port: Option<u16>,
     /// Chunk 0x0008.
     pub dst_port: Option<u16>,
+    /// Chunk 0x0013: its length (`None`: no such chunk) and first [`MAX_NODE_NAME`] bytes
+    /// (a longer name equals no route's name).
+    pub node_name_len: Option<u16>,
+    /// See `node_name_len`; bytes past the length are zero.
+    pub node_name: [u8; MAX_NODE_NAME],
     /// [`crate::correlation::key_hash`] of the correlation key (empty key when none).
     pub key_hash: u64,
 }
@@ -289,6 +307,33 @@ fn any_prefix(list: &[KernelPrefix; MAX_MATCH_VALUES], n: u8, a: Option<Addr16>)
     while i < MAX_MATCH_VALUES {
         if i < n as usize && list[i].contains(&a) {
             return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether the packet's node name equals one of the route's.
+#[inline(always)]
+fn any_node_name(r: &KernelRoute, f: &KernelFacts) -> bool {
+    let Some(len) = f.node_name_len else {
+        return false;
+    };
+    let mut i = 0;
+    while i < MAX_MATCH_VALUES {
+        if i < r.n_node_names as usize && u16::from(r.node_name_lens[i]) == len {
+            // Bytes past the length are zero on both sides.
+            let mut same = true;
+            let mut j = 0;
+            while j < MAX_NODE_NAME {
+                if r.node_names[i][j] != f.node_name[j] {
+                    same = false;
+                }
+                j += 1;
+            }
+            if same {
+                return true;
+            }
         }
         i += 1;
     }
@@ -333,6 +378,9 @@ impl KernelRoute {
             if !hit {
                 return false;
             }
+        }
+        if self.flags & NODE_NAME != 0 && !any_node_name(self, f) {
+            return false;
         }
         if self.flags & SOURCE != 0 && !any_prefix(&self.source, self.n_source, Some(f.sender)) {
             return false;
@@ -720,6 +768,19 @@ impl FactsWalk {
             chunk::CORRELATION_ID if self.corr.is_none() => self.corr = Some((off, c.value_len())),
             chunk::PAYLOAD if self.payload.is_none() => self.payload = Some((off, c.value_len())),
             chunk::AUTH_KEY if self.auth.is_none() => self.auth = Some((off, c.value_len())),
+            chunk::NODE_NAME if f.node_name_len.is_none() => {
+                let len = c.value_len();
+                f.node_name_len = Some(len as u16);
+                let mut j = 0;
+                while j < MAX_NODE_NAME {
+                    if j < len
+                        && let Some([b]) = src.load::<1>(off + j)
+                    {
+                        f.node_name[j] = b;
+                    }
+                    j += 1;
+                }
+            }
             _ => {}
         }
     }

@@ -95,6 +95,10 @@ match = { capture_id = [7000] }
 forward = ["a"]
 rewrite = [ { set = "capture_id", value = 1 } ]
 [[route]]
+name = "by-node"
+match = { node_name = ["edge-7", "edge-8"] }
+forward = ["b"]
+[[route]]
 name = "mirror"
 match = { capture_id = [8000] }
 forward = ["a", "b"]
@@ -109,8 +113,8 @@ forward = ["a"]
 "#;
 
 const OPAQUE_ROUTE: &str = r#"[[route]]
-name = "by-node"
-match = { node_name = ["edge-1"] }
+name = "by-correlation"
+match = { correlation = { suffix = "@lab" } }
 forward = ["b"]
 "#;
 
@@ -121,6 +125,7 @@ struct Hep<'a> {
     capture: u32,
     call_id: &'a str,
     auth: Option<&'a [u8]>,
+    node: Option<&'a [u8]>,
 }
 
 const SIP: Hep<'static> = Hep {
@@ -128,6 +133,7 @@ const SIP: Hep<'static> = Hep {
     capture: 2001,
     call_id: "call-1@lab",
     auth: Some(b"s3cret"),
+    node: None,
 };
 
 fn hep(h: Hep<'_>) -> Vec<u8> {
@@ -148,7 +154,7 @@ fn hep(h: Hep<'_>) -> Vec<u8> {
         auth_key: h.auth,
         correlation_id: None,
         vlan_id: None,
-        node_name: None,
+        node_name: h.node,
         extra: &[],
         payload: Payload::Plain(sip.as_bytes()),
     };
@@ -726,6 +732,60 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
             );
         }
 
+        // Node name: exact bytes (a prefix or a longer name is another node).
+        let b_mac = neighbour_mac("198.18.2.4");
+        for (node, to_b) in [
+            (&b"edge-8"[..], true),
+            (b"edge-", false),
+            (b"edge-88", false),
+        ] {
+            let f = frame(
+                sender,
+                me,
+                &hep(Hep {
+                    node: Some(node),
+                    ..SIP
+                }),
+                false,
+            );
+            let what = format!("node {}", String::from_utf8_lossy(node));
+            if to_b {
+                let want = steered(&f, out_src, v4("198.18.2.4"), 9062, OUT_MAC, b_mac);
+                let mut c = common("steered=1");
+                c.extend([
+                    "route/by-node/matched=1".into(),
+                    "route/by-node/steered=1".into(),
+                    "dest/b/sent=1".into(),
+                ]);
+                check(
+                    xdp,
+                    &slots,
+                    &what,
+                    &f,
+                    XDP_REDIRECT,
+                    &want,
+                    &c.iter().map(String::as_str).collect::<Vec<_>>(),
+                );
+            } else {
+                let want = steered(&f, out_src, v4("198.18.2.2"), 9061, OUT_MAC, a_mac);
+                let mut c = common("steered=1");
+                c.extend([
+                    "route/default/matched=1".into(),
+                    "route/default/steered=1".into(),
+                    "dest/a/sent=1".into(),
+                ]);
+                check(
+                    xdp,
+                    &slots,
+                    &what,
+                    &f,
+                    XDP_REDIRECT,
+                    &want,
+                    &c.iter().map(String::as_str).collect::<Vec<_>>(),
+                );
+            }
+        }
+
         // Mirror (the TC program copies it): passed unchanged, with the route in the XDP
         // metadata in front of the frame (BPF_PROG_TEST_RUN returns it with the data).
         let f = frame(
@@ -878,13 +938,13 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
             &["received=1", "hep_candidate=1", "hep_invalid=1", "passed=1"],
         );
 
-        // With an opaque route (node_name: the kernel cannot match it) in front of the
+        // With an opaque route (correlation: the kernel cannot match it) in front of the
         // default, packets reaching it go to userspace; earlier routes still decide.
-        assert_eq!(t.routes.len(), 10);
+        assert_eq!(t.routes.len(), 11);
         install(xdp, &mut slots, true, false);
         let f = frame(sender, me, &hep(SIP), false);
         let mut c = common("pass_opaque=1");
-        c.extend(["passed=1".into(), "route/by-node/passed=1".into()]);
+        c.extend(["passed=1".into(), "route/by-correlation/passed=1".into()]);
         check(
             xdp,
             &slots,

@@ -8,7 +8,7 @@
 //!
 //! | the route has… | becomes |
 //! | --- | --- |
-//! | a `node_name` or `correlation` key, or more values in a key than the kernel holds ([`MAX_MATCH_VALUES`]) | opaque: every packet reaching it goes to userspace |
+//! | a `correlation` key, a `node_name` longer than [`MAX_NODE_NAME`] bytes, or more values in a key than the kernel holds ([`MAX_MATCH_VALUES`]) | opaque: every packet reaching it goes to userspace |
 //! | `continue`, `dedup`, `rewrite`, mode `failover`, more targets than [`MAX_TARGETS`], a target that is TCP, HEPv2 or has `set_auth_key`, or whose source address is unknown | pass: the kernel matches it, userspace acts |
 //! | mode `all` with several targets | mirror when the kernel mirrors, else pass |
 //! | `action = "drop"` | drop in the kernel (after sampling) |
@@ -22,8 +22,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use hep_common::kernel_plan::{
     Addr16, AllowKey, KernelDestination, KernelListener, KernelPrefix, KernelRoute, MAX_AUTH_KEY,
-    MAX_DESTINATIONS, MAX_LISTENERS, MAX_MATCH_VALUES, MAX_ROUTES, MAX_SLOTS, MAX_TARGETS,
-    RouteAction, RouteKind, SteerMode, map_v4, match_flags,
+    MAX_DESTINATIONS, MAX_LISTENERS, MAX_MATCH_VALUES, MAX_NODE_NAME, MAX_ROUTES, MAX_SLOTS,
+    MAX_TARGETS, RouteAction, RouteKind, SteerMode, map_v4, match_flags,
 };
 use ipnet::IpNet;
 
@@ -179,9 +179,6 @@ fn dest_blocker(d: &DestinationPlan) -> Option<String> {
 
 /// The kernel's match of a route, or why it cannot evaluate it.
 fn kernel_match(m: &Matcher, r: &mut KernelRoute) -> Result<(), String> {
-    if m.node_name.is_some() {
-        return Err("match on node_name".into());
-    }
     if m.correlation.is_some() {
         return Err("match on correlation".into());
     }
@@ -192,6 +189,18 @@ fn kernel_match(m: &Matcher, r: &mut KernelRoute) -> Result<(), String> {
             Ok(())
         }
     };
+    if let Some(names) = &m.node_name {
+        too_many(names.len(), "node_name")?;
+        if names.iter().any(|n| n.len() > MAX_NODE_NAME) {
+            return Err(format!("a node_name longer than {MAX_NODE_NAME} bytes"));
+        }
+        r.flags |= match_flags::NODE_NAME;
+        for (i, n) in names.iter().enumerate() {
+            r.node_names[i][..n.len()].copy_from_slice(n);
+            r.node_name_lens[i] = n.len() as u8;
+        }
+        r.n_node_names = names.len() as u8;
+    }
     if let Some(p) = &m.proto {
         r.flags |= match_flags::PROTO;
         for t in p {

@@ -76,7 +76,7 @@ address = "127.0.0.1:3"
 hep_version = 2
 [[route]]
 name = "node"
-match = { node_name = ["x"] }
+match = { node_name = ["a-node-name-longer-than-32-bytes!"] }
 forward = ["a"]
 [[route]]
 name = "many"
@@ -123,6 +123,7 @@ mode = "round-robin"
         ]
     );
     assert_eq!(t.routes[0].kind, RouteKind::Opaque as u8);
+    assert_eq!(t.placements[0].why, "a node_name longer than 32 bytes");
     assert_eq!(t.placements[5].why, "v2 takes HEPv2");
     assert_eq!(t.listeners[0].auth_key_len, AUTH_IN_USERSPACE);
     let t = compile(&p, &mut Slots::default(), &Net, true);
@@ -190,8 +191,12 @@ name = "from-net"
 match = { source = ["127.0.0.2/32"], inner_src = ["198.18.0.0/16"] }
 forward = ["b"]
 [[route]]
+name = "by-node"
+match = { node_name = ["special", "x"] }
+forward = ["b"]
+[[route]]
 name = "opaque"
-match = { node_name = ["special"] }
+match = { correlation = { suffix = "@opaque" } }
 forward = ["t"]
 [[route]]
 name = "to-tcp"
@@ -230,7 +235,14 @@ forward = ["c"]
         let inner_src: Ipv4Addr = rng.pick(&[[198, 18, 1, 1], [10, 0, 0, 1]]).into();
         let inner_dst: Ipv4Addr = rng.pick(&[[198, 19, 0, 9], [10, 0, 0, 2]]).into();
         let corr = (proto != 1).then_some(call.as_bytes());
-        let node = rng.pick(&[Some(&b"special"[..]), None, None]);
+        let node = rng.pick(&[
+            Some(&b"special"[..]),
+            Some(&b"specia"[..]),
+            Some(&b"special2"[..]),
+            Some(&b"x"[..]),
+            None,
+            None,
+        ]);
         let m = Hep3Message {
             ip_proto: 17,
             src_ip: inner_src.into(),
