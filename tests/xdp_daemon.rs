@@ -5,8 +5,8 @@
 //! - Parity: the same packet sequence through `--mode xdp` and `--mode userspace`
 //!   delivers the same HEP bytes (as multisets) to the same collectors, for every route kind
 //!   the kernel handles or hands up: drop, call sampling, call-sticky hash, mirror, steer,
-//!   a rewrite and a TCP destination (userspace actions), an opaque match (correlation), the
-//!   auth key. In XDP mode the counters prove the kernel steered, mirrored and dropped, and
+//!   a rewrite, a TCP destination and failover (userspace actions), an opaque match
+//!   (correlation), the auth key. In XDP mode the counters prove the kernel steered, mirrored and dropped, and
 //!   that the daemon's sockets received exactly the packets the kernel passed up.
 //! - `kill -9` under load leaves no program attached, and traffic reaches the stack.
 //! - `--mode xdp` refuses to start without interfaces; `--mode auto` says why it runs
@@ -92,6 +92,12 @@ match = { capture_id = [5000] }
 forward = ["homer-tcp"]
 
 [[route]]
+name = "failover"
+match = { capture_id = [6000] }
+forward = ["a", "b"]
+mode = "failover"
+
+[[route]]
 name = "carrier"
 match = { correlation = { suffix = "@carrier.example" } }
 forward = ["b"]
@@ -142,6 +148,7 @@ fn sequence() -> Vec<Vec<u8>> {
         v.push(hep(1, 3000, &format!("mirrored-{i}@lab"), None, k));
         v.push(hep(1, 4000, &format!("rewritten-{i}@lab"), None, k));
         v.push(hep(1, 5000, &format!("tcp-{i}@lab"), None, k));
+        v.push(hep(1, 6000, &format!("failover-{i}@lab"), None, k));
         v.push(hep(1, 1000, &format!("c-{i}@carrier.example"), None, k));
         v.push(hep(1, 1000, &format!("other-{i}@lab"), None, k));
         v.push(hep(1, 1000, &format!("no-auth-{i}@lab"), None, None));
@@ -168,7 +175,7 @@ struct Delivered {
 /// The daemon in the lab namespace, stopped (SIGTERM, then SIGKILL) on drop.
 struct Daemon {
     proc: ProcessGuard,
-    _dir: TestDir,
+    dir: TestDir,
 }
 
 impl Daemon {
@@ -188,7 +195,7 @@ impl Daemon {
             &dir.join("stderr.log"),
         )
         .expect("spawn hepfwd");
-        let mut d = Daemon { proc, _dir: dir };
+        let mut d = Daemon { proc, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if lab
@@ -346,7 +353,7 @@ fn xdp_and_userspace_deliver_the_same_bytes_to_the_same_collectors() {
     assert_eq!(x("auth_failed"), 8);
     // ...and handed up exactly the rest, which the daemon's socket received.
     let passed_up = x("pass_action") + x("pass_opaque") + x("pass_no_route") + x("steer_fallback");
-    assert_eq!(x("pass_action"), 16, "rewrite and TCP routes");
+    assert_eq!(x("pass_action"), 24, "rewrite, TCP and failover routes");
     assert_eq!(
         x("pass_opaque"),
         16,
@@ -493,6 +500,83 @@ fn kill_9_under_load_leaves_no_program_and_traffic_flows_to_the_stack() {
         .recv(&mut buf)
         .expect("the packet reaches the stack's socket");
     assert_eq!(&buf[..n], &pkt[..]);
+}
+
+#[test]
+fn reload_swaps_the_kernel_tables_without_losing_packets() {
+    let test = "reload_swaps_the_kernel_tables_without_losing_packets";
+    if !privileged::available(test) {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lab = Lab::with_ends("reload");
+    gro_on_collector(&lab);
+    let (ca, cb) = lab.in_collector(|| {
+        (
+            UdpCollector::bind("a", "198.18.2.2:9061".parse().unwrap()),
+            UdpCollector::bind("b", "198.18.2.4:9062".parse().unwrap()),
+        )
+    });
+    // Without the opaque correlation route, the default route is the kernel's.
+    let opaque = "[[route]]\nname = \"carrier\"\nmatch = { correlation = { suffix = \"@carrier.example\" } }\nforward = [\"b\"]\n";
+    assert!(CONFIG.contains(opaque));
+    let config = CONFIG.replace(opaque, "");
+    let d = Daemon::start(&lab, "xdp", &config);
+    let cfg = d.dir.join("hepfwd.toml");
+    // The new configuration sends the default route to b instead of a.
+    let to_b = config.replace(
+        "[default]\nforward = [\"a\"]",
+        "[default]\nforward = [\"b\"]",
+    );
+    assert_ne!(to_b, config);
+    std::fs::write(&cfg, to_b).unwrap();
+    let pid = d.proc.pid();
+    let pkt = |i: u32| hep(1, 1000, &format!("reload-{i}@lab"), None, Some(b"s3cret"));
+    const N: u32 = 3000;
+    lab.in_sender(|| {
+        let s = UdpSocket::bind("198.18.1.1:5073").expect("bind");
+        for i in 0..N {
+            if i == N / 2 {
+                // SAFETY: signalling the daemon this test started, by its PID.
+                assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+            }
+            s.send_to(&pkt(i), "198.18.1.2:9060").expect("send");
+            if i % 16 == 0 {
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        }
+    });
+    let at_a = ca.inbox.drain(Duration::from_millis(700));
+    let at_b = cb.inbox.drain(Duration::from_millis(100));
+    let m = d.metrics(&lab);
+    assert_eq!(
+        m.get("hepfwd_config_reloads_total", &[("result", "ok")]),
+        1,
+        "{}",
+        d.stderr()
+    );
+    assert_eq!(
+        at_a.len() + at_b.len(),
+        N as usize,
+        "every packet arrived once (a {}, b {})",
+        at_a.len(),
+        at_b.len()
+    );
+    assert!(
+        !at_a.is_empty() && !at_b.is_empty(),
+        "both configurations served"
+    );
+    // Before the swap everything went to a, after it to b: one cut, no interleaving.
+    let index = |p: &Vec<u8>| (0..N).find(|i| pkt(*i) == *p).expect("a packet we sent");
+    let last_a = at_a.iter().map(index).max().unwrap();
+    let first_b = at_b.iter().map(index).min().unwrap();
+    assert!(last_a < first_b, "a got up to {last_a}, b from {first_b}");
+    assert!(
+        m.get("hepfwd_xdp_packets_total", &[("counter", "steered")]) >= u64::from(N) - 5,
+        "the kernel steered them"
+    );
 }
 
 /// Starts `hepfwd run` on a loopback config (no privileges needed) and returns its exit
