@@ -95,6 +95,11 @@ match = { capture_id = [7000] }
 forward = ["a"]
 rewrite = [ { set = "capture_id", value = 1 } ]
 [[route]]
+name = "rr"
+match = { capture_id = [9000] }
+forward = ["a", "b"]
+mode = "round-robin"
+[[route]]
 name = "by-node"
 match = { node_name = ["edge-7", "edge-8"] }
 forward = ["b"]
@@ -732,6 +737,60 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
             );
         }
 
+        // Round robin: each packet to one of the targets, rotating (per CPU), so both are
+        // used over a few packets.
+        let mut used = [0usize; 2];
+        for i in 0..8 {
+            let f = frame(
+                sender,
+                me,
+                &hep(Hep {
+                    capture: 9000,
+                    ..SIP
+                }),
+                false,
+            );
+            let before = read(xdp, &slots);
+            let (action, out) = run(xdp, &f);
+            let after = read(xdp, &slots);
+            assert_eq!(action, XDP_REDIRECT, "rr {i}");
+            let to_a = steered(&f, out_src, v4("198.18.2.2"), 9061, OUT_MAC, a_mac);
+            let to_b = steered(
+                &f,
+                out_src,
+                v4("198.18.2.4"),
+                9062,
+                OUT_MAC,
+                neighbour_mac("198.18.2.4"),
+            );
+            let k = if out == to_a {
+                0
+            } else {
+                assert!(
+                    out == to_b,
+                    "rr {i}: the frame must be steered to a or b exactly"
+                );
+                1
+            };
+            used[k] += 1;
+            let dest = ["a", "b"][k];
+            let mut c = common("steered=1");
+            c.extend([
+                "route/rr/matched=1".into(),
+                "route/rr/steered=1".into(),
+                format!("dest/{dest}/sent=1"),
+            ]);
+            assert_eq!(
+                changes(&before, &after),
+                sorted(&c.iter().map(String::as_str).collect::<Vec<_>>()),
+                "rr {i}"
+            );
+        }
+        assert!(
+            used[0] > 0 && used[1] > 0,
+            "round robin uses both: {used:?}"
+        );
+
         // Node name: exact bytes (a prefix or a longer name is another node).
         let b_mac = neighbour_mac("198.18.2.4");
         for (node, to_b) in [
@@ -940,7 +999,7 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
 
         // With an opaque route (correlation: the kernel cannot match it) in front of the
         // default, packets reaching it go to userspace; earlier routes still decide.
-        assert_eq!(t.routes.len(), 11);
+        assert_eq!(t.routes.len(), 12);
         install(xdp, &mut slots, true, false);
         let f = frame(sender, me, &hep(SIP), false);
         let mut c = common("pass_opaque=1");
