@@ -36,7 +36,8 @@ pub enum XdpCounter {
     NotIp = 1,
     /// Outcome: IP, but not UDP (TCP, ICMP, ...).
     NotUdp = 2,
-    /// Outcome: UDP to a port other than the HEP port.
+    /// Outcome: UDP to an address and port no listener takes (before tables are
+    /// installed: to a port other than the HEP port).
     OtherPort = 3,
     /// Outcome: an IPv4 UDP fragment (MF set or offset ≠ 0): only the daemon can reassemble.
     Fragment = 4,

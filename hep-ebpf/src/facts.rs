@@ -24,9 +24,8 @@ unsafe extern "C" fn walk_step(i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = scratch() else { return 1 };
     // SAFETY: this CPU's scratch entry; nothing else holds a reference to it while
     // bpf_loop runs (the caller only keeps the raw pointer).
-    let s = unsafe { &mut *s };
-    let bytes = Bytes::new(&s.buf, s.len);
-    let w = &mut s.walk;
+    // Field by field: `hep_xdp` holds a reference to another field (the datagram).
+    let (bytes, w) = unsafe { (Bytes::new(&(*s).buf, (*s).len), &mut (*s).walk) };
     let mut k = 0;
     while k < WALK_CHUNKS {
         if w.offset >= w.end {
@@ -61,9 +60,8 @@ const SCAN_BLOCKS: usize = 4;
 unsafe extern "C" fn scan_step(_i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = scratch() else { return 1 };
     // SAFETY: as in `walk_step`.
-    let s = unsafe { &mut *s };
-    let bytes = Bytes::new(&s.buf, s.len);
-    let sc = &mut s.scan;
+    // Field by field: `hep_xdp` holds a reference to another field (the datagram).
+    let (bytes, sc) = unsafe { (Bytes::new(&(*s).buf, (*s).len), &mut (*s).scan) };
     use hep_common::bytes::ByteSource as _;
     let mut k = 0;
     while k < SCAN_BLOCKS {
@@ -96,9 +94,8 @@ unsafe extern "C" fn scan_step(_i: u64, _ctx: *mut c_void) -> i64 {
 unsafe extern "C" fn hash_step(_i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = scratch() else { return 1 };
     // SAFETY: as in `walk_step`.
-    let s = unsafe { &mut *s };
-    let bytes = Bytes::new(&s.buf, s.len);
-    let h = &mut s.hash;
+    // Field by field: `hep_xdp` holds a reference to another field (the datagram).
+    let (bytes, h) = unsafe { (Bytes::new(&(*s).buf, (*s).len), &mut (*s).hash) };
     if h.left == 0 {
         return 1;
     }
@@ -126,9 +123,10 @@ unsafe extern "C" fn hash_step(_i: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// Walks the payload in the scratch entry `s` (validating it by the walker's rules) and
-/// stores its facts in `s.facts`; `false` when it is not valid HEPv3.
-#[inline(always)]
-pub fn compute(s: *mut Scratch, sender: Addr16) -> bool {
+/// stores its facts in `s.facts`; `false` when it is not valid HEPv3. Not inlined: its
+/// locals stay out of `hep_xdp`'s frame.
+#[inline(never)]
+pub fn compute(s: *mut Scratch, sender: &Addr16) -> bool {
     // SAFETY (every block below): `s` is this CPU's scratch entry; references to it are
     // only held between the bpf_loop calls, never across them.
     unsafe {
@@ -140,7 +138,7 @@ pub fn compute(s: *mut Scratch, sender: Addr16) -> bool {
         r.walk.offset = HEADER_LEN;
         r.walk.end = end;
         r.walk.status = WALKING;
-        ptr::write(&raw mut r.walk.facts, FactsWalk::new(sender));
+        ptr::write(&raw mut r.walk.facts, FactsWalk::new(*sender));
     }
     // Enough callbacks for MAX_CHUNKS chunks and one more step, to see the end (or one
     // chunk too many).

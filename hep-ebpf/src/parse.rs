@@ -20,8 +20,9 @@ const IPPROTO_UDP: u8 = 17;
 /// IPv4 flags/fragment offset: MF bit and the 13-bit offset.
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 
-/// A UDP datagram to a HEP port: where its headers and payload are in the frame, and how
-/// long the payload is (from the UDP length, so Ethernet padding is not counted).
+/// A UDP datagram: where its headers and payload are in the frame, and how long the payload
+/// is (from the UDP length, so Ethernet padding is not counted).
+#[derive(Clone, Copy)]
 pub struct HepDatagram {
     /// Offset of the IP header.
     pub l3: usize,
@@ -39,6 +40,8 @@ pub struct HepDatagram {
     pub dport: u16,
     /// The sender: the outer source address, IPv4 mapped.
     pub sender: Addr16,
+    /// The outer destination address, IPv4 mapped.
+    pub dst: Addr16,
 }
 
 /// `N` bytes at `off`, read directly from the packet after a bounds check against
@@ -66,13 +69,12 @@ fn load_be16(ctx: &XdpContext, off: usize) -> Option<u16> {
     load::<2>(ctx, off).map(u16::from_be_bytes)
 }
 
-/// Parses the headers up to UDP. `Ok` is a datagram to a port `is_hep_port` accepts; `Err`
-/// is the outcome counter for everything else.
+/// Parses the headers up to UDP into `out`. `Ok` is a UDP datagram (the caller decides
+/// whether a listener takes it); `Err` is the outcome counter for everything else. (`out`
+/// rather than a return value: it lives in the scratch map, off the short stack.) Inlined:
+/// packet pointers do not survive a call in a form the verifier accepts.
 #[inline(always)]
-pub fn parse(
-    ctx: &XdpContext,
-    is_hep_port: impl Fn(u16) -> bool,
-) -> Result<HepDatagram, XdpCounter> {
+pub fn parse(ctx: &XdpContext, out: &mut HepDatagram) -> Result<(), XdpCounter> {
     // Ethernet, then up to two VLAN tags (802.1Q / 802.1ad, in any order).
     let Some(mut proto) = load_be16(ctx, ETH_HLEN - 2) else {
         return Err(XdpCounter::Truncated);
@@ -105,9 +107,6 @@ pub fn parse(
         return Err(XdpCounter::Truncated);
     };
     let dport = u16::from_be_bytes([udp[2], udp[3]]);
-    if !is_hep_port(dport) {
-        return Err(XdpCounter::OtherPort);
-    }
     let udp_len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
     if udp_len < UDP_HLEN {
         return Err(XdpCounter::Malformed);
@@ -118,21 +117,40 @@ pub fn parse(
     if payload_offset + payload_len > frame_len {
         return Err(XdpCounter::Truncated);
     }
-    let sender = if v6 {
-        load::<16>(ctx, l3 + 8).ok_or(XdpCounter::Truncated)?
+    out.l3 = l3;
+    out.l4 = l4;
+    out.payload_offset = payload_offset;
+    out.payload_len = payload_len;
+    out.tagged = tagged;
+    out.v6 = v6;
+    out.dport = dport;
+    // The addresses straight from the frame into `out` (no stack copies; the header was
+    // bounds-checked above, the helper checks again).
+    let ok = if v6 {
+        copy_out(ctx, l3 + 8, &mut out.sender) && copy_out(ctx, l3 + 24, &mut out.dst)
     } else {
-        map_v4(load::<4>(ctx, l3 + 12).ok_or(XdpCounter::Truncated)?)
+        out.sender = map_v4([0; 4]);
+        out.dst = map_v4([0; 4]);
+        copy_out(ctx, l3 + 12, &mut out.sender[12..]) && copy_out(ctx, l3 + 16, &mut out.dst[12..])
     };
-    Ok(HepDatagram {
-        l3,
-        l4,
-        payload_offset,
-        payload_len,
-        tagged,
-        v6,
-        dport,
-        sender,
-    })
+    if !ok {
+        return Err(XdpCounter::Truncated);
+    }
+    Ok(())
+}
+
+/// Copies `to.len()` frame bytes at `off` into `to` (`bpf_xdp_load_bytes`).
+#[inline(always)]
+fn copy_out(ctx: &XdpContext, off: usize, to: &mut [u8]) -> bool {
+    // SAFETY: `to` is `to.len()` writable bytes; the helper checks the frame range.
+    unsafe {
+        aya_ebpf::helpers::bpf_xdp_load_bytes(
+            ctx.ctx,
+            off as u32,
+            to.as_mut_ptr().cast(),
+            to.len() as u32,
+        ) == 0
+    }
 }
 
 /// IPv4 at `l3`: the offset of the UDP header, or the outcome.

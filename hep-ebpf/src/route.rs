@@ -9,8 +9,8 @@ use core::ptr;
 use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
 use hep_common::bytes::ByteSource as _;
 use hep_common::kernel_plan::{
-    AllowKey, KernelListener, MAX_AUTH_KEY, MAX_LISTENERS, MAX_ROUTES, MAX_SLOTS, PassReason,
-    RouteKind, SteerMode, Verdict, XdpConfig, decide,
+    Addr16, AllowKey, KernelListener, MAX_AUTH_KEY, MAX_LISTENERS, MAX_ROUTES, MAX_SLOTS,
+    PassReason, RouteKind, SteerMode, Verdict, XdpConfig, decide,
 };
 
 use crate::scratch::{Bytes, NO_ROUTE, Scratch, scratch};
@@ -25,9 +25,16 @@ pub fn config() -> Option<&'static XdpConfig> {
     XDP_CONFIG.get(0)
 }
 
-/// The active bank's listener on UDP port `port`.
+/// [`listener`]: no listener takes the datagram.
+pub const NOT_TAKEN: u32 = u32::MAX;
+/// [`listener`]'s caller: no tables yet, the datagram is to `HEP_PORT` (no listener
+/// checks). Past the end of `LISTENERS`, so a lookup finds nothing.
+pub const NO_LISTENER: u32 = u32::MAX - 1;
+
+/// The index in `LISTENERS` of the active bank's listener that takes datagrams to `dst`
+/// port `port`, or [`NOT_TAKEN`].
 #[inline(always)]
-pub fn listener(cfg: &XdpConfig, port: u16) -> Option<&'static KernelListener> {
+pub fn listener(cfg: &XdpConfig, dst: &Addr16, port: u16) -> u32 {
     let bank = cfg.bank & 1;
     let n = cfg.listener_count[bank as usize];
     let mut i = 0u32;
@@ -35,14 +42,15 @@ pub fn listener(cfg: &XdpConfig, port: u16) -> Option<&'static KernelListener> {
         if i >= n {
             break;
         }
-        if let Some(l) = LISTENERS.get(bank * MAX_LISTENERS as u32 + i)
-            && l.port == port
+        let at = bank * MAX_LISTENERS as u32 + i;
+        if let Some(l) = LISTENERS.get(at)
+            && l.takes(dst, port)
         {
-            return Some(l);
+            return at;
         }
         i += 1;
     }
-    None
+    NOT_TAKEN
 }
 
 /// The listener's verdict on a packet before any route: `None` to go on to the routes.
@@ -58,8 +66,8 @@ pub enum Gate {
 }
 
 /// The listener's checks, in userspace's order: allow list, then auth key (the first chunk
-/// 0x000e must equal the key).
-#[inline(always)]
+/// 0x000e must equal the key). Not inlined: its locals stay out of `hep_xdp`'s frame.
+#[inline(never)]
 pub fn gate(l: &KernelListener, s: *mut Scratch) -> Gate {
     if l.auth_key_len == AUTH_IN_USERSPACE {
         return Gate::Userspace;
@@ -106,8 +114,8 @@ pub fn gate(l: &KernelListener, s: *mut Scratch) -> Gate {
 unsafe extern "C" fn route_step(i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = scratch() else { return 1 };
     // SAFETY: this CPU's scratch entry; the caller holds no reference across bpf_loop.
-    let s = unsafe { &mut *s };
-    let e = &mut s.eval;
+    // Field by field: `hep_xdp` holds a reference to another field (the datagram).
+    let (e, facts) = unsafe { (&mut (*s).eval, &(*s).facts) };
     if i >= e.count as u64 || i >= MAX_ROUTES as u64 {
         return 1;
     }
@@ -122,7 +130,7 @@ unsafe extern "C" fn route_step(i: u64, _ctx: *mut c_void) -> i64 {
         };
         return 1;
     }
-    if !r.matches(&s.facts) {
+    if !r.matches(facts) {
         return 0;
     }
     let mut rr = 0u32;
@@ -135,13 +143,14 @@ unsafe extern "C" fn route_step(i: u64, _ctx: *mut c_void) -> i64 {
             *p = rr.wrapping_add(1);
         }
     }
-    e.verdict = decide(r, idx, &s.facts, rr);
+    e.verdict = decide(r, idx, facts, rr);
     1
 }
 
-/// Evaluates the routes of `cfg`'s active bank over `s.facts`.
-#[inline(always)]
-pub fn evaluate(cfg: &XdpConfig, s: *mut Scratch) -> Verdict {
+/// Evaluates the routes of `cfg`'s active bank over `s.facts`; the verdict is left in
+/// `s.eval.verdict`. Not inlined: its locals stay out of `hep_xdp`'s frame.
+#[inline(never)]
+pub fn evaluate(cfg: &XdpConfig, s: *mut Scratch) {
     let bank = cfg.bank & 1;
     // SAFETY: this CPU's scratch entry; no reference is held across the bpf_loop call.
     unsafe {
@@ -159,6 +168,4 @@ pub fn evaluate(cfg: &XdpConfig, s: *mut Scratch) -> Verdict {
             0,
         )
     };
-    // SAFETY: as above.
-    unsafe { (*s).eval.verdict }
 }

@@ -95,6 +95,8 @@ pub struct Scratch {
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
     /// The mirror's next hops, one per target.
     pub hops: [Hop; MAX_TARGETS],
+    /// The parsed datagram (see `hep_xdp`).
+    pub dgram: crate::parse::HepDatagram,
 }
 
 /// A resolved next hop.

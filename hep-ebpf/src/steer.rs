@@ -86,6 +86,13 @@ impl Csum {
 /// function plus one callee) within the verifier's 512 bytes.
 #[inline(never)]
 pub fn steer(ctx: &XdpContext, d: &HepDatagram, dest: &KernelDestination) -> u32 {
+    // The offsets come through map memory (unknown to the verifier): the masks (no-ops:
+    // the IP header starts at most 22 bytes in, UDP at most 82) bound them for it.
+    let h = Headers {
+        l3: d.l3 & 0x1f,
+        l4: d.l4 & 0x7f,
+        listener_port: d.dport,
+    };
     // Tagged frames and a change of IP family need headers resized: userspace.
     if d.tagged || (dest.family == 6) != d.v6 {
         return FALLBACK;
@@ -93,7 +100,8 @@ pub fn steer(ctx: &XdpContext, d: &HepDatagram, dest: &KernelDestination) -> u32
     let Some(s) = scratch() else {
         return FALLBACK;
     };
-    // SAFETY: this CPU's scratch entry; nothing else references it now.
+    // SAFETY: this CPU's scratch entry; only this field is borrowed (the caller holds the
+    // datagram field).
     let p: &mut FibParams = unsafe { &mut (*s).fib };
     // Every field is set (no zeroed temporary: the stack is short).
     p.l4_protocol = IPPROTO_UDP;
@@ -103,29 +111,29 @@ pub fn steer(ctx: &XdpContext, d: &HepDatagram, dest: &KernelDestination) -> u32
     p.__bindgen_anon_2.flowinfo = 0;
     p.__bindgen_anon_5.tbid = 0;
     if d.v6 {
-        let Some(h) = load::<8>(ctx, d.l3) else {
+        let Some(ip) = load::<8>(ctx, h.l3) else {
             return FALLBACK;
         };
-        if h[7] <= 1 {
+        if ip[7] <= 1 {
             return FALLBACK;
         }
         p.family = AF_INET6;
-        p.__bindgen_anon_1.tot_len = u16::from_be_bytes([h[4], h[5]]).wrapping_add(40);
+        p.__bindgen_anon_1.tot_len = u16::from_be_bytes([ip[4], ip[5]]).wrapping_add(40);
         // SAFETY: plain byte arrays of the same size (the union's IPv6 members).
         unsafe {
             p.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u8; 16], [u32; 4]>(dest.src_addr);
             p.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u8; 16], [u32; 4]>(dest.addr);
         }
     } else {
-        let Some(h) = load::<12>(ctx, d.l3) else {
+        let Some(ip) = load::<12>(ctx, h.l3) else {
             return FALLBACK;
         };
-        if h[8] <= 1 {
+        if ip[8] <= 1 {
             return FALLBACK;
         }
         p.family = AF_INET;
-        p.__bindgen_anon_1.tot_len = u16::from_be_bytes([h[2], h[3]]);
-        p.__bindgen_anon_2.tos = h[1];
+        p.__bindgen_anon_1.tot_len = u16::from_be_bytes([ip[2], ip[3]]);
+        p.__bindgen_anon_2.tos = ip[1];
         let (sa, da) = (&dest.src_addr, &dest.addr);
         p.__bindgen_anon_3.ipv6_src = [0; 4];
         p.__bindgen_anon_4.ipv6_dst = [0; 4];
@@ -146,9 +154,9 @@ pub fn steer(ctx: &XdpContext, d: &HepDatagram, dest: &KernelDestination) -> u32
     }
     let (egress, dmac, smac) = (p.ifindex, p.dmac, p.smac);
     let done = if d.v6 {
-        rewrite_v6(ctx, d, dest)
+        rewrite_v6(ctx, &h, dest)
     } else {
-        rewrite_v4(ctx, d, dest)
+        rewrite_v4(ctx, &h, dest)
     };
     if !done {
         return FALLBACK;
@@ -163,10 +171,17 @@ pub fn steer(ctx: &XdpContext, d: &HepDatagram, dest: &KernelDestination) -> u32
     }
 }
 
+/// Where the headers are (bounded offsets) and the listener port.
+struct Headers {
+    l3: usize,
+    l4: usize,
+    listener_port: u16,
+}
+
 /// The new UDP ports: from the listener port to the collector's.
 #[inline(always)]
-fn ports(d: &HepDatagram, dest: &KernelDestination) -> [u8; 4] {
-    let [a, b] = d.dport.to_be_bytes();
+fn ports(d: &Headers, dest: &KernelDestination) -> [u8; 4] {
+    let [a, b] = d.listener_port.to_be_bytes();
     let [c, e] = dest.port.to_be_bytes();
     [a, b, c, e]
 }
@@ -174,7 +189,7 @@ fn ports(d: &HepDatagram, dest: &KernelDestination) -> [u8; 4] {
 /// IPv4: TTL, addresses and header checksum; UDP ports, checksum 0. `false`, with nothing
 /// written, when the headers are not all in the frame.
 #[inline(always)]
-fn rewrite_v4(ctx: &XdpContext, d: &HepDatagram, dest: &KernelDestination) -> bool {
+fn rewrite_v4(ctx: &XdpContext, d: &Headers, dest: &KernelDestination) -> bool {
     // ttl, proto, checksum, saddr, daddr.
     let Some(o) = load::<12>(ctx, d.l3 + 8) else {
         return false;
@@ -201,23 +216,28 @@ fn rewrite_v4(ctx: &XdpContext, d: &HepDatagram, dest: &KernelDestination) -> bo
 /// IPv6: hop limit and addresses; UDP ports and checksum (its pseudo-header holds the
 /// addresses). `false`, with nothing written, when the headers are not all in the frame.
 #[inline(always)]
-fn rewrite_v6(ctx: &XdpContext, d: &HepDatagram, dest: &KernelDestination) -> bool {
-    let Some(hop) = load::<1>(ctx, d.l3 + 7) else {
+fn rewrite_v6(ctx: &XdpContext, d: &Headers, dest: &KernelDestination) -> bool {
+    // The whole header in one read (one bounds check the verifier can follow).
+    let Some(mut ip) = load::<40>(ctx, d.l3) else {
         return false;
     };
+    let hop = ip[7];
     let Some(udp) = load::<8>(ctx, d.l4) else {
         return false;
     };
-    // The 32 address bytes, old (in the frame) to new (`addr` then `src_addr`, adjacent in
-    // the destination: one's complement sums do not care about the order of 16-bit words).
-    let old = ctx.data() + d.l3 + 8;
-    if old + 32 > ctx.data_end() {
-        return false;
-    }
-    // SAFETY: both ranges are 32 readable bytes (frame range checked above; the two
-    // adjacent address fields of the destination); the helper only reads them.
-    let partial =
-        unsafe { bpf_csum_diff(old as *mut u32, 32, dest.addr.as_ptr() as *mut u32, 32, 0) };
+    // The 32 address bytes, old to new (`addr` then `src_addr`, adjacent in the
+    // destination: one's complement sums do not care about the order of 16-bit words).
+    // SAFETY: both ranges are 32 readable bytes (bytes 8..40 of our copy of the header;
+    // the two adjacent address fields of the destination); the helper only reads them.
+    let partial = unsafe {
+        bpf_csum_diff(
+            ip.as_mut_ptr().add(8).cast(),
+            32,
+            dest.addr.as_ptr() as *mut u32,
+            32,
+            0,
+        )
+    };
     if partial < 0 {
         return false;
     }
@@ -230,7 +250,7 @@ fn rewrite_v6(ctx: &XdpContext, d: &HepDatagram, dest: &KernelDestination) -> bo
     if sum == [0, 0] {
         sum = [0xff, 0xff];
     }
-    store(ctx, d.l3 + 7, [hop[0] - 1]);
+    store(ctx, d.l3 + 7, [hop - 1]);
     store(ctx, d.l3 + 8, dest.src_addr);
     store(ctx, d.l3 + 24, dest.addr);
     store(

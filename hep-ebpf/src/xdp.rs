@@ -20,7 +20,7 @@ use hep_common::version::{HepVersion, detect_prefix};
 use crate::parse::{self, HepDatagram};
 use crate::route::{self, Gate};
 use crate::scratch::{self, Scratch};
-use crate::tables::{DEST_COUNTERS, DESTINATIONS, ROUTE_COUNTERS, ROUTES};
+use crate::tables::{DEST_COUNTERS, DESTINATIONS, LISTENERS, ROUTE_COUNTERS, ROUTES};
 use crate::{facts, steer};
 
 /// The HEP UDP destination port (host byte order) used before the loader installed
@@ -84,38 +84,62 @@ fn finish(decision: XdpCounter, action: u32) -> u32 {
 pub fn hep_xdp(ctx: XdpContext) -> u32 {
     count(XdpCounter::Received);
     let cfg = route::config();
-    // Parse: a UDP datagram to a listener's port (to HEP_PORT before tables are loaded).
-    let dgram = match parse::parse(&ctx, |port| match cfg {
-        Some(c) if c.listener_count[(c.bank & 1) as usize] > 0 => {
-            route::listener(c, port).is_some()
-        }
-        _ => port == HEP_PORT.load(),
-    }) {
-        Ok(d) => d,
-        Err(outcome) => {
+    // Parse: a UDP datagram to a listener's address and port (to HEP_PORT before tables
+    // are loaded).
+    // The datagram is parsed into the scratch map and read from there: off the stack, and
+    // the verifier sees the header offsets and flags as unknown numbers rather than one
+    // constant per parse path (VLAN tags × IP version × IHL), so it verifies the rest once
+    // instead of once per combination.
+    let Some(s) = scratch::scratch() else {
+        count(XdpCounter::Passed);
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's scratch entry; nothing else writes its `dgram` field (callbacks
+    // and the steer take other fields, field by field).
+    let dgram: &HepDatagram = unsafe {
+        if let Err(outcome) = parse::parse(&ctx, &mut (*s).dgram) {
             count(outcome);
             count(XdpCounter::Passed);
             return xdp_action::XDP_PASS;
         }
+        &(*s).dgram
     };
+    // The listener's slot in LISTENERS, or NO_LISTENER (a plain number, not a reference:
+    // fewer states for the verifier to tell apart).
+    let listener = match cfg {
+        Some(c) if c.listener_count[(c.bank & 1) as usize] > 0 => {
+            route::listener(c, &dgram.dst, dgram.dport)
+        }
+        _ if dgram.dport == HEP_PORT.load() => route::NO_LISTENER,
+        _ => route::NOT_TAKEN,
+    };
+    if listener == route::NOT_TAKEN {
+        count(XdpCounter::OtherPort);
+        count(XdpCounter::Passed);
+        return xdp_action::XDP_PASS;
+    }
     count(XdpCounter::HepCandidate);
-    match classify(&ctx, &dgram) {
+    match classify(&ctx, dgram) {
         Ok(s) => {
             count(XdpCounter::HepV3);
-            decide_and_act(&ctx, &dgram, s)
+            decide_and_act(&ctx, dgram, listener, s)
         }
         Err(outcome) => {
             if outcome == XdpCounter::HepInvalid {
-                debug!(
-                    &ctx,
-                    "hep_xdp: invalid HEP, {} payload bytes", dgram.payload_len
-                );
+                log_invalid(&ctx, dgram.payload_len);
             }
             count(outcome);
             count(XdpCounter::Passed);
             xdp_action::XDP_PASS
         }
     }
+}
+
+/// Logs an invalid HEP packet (a debug record; the loader's level removes it unless
+/// asked for). A function of its own: the log record's stack stays out of `hep_xdp`'s frame.
+#[inline(never)]
+fn log_invalid(ctx: &XdpContext, len: usize) {
+    debug!(ctx, "hep_xdp: invalid HEP, {} payload bytes", len);
 }
 
 /// The version of the HEP packet; for HEPv3, its facts computed in the scratch entry (an
@@ -150,7 +174,7 @@ fn classify(ctx: &XdpContext, d: &HepDatagram) -> Result<Option<*mut Scratch>, X
     let prefix = unsafe { [(*s).buf[0], (*s).buf[1], (*s).buf[2], (*s).buf[3]] };
     match detect_prefix(prefix) {
         Some(HepVersion::V3) => {
-            if facts::compute(s, d.sender) {
+            if facts::compute(s, &d.sender) {
                 Ok(Some(s))
             } else {
                 Err(XdpCounter::HepInvalid)
@@ -163,14 +187,19 @@ fn classify(ctx: &XdpContext, d: &HepDatagram) -> Result<Option<*mut Scratch>, X
 
 /// The decision for a valid HEPv3 packet, and its action.
 #[inline(always)]
-fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, s: Option<*mut Scratch>) -> u32 {
+fn decide_and_act(
+    ctx: &XdpContext,
+    d: &HepDatagram,
+    listener: u32,
+    s: Option<*mut Scratch>,
+) -> u32 {
     let Some(s) = s else {
         return finish(XdpCounter::TooLarge, xdp_action::XDP_PASS);
     };
     let Some(cfg) = route::config() else {
         return finish(XdpCounter::PassNoRoute, xdp_action::XDP_PASS);
     };
-    if let Some(l) = route::listener(cfg, d.dport) {
+    if let Some(l) = LISTENERS.get(listener) {
         match route::gate(l, s) {
             Gate::Open => {}
             Gate::Userspace => return finish(XdpCounter::PassListener, xdp_action::XDP_PASS),
@@ -179,7 +208,9 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, s: Option<*mut Scratch>) ->
         }
     }
     let bank = cfg.bank & 1;
-    let verdict = route::evaluate(cfg, s);
+    route::evaluate(cfg, s);
+    // SAFETY: this CPU's scratch entry, just written by the evaluation.
+    let verdict = unsafe { (*s).eval.verdict };
     let route_slot = |i: usize| {
         ROUTES
             .get(bank * MAX_ROUTES as u32 + (i % MAX_ROUTES) as u32)

@@ -42,6 +42,11 @@ name = "agents"
 udp = "198.18.1.2:9060"
 auth_key = "s3cret"
 allow = ["198.18.1.0/24", "fd00:18:1::/64"]
+[[listener]]
+name = "agents6"
+udp = "[fd00:18:1::2]:9060"
+auth_key = "s3cret"
+allow = ["fd00:18:1::/64"]
 
 [[destination]]
 name = "a"
@@ -924,6 +929,19 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
             XDP_PASS,
             &f,
             &c.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+
+        // To the listener's port but another address of the node: no listener takes it
+        // there, so the kernel leaves it alone.
+        let f = frame(sender, v4("198.18.1.9"), &hep(SIP), false);
+        check(
+            xdp,
+            &slots,
+            "other address",
+            &f,
+            XDP_PASS,
+            &f,
+            &["received=1", "other_port=1", "passed=1"],
         );
 
         // Lying chunk length: invalid HEP, passed untouched, no decision.

@@ -332,12 +332,20 @@ pub fn compile(
     {
         let Some(udp) = l.udp else { continue };
         let id = i as u32;
+        let wildcard = match udp.ip() {
+            IpAddr::V4(a) if a.is_unspecified() => 4,
+            IpAddr::V6(a) if a.is_unspecified() => 6,
+            _ => 0,
+        };
         let mut kl = KernelListener {
             port: udp.port(),
             auth_key_len: 0,
             has_allow: 0,
             id,
             auth_key: [0; MAX_AUTH_KEY],
+            addr: addr16(udp.ip()),
+            wildcard,
+            _pad: [0; 3],
         };
         if let Some(k) = &l.auth_key {
             if k.len() <= MAX_AUTH_KEY && k.len() < AUTH_IN_USERSPACE as usize {
