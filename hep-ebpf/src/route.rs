@@ -53,7 +53,7 @@ pub fn listener(cfg: &XdpConfig, dst: &Addr16, port: u16) -> u32 {
     NOT_TAKEN
 }
 
-/// The listener's verdict on a packet before any route: `None` to go on to the routes.
+/// The listener's verdict on a packet before any route.
 pub enum Gate {
     /// Go on.
     Open,
