@@ -9,6 +9,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod counters;
+#[cfg(target_arch = "bpf")]
 mod facts;
 #[cfg(target_arch = "bpf")]
 mod mirror;

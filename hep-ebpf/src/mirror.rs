@@ -21,12 +21,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use hep_common::kernel_plan::{
-    DestCounter, KernelDestination, MAX_DESTINATIONS, MAX_ROUTES, MAX_SLOTS, MAX_TARGETS,
+    DestCounter, KernelDestination, KernelRoute, MAX_DESTINATIONS, MAX_ROUTES, MAX_TARGETS,
     MIRROR_META_MAGIC, MirrorMeta, RouteAction,
 };
 
+use crate::counters::count_dest;
 use crate::scratch::{Hop, scratch};
-use crate::tables::{DEST_COUNTERS, DESTINATIONS, ROUTES};
+use crate::tables::{DESTINATIONS, ROUTES};
 
 const ETH_HLEN: usize = 14;
 const AF_INET: u8 = 2;
@@ -50,13 +51,10 @@ fn store<const N: usize>(skb: *mut __sk_buff, off: usize, v: &[u8; N]) -> bool {
     unsafe { bpf_skb_store_bytes(skb, off as u32, v.as_ptr().cast(), N as u32, 0) == 0 }
 }
 
+/// Target `i` of `route` (in `bank`).
 #[inline(always)]
-fn count_dest(slot: u32, c: DestCounter) {
-    let i = (slot % MAX_SLOTS as u32) * DestCounter::COUNT as u32 + c as u32;
-    if let Some(p) = DEST_COUNTERS.get_ptr_mut(i) {
-        // SAFETY: this CPU's slot.
-        unsafe { *p += 1 };
-    }
+fn target(bank: u32, route: &KernelRoute, i: usize) -> Option<&'static KernelDestination> {
+    DESTINATIONS.get(bank * MAX_DESTINATIONS as u32 + route.targets[i] % MAX_DESTINATIONS as u32)
 }
 
 /// One's complement update (memory-order words; see `steer::Csum`).
@@ -118,8 +116,7 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         if i >= n {
             break;
         }
-        let dest = DESTINATIONS
-            .get(bank * MAX_DESTINATIONS as u32 + route.targets[i] % MAX_DESTINATIONS as u32)?;
+        let dest = target(bank, route, i)?;
         match lookup(skb, &o, dest, s) {
             Some(h) => hops[i] = h,
             None => {
@@ -135,8 +132,7 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         if i >= n {
             break;
         }
-        let dest = DESTINATIONS
-            .get(bank * MAX_DESTINATIONS as u32 + route.targets[i] % MAX_DESTINATIONS as u32)?;
+        let dest = target(bank, route, i)?;
         let h = hops[i];
         if rewrite(skb, &o, dest, &h) {
             // SAFETY: plain helper call on our skb; 0 = egress of `h.ifindex`.

@@ -2,25 +2,21 @@
 //! Katran's `balancer_kern.c`.
 
 use aya_ebpf::{
-    Global,
-    bindings::xdp_action,
-    helpers::bpf_xdp_adjust_meta,
-    macros::{map, xdp},
-    maps::PerCpuArray,
-    programs::XdpContext,
+    Global, bindings::xdp_action, helpers::bpf_xdp_adjust_meta, macros::xdp, programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use hep_common::kernel_plan::{
-    DestCounter, MAX_DESTINATIONS, MAX_ROUTES, MAX_SLOTS, MIRROR_META_MAGIC, MirrorMeta,
-    PassReason, RouteCounter, Verdict,
+    DestCounter, MAX_DESTINATIONS, MAX_ROUTES, MIRROR_META_MAGIC, MirrorMeta, PassReason,
+    RouteCounter, Verdict,
 };
 use hep_common::maps::{DEFAULT_HEP_PORT, XdpCounter};
 use hep_common::version::{HepVersion, detect_prefix};
 
+use crate::counters::{count, count_dest, count_route};
 use crate::parse::{self, HepDatagram};
 use crate::route::{self, Gate};
 use crate::scratch::{self, Scratch};
-use crate::tables::{DEST_COUNTERS, DESTINATIONS, LISTENERS, ROUTE_COUNTERS, ROUTES};
+use crate::tables::{DESTINATIONS, LISTENERS, ROUTES};
 use crate::{facts, steer};
 
 /// The HEP UDP destination port (host byte order) used before the loader installed
@@ -28,40 +24,6 @@ use crate::{facts, steer};
 /// sees it as a constant.
 #[unsafe(no_mangle)]
 static HEP_PORT: Global<u16> = Global::new(DEFAULT_HEP_PORT);
-
-/// Per-CPU counters indexed by [`XdpCounter`].
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XdpCounter::COUNT as u32, 0);
-
-/// Adds one to `counter` on this CPU (per-CPU slot: no atomics needed).
-#[inline(always)]
-fn count(counter: XdpCounter) {
-    if let Some(p) = COUNTERS.get_ptr_mut(counter.index()) {
-        // SAFETY: the map returns a valid pointer to this CPU's u64 slot; XDP programs are
-        // not preempted on their CPU while running.
-        unsafe { *p += 1 };
-    }
-}
-
-/// Adds one to counter `c` of the route in slot `slot`.
-#[inline(always)]
-fn count_route(slot: u32, c: RouteCounter) {
-    let i = (slot % MAX_SLOTS as u32) * RouteCounter::COUNT as u32 + c as u32;
-    if let Some(p) = ROUTE_COUNTERS.get_ptr_mut(i) {
-        // SAFETY: as in `count`.
-        unsafe { *p += 1 };
-    }
-}
-
-/// Adds one to counter `c` of the destination in slot `slot`.
-#[inline(always)]
-fn count_dest(slot: u32, c: DestCounter) {
-    let i = (slot % MAX_SLOTS as u32) * DestCounter::COUNT as u32 + c as u32;
-    if let Some(p) = DEST_COUNTERS.get_ptr_mut(i) {
-        // SAFETY: as in `count`.
-        unsafe { *p += 1 };
-    }
-}
 
 /// Counts `decision` and the action it implies, and returns the action.
 #[inline(always)]
