@@ -17,6 +17,11 @@ pub const QUIET: Duration = Duration::from_millis(300);
 /// Default bound on waiting for expected packets.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The pause between two datagrams of [`Agent::send_all`].
+pub const SEND_GAP: Duration = Duration::from_micros(200);
+/// The most packets [`Agent::send_all`] sends.
+pub const SEND_BOUND: usize = 10_000;
+
 /// Receive buffer of the collector sockets.
 const RCVBUF: usize = 4 << 20;
 
@@ -354,6 +359,22 @@ impl Agent {
         self.sock
             .send_to(bytes, to)
             .unwrap_or_else(|e| panic!("send to {to}: {e}"));
+    }
+
+    /// Sends every packet in order, [`SEND_GAP`] apart (a bounded sequence: at most
+    /// [`SEND_BOUND`] packets, and it must finish within 30 s).
+    pub fn send_all(&self, to: SocketAddr, packets: &[Vec<u8>]) {
+        assert!(
+            packets.len() <= SEND_BOUND,
+            "{} packets: send_all is for bounded test sequences (at most {SEND_BOUND})",
+            packets.len()
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for p in packets {
+            assert!(Instant::now() < deadline, "send_all took over 30 s");
+            self.send(to, p);
+            std::thread::sleep(SEND_GAP);
+        }
     }
 
     /// Sends every packet, never more than `window` ahead of what the daemon counted as

@@ -1,6 +1,10 @@
 //! A `hepfwd run --mode userspace` daemon under test: its configuration in a temp dir,
 //! free loopback ports, readiness through `/healthz`, signals to exactly its PID, counters
 //! from `/metrics`. Dropping the guard stops it; a failing test prints its stderr.
+//!
+//! [`Daemon::start_in_netns`] runs it in a network namespace instead (any `--mode`), with
+//! its admin server on 127.0.0.1 inside the namespace, reached from a thread that entered
+//! it; the rest of the API is the same.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
@@ -13,6 +17,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::hepfwd::hepfwd_bin;
 use crate::metrics::{Metrics, http_get};
+use crate::netns::try_in_netns;
 use crate::peers::{ProcessGuard, TestDir, read_tail};
 
 /// The IPv4 loopback address.
@@ -81,6 +86,34 @@ impl Ports {
     }
 }
 
+/// The data path of `hepfwd run --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `--mode auto`.
+    Auto,
+    /// `--mode userspace`.
+    Userspace,
+    /// `--mode xdp`.
+    Xdp,
+}
+
+impl Mode {
+    /// The `--mode` argument.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Userspace => "userspace",
+            Mode::Xdp => "xdp",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     proc: Option<ProcessGuard>,
@@ -90,16 +123,26 @@ pub struct Daemon {
     pub ports: Ports,
     /// Its admin server.
     pub admin: SocketAddr,
+    /// The network namespace it runs in (`None`: the test's own).
+    netns: Option<String>,
     status: Option<ExitStatus>,
 }
 
-fn wait_ready(p: &mut ProcessGuard, admin: SocketAddr) -> Result<()> {
+/// `GET path` on the admin server `admin`, from inside `netns` when given.
+fn admin_get(netns: Option<&str>, admin: SocketAddr, path: &str) -> Result<(u16, String)> {
+    match netns {
+        None => http_get(admin, path),
+        Some(ns) => try_in_netns(ns, || http_get(admin, path)),
+    }
+}
+
+fn wait_ready(p: &mut ProcessGuard, netns: Option<&str>, admin: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(st) = p.try_wait()? {
             bail!("hepfwd exited during start: {st}");
         }
-        if let Ok((200, body)) = http_get(admin, "/healthz") {
+        if let Ok((200, body)) = admin_get(netns, admin, "/healthz") {
             let v: serde_json::Value =
                 serde_json::from_str(&body).context("/healthz is not JSON")?;
             if v["status"] != "ok" {
@@ -149,7 +192,7 @@ impl Daemon {
                 .arg(&cfg_path);
             let mut guard = ProcessGuard::spawn("hepfwd", cmd, &stdout, &stderr)?;
             let admin = SocketAddr::from((LO, ports.admin));
-            match wait_ready(&mut guard, admin) {
+            match wait_ready(&mut guard, None, admin) {
                 Ok(()) => {
                     return Ok(Daemon {
                         proc: Some(guard),
@@ -157,6 +200,7 @@ impl Daemon {
                         config: cfg_path,
                         ports,
                         admin,
+                        netns: None,
                         status: None,
                     });
                 }
@@ -173,6 +217,49 @@ impl Daemon {
             }
         }
         Err(last_err)
+    }
+
+    /// Starts `ip netns exec NETNS hepfwd run --mode MODE` on `config` (an `[admin]`
+    /// section on 127.0.0.1:9100 is appended when it has none: the namespace is the test's
+    /// own, so fixed ports are free) and waits until `/healthz` answers from inside the
+    /// namespace. The error carries the daemon's stderr.
+    pub fn start_in_netns(netns: &str, mode: Mode, config: &str) -> Result<Daemon> {
+        let bin = hepfwd_bin()?;
+        let dir = TestDir::new(&format!("{netns}-{mode}"))?;
+        let cfg_path = dir.join("hepfwd.toml");
+        let ports = Ports {
+            listen: 9060,
+            listen2: 0,
+            listen6: 0,
+            admin: 9100,
+        };
+        std::fs::write(&cfg_path, with_admin(config, ports.admin))
+            .with_context(|| format!("write {}", cfg_path.display()))?;
+        let admin = admin_of(config).unwrap_or(SocketAddr::from((LO, ports.admin)));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(&bin)
+            .args(["--log", "info", "run", "--mode", mode.as_str(), "--config"])
+            .arg(&cfg_path);
+        let (stdout, stderr) = (dir.join("hepfwd.stdout"), dir.join("hepfwd.stderr"));
+        // `ip netns exec` execs the program: the guard's PID is hepfwd's.
+        let mut guard = ProcessGuard::spawn("hepfwd", cmd, &stdout, &stderr)?;
+        if let Err(e) = wait_ready(&mut guard, Some(netns), admin) {
+            drop(guard);
+            return Err(e.context(format!(
+                "hepfwd --mode {mode} in netns {netns}, stderr:\n{}",
+                read_tail(&stderr, 64 * 1024)
+            )));
+        }
+        Ok(Daemon {
+            proc: Some(guard),
+            dir,
+            config: cfg_path,
+            ports,
+            admin,
+            netns: Some(netns.to_string()),
+            status: None,
+        })
     }
 
     fn proc_mut(&mut self) -> &mut ProcessGuard {
@@ -223,12 +310,21 @@ impl Daemon {
 
     /// A scrape of `/metrics` (panics if the daemon does not answer).
     pub fn metrics(&self) -> Metrics {
-        Metrics::scrape(self.admin).unwrap_or_else(|e| {
+        self.try_metrics().unwrap_or_else(|e| {
             panic!(
                 "scraping /metrics: {e:#}\nhepfwd stderr:\n{}",
                 self.stderr()
             )
         })
+    }
+
+    /// A scrape of `/metrics`.
+    pub fn try_metrics(&self) -> Result<Metrics> {
+        let (status, body) = admin_get(self.netns.as_deref(), self.admin, "/metrics")?;
+        if status != 200 {
+            bail!("GET /metrics answered {status}: {body}");
+        }
+        Metrics::parse(&body)
     }
 
     /// One counter (sum of the matching samples, 0 if none).
@@ -347,6 +443,16 @@ impl Drop for Daemon {
         // ProcessGuard's drop stops the process (SIGTERM, then SIGKILL).
         drop(self.proc.take());
     }
+}
+
+/// The `listen` address of the `[admin]` section of `config`, if it has one.
+fn admin_of(config: &str) -> Option<SocketAddr> {
+    let section = config.split("[admin]").nth(1)?;
+    let line = section
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .find(|l| l.trim_start().starts_with("listen"))?;
+    line.split('"').nth(1)?.parse().ok()
 }
 
 /// `[[destination]]` for a UDP collector.

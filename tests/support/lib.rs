@@ -4,5 +4,6 @@ pub mod daemon;
 pub mod hepfwd;
 pub mod hepgen;
 pub mod metrics;
+pub mod netns;
 pub mod peers;
 pub mod privileged;
