@@ -48,11 +48,12 @@ pub fn run(args: CheckConfigArgs) -> Result<()> {
         Ok(plan) => {
             println!("{}", summary(&plan));
             if args.plan {
+                // As the daemon runs it: with the TC mirror program attached.
                 let tables = crate::xdp::compile::compile(
                     &plan,
                     &mut crate::xdp::compile::Slots::default(),
                     &crate::xdp::compile::HostNet,
-                    false,
+                    true,
                 );
                 println!("where each route runs with XDP attached:");
                 print!("{}", crate::xdp::compile::describe(&tables));
