@@ -22,10 +22,12 @@
 //! bytes of the key, finished with the MurmurHash3 64-bit mixer so every bit of the result
 //! depends on every input bit (the consistent-hash tables index with its low bits).
 //! A packet without a key hashes as the empty key.
+//!
+//! A leaf module: it reads chunk values and byte sources, never a parsed packet type
+//! ([`crate::v3::Hep3::correlation_key`] calls into it, not the other way round).
 
 use crate::bytes::ByteSource;
-use crate::chunk::{self, proto};
-use crate::v3::Hep3;
+use crate::chunk::proto;
 
 /// Bytes of a SIP payload searched for the `Call-ID` header.
 pub const CALLID_SCAN_LIMIT: usize = 2048;
@@ -55,15 +57,6 @@ impl CorrelationKey<'_> {
     pub fn hash(&self) -> u64 {
         key_hash(self.bytes)
     }
-}
-
-/// The correlation key of a packet (see the module documentation).
-pub fn correlation_key<'a>(p: &Hep3<'a>) -> Option<CorrelationKey<'a>> {
-    key_from_chunks(
-        p.correlation_id(),
-        p.proto_type(),
-        p.generic(chunk::PAYLOAD),
-    )
 }
 
 /// The correlation key from the first chunk 0x0011, the protocol type and the first plain

@@ -12,17 +12,20 @@
 //! - [`framing`]: HEP over TCP.
 //! - [`correlation`]: the correlation key and its hash.
 //! - [`select`]: call-sticky destination choice and call sampling.
-//! - [`maps`], [`kernel_plan`]: the XDP maps and route tables, and their evaluation.
+//! - [`abi`]: the kernel ABI (map and program names, limits, the `repr(C)` tables and
+//!   counters), with its layout pinned at compile time.
+//! - [`facts`]: a packet's route facts; [`eval`]: route evaluation over the tables.
 //! - [`chunk`]: chunk ids, value types, protocol type names.
 
+pub mod abi;
 pub mod bytes;
 pub mod chunk;
 pub mod correlation;
 pub mod error;
+pub mod eval;
+pub mod facts;
 pub mod framing;
-pub mod kernel_plan;
 pub mod legacy;
-pub mod maps;
 pub mod rewrite;
 pub mod select;
 pub mod v3;

@@ -147,7 +147,11 @@ impl<'a> Hep3<'a> {
 
     /// The correlation key ([`crate::correlation`]): chunk 0x0011, else the SIP Call-ID.
     pub fn correlation_key(&self) -> Option<CorrelationKey<'a>> {
-        correlation::correlation_key(self)
+        correlation::key_from_chunks(
+            self.correlation_id(),
+            self.proto_type(),
+            self.generic(chunk::PAYLOAD),
+        )
     }
 
     accessors! {

@@ -1,10 +1,9 @@
 //! The per-CPU counters both programs add to: global ([`XdpCounter`]), per route slot and
-//! per destination slot (`hep_common::kernel_plan`'s layouts). One CPU's slots are only
+//! per destination slot (`hep_common::abi`'s layouts). One CPU's slots are only
 //! touched by programs running on that CPU, to completion: no atomics.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use hep_common::kernel_plan::{DestCounter, MAX_SLOTS, RouteCounter};
-use hep_common::maps::XdpCounter;
+use hep_common::abi::{DestCounter, MAX_SLOTS, RouteCounter, XdpCounter};
 
 use crate::tables::{DEST_COUNTERS, ROUTE_COUNTERS};
 

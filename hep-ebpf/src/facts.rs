@@ -1,6 +1,6 @@
 //! The route facts of a HEPv3 packet, with hep-common's definitions: the walker's step
-//! (`walker::read_chunk`), `kernel_plan::FactsWalk`, `correlation::CallIdScanner` and
-//! `kernel_plan::hash_range` — the same code the daemon runs. `bpf_loop` drives the chunk
+//! (`walker::read_chunk`), `facts::FactsWalk`, `correlation::CallIdScanner` and the
+//! byte-by-byte `KeyHasher` of `facts::hash_range` — the same code the daemon runs. `bpf_loop` drives the chunk
 //! walk (one chunk per callback), the Call-ID scan and the key hash (one 8-byte block per
 //! callback); their
 //! state lives in the scratch entry (see [`crate::scratch`]).
@@ -9,23 +9,21 @@ use core::ffi::c_void;
 use core::ptr;
 
 use aya_ebpf::helpers::bpf_loop;
+use hep_common::abi::Addr16;
 use hep_common::chunk::{HEADER_LEN, MAX_CHUNKS};
 use hep_common::correlation::{CALLID_SCAN_LIMIT, CallIdScanner, KEY_HASH_LIMIT, KeyHasher};
-use hep_common::kernel_plan::{Addr16, FactsWalk, KeySpan};
+use hep_common::facts::{FactsWalk, KeySpan};
 use hep_common::walker::{check_header, read_chunk};
 
-use crate::scratch::{Bytes, Scratch, WALK_DONE, WALK_FAILED, WALKING, scratch};
+use crate::scratch::{Entry, WALK_DONE, WALK_FAILED, WALKING};
 
 /// Chunks read per callback (fewer callbacks: each costs a call).
 const WALK_CHUNKS: u64 = 4;
 
 /// Up to [`WALK_CHUNKS`] chunks of the walk; callback `i` reads chunks `i * WALK_CHUNKS ..`.
 unsafe extern "C" fn walk_step(i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = scratch() else { return 1 };
-    // SAFETY: this CPU's scratch entry; nothing else holds a reference to it while
-    // bpf_loop runs (the caller only keeps the raw pointer).
-    // Field by field: `hep_xdp` holds a reference to another field (the datagram).
-    let (bytes, w) = unsafe { (Bytes::new(&(*s).buf, (*s).len), &mut (*s).walk) };
+    let Some(s) = Entry::get() else { return 1 };
+    let (bytes, w) = (s.bytes(), s.walk());
     let mut k = 0;
     while k < WALK_CHUNKS {
         if w.offset >= w.end {
@@ -58,10 +56,8 @@ const SCAN_BLOCKS: usize = 4;
 /// Up to [`SCAN_BLOCKS`] 8-byte blocks (or, at the end of the window, one byte) of the
 /// Call-ID scan.
 unsafe extern "C" fn scan_step(_i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = scratch() else { return 1 };
-    // SAFETY: as in `walk_step`.
-    // Field by field: `hep_xdp` holds a reference to another field (the datagram).
-    let (bytes, sc) = unsafe { (Bytes::new(&(*s).buf, (*s).len), &mut (*s).scan) };
+    let Some(s) = Entry::get() else { return 1 };
+    let (bytes, sc) = (s.bytes(), s.scan());
     use hep_common::bytes::ByteSource as _;
     let mut k = 0;
     while k < SCAN_BLOCKS {
@@ -90,12 +86,10 @@ unsafe extern "C" fn scan_step(_i: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// Up to 8 bytes of the key into the hasher (`correlation::KeyHasher`, byte by byte as
-/// `kernel_plan::hash_range` feeds it).
+/// `facts::hash_range` feeds it).
 unsafe extern "C" fn hash_step(_i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = scratch() else { return 1 };
-    // SAFETY: as in `walk_step`.
-    // Field by field: `hep_xdp` holds a reference to another field (the datagram).
-    let (bytes, h) = unsafe { (Bytes::new(&(*s).buf, (*s).len), &mut (*s).hash) };
+    let Some(s) = Entry::get() else { return 1 };
+    let (bytes, h) = (s.bytes(), s.hash());
     if h.left == 0 {
         return 1;
     }
@@ -124,21 +118,20 @@ unsafe extern "C" fn hash_step(_i: u64, _ctx: *mut c_void) -> i64 {
 
 /// Walks the payload in the scratch entry `s` (validating it by the walker's rules) and
 /// stores its facts in `s.facts`; `false` when it is not valid HEPv3. Not inlined: its
-/// locals stay out of `hep_xdp`'s frame.
+/// locals stay out of `hep_xdp`'s frame. Each field is taken from the entry where it is
+/// used and not held across a `bpf_loop` call, whose callbacks take it themselves.
 #[inline(never)]
-pub fn compute(s: *mut Scratch, sender: &Addr16) -> bool {
-    // SAFETY (every block below): `s` is this CPU's scratch entry; references to it are
-    // only held between the bpf_loop calls, never across them.
-    unsafe {
-        let r = &mut *s;
-        let bytes = Bytes::new(&r.buf, r.len);
-        let Ok(end) = check_header(&bytes) else {
-            return false;
-        };
-        r.walk.offset = HEADER_LEN;
-        r.walk.end = end;
-        r.walk.status = WALKING;
-        ptr::write(&raw mut r.walk.facts, FactsWalk::new(*sender));
+pub fn compute(s: Entry, sender: &Addr16) -> bool {
+    let Ok(end) = check_header(&s.bytes()) else {
+        return false;
+    };
+    {
+        let w = s.walk();
+        w.offset = HEADER_LEN;
+        w.end = end;
+        w.status = WALKING;
+        // SAFETY: a plain write of a `Copy` value into map memory (no drop of the old one).
+        unsafe { ptr::write(&raw mut w.facts, FactsWalk::new(*sender)) };
     }
     // Enough callbacks for MAX_CHUNKS chunks and one more step, to see the end (or one
     // chunk too many).
@@ -151,28 +144,28 @@ pub fn compute(s: *mut Scratch, sender: &Addr16) -> bool {
             0,
         )
     };
-    let key = unsafe {
-        let r = &mut *s;
-        if r.walk.status != WALK_DONE {
+    let key = {
+        let w = s.walk();
+        if w.status != WALK_DONE {
             return false;
         }
-        r.walk.facts.key_source()
+        w.facts.key_source()
     };
     // Where the key is: a 0x0011 value, or the Call-ID the scan finds in a SIP payload.
     let span = match key {
         KeySpan::None => None,
         KeySpan::Bytes { offset, len } => Some((offset, len)),
         KeySpan::CallIdIn { offset, len } => {
-            unsafe {
-                let r = &mut *s;
-                r.scan.base = offset;
-                r.scan.window = if len < CALLID_SCAN_LIMIT {
+            {
+                let sc = s.scan();
+                sc.base = offset;
+                sc.window = if len < CALLID_SCAN_LIMIT {
                     len
                 } else {
                     CALLID_SCAN_LIMIT
                 };
-                r.scan.pos = 0;
-                r.scan.scanner = CallIdScanner::new();
+                sc.pos = 0;
+                sc.scanner = CallIdScanner::new();
             }
             // SAFETY: as above. Blocks of 8 (SCAN_BLOCKS per call), then up to 7 bytes.
             unsafe {
@@ -183,15 +176,18 @@ pub fn compute(s: *mut Scratch, sender: &Addr16) -> bool {
                     0,
                 )
             };
-            unsafe { (*s).scan.scanner.result() }.map(|(start, end)| (offset + start, end - start))
+            s.scan()
+                .scanner
+                .result()
+                .map(|(start, end)| (offset + start, end - start))
         }
     };
-    unsafe {
-        let r = &mut *s;
-        r.hash.hasher = KeyHasher::new();
+    {
+        let h = s.hash();
+        h.hasher = KeyHasher::new();
         let (off, len) = span.unwrap_or((0, 0));
-        r.hash.offset = off;
-        r.hash.left = if len < KEY_HASH_LIMIT {
+        h.offset = off;
+        h.left = if len < KEY_HASH_LIMIT {
             len
         } else {
             KEY_HASH_LIMIT
@@ -206,9 +202,7 @@ pub fn compute(s: *mut Scratch, sender: &Addr16) -> bool {
             0,
         )
     };
-    unsafe {
-        let r = &mut *s;
-        r.facts = r.walk.facts.finish(r.hash.hasher.finish());
-    }
+    let key_hash = s.hash().hasher.finish();
+    *s.facts() = s.walk().facts.finish(key_hash);
     true
 }

@@ -13,7 +13,11 @@ mod counters;
 #[cfg(target_arch = "bpf")]
 mod facts;
 #[cfg(target_arch = "bpf")]
+mod fib;
+#[cfg(target_arch = "bpf")]
 mod mirror;
+#[cfg(target_arch = "bpf")]
+mod net;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]

@@ -13,55 +13,29 @@
 //! A packet without the metadata is none of this program's business: `TC_ACT_OK`.
 
 use aya_ebpf::{
-    bindings::{
-        __sk_buff, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams,
-    },
-    helpers::{bpf_clone_redirect, bpf_csum_diff, bpf_fib_lookup, bpf_skb_store_bytes},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_clone_redirect, bpf_csum_diff},
     macros::classifier,
     programs::TcContext,
 };
-use hep_common::kernel_plan::{
+use hep_common::abi::{
     DestCounter, KernelDestination, KernelRoute, MAX_DESTINATIONS, MAX_ROUTES, MAX_TARGETS,
     MIRROR_META_MAGIC, MirrorMeta, RouteAction,
 };
 
 use crate::counters::count_dest;
-use crate::scratch::{Hop, scratch};
+use crate::fib::{self, NextHop, Query};
+use crate::net::{
+    Csum, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Frame, IPV4_HLEN, IPV6_HLEN, Skb, UDP_HLEN, ipv4, ipv6,
+    udp,
+};
+use crate::scratch::Entry;
 use crate::tables::{DESTINATIONS, ROUTES};
-
-const ETH_HLEN: usize = 14;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
-
-/// `N` bytes at offset `off` of the linear skb data, bounds-checked.
-#[inline(always)]
-fn load<const N: usize>(skb: *mut __sk_buff, off: usize) -> Option<[u8; N]> {
-    // SAFETY: the context pointer the kernel gave us.
-    let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
-    if data + off + N > end {
-        return None;
-    }
-    // SAFETY: inside the linear data (checked above).
-    Some(unsafe { core::ptr::read_unaligned((data + off) as *const [u8; N]) })
-}
-
-#[inline(always)]
-fn store<const N: usize>(skb: *mut __sk_buff, off: usize, v: &[u8; N]) -> bool {
-    // SAFETY: the helper checks the range and un-clones the data before writing.
-    unsafe { bpf_skb_store_bytes(skb, off as u32, v.as_ptr().cast(), N as u32, 0) == 0 }
-}
 
 /// Target `i` of `route` (in `bank`).
 #[inline(always)]
 fn target(bank: u32, route: &KernelRoute, i: usize) -> Option<&'static KernelDestination> {
     DESTINATIONS.get(bank * MAX_DESTINATIONS as u32 + route.targets[i] % MAX_DESTINATIONS as u32)
-}
-
-/// One's complement update (memory-order words; see `steer::Csum`).
-#[inline(always)]
-fn fold(mut s: u32) -> u32 {
-    s = (s & 0xffff) + (s >> 16);
-    (s & 0xffff) + (s >> 16)
 }
 
 /// What the copies need of the original headers, read before the first copy rewrites them.
@@ -88,9 +62,9 @@ pub fn hep_mirror(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn mirror(ctx: &TcContext) -> Option<i32> {
-    let skb = ctx.skb.skb;
+    let skb = Skb(ctx.skb.skb);
     // SAFETY: the context pointer the kernel gave us.
-    let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
+    let (meta, data) = unsafe { ((*skb.0).data_meta as usize, (*skb.0).data as usize) };
     if meta + core::mem::size_of::<MirrorMeta>() > data {
         return None;
     }
@@ -105,9 +79,8 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         return None;
     }
     let o = original(skb)?;
-    let s = scratch()?;
-    // SAFETY: this CPU's scratch entry (hep_xdp is done with it: same CPU, run to completion).
-    let hops = unsafe { &mut (*s).hops };
+    let s = Entry::get()?;
+    let hops = s.hops();
     let n = (route.n_targets as usize).min(MAX_TARGETS);
 
     // Pass 1: every next hop, or no copy at all.
@@ -136,7 +109,7 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         let h = hops[i];
         if rewrite(skb, &o, dest, &h) {
             // SAFETY: plain helper call on our skb; 0 = egress of `h.ifindex`.
-            if unsafe { bpf_clone_redirect(skb, h.ifindex, 0) } == 0 {
+            if unsafe { bpf_clone_redirect(skb.0, h.ifindex, 0) } == 0 {
                 count_dest(dest.slot, DestCounter::Sent);
             } else {
                 count_dest(dest.slot, DestCounter::Fallback);
@@ -151,32 +124,33 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
 
 /// Reads the original headers (untagged Ethernet, IPv4 or IPv6, UDP).
 #[inline(always)]
-fn original(skb: *mut __sk_buff) -> Option<Original> {
-    let eth = load::<14>(skb, 0)?;
-    match u16::from_be_bytes([eth[12], eth[13]]) {
-        0x0800 => {
-            let h = load::<20>(skb, ETH_HLEN)?;
+fn original(skb: Skb) -> Option<Original> {
+    let eth = skb.load::<ETH_HLEN>(0)?;
+    match u16::from_be_bytes([eth[ETH_HLEN - 2], eth[ETH_HLEN - 1]]) {
+        ETH_P_IP => {
+            let h = skb.load::<IPV4_HLEN>(ETH_HLEN)?;
             let l4 = ETH_HLEN + (h[0] & 0x0f) as usize * 4;
-            let u = load::<8>(skb, l4)?;
+            let u = skb.load::<UDP_HLEN>(l4)?;
             Some(Original {
                 v6: false,
                 l4,
-                ttl: [h[8], h[9]],
-                dport: [u[2], u[3]],
-                tot_len: u16::from_be_bytes([h[2], h[3]]),
-                tos: h[1],
+                ttl: [h[ipv4::TTL], h[ipv4::TTL + 1]],
+                dport: [u[udp::DEST], u[udp::DEST + 1]],
+                tot_len: u16::from_be_bytes([h[ipv4::TOT_LEN], h[ipv4::TOT_LEN + 1]]),
+                tos: h[ipv4::TOS],
             })
         }
-        0x86dd => {
-            let h = load::<8>(skb, ETH_HLEN)?;
-            let l4 = ETH_HLEN + 40;
-            let u = load::<8>(skb, l4)?;
+        ETH_P_IPV6 => {
+            let h = skb.load::<8>(ETH_HLEN)?;
+            let l4 = ETH_HLEN + IPV6_HLEN;
+            let u = skb.load::<UDP_HLEN>(l4)?;
             Some(Original {
                 v6: true,
                 l4,
-                ttl: [h[7], 0],
-                dport: [u[2], u[3]],
-                tot_len: u16::from_be_bytes([h[4], h[5]]).wrapping_add(40),
+                ttl: [h[ipv6::HOP_LIMIT], 0],
+                dport: [u[udp::DEST], u[udp::DEST + 1]],
+                tot_len: u16::from_be_bytes([h[ipv6::PAYLOAD_LEN], h[ipv6::PAYLOAD_LEN + 1]])
+                    .wrapping_add(IPV6_HLEN as u16),
                 tos: 0,
             })
         }
@@ -186,73 +160,42 @@ fn original(skb: *mut __sk_buff) -> Option<Original> {
 
 /// The next hop toward `dest`, `None` when the kernel has no complete answer.
 #[inline(always)]
-fn lookup(
-    skb: *mut __sk_buff,
-    o: &Original,
-    dest: &KernelDestination,
-    s: *mut crate::scratch::Scratch,
-) -> Option<Hop> {
+fn lookup(skb: Skb, o: &Original, dest: &KernelDestination, s: Entry) -> Option<NextHop> {
     if (dest.family == 6) != o.v6 || o.ttl[0] <= 1 {
         return None;
     }
-    // SAFETY: this CPU's scratch entry.
-    let p: &mut FibParams = unsafe { &mut (*s).fib };
-    p.l4_protocol = 17;
-    p.sport = u16::from_ne_bytes(o.dport);
-    p.dport = dest.port.to_be();
-    // SAFETY: the context pointer the kernel gave us.
-    p.ifindex = unsafe { (*skb).ingress_ifindex };
-    p.__bindgen_anon_1.tot_len = o.tot_len;
-    p.__bindgen_anon_2.flowinfo = 0;
-    p.__bindgen_anon_5.tbid = 0;
-    if o.v6 {
-        p.family = AF_INET6;
-        // SAFETY: same-size plain arrays (the union's IPv6 members).
-        unsafe {
-            p.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u8; 16], [u32; 4]>(dest.src_addr);
-            p.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u8; 16], [u32; 4]>(dest.addr);
-        }
-    } else {
-        p.family = AF_INET;
-        p.__bindgen_anon_2.tos = o.tos;
-        let (sa, da) = (&dest.src_addr, &dest.addr);
-        p.__bindgen_anon_3.ipv6_src = [0; 4];
-        p.__bindgen_anon_4.ipv6_dst = [0; 4];
-        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([sa[12], sa[13], sa[14], sa[15]]);
-        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([da[12], da[13], da[14], da[15]]);
-    }
-    // SAFETY: an initialised lookup structure in map memory, of the size given.
-    let rc = unsafe { bpf_fib_lookup(skb.cast(), p, core::mem::size_of::<FibParams>() as i32, 0) };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return None;
-    }
-    Some(Hop {
-        ifindex: p.ifindex,
-        dmac: p.dmac,
-        smac: p.smac,
-    })
+    let q = Query {
+        v6: o.v6,
+        // SAFETY: the context pointer the kernel gave us.
+        ifindex: unsafe { (*skb.0).ingress_ifindex },
+        tot_len: o.tot_len,
+        tos: o.tos,
+        sport: u16::from_be_bytes(o.dport),
+    };
+    fib::lookup(skb.0.cast(), s.fib(), &q, dest)
 }
 
 /// Rewrites the headers for `dest`. Checksums are updated incrementally from the headers
 /// as they are now (the previous copy's), the TTL is the original's minus one.
 #[inline(always)]
-fn rewrite(skb: *mut __sk_buff, o: &Original, dest: &KernelDestination, h: &Hop) -> bool {
+fn rewrite(skb: Skb, o: &Original, dest: &KernelDestination, h: &NextHop) -> bool {
     let mut eth = [0u8; 12];
     eth[..6].copy_from_slice(&h.dmac);
     eth[6..].copy_from_slice(&h.smac);
-    let Some(udp) = load::<8>(skb, o.l4) else {
+    let Some(u) = skb.load::<UDP_HLEN>(o.l4) else {
         return false;
     };
     // New ports: from the listener port (the original destination port) to the collector.
     let [p0, p1] = o.dport;
     let [q0, q1] = dest.port.to_be_bytes();
     if o.v6 {
-        let Some(cur) = load::<33>(skb, ETH_HLEN + 7) else {
+        let Some(cur) = skb.load::<33>(ETH_HLEN + ipv6::HOP_LIMIT) else {
             return false;
         };
         let mut old = [0u8; 32];
         old.copy_from_slice(&cur[1..]);
-        // SAFETY: 32 readable bytes each (our stack copy; the two adjacent address fields).
+        // SAFETY: 32 readable bytes each (our stack copy; the two adjacent address fields,
+        // pinned by abi::layout); the helper only reads them.
         let partial = unsafe {
             bpf_csum_diff(
                 old.as_mut_ptr().cast(),
@@ -265,23 +208,20 @@ fn rewrite(skb: *mut __sk_buff, o: &Original, dest: &KernelDestination, h: &Hop)
         if partial < 0 {
             return false;
         }
-        let mut c = u32::from(!u16::from_ne_bytes([udp[6], udp[7]]));
-        c = fold(c + (partial as u32 & 0xffff) + ((partial as u32) >> 16));
-        c = fold(c + word_change([udp[0], udp[1]], [p0, p1]));
-        c = fold(c + word_change([udp[2], udp[3]], [q0, q1]));
-        let mut sum = (!(c as u16)).to_ne_bytes();
-        if sum == [0, 0] {
-            sum = [0xff, 0xff];
-        }
-        store(skb, 0, &eth)
-            && store(skb, ETH_HLEN + 7, &[o.ttl[0] - 1])
-            && store(skb, ETH_HLEN + 8, &dest.src_addr)
-            && store(skb, ETH_HLEN + 24, &dest.addr)
-            && store(skb, o.l4, &[p0, p1, q0, q1])
-            && store(skb, o.l4 + 6, &sum)
+        let mut c = Csum::of([u[udp::CHECK], u[udp::CHECK + 1]]);
+        c.add_partial(partial as u32);
+        c.replace([u[0], u[1]], [p0, p1]);
+        c.replace([u[2], u[3]], [q0, q1]);
+        let sum = c.done_udp();
+        skb.store(0, &eth)
+            && skb.store(ETH_HLEN + ipv6::HOP_LIMIT, &[o.ttl[0] - 1])
+            && skb.store(ETH_HLEN + ipv6::SADDR, &dest.src_addr)
+            && skb.store(ETH_HLEN + ipv6::DADDR, &dest.addr)
+            && skb.store(o.l4, &[p0, p1, q0, q1])
+            && skb.store(o.l4 + udp::CHECK, &sum)
     } else {
         // ttl, proto, checksum, saddr, daddr as they are now.
-        let Some(cur) = load::<12>(skb, ETH_HLEN + 8) else {
+        let Some(cur) = skb.load::<12>(ETH_HLEN + ipv4::TTL) else {
             return false;
         };
         let (sa, da) = (&dest.src_addr, &dest.addr);
@@ -289,25 +229,18 @@ fn rewrite(skb: *mut __sk_buff, o: &Original, dest: &KernelDestination, h: &Hop)
         let new_addrs = [
             sa[12], sa[13], sa[14], sa[15], da[12], da[13], da[14], da[15],
         ];
-        let mut c = u32::from(!u16::from_ne_bytes([cur[2], cur[3]]));
-        c = fold(c + word_change([cur[0], cur[1]], new_ttl));
-        let mut k = 0;
-        while k < 8 {
-            c = fold(c + word_change([cur[4 + k], cur[5 + k]], [new_addrs[k], new_addrs[k + 1]]));
-            k += 2;
-        }
-        let csum = (!(c as u16)).to_ne_bytes();
-        store(skb, 0, &eth)
-            && store(skb, ETH_HLEN + 8, &new_ttl)
-            && store(skb, ETH_HLEN + 10, &csum)
-            && store(skb, ETH_HLEN + 12, &new_addrs)
-            && store(skb, o.l4, &[p0, p1, q0, q1])
-            && store(skb, o.l4 + 6, &[0u8, 0])
+        let mut c = Csum::of([cur[2], cur[3]]);
+        c.replace([cur[0], cur[1]], new_ttl);
+        c.replace([cur[4], cur[5]], [new_addrs[0], new_addrs[1]]);
+        c.replace([cur[6], cur[7]], [new_addrs[2], new_addrs[3]]);
+        c.replace([cur[8], cur[9]], [new_addrs[4], new_addrs[5]]);
+        c.replace([cur[10], cur[11]], [new_addrs[6], new_addrs[7]]);
+        let csum = c.done();
+        skb.store(0, &eth)
+            && skb.store(ETH_HLEN + ipv4::TTL, &new_ttl)
+            && skb.store(ETH_HLEN + ipv4::CHECK, &csum)
+            && skb.store(ETH_HLEN + ipv4::SADDR, &new_addrs)
+            && skb.store(o.l4, &[p0, p1, q0, q1])
+            && skb.store(o.l4 + udp::CHECK, &[0u8, 0])
     }
-}
-
-/// `~old + new` for one 16-bit word (memory order).
-#[inline(always)]
-fn word_change(old: [u8; 2], new: [u8; 2]) -> u32 {
-    u32::from(!u16::from_ne_bytes(old)) + u32::from(u16::from_ne_bytes(new))
 }

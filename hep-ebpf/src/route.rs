@@ -1,23 +1,21 @@
 //! The decision for a valid HEPv3 packet: the listener's checks (allow list, auth key),
-//! then the routes of the active bank in order, with `kernel_plan::KernelRoute::matches`
-//! and `kernel_plan::decide` — the code the host-side tests and the compiler's cross-check
+//! then the routes of the active bank in order, with `KernelRoute::matches` and
+//! `eval::decide` from hep-common — the code the host-side tests and the compiler's cross-check
 //! run. Routes are evaluated by `bpf_loop`, one route per callback.
 
 use core::ffi::c_void;
 use core::ptr;
 
 use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
-use hep_common::bytes::ByteSource as _;
-use hep_common::kernel_plan::{
-    Addr16, AllowKey, KernelListener, MAX_AUTH_KEY, MAX_LISTENERS, MAX_ROUTES, MAX_SLOTS,
-    PassReason, RouteKind, SteerMode, Verdict, XdpConfig, decide,
+use hep_common::abi::{
+    ALLOW_KEY_BITS, AUTH_IN_USERSPACE, Addr16, AllowKey, KernelListener, MAX_AUTH_KEY,
+    MAX_LISTENERS, MAX_ROUTES, MAX_SLOTS, RouteKind, SteerMode, XdpConfig,
 };
+use hep_common::bytes::ByteSource as _;
+use hep_common::eval::{PassReason, Verdict, decide};
 
-use crate::scratch::{Bytes, NO_ROUTE, Scratch, scratch};
+use crate::scratch::{Entry, NO_ROUTE};
 use crate::tables::{ALLOW, LISTENERS, ROUTES, RR, XDP_CONFIG};
-
-/// `KernelListener::auth_key_len` of a key only userspace can check.
-const AUTH_IN_USERSPACE: u8 = u8::MAX;
 
 /// The active configuration, `None` before the loader installed one.
 #[inline(always)]
@@ -68,18 +66,16 @@ pub enum Gate {
 /// The listener's checks, in userspace's order: allow list, then auth key (the first chunk
 /// 0x000e must equal the key). Not inlined: its locals stay out of `hep_xdp`'s frame.
 #[inline(never)]
-pub fn gate(l: &KernelListener, s: *mut Scratch) -> Gate {
+pub fn gate(l: &KernelListener, s: Entry) -> Gate {
     if l.auth_key_len == AUTH_IN_USERSPACE {
         return Gate::Userspace;
     }
-    // SAFETY: this CPU's scratch entry, no bpf_loop running.
-    let r = unsafe { &*s };
     if l.has_allow != 0 {
         let key = Key::new(
-            32 + 128,
+            ALLOW_KEY_BITS,
             AllowKey {
                 listener: l.id.to_be_bytes(),
-                addr: r.facts.sender,
+                addr: s.facts().sender,
             },
         );
         if ALLOW.get(&key).is_none() {
@@ -88,13 +84,13 @@ pub fn gate(l: &KernelListener, s: *mut Scratch) -> Gate {
     }
     let want = l.auth_key_len as usize;
     if want > 0 {
-        let Some((off, len)) = r.walk.facts.auth_span() else {
+        let Some((off, len)) = s.walk().facts.auth_span() else {
             return Gate::AuthFailed;
         };
         if len != want || want > MAX_AUTH_KEY {
             return Gate::AuthFailed;
         }
-        let bytes = Bytes::new(&r.buf, r.len);
+        let bytes = s.bytes();
         let mut i = 0;
         while i < MAX_AUTH_KEY {
             if i >= want {
@@ -112,10 +108,8 @@ pub fn gate(l: &KernelListener, s: *mut Scratch) -> Gate {
 
 /// One route: decides (returns 1) or goes on to the next (0).
 unsafe extern "C" fn route_step(i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = scratch() else { return 1 };
-    // SAFETY: this CPU's scratch entry; the caller holds no reference across bpf_loop.
-    // Field by field: `hep_xdp` holds a reference to another field (the datagram).
-    let (e, facts) = unsafe { (&mut (*s).eval, &(*s).facts) };
+    let Some(s) = Entry::get() else { return 1 };
+    let (e, facts) = (s.eval(), &*s.facts());
     if i >= e.count as u64 || i >= MAX_ROUTES as u64 {
         return 1;
     }
@@ -150,14 +144,13 @@ unsafe extern "C" fn route_step(i: u64, _ctx: *mut c_void) -> i64 {
 /// Evaluates the routes of `cfg`'s active bank over `s.facts`; the verdict is left in
 /// `s.eval.verdict`. Not inlined: its locals stay out of `hep_xdp`'s frame.
 #[inline(never)]
-pub fn evaluate(cfg: &XdpConfig, s: *mut Scratch) {
+pub fn evaluate(cfg: &XdpConfig, s: Entry) {
     let bank = cfg.bank & 1;
-    // SAFETY: this CPU's scratch entry; no reference is held across the bpf_loop call.
-    unsafe {
-        let r = &mut *s;
-        r.eval.base = bank * MAX_ROUTES as u32;
-        r.eval.count = cfg.route_count[bank as usize];
-        r.eval.verdict = NO_ROUTE;
+    {
+        let e = s.eval();
+        e.base = bank * MAX_ROUTES as u32;
+        e.count = cfg.route_count[bank as usize];
+        e.verdict = NO_ROUTE;
     }
     // SAFETY: a static callback of the right signature; its state is in the map.
     unsafe {

@@ -9,13 +9,20 @@
 //! masked into the buffer, so any offset verifies.
 
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, macros::map, maps::PerCpuArray, programs::XdpContext};
+use hep_common::abi::{MAX_TARGETS, SCRATCH_LEN};
 use hep_common::bytes::ByteSource;
 use hep_common::correlation::{CallIdScanner, KeyHasher};
-use hep_common::kernel_plan::{FactsWalk, KernelFacts, MAX_TARGETS, PassReason, Verdict};
+use hep_common::eval::{PassReason, Verdict};
+use hep_common::facts::{FactsWalk, KernelFacts};
 
-/// Largest HEP payload the kernel handles (a power of two); larger ones go to userspace.
-pub const SCRATCH_LEN: usize = 4096;
+use crate::fib::NextHop;
+use crate::parse::HepDatagram;
+
 const MASK: usize = SCRATCH_LEN - 1;
+const _: () = assert!(
+    SCRATCH_LEN.is_power_of_two(),
+    "reads are masked into the buffer"
+);
 /// Slack after the buffer, so a masked read of up to this many bytes stays inside it.
 const PAD: usize = 64;
 
@@ -94,31 +101,108 @@ pub struct Scratch {
     /// The steer's `bpf_fib_lookup` parameters (64 bytes the stack cannot spare).
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
     /// The mirror's next hops, one per target.
-    pub hops: [Hop; MAX_TARGETS],
+    pub hops: [NextHop; MAX_TARGETS],
     /// The parsed datagram (see `hep_xdp`).
-    pub dgram: crate::parse::HepDatagram,
-}
-
-/// A resolved next hop.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Hop {
-    /// Egress interface.
-    pub ifindex: u32,
-    /// Next hop MAC.
-    pub dmac: [u8; 6],
-    /// Egress interface MAC.
-    pub smac: [u8; 6],
+    pub dgram: HepDatagram,
 }
 
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// This CPU's scratch entry. A raw pointer: the `bpf_loop` callbacks reach the same entry,
-/// so callers hold no reference across a `bpf_loop` call.
-#[inline(always)]
-pub fn scratch() -> Option<*mut Scratch> {
-    SCRATCH.get_ptr_mut(0)
+/// This CPU's scratch entry, reached field by field.
+///
+/// # Ownership of the fields
+/// The entry is per CPU and a program runs to completion on its CPU, so only the current
+/// packet's code reaches it. Within one packet the steps run one after another (parse,
+/// copy, walk, scan, hash, gate, evaluate, steer or mirror), and each accessor below hands
+/// out a reference to one field only, built from a raw pointer to that field: no
+/// reference to the whole entry ever exists, so a step holding one field (`hep_xdp` keeps
+/// the datagram for the whole packet) never aliases a callee's. Each field has one writer
+/// at a time, named in its accessor; a `bpf_loop` callback takes its field afresh at each
+/// iteration and drops it before returning.
+#[derive(Clone, Copy)]
+pub struct Entry(*mut Scratch);
+
+impl Entry {
+    /// This CPU's entry (`None` only if the map lookup fails, which it cannot for index 0).
+    #[inline(always)]
+    pub fn get() -> Option<Entry> {
+        SCRATCH.get_ptr_mut(0).map(Entry)
+    }
+
+    /// The payload copy as a [`ByteSource`] (offsets relative to the payload).
+    #[inline(always)]
+    pub fn bytes(self) -> Bytes<'static> {
+        // SAFETY: `buf` and `len` are written only by `copy_in`, before any `Bytes` of this
+        // packet is made; afterwards they are only read.
+        unsafe { Bytes::new(&*(&raw const (*self.0).buf), *(&raw const (*self.0).len)) }
+    }
+
+    /// The first four payload bytes (the HEP version magic), after `copy_in`.
+    #[inline(always)]
+    pub fn prefix(self) -> [u8; 4] {
+        // SAFETY: reading 4 bytes of `buf` (as in `bytes`).
+        let b = unsafe { &*(&raw const (*self.0).buf) };
+        [b[0], b[1], b[2], b[3]]
+    }
+
+    /// The chunk walk's state: `facts::compute` sets it up, `facts::walk_step` advances it,
+    /// `route::gate` reads the auth span it found.
+    #[inline(always)]
+    pub fn walk(self) -> &'static mut Walk {
+        // SAFETY: a pointer to the `walk` field only; one user at a time (see the type).
+        unsafe { &mut *(&raw mut (*self.0).walk) }
+    }
+
+    /// The Call-ID scan's state: `facts::compute` and `facts::scan_step`.
+    #[inline(always)]
+    pub fn scan(self) -> &'static mut Scan {
+        // SAFETY: a pointer to the `scan` field only; one user at a time (see the type).
+        unsafe { &mut *(&raw mut (*self.0).scan) }
+    }
+
+    /// The key hash's state: `facts::compute` and `facts::hash_step`.
+    #[inline(always)]
+    pub fn hash(self) -> &'static mut Hash {
+        // SAFETY: a pointer to the `hash` field only; one user at a time (see the type).
+        unsafe { &mut *(&raw mut (*self.0).hash) }
+    }
+
+    /// The packet's facts: written by `facts::compute`, read by the gate and the routes.
+    #[inline(always)]
+    pub fn facts(self) -> &'static mut KernelFacts {
+        // SAFETY: a pointer to the `facts` field only; one user at a time (see the type).
+        unsafe { &mut *(&raw mut (*self.0).facts) }
+    }
+
+    /// The route evaluation's state: `route::evaluate`, `route::route_step`, then `hep_xdp`
+    /// reads the verdict.
+    #[inline(always)]
+    pub fn eval(self) -> &'static mut Eval {
+        // SAFETY: a pointer to the `eval` field only; one user at a time (see the type).
+        unsafe { &mut *(&raw mut (*self.0).eval) }
+    }
+
+    /// The `bpf_fib_lookup` parameters: `steer::steer` or the mirror's lookups.
+    #[inline(always)]
+    pub fn fib(self) -> &'static mut aya_ebpf::bindings::bpf_fib_lookup {
+        // SAFETY: a pointer to the `fib` field only; one user at a time (see the type).
+        unsafe { &mut *(&raw mut (*self.0).fib) }
+    }
+
+    /// The mirror's next hops (`hep_mirror` only, after `hep_xdp` finished on this CPU).
+    #[inline(always)]
+    pub fn hops(self) -> &'static mut [NextHop; MAX_TARGETS] {
+        // SAFETY: a pointer to the `hops` field only; one user at a time (see the type).
+        unsafe { &mut *(&raw mut (*self.0).hops) }
+    }
+
+    /// The parsed datagram: written by `parse::parse`, then read for the rest of the packet.
+    #[inline(always)]
+    pub fn dgram(self) -> &'static mut HepDatagram {
+        // SAFETY: a pointer to the `dgram` field only; one user at a time (see the type).
+        unsafe { &mut *(&raw mut (*self.0).dgram) }
+    }
 }
 
 /// No verdict yet.
@@ -130,7 +214,7 @@ pub const NO_ROUTE: Verdict = Verdict::Pass {
 /// Copies the `len` payload bytes at frame offset `off` into the scratch buffer; `false`
 /// when they do not fit (or the frame is shorter).
 #[inline(always)]
-pub fn copy_in(ctx: &XdpContext, s: *mut Scratch, off: usize, len: usize) -> bool {
+pub fn copy_in(ctx: &XdpContext, s: Entry, off: usize, len: usize) -> bool {
     if len == 0 || len > SCRATCH_LEN {
         return false;
     }
@@ -140,11 +224,13 @@ pub fn copy_in(ctx: &XdpContext, s: *mut Scratch, off: usize, len: usize) -> boo
     // SAFETY: reading a local.
     let n = unsafe { core::ptr::read_volatile(&len) };
     let n = ((n.wrapping_sub(1)) & MASK) + 1;
-    // SAFETY: `s` is this CPU's scratch entry; `n` ≤ SCRATCH_LEN bytes fit in `buf`; the
-    // helper checks the frame range itself.
+    // SAFETY: pointers to the `len` and `buf` fields of this CPU's entry, written before
+    // any reader of this packet exists (see `Entry::bytes`); `n` ≤ SCRATCH_LEN bytes fit in
+    // `buf`; the helper checks the frame range itself.
     unsafe {
-        (*s).len = n;
-        bpf_xdp_load_bytes(ctx.ctx, off as u32, (*s).buf.as_mut_ptr().cast(), n as u32) == 0
+        *(&raw mut (*s.0).len) = n;
+        let buf = &raw mut (*s.0).buf;
+        bpf_xdp_load_bytes(ctx.ctx, off as u32, buf.cast(), n as u32) == 0
     }
 }
 

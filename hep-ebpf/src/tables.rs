@@ -1,16 +1,19 @@
-//! The route tables of `hep_common::kernel_plan`, as maps the loader fills: two banks of
+//! The route tables of `hep_common::abi`, as maps the loader fills: two banks of
 //! routes, destinations and listeners, the configuration word that names the active bank,
 //! the listener allow lists, and the per-route and per-destination counters.
 //!
 //! Plus the program's own state: the per-CPU round-robin positions.
+//!
+//! Each static's identifier is its map name; `hep_common::abi::MAP_NAMES` lists them for
+//! the loader, and a test checks the object declares exactly those.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, LpmTrie, PerCpuArray},
 };
-use hep_common::kernel_plan::{
-    AllowKey, DestCounter, KernelDestination, KernelListener, KernelRoute, MAX_DESTINATIONS,
-    MAX_LISTENERS, MAX_ROUTES, MAX_SLOTS, RouteCounter, XdpConfig,
+use hep_common::abi::{
+    AllowKey, DestCounter, KernelDestination, KernelListener, KernelRoute, MAX_ALLOW_ENTRIES,
+    MAX_DESTINATIONS, MAX_LISTENERS, MAX_ROUTES, MAX_SLOTS, RouteCounter, XdpConfig,
 };
 
 /// The active bank and the table sizes (one entry).
@@ -32,7 +35,7 @@ pub static LISTENERS: Array<KernelListener> = Array::with_max_entries(2 * MAX_LI
 
 /// Allow lists of every listener of both banks.
 #[map]
-pub static ALLOW: LpmTrie<AllowKey, u8> = LpmTrie::with_max_entries(4096, 0);
+pub static ALLOW: LpmTrie<AllowKey, u8> = LpmTrie::with_max_entries(MAX_ALLOW_ENTRIES, 0);
 
 /// Per-route counters by slot.
 #[map]

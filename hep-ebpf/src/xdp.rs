@@ -5,17 +5,17 @@ use aya_ebpf::{
     Global, bindings::xdp_action, helpers::bpf_xdp_adjust_meta, macros::xdp, programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use hep_common::kernel_plan::{
-    DestCounter, MAX_DESTINATIONS, MAX_ROUTES, MIRROR_META_MAGIC, MirrorMeta, PassReason,
-    RouteCounter, Verdict,
+use hep_common::abi::{
+    DEFAULT_HEP_PORT, DestCounter, MAX_DESTINATIONS, MAX_ROUTES, MIRROR_META_MAGIC, MirrorMeta,
+    RouteCounter, SCRATCH_LEN, XdpCounter,
 };
-use hep_common::maps::{DEFAULT_HEP_PORT, XdpCounter};
+use hep_common::eval::{PassReason, Verdict};
 use hep_common::version::{HepVersion, detect_prefix};
 
 use crate::counters::{count, count_dest, count_route};
 use crate::parse::{self, HepDatagram};
 use crate::route::{self, Gate};
-use crate::scratch::{self, Scratch};
+use crate::scratch::{self, Entry};
 use crate::tables::{DESTINATIONS, LISTENERS, ROUTES};
 use crate::{facts, steer};
 
@@ -52,19 +52,20 @@ pub fn hep_xdp(ctx: XdpContext) -> u32 {
     // the verifier sees the header offsets and flags as unknown numbers rather than one
     // constant per parse path (VLAN tags × IP version × IHL), so it verifies the rest once
     // instead of once per combination.
-    let Some(s) = scratch::scratch() else {
+    let Some(s) = Entry::get() else {
         count(XdpCounter::Passed);
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: this CPU's scratch entry; nothing else writes its `dgram` field (callbacks
-    // and the steer take other fields, field by field).
-    let dgram: &HepDatagram = unsafe {
-        if let Err(outcome) = parse::parse(&ctx, &mut (*s).dgram) {
+    // The datagram field is written here and only read from here on; the steps below take
+    // other fields of the entry (see `scratch::Entry`).
+    let dgram: &HepDatagram = {
+        let out = s.dgram();
+        if let Err(outcome) = parse::parse(&ctx, out) {
             count(outcome);
             count(XdpCounter::Passed);
             return xdp_action::XDP_PASS;
         }
-        &(*s).dgram
+        out
     };
     // The listener's slot in LISTENERS, or NO_LISTENER (a plain number, not a reference:
     // fewer states for the verifier to tell apart).
@@ -107,11 +108,11 @@ fn log_invalid(ctx: &XdpContext, len: usize) {
 /// The version of the HEP packet; for HEPv3, its facts computed in the scratch entry (an
 /// oversized packet is HEPv3 by its header, decided later as too large).
 #[inline(always)]
-fn classify(ctx: &XdpContext, d: &HepDatagram) -> Result<Option<*mut Scratch>, XdpCounter> {
-    let Some(s) = scratch::scratch() else {
+fn classify(ctx: &XdpContext, d: &HepDatagram) -> Result<Option<Entry>, XdpCounter> {
+    let Some(s) = Entry::get() else {
         return Err(XdpCounter::HepInvalid);
     };
-    if d.payload_len > scratch::SCRATCH_LEN {
+    if d.payload_len > SCRATCH_LEN {
         // Only the header is checked here; userspace validates the rest.
         let mut prefix = [0u8; 4];
         // SAFETY: 4 bytes into our stack buffer; the helper bounds-checks the frame.
@@ -132,9 +133,7 @@ fn classify(ctx: &XdpContext, d: &HepDatagram) -> Result<Option<*mut Scratch>, X
     if !scratch::copy_in(ctx, s, d.payload_offset, d.payload_len) {
         return Err(XdpCounter::HepInvalid);
     }
-    // SAFETY: this CPU's scratch entry, just filled.
-    let prefix = unsafe { [(*s).buf[0], (*s).buf[1], (*s).buf[2], (*s).buf[3]] };
-    match detect_prefix(prefix) {
+    match detect_prefix(s.prefix()) {
         Some(HepVersion::V3) => {
             if facts::compute(s, &d.sender) {
                 Ok(Some(s))
@@ -149,12 +148,7 @@ fn classify(ctx: &XdpContext, d: &HepDatagram) -> Result<Option<*mut Scratch>, X
 
 /// The decision for a valid HEPv3 packet, and its action.
 #[inline(always)]
-fn decide_and_act(
-    ctx: &XdpContext,
-    d: &HepDatagram,
-    listener: u32,
-    s: Option<*mut Scratch>,
-) -> u32 {
+fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<Entry>) -> u32 {
     let Some(s) = s else {
         return finish(XdpCounter::TooLarge, xdp_action::XDP_PASS);
     };
@@ -171,8 +165,7 @@ fn decide_and_act(
     }
     let bank = cfg.bank & 1;
     route::evaluate(cfg, s);
-    // SAFETY: this CPU's scratch entry, just written by the evaluation.
-    let verdict = unsafe { (*s).eval.verdict };
+    let verdict = s.eval().verdict;
     let route_slot = |i: usize| {
         ROUTES
             .get(bank * MAX_ROUTES as u32 + (i % MAX_ROUTES) as u32)

@@ -14,8 +14,8 @@ use std::os::fd::AsRawFd as _;
 use std::process::Command;
 use std::time::Duration;
 
+use hep_common::abi::XdpCounter;
 use hep_common::chunk::ChunkId;
-use hep_common::maps::XdpCounter;
 use hep_common::v3::ChunkWriter;
 use hep_user::xdp::{AttachMode, LoadOptions, XdpError};
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use aya::programs::{ProgramInfo, SchedClassifier};
 use aya::{TestRun as _, TestRunAttrs, TestRunOptions};
-use hep_common::maps::{MIRROR_PROGRAM, XdpCounter};
+use hep_common::abi::{MIRROR_PROGRAM, XdpCounter};
 use hep_common::v3::{Hep3Message, Payload};
 use hep_user::xdp::compile::{HostNet, Slots, compile};
 use hep_user::xdp::{AttachMode, LoadOptions, XdpProgram};

@@ -21,10 +21,10 @@ use std::path::Path;
 
 use aya::maps::{MapData, PerCpuArray};
 use aya::{TestRun as _, TestRunOptions};
-use hep_common::correlation::key_hash;
-use hep_common::kernel_plan::{
+use hep_common::abi::{
     DEST_COUNTERS_MAP, DestCounter, MIRROR_META_MAGIC, ROUTE_COUNTERS_MAP, RouteCounter,
 };
+use hep_common::correlation::key_hash;
 use hep_common::select::{rendezvous_pick, sample_keep};
 use hep_common::v3::{Hep3Message, Payload};
 use hep_user::xdp::compile::{HostNet, KernelTables, Slots, compile};

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, MapData};
-use hep_common::kernel_plan::{
+use hep_common::abi::{
     ALLOW_MAP, AllowKey, KernelListener, KernelRoute, LISTENERS_MAP, MAX_LISTENERS, MAX_ROUTES,
     ROUTES_MAP, RouteAction, map_v4,
 };

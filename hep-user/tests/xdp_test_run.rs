@@ -9,8 +9,8 @@
 mod common;
 
 use aya::{TestRun as _, TestRunOptions};
+use hep_common::abi::XdpCounter;
 use hep_common::chunk::ChunkId;
-use hep_common::maps::XdpCounter;
 use hep_common::v3::ChunkWriter;
 use hep_user::xdp::{LoadOptions, XdpProgram};
 

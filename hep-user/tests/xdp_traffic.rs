@@ -17,8 +17,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, PerCpuArray};
-use hep_common::kernel_plan::{DEST_COUNTERS_MAP, DestCounter};
-use hep_common::maps::XdpCounter;
+use hep_common::abi::XdpCounter;
+use hep_common::abi::{DEST_COUNTERS_MAP, DestCounter};
 use hep_common::v3::{Hep3Message, Payload};
 use hep_user::xdp::compile::{HostNet, Slots, compile};
 use hep_user::xdp::{AttachMode, LoadOptions, XdpCounters};

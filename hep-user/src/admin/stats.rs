@@ -15,7 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use hep_common::kernel_plan::{DestCounter, RouteCounter};
+use hep_common::abi::{DestCounter, RouteCounter};
 
 /// Kinds of unparseable input, the `kind` label of `hepfwd_parse_errors_total`.
 pub const PARSE_ERROR_KINDS: &[&str] = &[
@@ -132,11 +132,11 @@ pub struct Stats {
 /// One reading of the kernel data plane's counters (sums over CPUs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct XdpReading {
-    /// Every `hep_common::maps::XdpCounter`, by name, in index order.
+    /// Every `hep_common::abi::XdpCounter`, by name, in index order.
     pub global: Vec<(&'static str, u64)>,
-    /// Per route (current configuration): `hep_common::kernel_plan::RouteCounter` values.
+    /// Per route (current configuration): `hep_common::abi::RouteCounter` values.
     pub routes: Vec<(String, [u64; RouteCounter::COUNT])>,
-    /// Per kernel destination: `hep_common::kernel_plan::DestCounter` values.
+    /// Per kernel destination: `hep_common::abi::DestCounter` values.
     pub destinations: Vec<(String, [u64; DestCounter::COUNT])>,
 }
 

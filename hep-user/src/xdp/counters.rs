@@ -1,7 +1,7 @@
 //! [`XdpCounters`]: the XDP program's per-CPU counters, summed over the CPUs.
 
 use aya::maps::{MapData, PerCpuArray};
-use hep_common::maps::XdpCounter;
+use hep_common::abi::XdpCounter;
 
 use super::XdpError;
 

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::tc::SchedClassifierLink;
-use hep_common::kernel_plan::{DEST_COUNTERS_MAP, DestCounter, ROUTE_COUNTERS_MAP, RouteCounter};
-use hep_common::maps::{DEFAULT_HEP_PORT, XdpCounter};
+use hep_common::abi::{DEFAULT_HEP_PORT, XdpCounter};
+use hep_common::abi::{DEST_COUNTERS_MAP, DestCounter, ROUTE_COUNTERS_MAP, RouteCounter};
 
 use super::compile::{HostNet, Slots, compile, describe};
 use super::{LoadOptions, XdpError, XdpProgram};

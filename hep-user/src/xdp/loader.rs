@@ -7,7 +7,7 @@ use std::str::FromStr;
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLink, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfLoader};
-use hep_common::maps::{COUNTERS_MAP, DEFAULT_HEP_PORT, HEP_PORT_GLOBAL, XDP_PROGRAM};
+use hep_common::abi::{COUNTERS_MAP, DEFAULT_HEP_PORT, HEP_PORT_GLOBAL, XDP_PROGRAM};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 

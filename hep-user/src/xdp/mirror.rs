@@ -6,7 +6,7 @@
 
 use aya::programs::tc::{SchedClassifierLink, TcAttachType};
 use aya::programs::{ProgramError, SchedClassifier};
-use hep_common::maps::MIRROR_PROGRAM;
+use hep_common::abi::MIRROR_PROGRAM;
 
 use super::XdpError;
 use super::loader::XdpProgram;

@@ -13,12 +13,12 @@
 //! - [`error`]: [`XdpError`] — what went wrong, in words an operator can act on.
 //!
 //! The kernel side is `hep-ebpf`; the map and counter layout they share is
-//! `hep_common::maps`.
+//! `hep_common::abi`.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), hep_user::xdp::XdpError> {
 //! use hep_user::xdp::{AttachMode, LoadOptions, XdpProgram};
-//! use hep_common::maps::XdpCounter;
+//! use hep_common::abi::XdpCounter;
 //!
 //! let mut xdp = XdpProgram::load(&LoadOptions::default())?;
 //! xdp.attach("eth0", AttachMode::Native)?;

@@ -4,7 +4,7 @@
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData};
-use hep_common::kernel_plan::{
+use hep_common::abi::{
     ALLOW_MAP, AllowKey, CONFIG_MAP, DESTINATIONS_MAP, KernelDestination, KernelListener,
     KernelRoute, LISTENERS_MAP, MAX_DESTINATIONS, MAX_LISTENERS, MAX_ROUTES, ROUTES_MAP, XdpConfig,
 };

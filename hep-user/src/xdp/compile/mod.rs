@@ -1,5 +1,5 @@
 //! Compiles a configuration [`Plan`] into the kernel's route tables
-//! ([`hep_common::kernel_plan`]), and says for every route where it runs and why.
+//! ([`hep_common::abi`]), and says for every route where it runs and why.
 //!
 //! One pure function ([`compile`]) with one rule: the kernel does only what it does
 //! exactly as the userspace engine would; everything else becomes a pass (the action runs
@@ -20,17 +20,14 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use hep_common::kernel_plan::{
-    Addr16, AllowKey, KernelDestination, KernelListener, KernelPrefix, KernelRoute, MAX_AUTH_KEY,
-    MAX_DESTINATIONS, MAX_LISTENERS, MAX_MATCH_VALUES, MAX_NODE_NAME, MAX_ROUTES, MAX_SLOTS,
-    MAX_TARGETS, RouteAction, RouteKind, SteerMode, map_v4, match_flags,
+use hep_common::abi::{
+    AUTH_IN_USERSPACE, Addr16, AllowKey, KernelDestination, KernelListener, KernelPrefix,
+    KernelRoute, MAX_AUTH_KEY, MAX_DESTINATIONS, MAX_LISTENERS, MAX_MATCH_VALUES, MAX_NODE_NAME,
+    MAX_ROUTES, MAX_SLOTS, MAX_TARGETS, RouteAction, RouteKind, SteerMode, map_v4, match_flags,
 };
 use ipnet::IpNet;
 
 use crate::config::plan::{Action, DestinationPlan, Matcher, Mode, Plan, RoutePlan, Transport};
-
-/// `KernelListener::auth_key_len` meaning "the kernel cannot check this key: pass all".
-pub const AUTH_IN_USERSPACE: u8 = u8::MAX;
 
 /// Where a route runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

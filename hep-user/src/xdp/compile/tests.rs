@@ -3,7 +3,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hep_common::kernel_plan::{Verdict, evaluate, facts, map_v4};
+use hep_common::abi::map_v4;
+use hep_common::eval::{Verdict, evaluate};
+use hep_common::facts::facts;
 use hep_common::v3::{Hep3Message, Payload};
 
 use super::*;

@@ -1,6 +1,6 @@
-//! Types shared by the XDP program (`hep-ebpf`) and its loader (`hep-user/src/xdp`).
+//! The per-CPU counters of both programs, as the loader reads them.
 //!
-//! The program counts into the per-CPU array [`COUNTERS_MAP`], indexed by [`XdpCounter`];
+//! The program counts into the per-CPU array [`super::COUNTERS_MAP`], indexed by [`XdpCounter`];
 //! the loader sums the per-CPU slots. Invariants, for every packet the program sees:
 //!
 //! - [`XdpCounter::Received`] is incremented once;
@@ -15,18 +15,7 @@
 //! So `Received == Σ OUTCOMES == Σ ACTIONS`, `HepCandidate == HepV3 + HepLegacy + HepInvalid`
 //! and `HepV3 == Σ DECISIONS`.
 
-/// Name of the `PerCpuArray<u64>` of counters in the XDP object.
-pub const COUNTERS_MAP: &str = "COUNTERS";
-/// Name of the `Global<u16>` holding the HEP UDP port (host byte order) in the XDP object.
-pub const HEP_PORT_GLOBAL: &str = "HEP_PORT";
-/// Name of the XDP program in the object.
-pub const XDP_PROGRAM: &str = "hep_xdp";
-/// Name of the TC (TCX ingress) mirror program in the object.
-pub const MIRROR_PROGRAM: &str = "hep_mirror";
-/// The default HEP port (`HEP_PORT` when userspace does not override it).
-pub const DEFAULT_HEP_PORT: u16 = 9060;
-
-/// Index of one counter in [`COUNTERS_MAP`].
+/// Index of one counter in [`super::COUNTERS_MAP`].
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum XdpCounter {
@@ -89,7 +78,7 @@ pub enum XdpCounter {
 }
 
 impl XdpCounter {
-    /// Number of counters, the size of [`COUNTERS_MAP`].
+    /// Number of counters, the size of [`super::COUNTERS_MAP`].
     pub const COUNT: usize = 26;
 
     /// Every counter, in index order.
@@ -206,6 +195,44 @@ impl XdpCounter {
             XdpCounter::PassListener => "pass_listener",
         }
     }
+}
+
+/// Per-route counters, `ROUTE_COUNTERS_MAP[slot * RouteCounter::COUNT + counter]`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteCounter {
+    /// Packets the route took in the kernel.
+    Matched = 0,
+    /// Dropped by its drop action.
+    Dropped = 1,
+    /// Left out by sampling.
+    SampledOut = 2,
+    /// Steered.
+    Steered = 3,
+    /// Mirrored.
+    Mirrored = 4,
+    /// Passed to userspace by this route.
+    Passed = 5,
+}
+
+impl RouteCounter {
+    /// Counters per route slot.
+    pub const COUNT: usize = 6;
+}
+
+/// Per-destination counters, `DEST_COUNTERS_MAP[slot * DestCounter::COUNT + counter]`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestCounter {
+    /// Packets sent by XDP (steer) or TC (mirror).
+    Sent = 0,
+    /// Packets that could not be sent from the kernel (no neighbour yet...), passed instead.
+    Fallback = 1,
+}
+
+impl DestCounter {
+    /// Counters per destination slot.
+    pub const COUNT: usize = 2;
 }
 
 #[cfg(test)]

@@ -1,0 +1,89 @@
+//! The pinned layout of every type that crosses the kernel boundary: size, alignment and
+//! field offsets, checked at compile time. The kernel program and the loader are built by
+//! two compilers (Debian's rustc for `bpfel-unknown-none`, rustup's for the host) from this
+//! one definition; these assertions make any change to it a deliberate one: edit the
+//! numbers here in the same commit, and both sides are rebuilt together.
+//!
+//! Hidden padding cannot exist: the types derive [`bytemuck::Pod`], which refuses to
+//! compile a struct whose fields do not cover it exactly.
+
+use core::mem::{align_of, offset_of, size_of};
+
+use super::{
+    AllowKey, KernelDestination, KernelListener, KernelPrefix, KernelRoute, MirrorMeta, XdpConfig,
+};
+
+/// Asserts at compile time: `size_of`, `align_of`, and `offset_of` each listed field.
+macro_rules! pin {
+    ($t:ty, size = $size:expr, align = $align:expr, { $($field:ident = $off:expr),* $(,)? }) => {
+        const _: () = {
+            assert!(size_of::<$t>() == $size, concat!("size of ", stringify!($t), " changed"));
+            assert!(align_of::<$t>() == $align, concat!("alignment of ", stringify!($t), " changed"));
+            $(assert!(
+                offset_of!($t, $field) == $off,
+                concat!("offset of ", stringify!($t), "::", stringify!($field), " changed")
+            );)*
+        };
+    };
+}
+
+pin!(XdpConfig, size = 20, align = 4, {
+    bank = 0,
+    route_count = 4,
+    listener_count = 12,
+});
+
+pin!(KernelPrefix, size = 20, align = 1, { addr = 0, len = 16, _pad = 17 });
+
+pin!(KernelRoute, size = 576, align = 8, {
+    kind = 0,
+    action = 1,
+    mode = 2,
+    n_targets = 3,
+    flags = 4,
+    slot = 8,
+    sample_ppm = 12,
+    proto = 16,
+    capture = 48,
+    ports = 80,
+    n_capture = 96,
+    n_ports = 97,
+    n_source = 98,
+    n_inner_src = 99,
+    n_inner_dst = 100,
+    n_node_names = 101,
+    _pad = 102,
+    source = 104,
+    inner_src = 184,
+    inner_dst = 264,
+    node_names = 344,
+    node_name_lens = 472,
+    targets = 476,
+    _pad_seeds = 508,
+    seeds = 512,
+});
+
+pin!(MirrorMeta, size = 12, align = 4, { magic = 0, bank = 4, route = 8 });
+
+// `src_addr` right after `addr`: the kernel checksums both (32 bytes) in one helper call.
+pin!(KernelDestination, size = 40, align = 4, {
+    addr = 0,
+    src_addr = 16,
+    port = 32,
+    family = 34,
+    _pad = 35,
+    slot = 36,
+});
+
+pin!(KernelListener, size = 60, align = 4, {
+    port = 0,
+    auth_key_len = 2,
+    has_allow = 3,
+    id = 4,
+    auth_key = 8,
+    addr = 40,
+    wildcard = 56,
+    _pad = 57,
+});
+
+pin!(AllowKey, size = 20, align = 1, { listener = 0, addr = 4 });

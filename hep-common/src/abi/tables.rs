@@ -1,0 +1,261 @@
+//! The `repr(C)` types of the kernel tables, as the maps store them. Plain data: what the
+//! kernel does with them is in [`crate::eval`].
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{MAX_AUTH_KEY, MAX_MATCH_VALUES, MAX_NODE_NAME, MAX_TARGETS, SAMPLE_ALL};
+
+/// The one-entry configuration array.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct XdpConfig {
+    /// The active bank, 0 or 1.
+    pub bank: u32,
+    /// Routes in each bank.
+    pub route_count: [u32; 2],
+    /// Listeners in each bank.
+    pub listener_count: [u32; 2],
+}
+
+/// An address as 16 bytes: IPv6, or IPv4 mapped (`::ffff:a.b.c.d`).
+pub type Addr16 = [u8; 16];
+
+/// IPv4 mapped into [`Addr16`].
+pub const fn map_v4(a: [u8; 4]) -> Addr16 {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// A prefix over [`Addr16`]: IPv4 prefixes of length `n` are stored as `96 + n`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct KernelPrefix {
+    /// Network address (host bits zero).
+    pub addr: Addr16,
+    /// Prefix length in bits, 0..=128.
+    pub len: u8,
+    /// Padding.
+    pub _pad: [u8; 3],
+}
+
+/// Whether the kernel can evaluate a route's match.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// The match is evaluated in the kernel.
+    Evaluable = 0,
+    /// Only userspace can tell whether it matches: reaching it passes the packet.
+    Opaque = 1,
+}
+
+/// What the kernel does with a packet a route took.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Userspace runs the action (rewrite, TCP or v2 destination, dedup, failover, ...).
+    Pass = 0,
+    /// Drop (counted).
+    Drop = 1,
+    /// Send to one destination chosen by [`SteerMode`], headers rewritten in XDP.
+    Steer = 2,
+    /// A copy to every target, by the TC program.
+    Mirror = 3,
+}
+
+/// How a steering route picks its destination.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteerMode {
+    /// The only target.
+    Single = 0,
+    /// Rendezvous hashing of the correlation key hash over the targets' seeds.
+    Hash = 1,
+    /// Per-CPU round robin.
+    RoundRobin = 2,
+}
+
+/// Match flags of [`KernelRoute::flags`].
+pub mod match_flags {
+    /// `proto` given.
+    pub const PROTO: u32 = 1 << 0;
+    /// `capture_id` given.
+    pub const CAPTURE_ID: u32 = 1 << 1;
+    /// `source` given.
+    pub const SOURCE: u32 = 1 << 2;
+    /// `inner_src` given.
+    pub const INNER_SRC: u32 = 1 << 3;
+    /// `inner_dst` given.
+    pub const INNER_DST: u32 = 1 << 4;
+    /// `inner_port` given.
+    pub const INNER_PORT: u32 = 1 << 5;
+    /// `node_name` given.
+    pub const NODE_NAME: u32 = 1 << 6;
+}
+
+/// One route as the kernel evaluates it. All values in host byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct KernelRoute {
+    /// [`RouteKind`] as u8.
+    pub kind: u8,
+    /// [`RouteAction`] as u8.
+    pub action: u8,
+    /// [`SteerMode`] as u8.
+    pub mode: u8,
+    /// Number of `targets`.
+    pub n_targets: u8,
+    /// [`match_flags`] of the keys given.
+    pub flags: u32,
+    /// Counter slot of the route.
+    pub slot: u32,
+    /// Calls kept, in millionths ([`super::SAMPLE_ALL`]: no sampling).
+    pub sample_ppm: u32,
+    /// Protocol types matched: bit `t` of `proto[t / 64]`.
+    pub proto: [u64; 4],
+    /// Capture id ranges (inclusive); `n_capture` used.
+    pub capture: [[u32; 2]; MAX_MATCH_VALUES],
+    /// Inner port ranges (inclusive; source or destination port); `n_ports` used.
+    pub ports: [[u16; 2]; MAX_MATCH_VALUES],
+    /// Counts of the value lists: capture, ports, source, inner_src, inner_dst.
+    pub n_capture: u8,
+    /// See `n_capture`.
+    pub n_ports: u8,
+    /// See `n_capture`.
+    pub n_source: u8,
+    /// See `n_capture`.
+    pub n_inner_src: u8,
+    /// See `n_capture`.
+    pub n_inner_dst: u8,
+    /// Number of `node_names`.
+    pub n_node_names: u8,
+    /// Padding.
+    pub _pad: [u8; 2],
+    /// Sender prefixes.
+    pub source: [KernelPrefix; MAX_MATCH_VALUES],
+    /// Inner source prefixes.
+    pub inner_src: [KernelPrefix; MAX_MATCH_VALUES],
+    /// Inner destination prefixes.
+    pub inner_dst: [KernelPrefix; MAX_MATCH_VALUES],
+    /// Node names matched (exact bytes), `node_name_lens[i]` bytes of each.
+    pub node_names: [[u8; MAX_NODE_NAME]; MAX_MATCH_VALUES],
+    /// Lengths of `node_names`.
+    pub node_name_lens: [u8; MAX_MATCH_VALUES],
+    /// Destination indices (within the bank).
+    pub targets: [u32; MAX_TARGETS],
+    /// Padding (aligns `seeds`).
+    pub _pad_seeds: [u8; 4],
+    /// Rendezvous seeds of the targets.
+    pub seeds: [u64; MAX_TARGETS],
+}
+
+impl KernelRoute {
+    /// A route that matches nothing and passes (to be filled in).
+    pub const EMPTY: KernelRoute = KernelRoute {
+        kind: RouteKind::Opaque as u8,
+        action: RouteAction::Pass as u8,
+        mode: SteerMode::Single as u8,
+        n_targets: 0,
+        flags: 0,
+        slot: 0,
+        sample_ppm: SAMPLE_ALL,
+        proto: [0; 4],
+        capture: [[0; 2]; MAX_MATCH_VALUES],
+        ports: [[0; 2]; MAX_MATCH_VALUES],
+        n_capture: 0,
+        n_ports: 0,
+        n_source: 0,
+        n_inner_src: 0,
+        n_inner_dst: 0,
+        n_node_names: 0,
+        _pad: [0; 2],
+        source: [KernelPrefix {
+            addr: [0; 16],
+            len: 0,
+            _pad: [0; 3],
+        }; MAX_MATCH_VALUES],
+        inner_src: [KernelPrefix {
+            addr: [0; 16],
+            len: 0,
+            _pad: [0; 3],
+        }; MAX_MATCH_VALUES],
+        inner_dst: [KernelPrefix {
+            addr: [0; 16],
+            len: 0,
+            _pad: [0; 3],
+        }; MAX_MATCH_VALUES],
+        node_names: [[0; MAX_NODE_NAME]; MAX_MATCH_VALUES],
+        node_name_lens: [0; MAX_MATCH_VALUES],
+        targets: [0; MAX_TARGETS],
+        _pad_seeds: [0; 4],
+        seeds: [0; MAX_TARGETS],
+    };
+}
+
+/// What `hep_xdp` writes in front of a packet to be mirrored (XDP metadata), for the TC
+/// program: the bank and the route whose targets get a copy.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct MirrorMeta {
+    /// [`super::MIRROR_META_MAGIC`].
+    pub magic: u32,
+    /// The bank the route was read from.
+    pub bank: u32,
+    /// Route index within the bank.
+    pub route: u32,
+}
+
+/// A destination the kernel can steer to: UDP, HEPv3, no chunk rewriting.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct KernelDestination {
+    /// Collector address.
+    pub addr: Addr16,
+    /// Source address to write (the node's address on the egress interface). Right after
+    /// `addr`: the kernel checksums the 32 bytes of both in one helper call.
+    pub src_addr: Addr16,
+    /// Collector UDP port.
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// Padding.
+    pub _pad: u8,
+    /// Counter slot of the destination.
+    pub slot: u32,
+}
+
+/// A listener as the kernel sees it: the UDP address it listens on, its auth key, whether
+/// it has an allow list.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct KernelListener {
+    /// UDP port (host order).
+    pub port: u16,
+    /// Length of `auth_key` (0: no check).
+    pub auth_key_len: u8,
+    /// 1: senders are checked against [`super::ALLOW_MAP`] under this listener's id.
+    pub has_allow: u8,
+    /// Listener id in [`AllowKey`] (bank × [`super::MAX_LISTENERS`] + index).
+    pub id: u32,
+    /// Required chunk 0x000e.
+    pub auth_key: [u8; MAX_AUTH_KEY],
+    /// The address it is bound to (when `wildcard` is 0).
+    pub addr: Addr16,
+    /// 0: only `addr`; 4: any IPv4 address (`0.0.0.0`); 6: any address (`[::]`, which on
+    /// Linux also receives IPv4).
+    pub wildcard: u8,
+    /// Padding.
+    pub _pad: [u8; 3],
+}
+
+/// Key of [`super::ALLOW_MAP`] (an LPM trie): the listener id (always fully matched) and the
+/// sender address; the trie's prefix length counts 32 bits of `listener` plus the address
+/// prefix over [`Addr16`].
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct AllowKey {
+    /// Listener id, big endian (it is part of the matched prefix).
+    pub listener: [u8; 4],
+    /// Address.
+    pub addr: Addr16,
+}

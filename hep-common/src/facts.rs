@@ -1,0 +1,286 @@
+//! A packet's route facts ([`KernelFacts`]): what the route tables match on, read with the
+//! shared walker. One definition for both paths: the XDP program drives [`FactsWalk`] and
+//! [`hash_range`] from `bpf_loop` callbacks, the daemon's engine through [`facts`] and
+//! [`FactsWalk`] over a slice, so the two cannot disagree about a packet.
+
+use crate::abi::{Addr16, MAX_NODE_NAME, map_v4};
+use crate::bytes::ByteSource;
+use crate::chunk;
+use crate::correlation::{KEY_HASH_LIMIT, KeyHasher};
+use crate::error::HepError;
+use crate::walker::ChunkWalker;
+
+/// What the kernel read from a packet for route evaluation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelFacts {
+    /// The HEP sender (outer source address).
+    pub sender: Addr16,
+    /// Chunk 0x000b.
+    pub proto_type: Option<u8>,
+    /// Chunk 0x000c.
+    pub capture_id: Option<u32>,
+    /// Chunks 0x0003/0x0005 (first IPv4, else IPv6).
+    pub inner_src: Option<Addr16>,
+    /// Chunks 0x0004/0x0006.
+    pub inner_dst: Option<Addr16>,
+    /// Chunk 0x0007.
+    pub src_port: Option<u16>,
+    /// Chunk 0x0008.
+    pub dst_port: Option<u16>,
+    /// Chunk 0x0013: its length (`None`: no such chunk) and first [`MAX_NODE_NAME`] bytes
+    /// (a longer name equals no route's name).
+    pub node_name_len: Option<u16>,
+    /// See `node_name_len`; bytes past the length are zero.
+    pub node_name: [u8; MAX_NODE_NAME],
+    /// [`crate::correlation::key_hash`] of the correlation key (empty key when none).
+    pub key_hash: u64,
+}
+
+/// Reads the [`KernelFacts`] of the HEPv3 packet in `src` (validated on the way, with the
+/// shared walker), received from `sender`. Generic over [`ByteSource`] so the XDP program
+/// (packet bytes) and host code (slices) compute the same facts, the correlation key hash
+/// included ([`crate::correlation`]'s definition: first non-empty 0x0011, else for SIP the
+/// Call-ID of the first plain payload).
+///
+/// The steps are public ([`FactsWalk`]) so the kernel can run the chunk walk and the
+/// Call-ID scan in `bpf_loop` callbacks with the very same code.
+#[inline(always)]
+pub fn facts<S: ByteSource + ?Sized>(src: &S, sender: Addr16) -> Result<KernelFacts, HepError> {
+    let mut walk = FactsWalk::new(sender);
+    let mut w = ChunkWalker::new(src)?;
+    let mut n = 0;
+    while n < crate::chunk::MAX_CHUNKS + 1 {
+        n += 1;
+        let Some(c) = w.next_chunk()? else { break };
+        walk.on_chunk(src, &c);
+    }
+    let key = match walk.key_source() {
+        KeySpan::None => None,
+        KeySpan::Bytes { offset, len } => Some((offset, len)),
+        KeySpan::CallIdIn { offset, len } => {
+            crate::correlation::find_call_id(src, offset, len).map(|(s, e)| (offset + s, e - s))
+        }
+    };
+    let mut h = KeyHasher::new();
+    if let Some((off, len)) = key {
+        hash_range(src, off, len, &mut h);
+    }
+    Ok(walk.finish(h.finish()))
+}
+
+/// Feeds the bytes `[off, off + min(len, KEY_HASH_LIMIT))` of `src` to `h`.
+#[inline(always)]
+pub fn hash_range<S: ByteSource + ?Sized>(src: &S, off: usize, len: usize, h: &mut KeyHasher) {
+    let n = if len < KEY_HASH_LIMIT {
+        len
+    } else {
+        KEY_HASH_LIMIT
+    };
+    let mut i = 0;
+    while i < KEY_HASH_LIMIT {
+        if i >= n {
+            break;
+        }
+        if let Some([b]) = src.load::<1>(off + i) {
+            h.write_byte(b);
+        }
+        i += 1;
+    }
+}
+
+/// Where a packet's correlation key is, after the chunk walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySpan {
+    /// No key: the empty key is hashed.
+    None,
+    /// The key is these bytes (a non-empty chunk 0x0011).
+    Bytes {
+        /// Offset in the packet.
+        offset: usize,
+        /// Length.
+        len: usize,
+    },
+    /// The key is the Call-ID found in this SIP payload, if any.
+    CallIdIn {
+        /// Offset of the payload in the packet.
+        offset: usize,
+        /// Payload length.
+        len: usize,
+    },
+}
+
+/// The state of the facts walk: one [`FactsWalk::on_chunk`] per chunk, in wire order.
+#[derive(Debug, Clone, Copy)]
+pub struct FactsWalk {
+    f: KernelFacts,
+    corr: Option<(usize, usize)>,
+    payload: Option<(usize, usize)>,
+    src6: Option<Addr16>,
+    dst6: Option<Addr16>,
+    auth: Option<(usize, usize)>,
+}
+
+impl FactsWalk {
+    /// Before the first chunk.
+    #[inline(always)]
+    pub fn new(sender: Addr16) -> Self {
+        FactsWalk {
+            f: KernelFacts {
+                sender,
+                ..KernelFacts::default()
+            },
+            corr: None,
+            payload: None,
+            src6: None,
+            dst6: None,
+            auth: None,
+        }
+    }
+
+    /// Takes what the facts need from chunk `c` (first occurrences win).
+    #[inline(always)]
+    pub fn on_chunk<S: ByteSource + ?Sized>(&mut self, src: &S, c: &crate::walker::ChunkHeader) {
+        if c.vendor != crate::chunk::VENDOR_GENERIC {
+            return;
+        }
+        let off = c.value_offset();
+        let f = &mut self.f;
+        match c.kind {
+            chunk::PROTO_TYPE if f.proto_type.is_none() => {
+                f.proto_type = src.load::<1>(off).map(|b| b[0])
+            }
+            chunk::CAPTURE_ID if f.capture_id.is_none() => {
+                f.capture_id = src.load::<4>(off).map(u32::from_be_bytes)
+            }
+            chunk::SRC_PORT if f.src_port.is_none() => {
+                f.src_port = src.load::<2>(off).map(u16::from_be_bytes)
+            }
+            chunk::DST_PORT if f.dst_port.is_none() => {
+                f.dst_port = src.load::<2>(off).map(u16::from_be_bytes)
+            }
+            chunk::SRC_IPV4 if f.inner_src.is_none() => {
+                f.inner_src = src.load::<4>(off).map(map_v4)
+            }
+            chunk::DST_IPV4 if f.inner_dst.is_none() => {
+                f.inner_dst = src.load::<4>(off).map(map_v4)
+            }
+            chunk::SRC_IPV6 if self.src6.is_none() => self.src6 = src.load::<16>(off),
+            chunk::DST_IPV6 if self.dst6.is_none() => self.dst6 = src.load::<16>(off),
+            chunk::CORRELATION_ID if self.corr.is_none() => self.corr = Some((off, c.value_len())),
+            chunk::PAYLOAD if self.payload.is_none() => self.payload = Some((off, c.value_len())),
+            chunk::AUTH_KEY if self.auth.is_none() => self.auth = Some((off, c.value_len())),
+            chunk::NODE_NAME if f.node_name_len.is_none() => {
+                let len = c.value_len();
+                f.node_name_len = Some(len as u16);
+                let mut j = 0;
+                while j < MAX_NODE_NAME {
+                    if j < len
+                        && let Some([b]) = src.load::<1>(off + j)
+                    {
+                        f.node_name[j] = b;
+                    }
+                    j += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Where the auth key (the first chunk 0x000e, as [`crate::v3::Hep3::auth_key`]) is:
+    /// `(offset, len)`, after the last chunk.
+    #[inline(always)]
+    pub fn auth_span(&self) -> Option<(usize, usize)> {
+        self.auth
+    }
+
+    /// Where the correlation key is (after the last chunk).
+    #[inline(always)]
+    pub fn key_source(&self) -> KeySpan {
+        match self.corr {
+            Some((offset, len)) if len > 0 => KeySpan::Bytes { offset, len },
+            _ => match (self.f.proto_type, self.payload) {
+                (Some(p), Some((offset, len))) if p == crate::chunk::proto::SIP => {
+                    KeySpan::CallIdIn { offset, len }
+                }
+                _ => KeySpan::None,
+            },
+        }
+    }
+
+    /// The facts, with the key hash computed by the caller.
+    #[inline(always)]
+    pub fn finish(self, key_hash: u64) -> KernelFacts {
+        let mut f = self.f;
+        if f.inner_src.is_none() {
+            f.inner_src = self.src6;
+        }
+        if f.inner_dst.is_none() {
+            f.inner_dst = self.dst6;
+        }
+        f.key_hash = key_hash;
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_follow_the_shared_definitions() {
+        use crate::v3::{Hep3Message, Payload};
+        use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let sip = b"INVITE sip:b@x SIP/2.0\r\nVia: v\r\ni: abc@host \r\n\r\n";
+        let mut buf = [0u8; 512];
+        for (corr, proto, v6) in [
+            (None, 1u8, false),
+            (Some(&b"corr-1"[..]), 5, true),
+            (Some(&b""[..]), 1, false),
+            (None, 100, false),
+        ] {
+            let (s, d): (IpAddr, IpAddr) = if v6 {
+                (
+                    Ipv6Addr::LOCALHOST.into(),
+                    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9).into(),
+                )
+            } else {
+                (
+                    Ipv4Addr::new(198, 18, 0, 1).into(),
+                    Ipv4Addr::new(198, 18, 0, 2).into(),
+                )
+            };
+            let m = Hep3Message {
+                ip_proto: 17,
+                src_ip: s,
+                dst_ip: d,
+                src_port: 5060,
+                dst_port: 5062,
+                ts_sec: 1,
+                ts_usec: 2,
+                proto_type: proto,
+                capture_id: 2001,
+                auth_key: None,
+                correlation_id: corr,
+                vlan_id: None,
+                node_name: None,
+                extra: &[],
+                payload: Payload::Plain(sip),
+            };
+            let n = m.encode(&mut buf).unwrap();
+            let p = crate::v3::Hep3::parse(&buf[..n]).unwrap();
+            let f = facts(&buf[..n], map_v4([127, 0, 0, 1])).unwrap();
+            let key = p.correlation_key().map_or(&[][..], |k| k.bytes);
+            assert_eq!(f.key_hash, crate::correlation::key_hash(key));
+            assert_eq!(f.proto_type, Some(proto));
+            assert_eq!(f.capture_id, Some(2001));
+            assert_eq!((f.src_port, f.dst_port), (Some(5060), Some(5062)));
+            let want = |ip: IpAddr| match ip {
+                IpAddr::V4(a) => map_v4(a.octets()),
+                IpAddr::V6(a) => a.octets(),
+            };
+            assert_eq!(f.inner_src, Some(want(s)));
+            assert_eq!(f.inner_dst, Some(want(d)));
+        }
+        assert!(facts(&b"HEP3\x00\x07"[..], [0; 16]).is_err());
+    }
+}
