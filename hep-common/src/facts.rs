@@ -54,18 +54,26 @@ pub fn facts<S: ByteSource + ?Sized>(src: &S, sender: Addr16) -> Result<KernelFa
         let Some(c) = w.next_chunk()? else { break };
         walk.on_chunk(src, &c);
     }
-    let key = match walk.key_source() {
+    let mut h = KeyHasher::new();
+    if let Some((off, len)) = key_span(src, walk.key_source()) {
+        hash_range(src, off, len, &mut h);
+    }
+    Ok(walk.finish(h.finish()))
+}
+
+/// Where the correlation key's bytes are in `src`: `(offset, len)`, `None` when the packet
+/// has none ([`crate::correlation`]'s definition: a non-empty 0x0011 value, else the SIP
+/// Call-ID the scan finds in the payload). The kernel runs the same scan in `bpf_loop`
+/// callbacks ([`crate::correlation::CallIdScanner`]).
+#[inline(always)]
+pub fn key_span<S: ByteSource + ?Sized>(src: &S, key: KeySpan) -> Option<(usize, usize)> {
+    match key {
         KeySpan::None => None,
         KeySpan::Bytes { offset, len } => Some((offset, len)),
         KeySpan::CallIdIn { offset, len } => {
             crate::correlation::find_call_id(src, offset, len).map(|(s, e)| (offset + s, e - s))
         }
-    };
-    let mut h = KeyHasher::new();
-    if let Some((off, len)) = key {
-        hash_range(src, off, len, &mut h);
     }
-    Ok(walk.finish(h.finish()))
 }
 
 /// Feeds the bytes `[off, off + min(len, KEY_HASH_LIMIT))` of `src` to `h`.
@@ -118,6 +126,7 @@ pub struct FactsWalk {
     src6: Option<Addr16>,
     dst6: Option<Addr16>,
     auth: Option<(usize, usize)>,
+    node: Option<(usize, usize)>,
 }
 
 impl FactsWalk {
@@ -134,6 +143,7 @@ impl FactsWalk {
             src6: None,
             dst6: None,
             auth: None,
+            node: None,
         }
     }
 
@@ -172,6 +182,7 @@ impl FactsWalk {
             chunk::NODE_NAME if f.node_name_len.is_none() => {
                 let len = c.value_len();
                 f.node_name_len = Some(len as u16);
+                self.node = Some((off, len));
                 let mut j = 0;
                 while j < MAX_NODE_NAME {
                     if j < len
@@ -191,6 +202,19 @@ impl FactsWalk {
     #[inline(always)]
     pub fn auth_span(&self) -> Option<(usize, usize)> {
         self.auth
+    }
+
+    /// Where the node name (the first chunk 0x0013) is: `(offset, len)`, whole (the
+    /// kernel's [`KernelFacts::node_name`] keeps only its first [`MAX_NODE_NAME`] bytes).
+    #[inline(always)]
+    pub fn node_name_span(&self) -> Option<(usize, usize)> {
+        self.node
+    }
+
+    /// Where the first plain payload (chunk 0x000f) is: `(offset, len)`.
+    #[inline(always)]
+    pub fn payload_span(&self) -> Option<(usize, usize)> {
+        self.payload
     }
 
     /// Where the correlation key is (after the last chunk).

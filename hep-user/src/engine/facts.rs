@@ -1,10 +1,16 @@
-//! [`Facts`]: what routes match on, read from a packet in one pass over its chunks.
+//! [`Facts`]: what routes match on, read from a packet in one pass over its chunks with
+//! hep-common's [`FactsWalk`], the very code the XDP program runs (protocol type, capture
+//! id, node name, inner addresses and ports, auth key, the correlation key's place). The
+//! engine adds only what the kernel never needs: whole values as slices, the compressed
+//! payload for dedup, and the correlation key's bytes for correlation matches.
 
 use std::cell::OnceCell;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
-use hep_common::chunk::{self, VENDOR_GENERIC};
-use hep_common::correlation::{CorrelationKey, key_from_chunks, key_hash};
+use hep_common::abi::{Addr16, map_v4};
+use hep_common::chunk;
+use hep_common::correlation::key_hash;
+use hep_common::facts::{FactsWalk, KeySpan, key_span};
 use hep_common::v3::Hep3;
 
 /// The matchable facts of one HEPv3 packet.
@@ -19,9 +25,10 @@ pub struct Facts<'a> {
     pub capture_id: Option<u32>,
     /// Chunk 0x0013.
     pub node_name: Option<&'a [u8]>,
-    /// Chunk 0x0003 or 0x0005.
+    /// Chunk 0x0003, else 0x0005; canonical (an IPv4-mapped IPv6 address is IPv4, as the
+    /// kernel's 16-byte form makes it).
     pub inner_src: Option<IpAddr>,
-    /// Chunk 0x0004 or 0x0006.
+    /// Chunk 0x0004, else 0x0006; canonical.
     pub inner_dst: Option<IpAddr>,
     /// Chunk 0x0007.
     pub src_port: Option<u16>,
@@ -31,90 +38,153 @@ pub struct Facts<'a> {
     pub auth_key: Option<&'a [u8]>,
     /// The captured payload (0x000f, else 0x0010), for dedup.
     pub payload: &'a [u8],
-    correlation_id: Option<&'a [u8]>,
-    plain_payload: Option<&'a [u8]>,
-    key: OnceCell<Option<CorrelationKey<'a>>>,
+    key_source: KeySpan,
+    key: OnceCell<Option<&'a [u8]>>,
+}
+
+/// A kernel address (16 bytes, IPv4 mapped) as the engine's canonical [`IpAddr`].
+fn ip_of(a: Addr16) -> IpAddr {
+    Ipv6Addr::from(a).to_canonical()
+}
+
+/// The sender in the kernel's 16-byte form.
+fn addr16_of(ip: IpAddr) -> Addr16 {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => map_v4(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
 }
 
 impl<'a> Facts<'a> {
     /// Reads the facts of `packet`, received from `sender`.
     pub fn new(packet: Hep3<'a>, sender: IpAddr) -> Self {
-        let mut f = Facts {
+        let bytes = packet.as_bytes();
+        let span = |s: Option<(usize, usize)>| s.and_then(|(off, len)| bytes.get(off..off + len));
+        let mut walk = FactsWalk::new(addr16_of(sender));
+        for c in packet.chunks() {
+            walk.on_chunk(bytes, &c.header);
+        }
+        // The key hash is computed on first use (`key_hash`), not here.
+        let f = walk.finish(0);
+        let plain = span(walk.payload_span());
+        Facts {
             packet,
             sender: sender.to_canonical(),
-            proto_type: None,
-            capture_id: None,
-            node_name: None,
-            inner_src: None,
-            inner_dst: None,
-            src_port: None,
-            dst_port: None,
-            auth_key: None,
-            payload: &[],
-            correlation_id: None,
-            plain_payload: None,
+            proto_type: f.proto_type,
+            capture_id: f.capture_id,
+            node_name: span(walk.node_name_span()),
+            inner_src: f.inner_src.map(ip_of),
+            inner_dst: f.inner_dst.map(ip_of),
+            src_port: f.src_port,
+            dst_port: f.dst_port,
+            auth_key: span(walk.auth_span()),
+            payload: plain
+                .or_else(|| packet.generic(chunk::COMPRESSED_PAYLOAD))
+                .unwrap_or(&[]),
+            key_source: walk.key_source(),
             key: OnceCell::new(),
-        };
-        let mut compressed: Option<&[u8]> = None;
-        let mut plain: Option<&[u8]> = None;
-        for c in packet.chunks() {
-            if c.header.vendor != VENDOR_GENERIC {
-                continue;
-            }
-            let v = c.value;
-            // First occurrence wins, as in the codec's accessors.
-            match c.header.kind {
-                chunk::PROTO_TYPE if f.proto_type.is_none() => f.proto_type = v.first().copied(),
-                chunk::CAPTURE_ID if f.capture_id.is_none() => {
-                    f.capture_id = v.try_into().ok().map(u32::from_be_bytes)
-                }
-                chunk::NODE_NAME if f.node_name.is_none() => f.node_name = Some(v),
-                chunk::AUTH_KEY if f.auth_key.is_none() => f.auth_key = Some(v),
-                chunk::SRC_PORT if f.src_port.is_none() => {
-                    f.src_port = v.try_into().ok().map(u16::from_be_bytes)
-                }
-                chunk::DST_PORT if f.dst_port.is_none() => {
-                    f.dst_port = v.try_into().ok().map(u16::from_be_bytes)
-                }
-                chunk::SRC_IPV4 if f.inner_src.is_none() => {
-                    f.inner_src = <[u8; 4]>::try_from(v)
-                        .ok()
-                        .map(|a| Ipv4Addr::from(a).into())
-                }
-                chunk::DST_IPV4 if f.inner_dst.is_none() => {
-                    f.inner_dst = <[u8; 4]>::try_from(v)
-                        .ok()
-                        .map(|a| Ipv4Addr::from(a).into())
-                }
-                chunk::PAYLOAD if plain.is_none() => plain = Some(v),
-                chunk::CORRELATION_ID if f.correlation_id.is_none() => f.correlation_id = Some(v),
-                chunk::COMPRESSED_PAYLOAD if compressed.is_none() => compressed = Some(v),
-                _ => {}
-            }
         }
-        // IPv6 addresses count only when there is no IPv4 one, as in `Hep3::src_ip`.
-        if f.inner_src.is_none() {
-            f.inner_src = packet.src_ipv6().map(|a: Ipv6Addr| a.into());
-        }
-        if f.inner_dst.is_none() {
-            f.inner_dst = packet.dst_ipv6().map(|a: Ipv6Addr| a.into());
-        }
-        f.payload = plain.or(compressed).unwrap_or(&[]);
-        f.plain_payload = plain;
-        f
     }
 
     /// The correlation key (computed on first use).
     pub fn key(&self) -> Option<&'a [u8]> {
-        self.key
-            .get_or_init(|| {
-                key_from_chunks(self.correlation_id, self.proto_type, self.plain_payload)
-            })
-            .map(|k| k.bytes)
+        *self.key.get_or_init(|| {
+            let bytes = self.packet.as_bytes();
+            key_span(bytes, self.key_source).and_then(|(off, len)| bytes.get(off..off + len))
+        })
     }
 
     /// The correlation key hash; a packet without a key hashes as the empty key.
     pub fn key_hash(&self) -> u64 {
         key_hash(self.key().unwrap_or(&[]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use hep_common::chunk::ChunkId;
+    use hep_common::v3::{Hep3Message, Payload, RawChunk};
+
+    use super::*;
+
+    /// The engine's facts equal the codec's accessors (first occurrence wins, IPv4 before
+    /// IPv6, the correlation key of `Hep3::correlation_key`), value for value.
+    #[test]
+    fn facts_equal_the_codec_accessors() {
+        let sip = b"OPTIONS sip:x SIP/2.0\r\nCall-ID: k-1@h\r\n\r\n";
+        let extra = [
+            RawChunk {
+                id: ChunkId::generic(chunk::NODE_NAME),
+                value: b"edge-1",
+            },
+            RawChunk {
+                id: ChunkId::generic(chunk::PROTO_TYPE),
+                value: &[5],
+            },
+            RawChunk {
+                id: ChunkId::generic(chunk::DST_IPV6),
+                value: &[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            },
+        ];
+        let m = Hep3Message {
+            ip_proto: 17,
+            src_ip: Ipv4Addr::new(198, 18, 0, 1).into(),
+            dst_ip: Ipv4Addr::new(198, 18, 0, 2).into(),
+            src_port: 5060,
+            dst_port: 5080,
+            ts_sec: 1,
+            ts_usec: 2,
+            proto_type: 1,
+            capture_id: 77,
+            auth_key: Some(b"secret"),
+            correlation_id: None,
+            vlan_id: None,
+            node_name: None,
+            extra: &extra,
+            payload: Payload::Plain(sip),
+        };
+        let mut buf = [0u8; 512];
+        let n = m.encode(&mut buf).expect("encode");
+        let p = Hep3::parse(&buf[..n]).expect("parse");
+        let f = Facts::new(p, "::ffff:127.0.0.1".parse().expect("addr"));
+        assert_eq!(f.sender, IpAddr::from(Ipv4Addr::LOCALHOST));
+        assert_eq!(f.proto_type, Some(1));
+        assert_eq!(f.capture_id, Some(77));
+        assert_eq!(f.node_name, Some(&b"edge-1"[..]));
+        assert_eq!(f.inner_src, Some(Ipv4Addr::new(198, 18, 0, 1).into()));
+        // IPv4 chunks win over IPv6 ones.
+        assert_eq!(f.inner_dst, Some(Ipv4Addr::new(198, 18, 0, 2).into()));
+        assert_eq!((f.src_port, f.dst_port), (Some(5060), Some(5080)));
+        assert_eq!(f.auth_key, Some(&b"secret"[..]));
+        assert_eq!(f.payload, &sip[..]);
+        assert_eq!(f.key(), Some(&b"k-1@h"[..]));
+        assert_eq!(f.key(), p.correlation_key().map(|k| k.bytes));
+        assert_eq!(f.key_hash(), key_hash(b"k-1@h"));
+
+        // IPv6 inner addresses; an IPv4-mapped one is IPv4, as in the kernel.
+        let m = Hep3Message {
+            src_ip: "::ffff:198.18.0.9"
+                .parse::<Ipv6Addr>()
+                .expect("addr")
+                .into(),
+            dst_ip: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).into(),
+            extra: &[],
+            auth_key: None,
+            payload: Payload::Compressed(b"zz"),
+            ..m
+        };
+        let n = m.encode(&mut buf).expect("encode");
+        let p = Hep3::parse(&buf[..n]).expect("parse");
+        let f = Facts::new(p, Ipv6Addr::LOCALHOST.into());
+        assert_eq!(f.inner_src, Some(Ipv4Addr::new(198, 18, 0, 9).into()));
+        assert_eq!(
+            f.inner_dst,
+            Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).into())
+        );
+        assert_eq!(f.payload, b"zz");
+        assert_eq!((f.auth_key, f.node_name), (None, None));
+        assert_eq!((f.key(), f.key_hash()), (None, key_hash(b"")));
     }
 }
