@@ -1102,6 +1102,27 @@ mod tests {
         assert_eq!(e.line, 14);
     }
 
+    /// A route whose `rewrite` list spans several lines: parser errors inside it name the
+    /// route, the entry and the key, not the text before the first `=` on the line.
+    #[test]
+    fn parser_errors_inside_a_multi_line_rewrite_name_the_entry_and_key() {
+        let routes = "[[route]]\nname = \"r0\"\nforward = [\"a\"]\n[[route]]\nname = \"r1\"\nforward = [\"b\"]\n[[route]]\nname = \"r2\"\nforward = [\"a\"]\nrewrite = [\n    { set = \"capture_id\", value = 42 },\n";
+        let cases: &[(&str, &str)] = &[
+            (
+                "    { delete = \"auth_key\", width = \"two\" },\n]\n",
+                "t.toml:22:36: route[2].rewrite[1].width: invalid type: string \"two\", expected i64",
+            ),
+            (
+                "    { delete = \"auth_key\" },\n    \"node_name\",\n]\n",
+                "t.toml:23:5: route[2].rewrite[2]: invalid type: string \"node_name\", expected a rewrite entry { set = CHUNK, value = V } or { delete = CHUNK }",
+            ),
+        ];
+        for (tail, want) in cases {
+            let e = one_error(&format!("{BASE}{routes}{tail}"));
+            assert_eq!(e.to_string().lines().next(), Some(*want), "{tail}");
+        }
+    }
+
     #[test]
     fn each_field_is_checked() {
         let cases: &[(&str, &str, &str)] = &[
