@@ -1109,6 +1109,109 @@ mod tests {
         }
     }
 
+    /// Values of the wrong shape are rejected by the parser, which names the field by the path
+    /// it was at and points at the value.
+    #[test]
+    fn parser_errors_name_the_path_of_the_value() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "forward = [\"a\"]\nrewrite = [\n    { set = \"capture_id\", value = 42 },\n    { delete = 1.5 },\n]",
+                "t.toml:16:16: route[0].rewrite[1].delete: invalid type: floating point `1.5`, expected a chunk: a name, a generic type \"0x0013\", or { vendor = 3, type = 0x0100 }",
+            ),
+            (
+                "forward = [\"a\"]\nrewrite = [\n    { delete = \"auth_key\", wdith = 2 },\n]",
+                "t.toml:15:28: route[0].rewrite[0].wdith: unknown field `wdith`, expected one of `set`, `delete`, `value`, `width`",
+            ),
+            (
+                "forward = [\"a\"]\nrewrite = [{ set = { vendor = 3, typ = 1 }, value = \"x\" }]",
+                "t.toml:14:34: route[0].rewrite[0].set.typ: unknown field `typ`, expected `vendor` or `type`",
+            ),
+            (
+                "forward = [\"a\"]\nrewrite = [{ set = \"node_name\", value = true }]",
+                "t.toml:14:41: route[0].rewrite[0].value: invalid type: boolean `true`, expected a number or a string",
+            ),
+            (
+                "forward = [\"a\"]\nmatch = { correlation = { suffix = [\"@a\", 3] } }",
+                "t.toml:14:43: route[0].match.correlation.suffix[1]: invalid type: integer `3`, expected a string",
+            ),
+            (
+                "forward = [\"a\"]\nmatch = { proto = [\"sip\", 1.5] }",
+                "t.toml:14:27: route[0].match.proto[1]: invalid type: floating point `1.5`, expected a number or a string",
+            ),
+            (
+                "forward = [\"a\"]\nsample = \"half\"",
+                "t.toml:14:10: route[0].sample: invalid type: string \"half\", expected f64",
+            ),
+            ("forward = [\"a\"\n", "t.toml:15:1: (syntax): invalid array"),
+        ];
+        for (body, want) in cases {
+            let e = one_error(&format!("{BASE}[[route]]\nname = \"r\"\n{body}\n"));
+            assert_eq!(e.to_string().lines().next(), Some(*want), "{body}");
+        }
+    }
+
+    /// A correlation test takes one string or a list of them; both compile alike, and an
+    /// empty list is an error.
+    #[test]
+    fn correlation_tests_take_one_string_or_a_list() {
+        let matcher = |tests: &str| {
+            let src = format!(
+                "{BASE}[[route]]\nname = \"r\"\nforward = [\"a\"]\nmatch = {{ correlation = {{ {tests} }} }}\n"
+            );
+            compile_str(&src).map(|plan| plan.routes[0].matcher.correlation.clone())
+        };
+        assert_eq!(
+            matcher("exact = \"k\", domain = [\"a.example\", \"b.example\"]"),
+            Ok(Some(CorrelationMatcher {
+                exact: vec![b"k".to_vec()],
+                domain: vec![b"a.example".to_vec(), b"b.example".to_vec()],
+                ..CorrelationMatcher::default()
+            }))
+        );
+        let e = one_error(&format!(
+            "{BASE}[[route]]\nname = \"r\"\nforward = [\"a\"]\nmatch = {{ correlation = {{ prefix = [] }} }}\n"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "t.toml:14:36: route[0].match.correlation.prefix: expected a string or a list of strings"
+        );
+    }
+
+    /// config/hepfwd.toml, what `cargo xtask run` starts: one listener on UDP and TCP, two
+    /// local collectors, everything mirrored to both.
+    #[test]
+    fn the_default_configuration_mirrors_to_two_local_collectors() {
+        let src = include_str!("../../../config/hepfwd.toml");
+        let p = compile(Path::new("config/hepfwd.toml"), src).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.admin, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(p.listeners.len(), 1);
+        assert_eq!(p.listeners[0].udp, Some("0.0.0.0:9060".parse().unwrap()));
+        assert_eq!(p.listeners[0].tcp, Some("0.0.0.0:9060".parse().unwrap()));
+        let destinations: Vec<(&str, String, Transport)> = p
+            .destinations
+            .iter()
+            .map(|d| (d.name.as_str(), d.address.to_string(), d.transport))
+            .collect();
+        assert_eq!(
+            destinations,
+            [
+                ("local-udp", "127.0.0.1:9061".to_string(), Transport::Udp),
+                ("local-tcp", "127.0.0.1:9062".to_string(), Transport::Tcp),
+            ]
+        );
+        assert!(p.routes.is_empty());
+        let default = p.default.as_ref().unwrap();
+        assert_eq!(
+            default.action,
+            Action::Forward {
+                targets: vec![0, 1],
+                mode: Mode::All
+            }
+        );
+        assert!(default.rewrite.is_empty());
+        assert!(p.invalid.is_empty());
+    }
+
     #[test]
     fn each_field_is_checked() {
         let cases: &[(&str, &str, &str)] = &[
