@@ -72,6 +72,9 @@ impl<'de> Deserialize<'de> for NumberOrString {
 }
 
 /// A key that takes one value or a list of them (`suffix = "@a"` or `suffix = ["@a", "@b"]`).
+///
+/// A single value is read by `T` from the value alone, so `T` is a plain type (a string, a
+/// number, a table), not a [`Spanned`]: put the span around the whole, `Spanned<OneOrMany<T>>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OneOrMany<T> {
     /// A single value.
@@ -408,4 +411,35 @@ pub struct XdpSection {
     pub interfaces: Option<SpannedStrings>,
     /// `native` (default) or `skb`.
     pub attach: Option<Spanned<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Holder {
+        key: OneOrMany<i64>,
+    }
+
+    fn read(src: &str) -> Result<Vec<i64>, String> {
+        toml::from_str::<Holder>(src)
+            .map(|holder| holder.key.as_slice().to_vec())
+            .map_err(|e| e.message().to_string())
+    }
+
+    #[test]
+    fn one_or_many_reads_one_value_or_a_list_and_reports_what_the_item_expects() {
+        assert_eq!(read("key = 7"), Ok(vec![7]));
+        assert_eq!(read("key = [1, 2]"), Ok(vec![1, 2]));
+        assert_eq!(read("key = []"), Ok(vec![]));
+        assert_eq!(
+            read("key = \"x\""),
+            Err("invalid type: string \"x\", expected i64".to_string())
+        );
+        assert_eq!(
+            read("key = [1, \"x\"]"),
+            Err("invalid type: string \"x\", expected i64".to_string())
+        );
+    }
 }
