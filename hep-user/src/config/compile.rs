@@ -11,7 +11,7 @@ use hep_common::chunk::{self, ChunkId, ValueType, proto};
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::error::{ConfigErrors, Reporter, path_at};
+use super::error::{ConfigErrors, Reporter, field_path};
 use super::plan::*;
 use super::schema::*;
 
@@ -51,9 +51,13 @@ pub fn load(path: &Path) -> Result<Plan, ConfigErrors> {
 /// Validates and compiles configuration text; `path` is used in error messages.
 pub fn compile(path: &Path, src: &str) -> Result<Plan, ConfigErrors> {
     let mut r = Reporter::new(path, src);
-    let file: ConfigFile = match toml::from_str(src) {
+    // The parser knows where it was: the span of the value (from `toml`) and the field path
+    // (from `serde_path_to_error`).
+    let file: ConfigFile = match serde_path_to_error::deserialize(toml::Deserializer::new(src)) {
         Ok(f) => f,
         Err(e) => {
+            let field = field_path(e.path());
+            let e = e.into_inner();
             let span = e.span().unwrap_or(0..0);
             let message = e.message().trim().to_string();
             let hint = if message.contains("unknown field") {
@@ -66,7 +70,7 @@ pub fn compile(path: &Path, src: &str) -> Result<Plan, ConfigErrors> {
             } else {
                 None
             };
-            r.error(span.clone(), path_at(src, span.start), message, hint);
+            r.error(span, field, message, hint);
             return Err(r.finish());
         }
     };
@@ -507,7 +511,7 @@ impl Compiler<'_> {
 
     fn u32_ranges(
         &mut self,
-        list: &SpannedValues,
+        list: &SpannedScalars,
         field: &str,
         max: u64,
     ) -> Vec<RangeInclusive<u64>> {
@@ -523,10 +527,10 @@ impl Compiler<'_> {
                 );
             };
             match v.get_ref() {
-                toml::Value::Integer(n) if *n >= 0 && (*n as u64) <= max => {
+                NumberOrString::Number(n) if *n >= 0 && (*n as u64) <= max => {
                     out.push(*n as u64..=*n as u64)
                 }
-                toml::Value::String(s) => {
+                NumberOrString::String(s) => {
                     let parsed = s.split_once('-').and_then(|(a, b)| {
                         Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?))
                     });
@@ -546,9 +550,9 @@ impl Compiler<'_> {
             let mut out = Vec::new();
             for (i, v) in list.get_ref().iter().enumerate() {
                 let value = match v.get_ref() {
-                    toml::Value::Integer(n) if (0..=255).contains(n) => Some(*n as u8),
-                    toml::Value::String(s) => proto::by_name(s),
-                    _ => None,
+                    NumberOrString::Number(n) if (0..=255).contains(n) => Some(*n as u8),
+                    NumberOrString::String(s) => proto::by_name(s),
+                    NumberOrString::Number(_) => None,
                 };
                 match value {
                     Some(p) => out.push(p),
@@ -600,16 +604,10 @@ impl Compiler<'_> {
             .map(|l| self.prefixes(l, &format!("{field}.inner_dst")));
         let correlation = m.correlation.as_ref().map(|c| {
             let c = c.get_ref();
-            let mut strings = |v: &Option<Spanned<toml::Value>>, key: &str| -> Vec<Vec<u8>> {
+            let mut strings = |v: &Option<Spanned<OneOrMany<String>>>, key: &str| -> Vec<Vec<u8>> {
                 let Some(v) = v else { return Vec::new() };
-                match v.get_ref() {
-                    toml::Value::String(s) => vec![s.as_bytes().to_vec()],
-                    toml::Value::Array(a) if !a.is_empty() && a.iter().all(|x| x.is_str()) => a
-                        .iter()
-                        .filter_map(|x| x.as_str())
-                        .map(|s| s.as_bytes().to_vec())
-                        .collect(),
-                    _ => {
+                match v.get_ref().as_slice() {
+                    [] => {
                         self.r.error(
                             span_of(v),
                             format!("{field}.correlation.{key}"),
@@ -618,6 +616,7 @@ impl Compiler<'_> {
                         );
                         Vec::new()
                     }
+                    strings => strings.iter().map(|s| s.as_bytes().to_vec()).collect(),
                 }
             };
             let none_given =
@@ -654,7 +653,7 @@ impl Compiler<'_> {
     /// Resolves a chunk named in a rewrite: a generic name, `"0xNNNN"`, or `{vendor, type}`.
     fn chunk_id(
         &mut self,
-        v: &Spanned<toml::Value>,
+        v: &Spanned<ChunkRef>,
         field: &str,
     ) -> Option<(ChunkId, Option<ValueType>)> {
         let hint = || {
@@ -665,7 +664,7 @@ impl Compiler<'_> {
             ))
         };
         match v.get_ref() {
-            toml::Value::String(s) => {
+            ChunkRef::Name(s) => {
                 if let Some((kind, t)) = chunk::generic_by_name(s) {
                     return Some((ChunkId::generic(kind), Some(t)));
                 }
@@ -678,19 +677,14 @@ impl Compiler<'_> {
                     .error(span_of(v), field, format!("unknown chunk {s:?}"), hint());
                 None
             }
-            toml::Value::Integer(n) if (0..=0xffff).contains(n) => {
+            ChunkRef::Number(n) if (0..=0xffff).contains(n) => {
                 let kind = *n as u16;
                 Some((ChunkId::generic(kind), chunk::generic_type(kind)))
             }
-            toml::Value::Table(t) => {
-                let num = |k: &str| {
-                    t.get(k)
-                        .and_then(|x| x.as_integer())
-                        .filter(|n| (0..=0xffff).contains(n))
-                        .map(|n| n as u16)
-                };
-                match (num("vendor"), num("type"), t.len()) {
-                    (Some(vendor), Some(kind), 2) => {
+            ChunkRef::Table(table) => {
+                let number = |n: i64| u16::try_from(n).ok();
+                match (number(table.vendor), number(table.kind)) {
+                    (Some(vendor), Some(kind)) => {
                         let vt = if vendor == chunk::VENDOR_GENERIC {
                             chunk::generic_type(kind)
                         } else {
@@ -709,7 +703,7 @@ impl Compiler<'_> {
                     }
                 }
             }
-            _ => {
+            ChunkRef::Number(_) => {
                 self.r.error(span_of(v), field, "not a chunk name", hint());
                 None
             }
@@ -763,7 +757,7 @@ impl Compiler<'_> {
 
     fn encode_value(
         &mut self,
-        v: &Spanned<toml::Value>,
+        v: &Spanned<NumberOrString>,
         vt: Option<ValueType>,
         width: Option<&Spanned<i64>>,
         field: &str,
@@ -784,8 +778,10 @@ impl Compiler<'_> {
             None
         };
         match (vt, v.get_ref()) {
-            (Some(ValueType::Octets) | None, toml::Value::String(s)) => Some(s.as_bytes().to_vec()),
-            (None, toml::Value::Integer(n)) => match width.map(|w| *w.get_ref()) {
+            (Some(ValueType::Octets) | None, NumberOrString::String(s)) => {
+                Some(s.as_bytes().to_vec())
+            }
+            (None, NumberOrString::Number(n)) => match width.map(|w| *w.get_ref()) {
                 Some(w @ (1 | 2 | 4 | 8)) => int(w as usize, *n).or_else(|| {
                     bad(
                         &mut self.r,
@@ -801,7 +797,7 @@ impl Compiler<'_> {
             },
             (
                 Some(t @ (ValueType::U8 | ValueType::U16 | ValueType::U32 | ValueType::U64)),
-                toml::Value::Integer(n),
+                NumberOrString::Number(n),
             ) => {
                 let w = t.width().unwrap_or(8);
                 int(w, *n).or_else(|| {
@@ -812,10 +808,10 @@ impl Compiler<'_> {
                     )
                 })
             }
-            (Some(ValueType::U8), toml::Value::String(s)) if proto::by_name(s).is_some() => {
+            (Some(ValueType::U8), NumberOrString::String(s)) if proto::by_name(s).is_some() => {
                 proto::by_name(s).map(|p| vec![p])
             }
-            (Some(ValueType::Inet4), toml::Value::String(s)) => {
+            (Some(ValueType::Inet4), NumberOrString::String(s)) => {
                 match std::net::Ipv4Addr::from_str(s) {
                     Ok(a) => Some(a.octets().to_vec()),
                     Err(_) => bad(
@@ -825,7 +821,7 @@ impl Compiler<'_> {
                     ),
                 }
             }
-            (Some(ValueType::Inet6), toml::Value::String(s)) => {
+            (Some(ValueType::Inet6), NumberOrString::String(s)) => {
                 match std::net::Ipv6Addr::from_str(s) {
                     Ok(a) => Some(a.octets().to_vec()),
                     Err(_) => bad(
@@ -840,22 +836,12 @@ impl Compiler<'_> {
                 format!("{other} does not fit a chunk of type {t:?}"),
                 "numbers for integer chunks, strings for text, addresses as strings",
             ),
-            (None, other) => bad(
-                &mut self.r,
-                format!("{other} cannot be a chunk value"),
-                "use a string, or an integer with width",
-            ),
         }
     }
 
-    fn sample(&mut self, s: &Spanned<toml::Value>, field: &str) -> Option<u32> {
-        let f = match s.get_ref() {
-            toml::Value::Float(f) => Some(*f),
-            toml::Value::Integer(n) => Some(*n as f64),
-            _ => None,
-        };
-        match f {
-            Some(f) if (0.0..=1.0).contains(&f) => Some((f * 1_000_000.0).round() as u32),
+    fn sample(&mut self, s: &Spanned<f64>, field: &str) -> Option<u32> {
+        match *s.get_ref() {
+            f if (0.0..=1.0).contains(&f) => Some((f * 1_000_000.0).round() as u32),
             _ => {
                 self.r.error(
                     span_of(s),
@@ -1100,6 +1086,130 @@ mod tests {
             "{BASE}[[route]]\nname = \"r\"\nforward = [\"a\"\n"
         ));
         assert_eq!(e.line, 14);
+    }
+
+    /// A route whose `rewrite` list spans several lines: parser errors inside it name the
+    /// route, the entry and the key, not the text before the first `=` on the line.
+    #[test]
+    fn parser_errors_inside_a_multi_line_rewrite_name_the_entry_and_key() {
+        let routes = "[[route]]\nname = \"r0\"\nforward = [\"a\"]\n[[route]]\nname = \"r1\"\nforward = [\"b\"]\n[[route]]\nname = \"r2\"\nforward = [\"a\"]\nrewrite = [\n    { set = \"capture_id\", value = 42 },\n";
+        let cases: &[(&str, &str)] = &[
+            (
+                "    { delete = \"auth_key\", width = \"two\" },\n]\n",
+                "t.toml:22:36: route[2].rewrite[1].width: invalid type: string \"two\", expected i64",
+            ),
+            (
+                "    { delete = \"auth_key\" },\n    \"node_name\",\n]\n",
+                "t.toml:23:5: route[2].rewrite[2]: invalid type: string \"node_name\", expected a rewrite entry { set = CHUNK, value = V } or { delete = CHUNK }",
+            ),
+        ];
+        for (tail, want) in cases {
+            let e = one_error(&format!("{BASE}{routes}{tail}"));
+            assert_eq!(e.to_string().lines().next(), Some(*want), "{tail}");
+        }
+    }
+
+    /// Values of the wrong shape are rejected by the parser, which names the field by the path
+    /// it was at and points at the value.
+    #[test]
+    fn parser_errors_name_the_path_of_the_value() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "forward = [\"a\"]\nrewrite = [\n    { set = \"capture_id\", value = 42 },\n    { delete = 1.5 },\n]",
+                "t.toml:16:16: route[0].rewrite[1].delete: invalid type: floating point `1.5`, expected a chunk: a name, a generic type \"0x0013\", or { vendor = 3, type = 0x0100 }",
+            ),
+            (
+                "forward = [\"a\"]\nrewrite = [\n    { delete = \"auth_key\", wdith = 2 },\n]",
+                "t.toml:15:28: route[0].rewrite[0].wdith: unknown field `wdith`, expected one of `set`, `delete`, `value`, `width`",
+            ),
+            (
+                "forward = [\"a\"]\nrewrite = [{ set = { vendor = 3, typ = 1 }, value = \"x\" }]",
+                "t.toml:14:34: route[0].rewrite[0].set.typ: unknown field `typ`, expected `vendor` or `type`",
+            ),
+            (
+                "forward = [\"a\"]\nrewrite = [{ set = \"node_name\", value = true }]",
+                "t.toml:14:41: route[0].rewrite[0].value: invalid type: boolean `true`, expected a number or a string",
+            ),
+            (
+                "forward = [\"a\"]\nmatch = { correlation = { suffix = [\"@a\", 3] } }",
+                "t.toml:14:43: route[0].match.correlation.suffix[1]: invalid type: integer `3`, expected a string",
+            ),
+            (
+                "forward = [\"a\"]\nmatch = { proto = [\"sip\", 1.5] }",
+                "t.toml:14:27: route[0].match.proto[1]: invalid type: floating point `1.5`, expected a number or a string",
+            ),
+            (
+                "forward = [\"a\"]\nsample = \"half\"",
+                "t.toml:14:10: route[0].sample: invalid type: string \"half\", expected f64",
+            ),
+            ("forward = [\"a\"\n", "t.toml:15:1: (syntax): invalid array"),
+        ];
+        for (body, want) in cases {
+            let e = one_error(&format!("{BASE}[[route]]\nname = \"r\"\n{body}\n"));
+            assert_eq!(e.to_string().lines().next(), Some(*want), "{body}");
+        }
+    }
+
+    /// A correlation test takes one string or a list of them; both compile alike, and an
+    /// empty list is an error.
+    #[test]
+    fn correlation_tests_take_one_string_or_a_list() {
+        let matcher = |tests: &str| {
+            let src = format!(
+                "{BASE}[[route]]\nname = \"r\"\nforward = [\"a\"]\nmatch = {{ correlation = {{ {tests} }} }}\n"
+            );
+            compile_str(&src).map(|plan| plan.routes[0].matcher.correlation.clone())
+        };
+        assert_eq!(
+            matcher("exact = \"k\", domain = [\"a.example\", \"b.example\"]"),
+            Ok(Some(CorrelationMatcher {
+                exact: vec![b"k".to_vec()],
+                domain: vec![b"a.example".to_vec(), b"b.example".to_vec()],
+                ..CorrelationMatcher::default()
+            }))
+        );
+        let e = one_error(&format!(
+            "{BASE}[[route]]\nname = \"r\"\nforward = [\"a\"]\nmatch = {{ correlation = {{ prefix = [] }} }}\n"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "t.toml:14:36: route[0].match.correlation.prefix: expected a string or a list of strings"
+        );
+    }
+
+    /// config/hepfwd.toml, what `cargo xtask run` starts: one listener on UDP and TCP, two
+    /// local collectors, everything mirrored to both.
+    #[test]
+    fn the_default_configuration_mirrors_to_two_local_collectors() {
+        let src = include_str!("../../../config/hepfwd.toml");
+        let p = compile(Path::new("config/hepfwd.toml"), src).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.admin, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(p.listeners.len(), 1);
+        assert_eq!(p.listeners[0].udp, Some("0.0.0.0:9060".parse().unwrap()));
+        assert_eq!(p.listeners[0].tcp, Some("0.0.0.0:9060".parse().unwrap()));
+        let destinations: Vec<(&str, String, Transport)> = p
+            .destinations
+            .iter()
+            .map(|d| (d.name.as_str(), d.address.to_string(), d.transport))
+            .collect();
+        assert_eq!(
+            destinations,
+            [
+                ("local-udp", "127.0.0.1:9061".to_string(), Transport::Udp),
+                ("local-tcp", "127.0.0.1:9062".to_string(), Transport::Tcp),
+            ]
+        );
+        assert!(p.routes.is_empty());
+        let default = p.default.as_ref().unwrap();
+        assert_eq!(
+            default.action,
+            Action::Forward {
+                targets: vec![0, 1],
+                mode: Mode::All
+            }
+        );
+        assert!(default.rewrite.is_empty());
+        assert!(p.invalid.is_empty());
     }
 
     #[test]

@@ -5,7 +5,15 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// One problem in a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Displayed as `file:line:col: field: message`, then `  hint: ...` on a second line when
+/// there is a hint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{}:{line}:{column}: {field}: {message}{}",
+    .file.display(),
+    HintLine(.hint.as_deref())
+)]
 pub struct ConfigError {
     /// The file.
     pub file: PathBuf,
@@ -21,35 +29,38 @@ pub struct ConfigError {
     pub hint: Option<String>,
 }
 
-impl fmt::Display for ConfigError {
+/// The hint of an error, as the second line of its text (nothing without a hint).
+struct HintLine<'a>(Option<&'a str>);
+
+impl fmt::Display for HintLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.field,
-            self.message
-        )?;
-        if let Some(h) = &self.hint {
-            write!(f, "\n  hint: {h}")?;
+        match self.0 {
+            Some(hint) => write!(f, "\n  hint: {hint}"),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
 /// Every problem found in a configuration file (at least one).
+///
+/// Displayed as the errors one after the other, one per line (each followed by its hint
+/// line). The errors are all in that text, so there is no further [`source`].
+///
+/// [`source`]: std::error::Error::source
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", Lines(.0))]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
-impl fmt::Display for ConfigErrors {
+/// Errors, one per line.
+struct Lines<'a>(&'a [ConfigError]);
+
+impl fmt::Display for Lines<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{e}")?;
+            write!(f, "{error}")?;
         }
         Ok(())
     }
@@ -67,48 +78,34 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// The field path at a byte offset, from the table headers and the key on that line
-/// (for errors reported by the TOML parser, which knows only a span).
-pub fn path_at(src: &str, offset: usize) -> String {
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    let mut table = String::new();
-    let mut pos = 0;
-    let mut key = String::new();
-    for line in src.split_inclusive('\n') {
-        let start = pos;
-        pos += line.len();
-        let t = line.trim();
-        if start > offset {
-            break;
-        }
-        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_string();
-            let n = match counts.iter_mut().find(|(k, _)| *k == name) {
-                Some((_, c)) => {
-                    *c += 1;
-                    *c
+/// The field a parser error is about, from the path the deserializer was at
+/// (`route[2].rewrite[1].delete`); the parser's own bookkeeping (the inside of a
+/// [`toml::Spanned`]) is left out. An empty path (a syntax error) is `(syntax)`.
+pub fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if key.starts_with("$__") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
                 }
-                None => {
-                    counts.push((name.clone(), 0));
-                    0
+                out.push_str(key);
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
                 }
-            };
-            table = format!("{name}[{n}]");
-            key.clear();
-        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            table = name.trim().to_string();
-            key.clear();
-        } else if let Some((k, _)) = t.split_once('=')
-            && !t.starts_with('#')
-        {
-            key = k.trim().to_string();
+                out.push('?');
+            }
         }
     }
-    match (table.is_empty(), key.is_empty()) {
-        (true, true) => "(top level)".into(),
-        (true, false) => key,
-        (false, true) => table,
-        (false, false) => format!("{table}.{key}"),
+    if out.is_empty() {
+        "(syntax)".into()
+    } else {
+        out
     }
 }
 
@@ -164,11 +161,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn positions_and_paths() {
+    fn positions_are_one_based_lines_and_columns() {
         let src = "[admin]\nlisten = \"x\"\n\n[[route]]\nname = \"a\"\n[[route]]\nname = \"b\"\nmode = \"bad\"\n";
-        let off = src.find("\"bad\"").unwrap();
-        assert_eq!(line_col(src, off), (8, 8));
-        assert_eq!(path_at(src, off), "route[1].mode");
-        assert_eq!(path_at(src, src.find("\"x\"").unwrap()), "admin.listen");
+        assert_eq!(line_col(src, 0), (1, 1));
+        assert_eq!(line_col(src, 17), (2, 10));
+        assert_eq!(line_col(src, 71), (8, 8));
+        assert_eq!(line_col(src, 10_000), (9, 1));
+    }
+
+    #[test]
+    fn config_errors_are_a_std_error_with_every_error_in_its_text() {
+        let error = |line, field: &str, hint: Option<&str>| ConfigError {
+            file: PathBuf::from("t.toml"),
+            line,
+            column: 3,
+            field: field.into(),
+            message: "bad".into(),
+            hint: hint.map(String::from),
+        };
+        let errors = ConfigErrors(vec![
+            error(1, "route[0].mode", Some("use \"all\"")),
+            error(2, "route[1].name", None),
+        ]);
+        let boxed: Box<dyn std::error::Error> = Box::new(errors);
+        assert_eq!(
+            boxed.to_string(),
+            "t.toml:1:3: route[0].mode: bad\n  hint: use \"all\"\nt.toml:2:3: route[1].name: bad"
+        );
+        assert!(boxed.source().is_none());
+        let single: Box<dyn std::error::Error> = Box::new(error(4, "admin.listen", None));
+        assert_eq!(single.to_string(), "t.toml:4:3: admin.listen: bad");
     }
 }

@@ -1,13 +1,221 @@
 //! The configuration file as written (TOML), before validation. Every field that can be
 //! wrong carries its span, so errors can name the file, line and column.
+//!
+//! The types here say which shapes of value a key accepts (a string, a number, a list, a
+//! table); a value of another shape is rejected by the parser, with its span and field path.
+//! What the values mean (names, ranges, addresses) is checked by [`super::compile`].
+
+use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
 /// A list of strings as written.
 pub type SpannedStrings = Spanned<Vec<Spanned<String>>>;
-/// A list of mixed values (names and numbers, ranges, ...) as written.
-pub type SpannedValues = Spanned<Vec<Spanned<toml::Value>>>;
+/// A list of numbers and strings as written (names and numbers, `"A-B"` ranges, ...).
+pub type SpannedScalars = Spanned<Vec<Spanned<NumberOrString>>>;
+
+/// A value that is a number or a string: a protocol name or number, a capture id or an
+/// `"A-B"` range, a chunk value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumberOrString {
+    /// An integer.
+    Number(i64),
+    /// A string.
+    String(String),
+}
+
+impl fmt::Display for NumberOrString {
+    /// As written in the file: `42`, `"sip"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NumberOrString::Number(number) => write!(f, "{number}"),
+            NumberOrString::String(text) => write!(f, "{text:?}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NumberOrString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NumberOrStringVisitor;
+
+        impl Visitor<'_> for NumberOrStringVisitor {
+            type Value = NumberOrString;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or a string")
+            }
+
+            fn visit_i64<E: de::Error>(self, number: i64) -> Result<NumberOrString, E> {
+                Ok(NumberOrString::Number(number))
+            }
+
+            fn visit_u64<E: de::Error>(self, number: u64) -> Result<NumberOrString, E> {
+                i64::try_from(number)
+                    .map(NumberOrString::Number)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(number), &self))
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<NumberOrString, E> {
+                Ok(NumberOrString::String(text.to_owned()))
+            }
+
+            fn visit_string<E: de::Error>(self, text: String) -> Result<NumberOrString, E> {
+                Ok(NumberOrString::String(text))
+            }
+        }
+
+        deserializer.deserialize_any(NumberOrStringVisitor)
+    }
+}
+
+/// A key that takes one value or a list of them (`suffix = "@a"` or `suffix = ["@a", "@b"]`).
+///
+/// A single value is read by `T` from the value alone, so `T` is a plain type (a string, a
+/// number, a table), not a [`Spanned`]: put the span around the whole, `Spanned<OneOrMany<T>>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list (possibly empty).
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    /// The values, one or many.
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            OneOrMany::One(value) => std::slice::from_ref(value),
+            OneOrMany::Many(values) => values,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    /// A list is read element by element (errors name the element); anything else is read as
+    /// one `T`, so a value of the wrong type is reported with what `T` expects.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneOrManyVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> OneOrManyVisitor<T> {
+            fn one<E: de::Error>(value: impl IntoDeserializer<'de, E>) -> Result<OneOrMany<T>, E> {
+                T::deserialize(value.into_deserializer()).map(OneOrMany::One)
+            }
+        }
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOrManyVisitor<T> {
+            type Value = OneOrMany<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<OneOrMany<T>, E> {
+                Self::one(value)
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<OneOrMany<T>, E> {
+                Self::one(value)
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<OneOrMany<T>, E> {
+                Self::one(value)
+            }
+
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<OneOrMany<T>, E> {
+                Self::one(value)
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<OneOrMany<T>, E> {
+                T::deserialize(de::value::StrDeserializer::new(value)).map(OneOrMany::One)
+            }
+
+            fn visit_string<E: de::Error>(self, value: String) -> Result<OneOrMany<T>, E> {
+                Self::one(value)
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<OneOrMany<T>, M::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(OneOrMany::One)
+            }
+
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<OneOrMany<T>, S::Error> {
+                let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(value) = seq.next_element()? {
+                    values.push(value);
+                }
+                Ok(OneOrMany::Many(values))
+            }
+        }
+
+        deserializer.deserialize_any(OneOrManyVisitor(PhantomData))
+    }
+}
+
+/// A chunk named in a rewrite: a generic name (`capture_id`), a generic type as a hex string
+/// (`"0x0013"`) or a number, or `{ vendor = 3, type = 0x0100 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkRef {
+    /// A name or a hex type string.
+    Name(String),
+    /// A generic chunk type.
+    Number(i64),
+    /// A vendor chunk.
+    Table(ChunkTable),
+}
+
+/// `{ vendor = V, type = T }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkTable {
+    /// Vendor id (0 = generic).
+    pub vendor: i64,
+    /// Chunk type.
+    #[serde(rename = "type")]
+    pub kind: i64,
+}
+
+impl<'de> Deserialize<'de> for ChunkRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChunkRefVisitor;
+
+        impl<'de> Visitor<'de> for ChunkRefVisitor {
+            type Value = ChunkRef;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a chunk: a name, a generic type \"0x0013\", or { vendor = 3, type = 0x0100 }",
+                )
+            }
+
+            fn visit_i64<E: de::Error>(self, number: i64) -> Result<ChunkRef, E> {
+                Ok(ChunkRef::Number(number))
+            }
+
+            fn visit_u64<E: de::Error>(self, number: u64) -> Result<ChunkRef, E> {
+                i64::try_from(number)
+                    .map(ChunkRef::Number)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(number), &self))
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<ChunkRef, E> {
+                Ok(ChunkRef::Name(name.to_owned()))
+            }
+
+            fn visit_string<E: de::Error>(self, name: String) -> Result<ChunkRef, E> {
+                Ok(ChunkRef::Name(name))
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<ChunkRef, M::Error> {
+                ChunkTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(ChunkRef::Table)
+            }
+        }
+
+        deserializer.deserialize_any(ChunkRefVisitor)
+    }
+}
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -94,7 +302,7 @@ pub struct RouteSection {
     /// Chunk edits.
     pub rewrite: Option<Spanned<Vec<Spanned<RewriteEntry>>>>,
     /// Fraction of calls kept.
-    pub sample: Option<Spanned<toml::Value>>,
+    pub sample: Option<Spanned<f64>>,
     /// Duplicate suppression window, e.g. `"500ms"`.
     pub dedup: Option<Spanned<String>>,
     /// Go on with the next routes after this one.
@@ -107,9 +315,9 @@ pub struct RouteSection {
 #[serde(deny_unknown_fields)]
 pub struct MatchSection {
     /// Protocol types, names or numbers.
-    pub proto: Option<SpannedValues>,
+    pub proto: Option<SpannedScalars>,
     /// Capture ids, numbers or `"A-B"` ranges.
-    pub capture_id: Option<SpannedValues>,
+    pub capture_id: Option<SpannedScalars>,
     /// Node names (chunk 0x0013), exact.
     pub node_name: Option<SpannedStrings>,
     /// Sender prefixes.
@@ -119,7 +327,7 @@ pub struct MatchSection {
     /// Inner destination address prefixes.
     pub inner_dst: Option<SpannedStrings>,
     /// Inner ports (source or destination), numbers or ranges.
-    pub inner_port: Option<SpannedValues>,
+    pub inner_port: Option<SpannedScalars>,
     /// Correlation key tests.
     pub correlation: Option<Spanned<CorrelationSection>>,
 }
@@ -129,25 +337,28 @@ pub struct MatchSection {
 #[serde(deny_unknown_fields)]
 pub struct CorrelationSection {
     /// Whole key.
-    pub exact: Option<Spanned<toml::Value>>,
+    pub exact: Option<Spanned<OneOrMany<String>>>,
     /// Key starts with.
-    pub prefix: Option<Spanned<toml::Value>>,
+    pub prefix: Option<Spanned<OneOrMany<String>>>,
     /// Key ends with.
-    pub suffix: Option<Spanned<toml::Value>>,
+    pub suffix: Option<Spanned<OneOrMany<String>>>,
     /// The part after the last `@`.
-    pub domain: Option<Spanned<toml::Value>>,
+    pub domain: Option<Spanned<OneOrMany<String>>>,
 }
 
 /// One `rewrite` entry: `{ set = CHUNK, value = V }` or `{ delete = CHUNK }`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rewrite entry { set = CHUNK, value = V } or { delete = CHUNK }"
+)]
 pub struct RewriteEntry {
     /// Chunk to set: a name (`capture_id`), a hex type (`"0x0013"`), or `{vendor, type}`.
-    pub set: Option<Spanned<toml::Value>>,
+    pub set: Option<Spanned<ChunkRef>>,
     /// Chunk to delete, same forms.
-    pub delete: Option<Spanned<toml::Value>>,
+    pub delete: Option<Spanned<ChunkRef>>,
     /// The value for `set`.
-    pub value: Option<Spanned<toml::Value>>,
+    pub value: Option<Spanned<NumberOrString>>,
     /// Width in bytes of an integer value for a chunk of unknown type (1, 2, 4 or 8).
     pub width: Option<Spanned<i64>>,
 }
@@ -200,4 +411,35 @@ pub struct XdpSection {
     pub interfaces: Option<SpannedStrings>,
     /// `native` (default) or `skb`.
     pub attach: Option<Spanned<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Holder {
+        key: OneOrMany<i64>,
+    }
+
+    fn read(src: &str) -> Result<Vec<i64>, String> {
+        toml::from_str::<Holder>(src)
+            .map(|holder| holder.key.as_slice().to_vec())
+            .map_err(|e| e.message().to_string())
+    }
+
+    #[test]
+    fn one_or_many_reads_one_value_or_a_list_and_reports_what_the_item_expects() {
+        assert_eq!(read("key = 7"), Ok(vec![7]));
+        assert_eq!(read("key = [1, 2]"), Ok(vec![1, 2]));
+        assert_eq!(read("key = []"), Ok(vec![]));
+        assert_eq!(
+            read("key = \"x\""),
+            Err("invalid type: string \"x\", expected i64".to_string())
+        );
+        assert_eq!(
+            read("key = [1, \"x\"]"),
+            Err("invalid type: string \"x\", expected i64".to_string())
+        );
+    }
 }
