@@ -464,4 +464,6 @@ pub fn describe(t: &KernelTables) -> String {
 }
 
 #[cfg(test)]
+mod differential;
+#[cfg(test)]
 mod tests;

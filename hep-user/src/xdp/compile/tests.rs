@@ -13,7 +13,7 @@ use crate::admin::stats::Stats;
 use crate::config::compile as compile_config;
 use crate::engine::{DestinationHandle, Engine, Outbox, WorkerCtx};
 
-struct Net;
+pub(super) struct Net;
 impl NetEnv for Net {
     fn source_for(&self, dest: SocketAddr) -> Option<IpAddr> {
         Some(if dest.is_ipv4() {
@@ -24,7 +24,7 @@ impl NetEnv for Net {
     }
 }
 
-fn plan(src: &str) -> Plan {
+pub(super) fn plan(src: &str) -> Plan {
     compile_config(Path::new("t.toml"), src).unwrap_or_else(|e| panic!("{e}"))
 }
 
