@@ -122,3 +122,36 @@ fn tables_install_into_the_inactive_bank_and_flip() {
     );
     assert!(trie.get(&outside, 0).is_err());
 }
+
+/// The object declares exactly the maps `hep_common::abi::MAP_NAMES` names (plus aya-log's
+/// and the data sections), and each table map's value has the size the host compiler gives
+/// the shared type: the kernel (Debian's rustc, bpfel) and the loader (rustup's, x86_64)
+/// agree on the layout.
+#[test]
+fn the_object_declares_the_abi_maps_with_the_abi_layouts() {
+    use hep_common::abi::{
+        AllowKey, CONFIG_MAP, DESTINATIONS_MAP, KernelDestination, MAP_NAMES, XdpConfig,
+    };
+    let test = "the_object_declares_the_abi_maps_with_the_abi_layouts";
+    let Some(prog) = common::load_or_skip(test, &LoadOptions::default()) else {
+        return;
+    };
+    let ebpf = prog.ebpf_for_tests();
+    let mut got: Vec<&str> = ebpf
+        .maps()
+        .map(|(name, _)| name)
+        .filter(|name| !name.starts_with('.') && *name != "AYA_LOGS")
+        .collect();
+    got.sort_unstable();
+    let mut want = MAP_NAMES.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    let map = |name: &str| ebpf.map(name).unwrap_or_else(|| panic!("{name} is missing"));
+    Array::<&MapData, XdpConfig>::try_from(map(CONFIG_MAP)).expect("XdpConfig's size");
+    Array::<&MapData, KernelRoute>::try_from(map(ROUTES_MAP)).expect("KernelRoute's size");
+    Array::<&MapData, KernelDestination>::try_from(map(DESTINATIONS_MAP))
+        .expect("KernelDestination's size");
+    Array::<&MapData, KernelListener>::try_from(map(LISTENERS_MAP))
+        .expect("KernelListener's size");
+    LpmTrie::<&MapData, AllowKey, u8>::try_from(map(ALLOW_MAP)).expect("AllowKey's size");
+}
