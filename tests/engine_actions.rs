@@ -1,6 +1,7 @@
 //! Route actions end to end: mirror, call-sticky hashing (and what moves when a collector
 //! is removed), round-robin, failover (UDP on ICMP errors, TCP on a closed connection),
 //! drop, call sampling, dedup.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

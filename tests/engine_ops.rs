@@ -1,6 +1,7 @@
 //! Operations end to end: SIGHUP reloads under load without loss (and a rejected one),
 //! malformed input counted by kind and forwarded raw to `[invalid]`, SIGTERM draining TCP
 //! queues, `check-config` errors, and the `path` label on every metric.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -2,6 +2,7 @@
 //! of the documented rewrite semantics and with `hepfwd decode`: set capture_id, set
 //! node_name (insert and replace), delete auth_key, set a vendor chunk, a generic type by
 //! number, a destination's set_auth_key; HEPv2 output; HEPv1/v2 input to a v3 collector.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};

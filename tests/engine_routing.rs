@@ -1,6 +1,7 @@
 //! Routing of the userspace engine, end to end through the `hepfwd` binary on loopback:
 //! the reference example as its comments say, every match key, first match wins,
 //! `continue`, `[default]` and unrouted packets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

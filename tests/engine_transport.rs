@@ -1,6 +1,7 @@
 //! Transports end to end: listener auth key and allow list, HEP over TCP from agents
 //! (several frames per write, frames split across writes), TCP collectors (restart without
 //! loss inside the queue bound, queue overflow counted exactly).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;

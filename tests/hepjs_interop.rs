@@ -18,6 +18,7 @@
 //!
 //! The quirks are asserted too, so a change of hep-js shows up here. If node or hep-js'
 //! node_modules is missing the test fails, naming `cargo xtask setup`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

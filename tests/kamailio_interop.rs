@@ -26,6 +26,7 @@
 //! call has 12 packets (see `interop/kamailio/siptrace-proxy.cfg`).
 //!
 //! If kamailio or sipp is missing the tests fail, naming `cargo xtask setup`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

@@ -15,6 +15,7 @@
 //!   userspace-only (these two need no privileges).
 //!
 //! Privileged parts skip loudly unless root, and fail under `HEPFWD_REQUIRE_PRIVILEGED=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, UdpSocket};

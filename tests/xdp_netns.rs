@@ -18,6 +18,7 @@
 //! (`hepfwd_received_total{path="user"}`) saw exactly the packets the kernel passed up.
 //!
 //! Privileged: skips loudly unless root, fails under `HEPFWD_REQUIRE_PRIVILEGED=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -5,6 +5,7 @@
 //! Expected values are computed from the definitions in the module docs of `hep-common`
 //! (written again here, independently of the code under test), never by calling the
 //! function under test a second time.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

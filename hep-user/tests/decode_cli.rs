@@ -1,4 +1,5 @@
 //! `hepfwd decode` end to end: capture files (pcap and pcapng), hex on stdin, a live socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Read, Write};

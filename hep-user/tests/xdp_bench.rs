@@ -9,6 +9,7 @@
 //! No timing is asserted: it prints.
 //!
 //! Bounded: a fixed number of frames per scenario. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 mod common;
 #[path = "common/lab.rs"]

@@ -11,6 +11,7 @@
 //!
 //! Needs root (CAP_BPF, CAP_NET_ADMIN); skips loudly otherwise, fails under
 //! `HEPFWD_REQUIRE_PRIVILEGED=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 mod common;
 #[path = "common/lab.rs"]

@@ -2,6 +2,7 @@
 //! written, the bank word flips, both banks and the allow-list trie read back exactly.
 //!
 //! Needs root (CAP_BPF); skips loudly otherwise, fails under `HEPFWD_REQUIRE_PRIVILEGED=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 mod common;
 
@@ -146,12 +147,14 @@ fn the_object_declares_the_abi_maps_with_the_abi_layouts() {
     let mut want = MAP_NAMES.to_vec();
     want.sort_unstable();
     assert_eq!(got, want);
-    let map = |name: &str| ebpf.map(name).unwrap_or_else(|| panic!("{name} is missing"));
+    let map = |name: &str| {
+        ebpf.map(name)
+            .unwrap_or_else(|| panic!("{name} is missing"))
+    };
     Array::<&MapData, XdpConfig>::try_from(map(CONFIG_MAP)).expect("XdpConfig's size");
     Array::<&MapData, KernelRoute>::try_from(map(ROUTES_MAP)).expect("KernelRoute's size");
     Array::<&MapData, KernelDestination>::try_from(map(DESTINATIONS_MAP))
         .expect("KernelDestination's size");
-    Array::<&MapData, KernelListener>::try_from(map(LISTENERS_MAP))
-        .expect("KernelListener's size");
+    Array::<&MapData, KernelListener>::try_from(map(LISTENERS_MAP)).expect("KernelListener's size");
     LpmTrie::<&MapData, AllowKey, u8>::try_from(map(ALLOW_MAP)).expect("AllowKey's size");
 }

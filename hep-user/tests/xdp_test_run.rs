@@ -5,6 +5,7 @@
 //! are tested in `xdp_routes.rs`.
 //!
 //! Needs root (CAP_BPF); skips loudly otherwise, fails under `HEPFWD_REQUIRE_PRIVILEGED=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! Shared helpers for the workspace-level integration tests.
+// Test support code: a panic here is the calling test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod collector;
 pub mod daemon;
 pub mod hepfwd;

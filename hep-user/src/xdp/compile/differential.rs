@@ -456,8 +456,7 @@ fn the_generated_test_catches_a_broken_protocol_rule() {
             r.proto[0] |= 1 << 5;
         }
     })
-    .err()
-    .expect("a broken protocol rule must be caught");
+    .expect_err("a broken protocol rule must be caught");
     assert!(e.contains("configuration:"), "{e}");
 }
 
@@ -498,8 +497,7 @@ fn the_checker_accepts_the_compiled_tables() {
 #[test]
 fn the_checker_catches_an_inverted_sampling_rule() {
     let e = broken_check(|t| t.routes[1].sample_ppm = 1_000_000 - t.routes[1].sample_ppm)
-        .err()
-        .expect("an inverted sample rule must be caught");
+        .expect_err("an inverted sample rule must be caught");
     assert!(e.contains("packet"), "{e}");
 }
 
@@ -507,16 +505,14 @@ fn the_checker_catches_an_inverted_sampling_rule() {
 fn the_checker_catches_a_flipped_protocol_bit() {
     // The drop route now also takes protocol 5 (RTCP), which the engine forwards.
     let e = broken_check(|t| t.routes[0].proto[0] |= 1 << 5)
-        .err()
-        .expect("a wrong protocol bit must be caught");
+        .expect_err("a wrong protocol bit must be caught");
     assert!(e.contains("the kernel drops"), "{e}");
 }
 
 #[test]
 fn the_checker_catches_swapped_hash_seeds() {
-    let e = broken_check(|t| t.routes[1].seeds.swap(0, 1))
-        .err()
-        .expect("swapped seeds must be caught");
+    let e =
+        broken_check(|t| t.routes[1].seeds.swap(0, 1)).expect_err("swapped seeds must be caught");
     assert!(e.contains("steer"), "{e}");
 }
 
