@@ -17,18 +17,8 @@ use crate::engine::{DestinationHandle, Engine, FrameQueue};
 use crate::io::tcp_listener::TcpListener;
 use crate::io::tcp_sink::TcpSink;
 use crate::io::udp_listener::UdpListener;
-use crate::xdp::dataplane::{Choice, DataPlane, Requested, SharedDataPlane, choose};
-
-/// The data path the operator asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DataPath {
-    /// XDP where possible, else userspace.
-    Auto,
-    /// XDP or fail.
-    Xdp,
-    /// Userspace only.
-    Userspace,
-}
+pub use crate::xdp::dataplane::DataPath;
+use crate::xdp::dataplane::{Choice, DataPlane, SharedDataPlane, choose};
 
 /// What identifies a TCP sink across reloads: a destination keeps its connection and queue
 /// when none of these change.
@@ -76,13 +66,8 @@ impl Daemon {
     /// Loads the configuration and starts everything it names.
     pub async fn start(config: PathBuf, path: DataPath) -> Result<Self> {
         let plan = crate::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let requested = match path {
-            DataPath::Auto => Requested::Auto,
-            DataPath::Xdp => Requested::Xdp,
-            DataPath::Userspace => Requested::Userspace,
-        };
         let choice = choose(
-            requested,
+            path,
             crate::xdp::built_with_xdp(),
             plan.xdp.interfaces.len(),
         );
@@ -124,7 +109,7 @@ impl Daemon {
                     d.stats.set_xdp(Some(Arc::new(SharedDataPlane(dp.clone()))));
                     d.dataplane = Some(dp);
                 }
-                Err(e) if requested == Requested::Auto => {
+                Err(e) if path == DataPath::Auto => {
                     tracing::warn!("data path: userspace; the XDP data plane could not start: {e}")
                 }
                 Err(e) => {
