@@ -178,16 +178,9 @@ impl TcpSink {
             rx,
             ctl: ctl_rx.clone(),
             stats: Arc::clone(&stats),
-            batch: Vec::new(),
-            batch_frames: 0,
-            ever_connected: false,
-            failures: 0,
-            backoff_level: 0,
-            connected_at: None,
-            last_error: String::new(),
-            down_since: None,
-            last_warn: None,
-            rng: seed(addr),
+            batch: Batch::default(),
+            backoff: Backoff::new(seed(addr)),
+            outage: Outage::default(),
         };
         handle.spawn(worker.task(ctl_rx, done_tx));
         TcpSink {
@@ -305,26 +298,230 @@ enum PeerState {
     Gone(String),
 }
 
+/// The write batch: up to [`BATCH_FRAMES`] whole frames taken out of the queue,
+/// concatenated (until [`BATCH_BYTES`]). Kept across a broken connection and written first
+/// on the next one.
+#[derive(Debug, Default)]
+struct Batch {
+    /// The frames, concatenated.
+    bytes: Vec<u8>,
+    /// How many frames `bytes` holds (0: no batch).
+    frames: u64,
+}
+
+impl Batch {
+    /// Whether there is no batch.
+    fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// The number of frames in the batch.
+    fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// The bytes to write.
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Starts a batch with `first`, then takes what is already queued in `rx`, up to the
+    /// limits.
+    fn fill(&mut self, first: Bytes, rx: &mut mpsc::Receiver<Bytes>) {
+        self.bytes.clear();
+        self.bytes.extend_from_slice(&first);
+        self.frames = 1;
+        while (self.frames as usize) < BATCH_FRAMES && self.bytes.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(frame) => {
+                    self.bytes.extend_from_slice(&frame);
+                    self.frames += 1;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Empties the batch (written, or abandoned); returns how many frames it held.
+    fn take(&mut self) -> u64 {
+        let frames = self.frames;
+        self.bytes.clear();
+        self.frames = 0;
+        frames
+    }
+}
+
+/// When to try connecting again: the exponent of the wait, grown by failed attempts and by
+/// connections that broke before [`STABLE_AFTER`], and the random state of its jitter.
+#[derive(Debug)]
+struct Backoff {
+    /// Failed attempts and short-lived connections in a row: the backoff exponent.
+    level: u32,
+    /// When the current connection was made.
+    connected_at: Option<Instant>,
+    /// The xorshift state of the jitter (never 0).
+    rng: u64,
+}
+
+impl Backoff {
+    /// No wait yet, jitter seeded with `seed` (odd, see [`seed`]).
+    fn new(seed: u64) -> Self {
+        Backoff {
+            level: 0,
+            connected_at: None,
+            rng: seed,
+        }
+    }
+
+    /// Whether the next attempt waits first.
+    fn is_due(&self) -> bool {
+        self.level > 0
+    }
+
+    /// A connection attempt failed.
+    fn attempt_failed(&mut self) {
+        self.level = self.level.saturating_add(1);
+    }
+
+    /// A connection was made.
+    fn connected(&mut self) {
+        self.connected_at = Some(Instant::now());
+    }
+
+    /// The connection broke: one that lasted [`STABLE_AFTER`] or more resets the backoff,
+    /// a shorter one counts as a failed attempt. Returns how long it lasted.
+    fn disconnected(&mut self) -> Duration {
+        let lasted = self
+            .connected_at
+            .take()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        if lasted >= STABLE_AFTER {
+            self.level = 0;
+        } else {
+            self.level = self.level.saturating_add(1);
+        }
+        lasted
+    }
+
+    /// The wait before the next attempt: 100 ms · 2^(level-1), at most 5 s, times a
+    /// random factor in [0.75, 1].
+    fn next_wait(&mut self) -> Duration {
+        let doublings = self.level.saturating_sub(1).min(16);
+        let base = BACKOFF_INITIAL
+            .saturating_mul(1u32 << doublings)
+            .min(BACKOFF_MAX);
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+        base.mul_f64(0.75 + 0.25 * unit)
+    }
+}
+
+/// What the logs say about the time the collector is unreachable: since when, how many
+/// attempts failed, and when it was last warned about (at most every
+/// [`FAILURE_LOG_EVERY`]).
+#[derive(Debug, Default)]
+struct Outage {
+    /// Whether a connection was ever made (the next one is then a reconnect).
+    ever_connected: bool,
+    /// Failed connection attempts since the last connection (or the start).
+    failures: u32,
+    /// When the connection broke, or the first attempt failed.
+    down_since: Option<Instant>,
+    /// When the last warning of this outage was logged.
+    last_warn: Option<Instant>,
+    /// The error of the last failed attempt.
+    last_error: String,
+}
+
+/// What a failed attempt is worth in the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// The first failure: warn.
+    First,
+    /// A failure, and the last warning is [`FAILURE_LOG_EVERY`] old: warn again.
+    Again,
+    /// Not due for a warning, but the error changed: debug.
+    NewError,
+    /// Nothing new.
+    Quiet,
+}
+
+/// How an outage ended, for the connection log.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    /// A connection was made before: this one is a reconnect.
+    reconnect: bool,
+    /// The attempts that failed before this one.
+    failures: u32,
+    /// How long the collector was unreachable.
+    down: Option<Duration>,
+}
+
+impl Outage {
+    /// A connection attempt failed with `error`: what to log.
+    fn attempt_failed(&mut self, error: &str) -> Report {
+        self.failures = self.failures.saturating_add(1);
+        let now = Instant::now();
+        self.down_since.get_or_insert(now);
+        let due = self
+            .last_warn
+            .is_none_or(|t| now.duration_since(t) >= FAILURE_LOG_EVERY);
+        let report = if due {
+            self.last_warn = Some(now);
+            if self.failures == 1 {
+                Report::First
+            } else {
+                Report::Again
+            }
+        } else if error != self.last_error {
+            Report::NewError
+        } else {
+            Report::Quiet
+        };
+        error.clone_into(&mut self.last_error);
+        report
+    }
+
+    /// The connection broke: an outage starts now.
+    fn begin(&mut self) {
+        self.down_since = Some(Instant::now());
+        self.last_warn = None;
+        self.last_error.clear();
+    }
+
+    /// A connection was made: the outage (if any) is over.
+    fn end(&mut self) -> Ended {
+        let ended = Ended {
+            reconnect: self.ever_connected,
+            failures: self.failures,
+            down: self.down_since.take().map(|t| t.elapsed()),
+        };
+        self.ever_connected = true;
+        self.failures = 0;
+        self.last_warn = None;
+        ended
+    }
+}
+
+/// The task of one sink: connects, takes frames out of the queue in batches and writes
+/// them.
 struct Worker {
     name: String,
     addr: SocketAddr,
     rx: mpsc::Receiver<Bytes>,
     ctl: watch::Receiver<Phase>,
     stats: Arc<SinkStats>,
-    /// The write batch: frames concatenated.
-    batch: Vec<u8>,
-    /// Frames in `batch` (0: no batch).
-    batch_frames: u64,
-    ever_connected: bool,
-    /// Failed connection attempts since the last connection (or the start), for the logs.
-    failures: u32,
-    /// Failed attempts and short-lived connections in a row: the backoff exponent.
-    backoff_level: u32,
-    connected_at: Option<Instant>,
-    last_error: String,
-    down_since: Option<Instant>,
-    last_warn: Option<Instant>,
-    rng: u64,
+    /// The batch being written (or kept from a broken connection).
+    batch: Batch,
+    /// When to try connecting again.
+    backoff: Backoff,
+    /// The state of the current outage, for the logs.
+    outage: Outage,
 }
 
 impl Worker {
@@ -352,9 +549,7 @@ impl Worker {
     /// Closes the queue and counts every frame not written as dropped at shutdown.
     fn abandon(&mut self) -> u64 {
         self.rx.close();
-        let mut left = self.batch_frames;
-        self.batch.clear();
-        self.batch_frames = 0;
+        let mut left = self.batch.take();
         while self.rx.try_recv().is_ok() {
             left += 1;
         }
@@ -375,7 +570,7 @@ impl Worker {
 
     /// Draining and nothing left to write.
     fn finished(&self) -> bool {
-        self.draining() && self.batch_frames == 0 && self.rx.is_empty()
+        self.draining() && self.batch.is_empty() && self.rx.is_empty()
     }
 
     async fn run(&mut self) {
@@ -396,8 +591,8 @@ impl Worker {
             if self.finished() {
                 return None;
             }
-            if self.backoff_level > 0 {
-                let until = tokio::time::Instant::now() + self.backoff();
+            if self.backoff.is_due() {
+                let until = tokio::time::Instant::now() + self.backoff.next_wait();
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => break,
@@ -423,118 +618,79 @@ impl Worker {
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => format!("timed out after {CONNECT_TIMEOUT:?}"),
                 };
-            self.connect_failed(error);
+            self.connect_failed(&error);
         }
     }
 
     fn connected(&mut self, stream: &TcpStream) {
         configure(stream, &self.name);
         self.stats.connected.store(true, Relaxed);
-        let down = self.down_since.take().map(|t| t.elapsed());
-        if self.ever_connected {
+        let ended = self.outage.end();
+        if ended.reconnect {
             self.stats.reconnects.fetch_add(1, Relaxed);
             tracing::info!(
                 destination = %self.name,
                 addr = %self.addr,
-                failed_attempts = self.failures,
-                down = ?down.unwrap_or_default(),
+                failed_attempts = ended.failures,
+                down = ?ended.down.unwrap_or_default(),
                 "reconnected to TCP destination"
             );
         } else {
             tracing::info!(
                 destination = %self.name,
                 addr = %self.addr,
-                failed_attempts = self.failures,
+                failed_attempts = ended.failures,
                 "connected to TCP destination"
             );
         }
-        self.ever_connected = true;
-        self.failures = 0;
-        self.last_warn = None;
-        self.connected_at = Some(Instant::now());
+        self.backoff.connected();
     }
 
-    fn connect_failed(&mut self, error: String) {
+    fn connect_failed(&mut self, error: &str) {
         self.stats.connect_failures.fetch_add(1, Relaxed);
-        self.failures = self.failures.saturating_add(1);
-        self.backoff_level = self.backoff_level.saturating_add(1);
-        let now = Instant::now();
-        self.down_since.get_or_insert(now);
-        let due = self
-            .last_warn
-            .is_none_or(|t| now.duration_since(t) >= FAILURE_LOG_EVERY);
-        if due {
-            self.last_warn = Some(now);
-            if self.failures == 1 {
-                tracing::warn!(
-                    destination = %self.name,
-                    addr = %self.addr,
-                    %error,
-                    queued = self.stats.queue_depth.load(Relaxed),
-                    "cannot connect to TCP destination; retrying with backoff"
-                );
-            } else {
-                tracing::warn!(
-                    destination = %self.name,
-                    addr = %self.addr,
-                    %error,
-                    failed_attempts = self.failures,
-                    queued = self.stats.queue_depth.load(Relaxed),
-                    "still cannot connect to TCP destination"
-                );
+        self.backoff.attempt_failed();
+        match self.outage.attempt_failed(error) {
+            Report::First => tracing::warn!(
+                destination = %self.name,
+                addr = %self.addr,
+                %error,
+                queued = self.stats.queue_depth.load(Relaxed),
+                "cannot connect to TCP destination; retrying with backoff"
+            ),
+            Report::Again => tracing::warn!(
+                destination = %self.name,
+                addr = %self.addr,
+                %error,
+                failed_attempts = self.outage.failures,
+                queued = self.stats.queue_depth.load(Relaxed),
+                "still cannot connect to TCP destination"
+            ),
+            Report::NewError => {
+                tracing::debug!(destination = %self.name, addr = %self.addr, %error, "connect failed")
             }
-        } else if error != self.last_error {
-            tracing::debug!(destination = %self.name, addr = %self.addr, %error, "connect failed");
+            Report::Quiet => {}
         }
-        self.last_error = error;
     }
 
     fn disconnected(&mut self, reason: &str) {
         self.stats.connected.store(false, Relaxed);
-        let lasted = self
-            .connected_at
-            .take()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        if lasted >= STABLE_AFTER {
-            self.backoff_level = 0;
-        } else {
-            self.backoff_level = self.backoff_level.saturating_add(1);
-        }
-        self.down_since = Some(Instant::now());
-        self.last_warn = None;
-        self.last_error.clear();
+        let lasted = self.backoff.disconnected();
+        self.outage.begin();
         tracing::warn!(
             destination = %self.name,
             addr = %self.addr,
             %reason,
-            kept_frames = self.batch_frames,
+            kept_frames = self.batch.frames(),
             ?lasted,
             "TCP destination disconnected; reconnecting"
         );
-    }
-
-    /// The wait before the next attempt: 100 ms · 2^(level-1), at most 5 s, times a
-    /// random factor in [0.75, 1].
-    fn backoff(&mut self) -> Duration {
-        let doublings = self.backoff_level.saturating_sub(1).min(16);
-        let base = BACKOFF_INITIAL
-            .saturating_mul(1u32 << doublings)
-            .min(BACKOFF_MAX);
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
-        base.mul_f64(0.75 + 0.25 * unit)
     }
 
     /// Writes batches on `stream` until it breaks or the sink is finished.
     async fn serve(&mut self, mut stream: TcpStream) -> Served {
         let mut scratch = [0u8; 512];
         loop {
-            if self.batch_frames == 0 {
+            if self.batch.is_empty() {
                 if self.finished() {
                     let _ = SockRef::from(&stream).shutdown(Shutdown::Write);
                     return Served::Finished;
@@ -553,7 +709,7 @@ impl Worker {
                         continue;
                     }
                     frame = self.rx.recv() => match frame {
-                        Some(frame) => self.fill_batch(frame),
+                        Some(frame) => self.batch.fill(frame, &mut self.rx),
                         None => return Served::Finished,
                     },
                 }
@@ -564,11 +720,9 @@ impl Worker {
                 self.disconnected(&reason);
                 return Served::Broken;
             }
-            match stream.write_all(&self.batch).await {
+            match stream.write_all(self.batch.bytes()).await {
                 Ok(()) => {
-                    let n = self.batch_frames;
-                    self.batch.clear();
-                    self.batch_frames = 0;
+                    let n = self.batch.take();
                     self.stats.sent.fetch_add(n, Relaxed);
                     self.stats.queue_depth.fetch_sub(n, Relaxed);
                 }
@@ -576,22 +730,6 @@ impl Worker {
                     self.disconnected(&format!("write failed: {e}"));
                     return Served::Broken;
                 }
-            }
-        }
-    }
-
-    /// Starts a batch with `first`, then takes what is already queued, up to the limits.
-    fn fill_batch(&mut self, first: Bytes) {
-        self.batch.clear();
-        self.batch.extend_from_slice(&first);
-        self.batch_frames = 1;
-        while (self.batch_frames as usize) < BATCH_FRAMES && self.batch.len() < BATCH_BYTES {
-            match self.rx.try_recv() {
-                Ok(frame) => {
-                    self.batch.extend_from_slice(&frame);
-                    self.batch_frames += 1;
-                }
-                Err(_) => break,
             }
         }
     }
