@@ -445,3 +445,92 @@ fn the_check_before_a_write_sees_fin_and_rst() {
         }
     }
 }
+
+#[test]
+fn a_batch_stops_at_its_frame_limit_and_at_its_byte_limit() {
+    let (tx, mut rx) = mpsc::channel(BATCH_FRAMES * 2);
+    for f in frames(1, BATCH_FRAMES as u32 + 5) {
+        tx.try_send(f).unwrap();
+    }
+    let mut batch = Batch::default();
+    assert!(batch.is_empty());
+    batch.fill(frame(0, 0), &mut rx);
+    assert_eq!(batch.frames(), BATCH_FRAMES as u64);
+    assert_eq!(rx.len(), 6, "the rest stays queued");
+    let expected: Vec<u8> = std::iter::once(frame(0, 0))
+        .chain(frames(1, BATCH_FRAMES as u32 - 1))
+        .flat_map(|f| f.to_vec())
+        .collect();
+    assert!(
+        batch.bytes() == expected.as_slice(),
+        "frames concatenated in order"
+    );
+    assert_eq!(batch.take(), BATCH_FRAMES as u64);
+    assert!(batch.is_empty() && batch.bytes().is_empty());
+
+    // Big frames: the batch stops growing once it holds BATCH_BYTES.
+    while rx.try_recv().is_ok() {}
+    let big = frame(9, 60_000);
+    for _ in 0..10 {
+        tx.try_send(big.clone()).unwrap();
+    }
+    batch.fill(big.clone(), &mut rx);
+    let per_batch = BATCH_BYTES.div_ceil(big.len()) as u64;
+    assert_eq!(batch.frames(), per_batch);
+    assert!(batch.bytes().len() >= BATCH_BYTES);
+}
+
+#[test]
+fn the_backoff_doubles_with_jitter_and_resets_after_a_stable_connection() {
+    let mut backoff = Backoff::new(seed("127.0.0.1:9".parse().unwrap()));
+    assert!(!backoff.is_due(), "the first attempt is at once");
+    let mut expected = BACKOFF_INITIAL;
+    for _ in 0..10 {
+        backoff.attempt_failed();
+        assert!(backoff.is_due());
+        let wait = backoff.next_wait();
+        assert!(
+            wait >= expected.mul_f64(0.75) && wait <= expected,
+            "{wait:?} not in [0.75, 1] × {expected:?}"
+        );
+        expected = (expected * 2).min(BACKOFF_MAX);
+    }
+    // A connection that breaks at once is one more failure.
+    backoff.connected();
+    let lasted = backoff.disconnected();
+    assert!(lasted < STABLE_AFTER);
+    assert_eq!(backoff.level, 11);
+    // One that lasted resets it: the next attempt is at once.
+    backoff.connected();
+    backoff.connected_at = Instant::now().checked_sub(STABLE_AFTER);
+    assert!(backoff.disconnected() >= STABLE_AFTER);
+    assert!(!backoff.is_due());
+}
+
+#[test]
+fn an_outage_warns_first_then_at_most_every_interval() {
+    let mut outage = Outage::default();
+    assert_eq!(outage.attempt_failed("refused"), Report::First);
+    assert_eq!(outage.attempt_failed("refused"), Report::Quiet);
+    assert_eq!(outage.attempt_failed("timed out"), Report::NewError);
+    outage.last_warn = Instant::now().checked_sub(FAILURE_LOG_EVERY);
+    assert_eq!(outage.attempt_failed("timed out"), Report::Again);
+    let ended = outage.end();
+    assert!(!ended.reconnect, "the first connection is not a reconnect");
+    assert_eq!(ended.failures, 4);
+    assert!(ended.down.is_some());
+
+    outage.begin();
+    assert_eq!(
+        outage.attempt_failed("timed out"),
+        Report::First,
+        "a new outage warns at once"
+    );
+    let ended = outage.end();
+    assert!(ended.reconnect);
+    assert_eq!(ended.failures, 1);
+    outage.begin();
+    let ended = outage.end();
+    assert_eq!(ended.failures, 0);
+    assert!(ended.down.is_some());
+}
