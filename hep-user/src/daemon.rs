@@ -12,23 +12,13 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::stats::Stats;
-use crate::config::plan::{DestinationPlan, Plan, Transport};
+use crate::config::plan::{DestinationPlan, EngineTuning, Plan, Transport};
 use crate::engine::{DestinationHandle, Engine, FrameQueue};
 use crate::io::tcp_listener::TcpListener;
 use crate::io::tcp_sink::TcpSink;
 use crate::io::udp_listener::UdpListener;
-use crate::xdp::dataplane::{Choice, DataPlane, Requested, SharedDataPlane, choose};
-
-/// The data path the operator asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DataPath {
-    /// XDP where possible, else userspace.
-    Auto,
-    /// XDP or fail.
-    Xdp,
-    /// Userspace only.
-    Userspace,
-}
+pub use crate::xdp::dataplane::DataPath;
+use crate::xdp::dataplane::{Choice, DataPlane, SharedDataPlane, choose};
 
 /// What identifies a TCP sink across reloads: a destination keeps its connection and queue
 /// when none of these change.
@@ -76,13 +66,8 @@ impl Daemon {
     /// Loads the configuration and starts everything it names.
     pub async fn start(config: PathBuf, path: DataPath) -> Result<Self> {
         let plan = crate::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let requested = match path {
-            DataPath::Auto => Requested::Auto,
-            DataPath::Xdp => Requested::Xdp,
-            DataPath::Userspace => Requested::Userspace,
-        };
         let choice = choose(
-            requested,
+            path,
             crate::xdp::built_with_xdp(),
             plan.xdp.interfaces.len(),
         );
@@ -124,7 +109,7 @@ impl Daemon {
                     d.stats.set_xdp(Some(Arc::new(SharedDataPlane(dp.clone()))));
                     d.dataplane = Some(dp);
                 }
-                Err(e) if requested == Requested::Auto => {
+                Err(e) if path == DataPath::Auto => {
                     tracing::warn!("data path: userspace; the XDP data plane could not start: {e}")
                 }
                 Err(e) => {
@@ -134,22 +119,6 @@ impl Daemon {
             },
         }
         Ok(d)
-    }
-
-    /// Installs `plan` into the kernel data plane, if it runs; if the kernel cannot take
-    /// it, the kernel passes everything to userspace (which has `plan` already).
-    fn install_kernel(&self, plan: &Plan) {
-        let Some(dp) = &self.dataplane else { return };
-        let mut dp = match dp.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if let Err(e) = dp.install(plan) {
-            tracing::error!(error = %e, "the kernel could not take the new configuration; it passes every packet to userspace until the next reload");
-            if let Err(e) = dp.pass_all() {
-                tracing::error!(error = %e, "clearing the kernel tables failed");
-            }
-        }
     }
 
     /// The counters (for the admin server).
@@ -164,14 +133,46 @@ impl Daemon {
 
     /// Installs a validated plan: the listeners it adds are bound first (if one cannot be,
     /// nothing changes), then destinations (keeping unchanged TCP connections and queues),
-    /// a new engine swapped in atomically, then the listeners it dropped are stopped.
+    /// a new engine swapped in atomically, the kernel tables, then the listeners it dropped
+    /// are stopped.
     async fn install(&mut self, plan: Plan) -> Result<()> {
-        let want_udp: Vec<SocketAddr> = plan.listeners.iter().filter_map(|l| l.udp).collect();
-        let want_tcp: Vec<SocketAddr> = plan.listeners.iter().filter_map(|l| l.tcp).collect();
-        let (new_udp, new_tcp) = self.bind_new_listeners(&plan, &want_udp, &want_tcp).await?;
+        let wanted = WantedListeners::of(&plan);
+        let started = self.bind_new_listeners(&plan, &wanted).await?;
+        let outputs = self.build_outputs(&plan);
+        self.swap_engine(&plan, outputs.destinations);
+        self.install_kernel(&plan);
+        // Sinks of destinations that are gone: the old engine may still hold them for a
+        // batch; they finish what is queued and stop when the last handle is dropped.
+        self.sinks = outputs.sinks;
+        self.retire_old_listeners(started, &wanted);
+        Ok(())
+    }
+
+    /// Binds the listeners `plan` adds, all or none: on an error the ones already bound are
+    /// stopped, so the running configuration is left as it was.
+    async fn bind_new_listeners(
+        &self,
+        plan: &Plan,
+        wanted: &WantedListeners,
+    ) -> Result<StartedListeners> {
+        let udp = bind_missing(&self.udp, &wanted.udp, &plan.engine, &self.engine).await?;
+        let tcp = match bind_missing(&self.tcp, &wanted.tcp, &plan.engine, &self.engine).await {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                UdpListener::stop_all(udp.into_values().collect()).await;
+                return Err(e);
+            }
+        };
+        Ok(StartedListeners { udp, tcp })
+    }
+
+    /// The destinations of `plan` with their counters and, for TCP, their sinks: a sink
+    /// whose [`SinkKey`] is unchanged is taken over from the running configuration (its
+    /// connection and queue kept), the others are spawned.
+    fn build_outputs(&mut self, plan: &Plan) -> Outputs {
         let handle = tokio::runtime::Handle::current();
         let mut sinks = HashMap::new();
-        let mut dests = Vec::new();
+        let mut destinations = Vec::new();
         for d in &plan.destinations {
             let stats = self.stats.destination(&d.name);
             let queue: Option<Arc<dyn FrameQueue>> = match d.transport {
@@ -200,115 +201,62 @@ impl Daemon {
                     Some(Arc::new(sink))
                 }
             };
-            dests.push(DestinationHandle {
+            destinations.push(DestinationHandle {
                 plan: d.clone(),
                 stats,
                 queue,
             });
         }
+        Outputs {
+            sinks,
+            destinations,
+        }
+    }
+
+    /// Swaps in, atomically, a new engine (the next generation) running `plan` with
+    /// `destinations`.
+    fn swap_engine(&mut self, plan: &Plan, destinations: Vec<DestinationHandle>) {
         self.generation += 1;
         let engine = Engine::new(
             plan.clone(),
             self.generation,
-            dests,
+            destinations,
             self.stats.clone(),
             self.epoch,
         );
         self.engine.store(Arc::new(engine));
-        self.install_kernel(&plan);
-        // Sinks of destinations that are gone: the old engine may still hold them for a
-        // batch; they finish what is queued and stop when the last handle is dropped.
-        self.sinks = sinks;
-
-        self.udp.extend(new_udp);
-        self.tcp.extend(new_tcp);
-        let gone_udp: Vec<SocketAddr> = self
-            .udp
-            .keys()
-            .filter(|a| !want_udp.contains(a))
-            .copied()
-            .collect();
-        for a in gone_udp {
-            if let Some(l) = self.udp.remove(&a) {
-                tokio::task::spawn_blocking(move || l.stop());
-                tracing::info!(%a, "stopped listening on UDP");
-            }
-        }
-        let gone_tcp: Vec<SocketAddr> = self
-            .tcp
-            .keys()
-            .filter(|a| !want_tcp.contains(a))
-            .copied()
-            .collect();
-        for a in gone_tcp {
-            if let Some(l) = self.tcp.remove(&a) {
-                l.stop();
-                tracing::info!(%a, "stopped listening on TCP");
-            }
-        }
-        Ok(())
     }
 
-    /// Binds the listeners `plan` adds, all or none: on an error the ones already bound are
-    /// stopped, so the running configuration is left as it was.
-    async fn bind_new_listeners(
-        &self,
-        plan: &Plan,
-        want_udp: &[SocketAddr],
-        want_tcp: &[SocketAddr],
-    ) -> Result<(
-        HashMap<SocketAddr, UdpListener>,
-        HashMap<SocketAddr, TcpListener>,
-    )> {
-        let mut udp = HashMap::new();
-        let mut tcp = HashMap::new();
-        let mut result = Ok(());
-        for a in want_udp.iter().filter(|a| !self.udp.contains_key(*a)) {
-            let e = &plan.engine;
-            match UdpListener::start(*a, e.workers, e.batch, e.recv_buffer, self.engine.clone()) {
-                Ok(l) => {
-                    tracing::info!(configured = %a, bound = %l.addr, workers = e.workers, "listening on UDP");
-                    udp.insert(*a, l);
-                }
-                Err(e) => {
-                    result = Err(anyhow::Error::new(e).context(format!("listening on UDP {a}")));
-                    break;
-                }
+    /// Installs `plan` into the kernel data plane, if it runs; if the kernel cannot take
+    /// it, the kernel passes everything to userspace (which has `plan` already).
+    fn install_kernel(&self, plan: &Plan) {
+        let Some(dp) = &self.dataplane else { return };
+        let mut dp = match dp.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Err(e) = dp.install(plan) {
+            tracing::error!(error = %e, "the kernel could not take the new configuration; it passes every packet to userspace until the next reload");
+            if let Err(e) = dp.pass_all() {
+                tracing::error!(error = %e, "clearing the kernel tables failed");
             }
         }
-        if result.is_ok() {
-            for a in want_tcp.iter().filter(|a| !self.tcp.contains_key(*a)) {
-                match TcpListener::start(*a, self.engine.clone()).await {
-                    Ok(l) => {
-                        tracing::info!(configured = %a, bound = %l.addr, "listening on TCP");
-                        tcp.insert(*a, l);
-                    }
-                    Err(e) => {
-                        result =
-                            Err(anyhow::Error::new(e).context(format!("listening on TCP {a}")));
-                        break;
-                    }
-                }
-            }
-        }
-        if let Err(e) = result {
-            for (_, l) in tcp {
-                l.stop();
-            }
-            let udp: Vec<UdpListener> = udp.into_values().collect();
-            let _ =
-                tokio::task::spawn_blocking(move || udp.into_iter().for_each(UdpListener::stop))
-                    .await;
-            return Err(e);
-        }
-        Ok((udp, tcp))
+    }
+
+    /// Adds the listeners just `started`, then stops the ones the new plan no longer
+    /// names (`wanted` lacks them).
+    fn retire_old_listeners(&mut self, started: StartedListeners, wanted: &WantedListeners) {
+        self.udp.extend(started.udp);
+        self.tcp.extend(started.tcp);
+        retire_unwanted(&mut self.udp, &wanted.udp);
+        retire_unwanted(&mut self.tcp, &wanted.tcp);
     }
 
     /// The bound addresses.
     pub fn bound(&self) -> Bound {
         Bound {
-            udp: self.udp.iter().map(|(c, l)| (*c, l.addr)).collect(),
-            tcp: self.tcp.iter().map(|(c, l)| (*c, l.addr)).collect(),
+            udp: bound_addresses(&self.udp),
+            tcp: bound_addresses(&self.tcp),
         }
     }
 
@@ -340,12 +288,8 @@ impl Daemon {
     /// Stops receiving, then gives TCP queues a bounded time to drain.
     pub async fn shutdown(mut self) {
         let drain = self.engine.load().plan.engine.drain_timeout;
-        let udp: Vec<UdpListener> = self.udp.drain().map(|(_, l)| l).collect();
-        let _ =
-            tokio::task::spawn_blocking(move || udp.into_iter().for_each(UdpListener::stop)).await;
-        for (_, l) in self.tcp.drain() {
-            l.stop();
-        }
+        UdpListener::stop_all(self.udp.drain().map(|(_, l)| l).collect()).await;
+        TcpListener::stop_all(self.tcp.drain().map(|(_, l)| l).collect()).await;
         let drains = self.sinks.values().map(|s| {
             let s = s.clone();
             async move { s.drain(drain).await }
@@ -365,6 +309,166 @@ impl Daemon {
             tracing::info!("XDP data plane detached");
         }
     }
+}
+
+/// The outputs of a plan being installed.
+struct Outputs {
+    /// Its TCP sinks, by key.
+    sinks: HashMap<SinkKey, TcpSink>,
+    /// The engine's handles of its destinations, in configuration order.
+    destinations: Vec<DestinationHandle>,
+}
+
+/// The listener addresses a plan names, by transport.
+struct WantedListeners {
+    udp: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+}
+
+impl WantedListeners {
+    fn of(plan: &Plan) -> Self {
+        WantedListeners {
+            udp: plan.listeners.iter().filter_map(|l| l.udp).collect(),
+            tcp: plan.listeners.iter().filter_map(|l| l.tcp).collect(),
+        }
+    }
+}
+
+/// Listeners bound for a plan being installed, by configured address; not yet part of the
+/// running configuration.
+struct StartedListeners {
+    udp: HashMap<SocketAddr, UdpListener>,
+    tcp: HashMap<SocketAddr, TcpListener>,
+}
+
+/// What the daemon does with a listener, whatever its transport: start it, read where it
+/// bound, stop it.
+trait Listener: Sized + Send + 'static {
+    /// The transport, as logs and errors name it (`UDP`, `TCP`).
+    const TRANSPORT: &'static str;
+
+    /// Starts listening on `addr` (configured), with `tuning`, feeding `engine`; logs where
+    /// it bound.
+    async fn start(
+        addr: SocketAddr,
+        tuning: &EngineTuning,
+        engine: &Arc<ArcSwap<Engine>>,
+    ) -> std::io::Result<Self>;
+
+    /// The address it bound (port resolved).
+    fn bound(&self) -> SocketAddr;
+
+    /// Stops it without waiting (a reload dropped it).
+    fn retire(self);
+
+    /// Stops every one of `listeners` and waits until they have stopped.
+    async fn stop_all(listeners: Vec<Self>);
+}
+
+impl Listener for UdpListener {
+    const TRANSPORT: &'static str = "UDP";
+
+    async fn start(
+        addr: SocketAddr,
+        tuning: &EngineTuning,
+        engine: &Arc<ArcSwap<Engine>>,
+    ) -> std::io::Result<Self> {
+        let l = UdpListener::start(
+            addr,
+            tuning.workers,
+            tuning.batch,
+            tuning.recv_buffer,
+            engine.clone(),
+        )?;
+        tracing::info!(configured = %addr, bound = %l.addr, workers = tuning.workers, "listening on UDP");
+        Ok(l)
+    }
+
+    fn bound(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn retire(self) {
+        // Stopping joins the worker threads: not on the runtime's threads.
+        tokio::task::spawn_blocking(move || self.stop());
+    }
+
+    async fn stop_all(listeners: Vec<Self>) {
+        let _ =
+            tokio::task::spawn_blocking(move || listeners.into_iter().for_each(UdpListener::stop))
+                .await;
+    }
+}
+
+impl Listener for TcpListener {
+    const TRANSPORT: &'static str = "TCP";
+
+    async fn start(
+        addr: SocketAddr,
+        _tuning: &EngineTuning,
+        engine: &Arc<ArcSwap<Engine>>,
+    ) -> std::io::Result<Self> {
+        let l = TcpListener::start(addr, engine.clone()).await?;
+        tracing::info!(configured = %addr, bound = %l.addr, "listening on TCP");
+        Ok(l)
+    }
+
+    fn bound(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn retire(self) {
+        self.stop();
+    }
+
+    async fn stop_all(listeners: Vec<Self>) {
+        listeners.into_iter().for_each(TcpListener::stop);
+    }
+}
+
+/// Starts a listener on every address of `wanted` that `running` lacks, all or none: on an
+/// error the ones started here are stopped before it is returned.
+async fn bind_missing<L: Listener>(
+    running: &HashMap<SocketAddr, L>,
+    wanted: &[SocketAddr],
+    tuning: &EngineTuning,
+    engine: &Arc<ArcSwap<Engine>>,
+) -> Result<HashMap<SocketAddr, L>> {
+    let mut started = HashMap::new();
+    for a in wanted.iter().filter(|a| !running.contains_key(*a)) {
+        match L::start(*a, tuning, engine).await {
+            Ok(l) => {
+                started.insert(*a, l);
+            }
+            Err(e) => {
+                L::stop_all(started.into_values().collect()).await;
+                return Err(
+                    anyhow::Error::new(e).context(format!("listening on {} {a}", L::TRANSPORT))
+                );
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// Stops (without waiting) the listeners of `running` that `wanted` no longer names.
+fn retire_unwanted<L: Listener>(running: &mut HashMap<SocketAddr, L>, wanted: &[SocketAddr]) {
+    let gone: Vec<SocketAddr> = running
+        .keys()
+        .filter(|a| !wanted.contains(a))
+        .copied()
+        .collect();
+    for a in gone {
+        if let Some(l) = running.remove(&a) {
+            l.retire();
+            tracing::info!(%a, "stopped listening on {}", L::TRANSPORT);
+        }
+    }
+}
+
+/// Configured address → bound address of every listener in `running`.
+fn bound_addresses<L: Listener>(running: &HashMap<SocketAddr, L>) -> Vec<(SocketAddr, SocketAddr)> {
+    running.iter().map(|(c, l)| (*c, l.bound())).collect()
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.

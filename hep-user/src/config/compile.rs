@@ -496,14 +496,14 @@ impl Compiler<'_> {
         };
         let targets = self.targets(forward, names, &format!("{field}.forward"));
         let mode = match mode.map(|m| m.get_ref().as_str()) {
-            None | Some("all") => Mode::All,
-            Some("hash") => Mode::Hash,
-            Some("round-robin") => Mode::RoundRobin,
-            Some("failover") => Mode::Failover,
+            None | Some("all") => ForwardMode::All,
+            Some("hash") => ForwardMode::Hash,
+            Some("round-robin") => ForwardMode::RoundRobin,
+            Some("failover") => ForwardMode::Failover,
             Some(other) => {
                 let s = mode.map_or(0..0, span_of);
                 self.r.error(s, format!("{field}.mode"), format!("unknown mode {other:?}"), Some("use \"all\" (mirror), \"hash\" (call-sticky), \"round-robin\" or \"failover\"".into()));
-                Mode::All
+                ForwardMode::All
             }
         };
         Action::Forward { targets, mode }
@@ -1009,7 +1009,7 @@ mod tests {
             r.action,
             Action::Forward {
                 targets: vec![0, 1],
-                mode: Mode::Hash
+                mode: ForwardMode::Hash
             }
         );
         assert_eq!(r.matcher.proto, Some(vec![1]));
@@ -1054,7 +1054,7 @@ mod tests {
             p.default.as_ref().unwrap().action,
             Action::Forward {
                 targets: vec![0],
-                mode: Mode::All
+                mode: ForwardMode::All
             }
         );
     }
@@ -1205,7 +1205,7 @@ mod tests {
             default.action,
             Action::Forward {
                 targets: vec![0, 1],
-                mode: Mode::All
+                mode: ForwardMode::All
             }
         );
         assert!(default.rewrite.is_empty());

@@ -1,9 +1,11 @@
 //! The compiled configuration: names resolved to indices, addresses and prefixes parsed,
 //! values encoded. This is what the engine (and the XDP loader) run from.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use hep_common::chunk::ChunkId;
@@ -77,7 +79,7 @@ pub struct DestinationPlan {
 
 /// How a route spreads packets over its destinations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub enum ForwardMode {
     /// A copy to every destination (mirror).
     All,
     /// One destination per call: rendezvous hashing of the correlation key.
@@ -88,14 +90,14 @@ pub enum Mode {
     Failover,
 }
 
-impl Mode {
+impl ForwardMode {
     /// The configuration name.
     pub fn as_str(self) -> &'static str {
         match self {
-            Mode::All => "all",
-            Mode::Hash => "hash",
-            Mode::RoundRobin => "round-robin",
-            Mode::Failover => "failover",
+            ForwardMode::All => "all",
+            ForwardMode::Hash => "hash",
+            ForwardMode::RoundRobin => "round-robin",
+            ForwardMode::Failover => "failover",
         }
     }
 }
@@ -110,7 +112,7 @@ pub enum Action {
         /// Destination indices, in configuration order.
         targets: Vec<usize>,
         /// How to choose among them.
-        mode: Mode,
+        mode: ForwardMode,
     },
 }
 
@@ -193,13 +195,46 @@ pub struct EngineTuning {
     pub drain_timeout: Duration,
 }
 
-/// How XDP attaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How XDP attaches to an interface (`[xdp] attach`, and [`crate::xdp::XdpProgram::attach`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttachMode {
-    /// In the driver (veth and most NICs).
+    /// Native (driver) XDP, veth and most NICs: the fast one; fails if the driver has no
+    /// XDP support.
+    #[default]
     Native,
-    /// Generic, in the stack.
+    /// Generic (skb) XDP, in the stack: works on any interface, after the skb is allocated
+    /// (slower).
     Skb,
+}
+
+impl AttachMode {
+    /// The name used in configuration and messages (`native`, `skb`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for AttachMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "native" | "driver" | "drv" => Ok(AttachMode::Native),
+            "skb" | "generic" => Ok(AttachMode::Skb),
+            other => Err(format!(
+                "unknown XDP mode {other:?}: expected \"native\" or \"skb\""
+            )),
+        }
+    }
 }
 
 /// The kernel data plane.
@@ -209,4 +244,20 @@ pub struct XdpPlan {
     pub interfaces: Vec<String>,
     /// Attach mode.
     pub attach: AttachMode,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_mode_parses_and_prints() {
+        assert_eq!("native".parse(), Ok(AttachMode::Native));
+        assert_eq!("driver".parse(), Ok(AttachMode::Native));
+        assert_eq!("skb".parse(), Ok(AttachMode::Skb));
+        assert_eq!("generic".parse(), Ok(AttachMode::Skb));
+        assert!("offload".parse::<AttachMode>().is_err());
+        assert_eq!(AttachMode::default(), AttachMode::Native);
+        assert_eq!(AttachMode::Skb.to_string(), "skb");
+    }
 }

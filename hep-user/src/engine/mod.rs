@@ -26,7 +26,7 @@ use hep_common::{HepError, HepPacket};
 use smallvec::SmallVec;
 
 use crate::admin::stats::{DestinationStats, ListenerStats, RouteStats, Stats, parse_error_index};
-use crate::config::plan::{Action, DestinationPlan, Edit, Mode, Plan, RoutePlan, Transport};
+use crate::config::plan::{Action, DestinationPlan, Edit, ForwardMode, Plan, RoutePlan, Transport};
 use dedup::{DedupCache, Seen, dedup_key};
 use facts::Facts;
 pub use outbox::{OutItem, Outbox};
@@ -319,22 +319,22 @@ impl Engine {
             }
         };
         match mode {
-            Mode::All => {
+            ForwardMode::All => {
                 for t in targets {
                     self.emit(*t, &packet, out);
                 }
             }
-            Mode::Hash => {
+            ForwardMode::Hash => {
                 if let Some(i) = rendezvous_pick(facts.key_hash(), &r.seeds) {
                     self.emit(targets[i], &packet, out);
                 }
             }
-            Mode::RoundRobin => {
+            ForwardMode::RoundRobin => {
                 let t = targets[*rr % targets.len()];
                 *rr = rr.wrapping_add(1);
                 self.emit(t, &packet, out);
             }
-            Mode::Failover => {
+            ForwardMode::Failover => {
                 let t = targets
                     .iter()
                     .copied()

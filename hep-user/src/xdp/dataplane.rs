@@ -14,12 +14,12 @@ use hep_common::abi::{DEST_COUNTERS_MAP, DestCounter, ROUTE_COUNTERS_MAP, RouteC
 use super::compile::{HostNet, Slots, compile, describe};
 use super::{LoadOptions, XdpError, XdpProgram};
 use crate::admin::stats::{XdpReading, XdpSource};
-use crate::config::plan::{AttachMode as PlanAttach, Plan};
-use crate::xdp::AttachMode;
+use crate::config::plan::Plan;
 
-/// What the operator asked for with `--mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Requested {
+/// The data path the operator asked for with `hepfwd run --mode` (`auto`, `xdp`,
+/// `userspace`): the one type from the command line through the daemon to [`choose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataPath {
     /// XDP where possible, else userspace.
     Auto,
     /// XDP or fail.
@@ -42,7 +42,7 @@ pub enum Choice {
 /// Chooses the data path from what is known before loading anything: the mode asked for,
 /// whether this binary embeds the XDP program, and how many interfaces `[xdp]` names.
 /// (Privileges and drivers are found out by trying.)
-pub fn choose(requested: Requested, built_with_xdp: bool, interfaces: usize) -> Choice {
+pub fn choose(requested: DataPath, built_with_xdp: bool, interfaces: usize) -> Choice {
     let blocker = if !built_with_xdp {
         Some("this binary was built without the XDP program (AYA_BUILD_SKIP=1)".to_string())
     } else if interfaces == 0 {
@@ -51,9 +51,9 @@ pub fn choose(requested: Requested, built_with_xdp: bool, interfaces: usize) -> 
         None
     };
     match (requested, blocker) {
-        (Requested::Userspace, _) => Choice::Userspace("--mode userspace".into()),
-        (Requested::Auto, Some(why)) => Choice::Userspace(why),
-        (Requested::Xdp, Some(why)) => Choice::Fail(format!("--mode xdp: {why}")),
+        (DataPath::Userspace, _) => Choice::Userspace("--mode userspace".into()),
+        (DataPath::Auto, Some(why)) => Choice::Userspace(why),
+        (DataPath::Xdp, Some(why)) => Choice::Fail(format!("--mode xdp: {why}")),
         (_, None) => Choice::TryXdp,
     }
 }
@@ -93,12 +93,8 @@ impl DataPlane {
             hep_port,
             ..LoadOptions::default()
         })?;
-        let mode = match plan.xdp.attach {
-            PlanAttach::Native => AttachMode::Native,
-            PlanAttach::Skb => AttachMode::Skb,
-        };
         for iface in &plan.xdp.interfaces {
-            program.attach(iface, mode)?;
+            program.attach(iface, plan.xdp.attach)?;
             warn_if_not_forwarding(iface);
         }
         let mut mirrors = Vec::new();
@@ -275,7 +271,7 @@ mod tests {
 
     #[test]
     fn the_data_path_follows_the_mode_and_what_is_known() {
-        use Requested::*;
+        use DataPath::*;
         assert_eq!(
             choose(Userspace, true, 2),
             Choice::Userspace("--mode userspace".into())

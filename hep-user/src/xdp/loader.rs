@@ -1,8 +1,6 @@
 //! [`XdpProgram`]: load the embedded `hep_xdp` object, attach it, read it.
 
 use std::ffi::CString;
-use std::fmt;
-use std::str::FromStr;
 
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLink, xdp::XdpLinkId};
@@ -13,6 +11,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::error::is_permission;
 use super::{XdpCounters, XdpError};
+pub use crate::config::plan::AttachMode;
 
 /// The XDP object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hep-xdp"));
@@ -22,50 +21,11 @@ pub fn built_with_xdp() -> bool {
     !OBJECT.is_empty()
 }
 
-/// How to attach to an interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AttachMode {
-    /// Native (driver) XDP: the fast one; fails if the driver has no XDP support.
-    #[default]
-    Native,
-    /// Generic (skb) XDP: works on any interface, after the skb is allocated (slower).
-    Skb,
-}
-
-impl AttachMode {
-    /// The name used in configuration and messages (`native`, `skb`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            AttachMode::Native => "native",
-            AttachMode::Skb => "skb",
-        }
-    }
-
-    const fn aya(self) -> XdpMode {
-        match self {
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
-        }
-    }
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for AttachMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "native" | "driver" | "drv" => Ok(AttachMode::Native),
-            "skb" | "generic" => Ok(AttachMode::Skb),
-            other => Err(format!(
-                "unknown XDP mode {other:?}: expected \"native\" or \"skb\""
-            )),
-        }
+/// The aya attach flags of an [`AttachMode`].
+const fn xdp_mode(mode: AttachMode) -> XdpMode {
+    match mode {
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Skb => XdpMode::Skb,
     }
 }
 
@@ -153,7 +113,7 @@ impl XdpProgram {
         let ifindex = if_index(iface)?;
         let prog = program_mut(&mut self.ebpf)?;
         let link = prog
-            .attach_to_if_index(ifindex, mode.aya())
+            .attach_to_if_index(ifindex, xdp_mode(mode))
             .map_err(|e| attach_error(iface, mode, e))?;
         self.attached.push(Attached {
             iface: iface.to_string(),
@@ -369,17 +329,6 @@ impl log::Log for TracingLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attach_mode_parses_and_prints() {
-        assert_eq!("native".parse(), Ok(AttachMode::Native));
-        assert_eq!("driver".parse(), Ok(AttachMode::Native));
-        assert_eq!("skb".parse(), Ok(AttachMode::Skb));
-        assert_eq!("generic".parse(), Ok(AttachMode::Skb));
-        assert!("offload".parse::<AttachMode>().is_err());
-        assert_eq!(AttachMode::default(), AttachMode::Native);
-        assert_eq!(AttachMode::Skb.to_string(), "skb");
-    }
 
     #[test]
     fn an_empty_object_means_built_without_xdp() {

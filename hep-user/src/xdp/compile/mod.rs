@@ -27,7 +27,9 @@ use hep_common::abi::{
 };
 use ipnet::IpNet;
 
-use crate::config::plan::{Action, DestinationPlan, Matcher, Mode, Plan, RoutePlan, Transport};
+use crate::config::plan::{
+    Action, DestinationPlan, ForwardMode, Matcher, Plan, RoutePlan, Transport,
+};
 
 /// Where a route runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -402,7 +404,7 @@ fn action(
         }
         Action::Forward { targets, mode } => (targets, *mode),
     };
-    if mode == Mode::Failover {
+    if mode == ForwardMode::Failover {
         return pass("failover needs destination health".into());
     }
     if targets.len() > MAX_TARGETS {
@@ -423,7 +425,7 @@ fn action(
     r.n_targets = targets.len() as u8;
     let list = names.join(", ");
     match (mode, targets.len()) {
-        (Mode::All, n) if n > 1 => {
+        (ForwardMode::All, n) if n > 1 => {
             if kernel_mirrors {
                 r.action = RouteAction::Mirror as u8;
                 (Runs::Kernel, format!("mirror to {list}"))
@@ -436,7 +438,7 @@ fn action(
             r.mode = SteerMode::Single as u8;
             (Runs::Kernel, format!("steer to {list}"))
         }
-        (Mode::Hash, _) => {
+        (ForwardMode::Hash, _) => {
             r.action = RouteAction::Steer as u8;
             r.mode = SteerMode::Hash as u8;
             (Runs::Kernel, format!("steer call-sticky over {list}"))

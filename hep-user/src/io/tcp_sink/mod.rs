@@ -1,0 +1,805 @@
+//! The connection to one TCP destination (collector): a bounded queue of whole HEPv3 frames
+//! and a tokio task that keeps a connection open and writes them, in order.
+//!
+//! # Use
+//!
+//! [`TcpSink::spawn`] starts the task; [`TcpSink::try_send`] hands it a frame from any
+//! thread (UDP worker threads or tokio tasks) without blocking: when the queue is full the
+//! frame is dropped and counted ([`SinkStats::dropped_queue_full`]), never waited for. On
+//! SIGTERM the daemon stops its producers, then calls [`TcpSink::drain`] with its deadline.
+//! [`SinkStats`] is read by the metrics at scrape time and by the failover logic
+//! ([`SinkStats::connected`]).
+//!
+//! # Buffering
+//!
+//! The queue (`queue` frames) is the only buffer of the sink, plus the one write batch the
+//! task holds: up to [`BATCH_FRAMES`] frames taken out of the queue and concatenated until
+//! they reach [`BATCH_BYTES`] (so a batch is at most `BATCH_BYTES - 1 + 65535` bytes). The
+//! task only takes frames out of the queue while it is connected, so while the collector
+//! is away at most `queue` frames wait, plus the batch whose write failed. Beyond that,
+//! the kernel's socket send buffer holds bytes that `write` accepted.
+//!
+//! # Connection
+//!
+//! The task connects at once (timeout [`CONNECT_TIMEOUT`]), and after every failure waits
+//! an exponential backoff: 100 ms, doubling, at most 5 s, each wait drawn in
+//! `[0.75, 1.0] ×` that value (jitter, so restarted collectors are not hit in step). A
+//! connection that broke after [`STABLE_AFTER`] or more is retried at once; one that broke
+//! sooner counts as a failure (accept-then-close peers get the backoff too). It never
+//! sleeps while connected. Sockets get `TCP_NODELAY`, keepalive (idle 15 s, then
+//! 3 probes 5 s apart) and `TCP_USER_TIMEOUT` 30 s, so a collector host that vanished
+//! without a FIN or RST is detected (idle: about 30 s; with unacknowledged data: 30 s)
+//! instead of after the kernel's ~15 min of retransmissions.
+//!
+//! # Dead collector detection
+//!
+//! A collector never sends anything on a HEP connection, so the socket becoming readable
+//! means its FIN (read returns 0) or RST (read fails) arrived. The task watches readability
+//! while idle, and right before every write batch it does one non-blocking `recv` system
+//! call on the socket (not tokio's cached readiness, which may lag). Bytes a collector does
+//! send are read and discarded. When the connection is found broken, before a write or by
+//! a failed write, the batch is kept and written first on the next connection, so it is
+//! not lost; a batch whose write failed part-way is written again whole (the collector
+//! may then see frames of that batch twice: the bytes of the broken connection that did
+//! reach it).
+//!
+//! ## Residual loss window
+//!
+//! Bytes are counted [`SinkStats::sent`] when the kernel accepted them. They can still be
+//! lost, without any error reported to the sink, in exactly these cases:
+//!
+//! 1. **Written after the collector closed, before its FIN (or RST) reached us.** The
+//!    check before each write sees nothing yet, so batches are handed to our kernel; the
+//!    collector's kernel answers them with a RST and discards them. The window runs from
+//!    the collector's `close` to the arrival of its FIN here: the one-way network delay
+//!    (practically nothing on loopback, half an RTT across a WAN), plus the few µs between
+//!    our check and our `write`. Every batch written in it is lost (about send rate ×
+//!    one-way delay); the first check after the FIN arrives, or the first write after the
+//!    RST arrives, finds the connection broken, and that batch is kept.
+//! 2. **Written before the collector closed but not read by its application.** Bytes still
+//!    in flight, in the collector's receive buffer, or in our send buffer when the collector
+//!    process stops or crashes are discarded by the kernels (an unread receive buffer
+//!    makes the collector's close a RST). The amount is bounded by the send buffer plus the
+//!    collector's receive buffer; the sink cannot know which of them were read, so it does
+//!    not resend them (that would need a replay buffer of every unacknowledged byte).
+//! 3. **The collector host or the path disappears silently** (power loss, partition): the
+//!    bytes in our send buffer are lost when `TCP_USER_TIMEOUT` (30 s) aborts the connection;
+//!    writes in that time still succeed while the send buffer has room.
+//!
+//! # Shutdown
+//!
+//! [`TcpSink::drain`] asks the task to write what is queued and stop ("written" as for
+//! [`SinkStats::sent`]: accepted by our kernel, which goes on delivering it after the
+//! process exits; the task then closes its side with a FIN); at the deadline it
+//! stops the task, which counts every frame still queued or in its batch in
+//! [`SinkStats::dropped_shutdown`]. Draining is terminal: the sink accepts no frames
+//! afterwards (they are counted in `dropped_shutdown`). Dropping every handle without a
+//! drain (a reload removed the destination) drains on its own: the task keeps writing
+//! what is queued for at most [`ORPHAN_DRAIN`], then stops, counting what is left the
+//! same way.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hep_common::framing::{MAX_FRAME_LEN, frame_len};
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+/// How long one connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first wait after a failed connection attempt.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// The longest wait between connection attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Most frames in one write batch.
+pub const BATCH_FRAMES: usize = 64;
+/// A batch stops growing once it holds this many bytes.
+pub const BATCH_BYTES: usize = 256 * 1024;
+/// A connection that breaks sooner than this counts as a failed attempt for the backoff,
+/// so a collector (or load balancer) that accepts and closes at once is not hammered.
+pub const STABLE_AFTER: Duration = Duration::from_secs(1);
+/// While the collector stays unreachable, a warning is repeated at most this often.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
+/// After the drain deadline, how long `drain` waits for the task to count what is left.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+/// When every handle is dropped without a drain (the destination left the configuration),
+/// the task goes on writing what is queued for at most this long.
+pub const ORPHAN_DRAIN: Duration = Duration::from_secs(10);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+const USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counters of one TCP destination: the daemon's [`DestinationStats`], so `/metrics` and
+/// failover read what the sink writes. The sink updates `sent`, `dropped_queue_full`,
+/// `dropped_shutdown`, `dropped_invalid`, `reconnects`, `connect_failures`, `connected`
+/// and `queue_depth`.
+pub type SinkStats = crate::admin::stats::DestinationStats;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Normal operation.
+    Run,
+    /// Write what is queued, then stop.
+    Drain,
+    /// Stop now, counting what is left.
+    Stop,
+}
+
+struct Inner {
+    name: String,
+    addr: SocketAddr,
+    tx: mpsc::Sender<Bytes>,
+    stats: Arc<SinkStats>,
+    ctl: watch::Sender<Phase>,
+    /// `Some(everything written)` once the task has ended.
+    done: watch::Receiver<Option<bool>>,
+}
+
+/// Handle to the connection of one TCP destination. Cheap to clone; every clone feeds the
+/// same queue.
+#[derive(Clone)]
+pub struct TcpSink {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for TcpSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpSink")
+            .field("name", &self.inner.name)
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpSink {
+    /// Starts the connection task of destination `name` at `addr` on `handle`, with room
+    /// for `queue` frames (at least 1).
+    pub fn spawn(
+        name: String,
+        addr: SocketAddr,
+        queue: usize,
+        stats: Arc<SinkStats>,
+        handle: &tokio::runtime::Handle,
+    ) -> TcpSink {
+        let (tx, rx) = mpsc::channel(queue.clamp(1, Semaphore::MAX_PERMITS));
+        let (ctl, ctl_rx) = watch::channel(Phase::Run);
+        let (done_tx, done) = watch::channel(None);
+        let worker = Worker {
+            name: name.clone(),
+            addr,
+            rx,
+            ctl: ctl_rx.clone(),
+            stats: Arc::clone(&stats),
+            batch: Batch::default(),
+            backoff: Backoff::new(seed(addr)),
+            outage: Outage::default(),
+        };
+        handle.spawn(worker.task(ctl_rx, done_tx));
+        TcpSink {
+            inner: Arc::new(Inner {
+                name,
+                addr,
+                tx,
+                stats,
+                ctl,
+                done,
+            }),
+        }
+    }
+
+    /// Queues one whole HEPv3 frame without blocking; callable from any thread. Returns
+    /// false (and counts why in [`SinkStats`]) when the frame is dropped: queue full,
+    /// sink stopped, or not a single HEPv3 frame.
+    pub fn try_send(&self, frame: Bytes) -> bool {
+        let stats = &self.inner.stats;
+        if frame_len(&frame, MAX_FRAME_LEN) != Ok(Some(frame.len())) {
+            stats.dropped_invalid.fetch_add(1, Relaxed);
+            return false;
+        }
+        // Counted before the send so the task's decrement can never come first.
+        stats.queue_depth.fetch_add(1, Relaxed);
+        match self.inner.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(e) => {
+                stats.queue_depth.fetch_sub(1, Relaxed);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        stats.dropped_queue_full.fetch_add(1, Relaxed)
+                    }
+                    mpsc::error::TrySendError::Closed(_) => {
+                        stats.dropped_shutdown.fetch_add(1, Relaxed)
+                    }
+                };
+                false
+            }
+        }
+    }
+
+    /// Writes what is queued, waiting at most `deadline`, then stops the sink. Frames left
+    /// at the deadline are counted in [`SinkStats::dropped_shutdown`]. Returns whether
+    /// every frame accepted by [`TcpSink::try_send`] was written. Terminal: later frames
+    /// are refused. Calling it again returns the same answer.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        self.inner.ctl.send_if_modified(|p| {
+            if *p == Phase::Run {
+                *p = Phase::Drain;
+                true
+            } else {
+                false
+            }
+        });
+        let mut done = self.inner.done.clone();
+        match tokio::time::timeout(deadline, wait_done(&mut done)).await {
+            Ok(all) => all,
+            Err(_) => {
+                self.inner.ctl.send_replace(Phase::Stop);
+                tokio::time::timeout(STOP_GRACE, wait_done(&mut done))
+                    .await
+                    .unwrap_or(false)
+            }
+        }
+    }
+
+    /// The destination's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The collector's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<SinkStats> {
+        &self.inner.stats
+    }
+}
+
+impl crate::engine::FrameQueue for TcpSink {
+    fn try_send(&self, frame: Bytes) -> bool {
+        TcpSink::try_send(self, frame)
+    }
+}
+
+async fn wait_done(rx: &mut watch::Receiver<Option<bool>>) -> bool {
+    loop {
+        if let Some(all) = *rx.borrow_and_update() {
+            return all;
+        }
+        if rx.changed().await.is_err() {
+            // The task is gone without a word (runtime shut down).
+            return rx.borrow().unwrap_or(false);
+        }
+    }
+}
+
+/// Why `serve` returned.
+enum Served {
+    /// The connection broke; reconnect.
+    Broken,
+    /// Drained (asked to, or every handle is gone): end the task.
+    Finished,
+}
+
+/// What a read on the idle connection found.
+enum PeerState {
+    /// Nothing to read: the connection looks alive.
+    Alive,
+    /// FIN or error: the connection is dead.
+    Gone(String),
+}
+
+/// The write batch: up to [`BATCH_FRAMES`] whole frames taken out of the queue,
+/// concatenated (until [`BATCH_BYTES`]). Kept across a broken connection and written first
+/// on the next one.
+#[derive(Debug, Default)]
+struct Batch {
+    /// The frames, concatenated.
+    bytes: Vec<u8>,
+    /// How many frames `bytes` holds (0: no batch).
+    frames: u64,
+}
+
+impl Batch {
+    /// Whether there is no batch.
+    fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// The number of frames in the batch.
+    fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// The bytes to write.
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Starts a batch with `first`, then takes what is already queued in `rx`, up to the
+    /// limits.
+    fn fill(&mut self, first: Bytes, rx: &mut mpsc::Receiver<Bytes>) {
+        self.bytes.clear();
+        self.bytes.extend_from_slice(&first);
+        self.frames = 1;
+        while (self.frames as usize) < BATCH_FRAMES && self.bytes.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(frame) => {
+                    self.bytes.extend_from_slice(&frame);
+                    self.frames += 1;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Empties the batch (written, or abandoned); returns how many frames it held.
+    fn take(&mut self) -> u64 {
+        let frames = self.frames;
+        self.bytes.clear();
+        self.frames = 0;
+        frames
+    }
+}
+
+/// When to try connecting again: the exponent of the wait, grown by failed attempts and by
+/// connections that broke before [`STABLE_AFTER`], and the random state of its jitter.
+#[derive(Debug)]
+struct Backoff {
+    /// Failed attempts and short-lived connections in a row: the backoff exponent.
+    level: u32,
+    /// When the current connection was made.
+    connected_at: Option<Instant>,
+    /// The xorshift state of the jitter (never 0).
+    rng: u64,
+}
+
+impl Backoff {
+    /// No wait yet, jitter seeded with `seed` (odd, see [`seed`]).
+    fn new(seed: u64) -> Self {
+        Backoff {
+            level: 0,
+            connected_at: None,
+            rng: seed,
+        }
+    }
+
+    /// Whether the next attempt waits first.
+    fn is_due(&self) -> bool {
+        self.level > 0
+    }
+
+    /// A connection attempt failed.
+    fn attempt_failed(&mut self) {
+        self.level = self.level.saturating_add(1);
+    }
+
+    /// A connection was made.
+    fn connected(&mut self) {
+        self.connected_at = Some(Instant::now());
+    }
+
+    /// The connection broke: one that lasted [`STABLE_AFTER`] or more resets the backoff,
+    /// a shorter one counts as a failed attempt. Returns how long it lasted.
+    fn disconnected(&mut self) -> Duration {
+        let lasted = self
+            .connected_at
+            .take()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        if lasted >= STABLE_AFTER {
+            self.level = 0;
+        } else {
+            self.level = self.level.saturating_add(1);
+        }
+        lasted
+    }
+
+    /// The wait before the next attempt: 100 ms · 2^(level-1), at most 5 s, times a
+    /// random factor in [0.75, 1].
+    fn next_wait(&mut self) -> Duration {
+        let doublings = self.level.saturating_sub(1).min(16);
+        let base = BACKOFF_INITIAL
+            .saturating_mul(1u32 << doublings)
+            .min(BACKOFF_MAX);
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+        base.mul_f64(0.75 + 0.25 * unit)
+    }
+}
+
+/// What the logs say about the time the collector is unreachable: since when, how many
+/// attempts failed, and when it was last warned about (at most every
+/// [`FAILURE_LOG_EVERY`]).
+#[derive(Debug, Default)]
+struct Outage {
+    /// Whether a connection was ever made (the next one is then a reconnect).
+    ever_connected: bool,
+    /// Failed connection attempts since the last connection (or the start).
+    failures: u32,
+    /// When the connection broke, or the first attempt failed.
+    down_since: Option<Instant>,
+    /// When the last warning of this outage was logged.
+    last_warn: Option<Instant>,
+    /// The error of the last failed attempt.
+    last_error: String,
+}
+
+/// What a failed attempt is worth in the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// The first failure: warn.
+    First,
+    /// A failure, and the last warning is [`FAILURE_LOG_EVERY`] old: warn again.
+    Again,
+    /// Not due for a warning, but the error changed: debug.
+    NewError,
+    /// Nothing new.
+    Quiet,
+}
+
+/// How an outage ended, for the connection log.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    /// A connection was made before: this one is a reconnect.
+    reconnect: bool,
+    /// The attempts that failed before this one.
+    failures: u32,
+    /// How long the collector was unreachable.
+    down: Option<Duration>,
+}
+
+impl Outage {
+    /// A connection attempt failed with `error`: what to log.
+    fn attempt_failed(&mut self, error: &str) -> Report {
+        self.failures = self.failures.saturating_add(1);
+        let now = Instant::now();
+        self.down_since.get_or_insert(now);
+        let due = self
+            .last_warn
+            .is_none_or(|t| now.duration_since(t) >= FAILURE_LOG_EVERY);
+        let report = if due {
+            self.last_warn = Some(now);
+            if self.failures == 1 {
+                Report::First
+            } else {
+                Report::Again
+            }
+        } else if error != self.last_error {
+            Report::NewError
+        } else {
+            Report::Quiet
+        };
+        error.clone_into(&mut self.last_error);
+        report
+    }
+
+    /// The connection broke: an outage starts now.
+    fn begin(&mut self) {
+        self.down_since = Some(Instant::now());
+        self.last_warn = None;
+        self.last_error.clear();
+    }
+
+    /// A connection was made: the outage (if any) is over.
+    fn end(&mut self) -> Ended {
+        let ended = Ended {
+            reconnect: self.ever_connected,
+            failures: self.failures,
+            down: self.down_since.take().map(|t| t.elapsed()),
+        };
+        self.ever_connected = true;
+        self.failures = 0;
+        self.last_warn = None;
+        ended
+    }
+}
+
+/// The task of one sink: connects, takes frames out of the queue in batches and writes
+/// them.
+struct Worker {
+    name: String,
+    addr: SocketAddr,
+    rx: mpsc::Receiver<Bytes>,
+    ctl: watch::Receiver<Phase>,
+    stats: Arc<SinkStats>,
+    /// The batch being written (or kept from a broken connection).
+    batch: Batch,
+    /// When to try connecting again.
+    backoff: Backoff,
+    /// The state of the current outage, for the logs.
+    outage: Outage,
+}
+
+impl Worker {
+    async fn task(mut self, mut stop: watch::Receiver<Phase>, done: watch::Sender<Option<bool>>) {
+        tokio::select! {
+            biased;
+            _ = wait_stop(&mut stop) => {}
+            _ = self.run() => {}
+        }
+        self.stats.connected.store(false, Relaxed);
+        let left = self.abandon();
+        if left > 0 {
+            tracing::warn!(
+                destination = %self.name,
+                addr = %self.addr,
+                frames = left,
+                "TCP destination stopped with frames not written"
+            );
+        } else {
+            tracing::debug!(destination = %self.name, addr = %self.addr, "TCP destination drained");
+        }
+        done.send_replace(Some(left == 0));
+    }
+
+    /// Closes the queue and counts every frame not written as dropped at shutdown.
+    fn abandon(&mut self) -> u64 {
+        self.rx.close();
+        let mut left = self.batch.take();
+        while self.rx.try_recv().is_ok() {
+            left += 1;
+        }
+        if left > 0 {
+            self.stats.dropped_shutdown.fetch_add(left, Relaxed);
+            self.stats.queue_depth.fetch_sub(left, Relaxed);
+        }
+        left
+    }
+
+    /// Asked to drain, or every handle is gone.
+    fn draining(&self) -> bool {
+        match self.ctl.has_changed() {
+            Ok(_) => *self.ctl.borrow() == Phase::Drain,
+            Err(_) => true,
+        }
+    }
+
+    /// Draining and nothing left to write.
+    fn finished(&self) -> bool {
+        self.draining() && self.batch.is_empty() && self.rx.is_empty()
+    }
+
+    async fn run(&mut self) {
+        loop {
+            let Some(stream) = self.connect().await else {
+                return;
+            };
+            match self.serve(stream).await {
+                Served::Broken => {}
+                Served::Finished => return,
+            }
+        }
+    }
+
+    /// Connects, retrying with backoff. `None`: finished, or every handle is gone.
+    async fn connect(&mut self) -> Option<TcpStream> {
+        loop {
+            if self.finished() {
+                return None;
+            }
+            if self.backoff.is_due() {
+                let until = tokio::time::Instant::now() + self.backoff.next_wait();
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = ctl_changed(&mut self.ctl) => {
+                            if self.finished() {
+                                return None;
+                            }
+                            if self.draining() {
+                                // Shutting down with frames queued: one attempt now
+                                // rather than at the end of a long backoff.
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            let error =
+                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr)).await {
+                    Ok(Ok(stream)) => {
+                        self.connected(&stream);
+                        return Some(stream);
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("timed out after {CONNECT_TIMEOUT:?}"),
+                };
+            self.connect_failed(&error);
+        }
+    }
+
+    fn connected(&mut self, stream: &TcpStream) {
+        configure(stream, &self.name);
+        self.stats.connected.store(true, Relaxed);
+        let ended = self.outage.end();
+        if ended.reconnect {
+            self.stats.reconnects.fetch_add(1, Relaxed);
+            tracing::info!(
+                destination = %self.name,
+                addr = %self.addr,
+                failed_attempts = ended.failures,
+                down = ?ended.down.unwrap_or_default(),
+                "reconnected to TCP destination"
+            );
+        } else {
+            tracing::info!(
+                destination = %self.name,
+                addr = %self.addr,
+                failed_attempts = ended.failures,
+                "connected to TCP destination"
+            );
+        }
+        self.backoff.connected();
+    }
+
+    fn connect_failed(&mut self, error: &str) {
+        self.stats.connect_failures.fetch_add(1, Relaxed);
+        self.backoff.attempt_failed();
+        match self.outage.attempt_failed(error) {
+            Report::First => tracing::warn!(
+                destination = %self.name,
+                addr = %self.addr,
+                %error,
+                queued = self.stats.queue_depth.load(Relaxed),
+                "cannot connect to TCP destination; retrying with backoff"
+            ),
+            Report::Again => tracing::warn!(
+                destination = %self.name,
+                addr = %self.addr,
+                %error,
+                failed_attempts = self.outage.failures,
+                queued = self.stats.queue_depth.load(Relaxed),
+                "still cannot connect to TCP destination"
+            ),
+            Report::NewError => {
+                tracing::debug!(destination = %self.name, addr = %self.addr, %error, "connect failed")
+            }
+            Report::Quiet => {}
+        }
+    }
+
+    fn disconnected(&mut self, reason: &str) {
+        self.stats.connected.store(false, Relaxed);
+        let lasted = self.backoff.disconnected();
+        self.outage.begin();
+        tracing::warn!(
+            destination = %self.name,
+            addr = %self.addr,
+            %reason,
+            kept_frames = self.batch.frames(),
+            ?lasted,
+            "TCP destination disconnected; reconnecting"
+        );
+    }
+
+    /// Writes batches on `stream` until it breaks or the sink is finished.
+    async fn serve(&mut self, mut stream: TcpStream) -> Served {
+        let mut scratch = [0u8; 512];
+        loop {
+            if self.batch.is_empty() {
+                if self.finished() {
+                    let _ = SockRef::from(&stream).shutdown(Shutdown::Write);
+                    return Served::Finished;
+                }
+                tokio::select! {
+                    _ = ctl_changed(&mut self.ctl) => continue,
+                    ready = stream.readable() => {
+                        let state = match ready {
+                            Ok(()) => peer_state(|b| stream.try_read(b), &mut scratch),
+                            Err(e) => PeerState::Gone(format!("socket error: {e}")),
+                        };
+                        if let PeerState::Gone(reason) = state {
+                            self.disconnected(&reason);
+                            return Served::Broken;
+                        }
+                        continue;
+                    }
+                    frame = self.rx.recv() => match frame {
+                        Some(frame) => self.batch.fill(frame, &mut self.rx),
+                        None => return Served::Finished,
+                    },
+                }
+            }
+            // The peer may have gone since we last looked: ask the kernel, not tokio.
+            let sock = SockRef::from(&stream);
+            if let PeerState::Gone(reason) = peer_state(|b| (&*sock).read(b), &mut scratch) {
+                self.disconnected(&reason);
+                return Served::Broken;
+            }
+            match stream.write_all(self.batch.bytes()).await {
+                Ok(()) => {
+                    let n = self.batch.take();
+                    self.stats.sent.fetch_add(n, Relaxed);
+                    self.stats.queue_depth.fetch_sub(n, Relaxed);
+                }
+                Err(e) => {
+                    self.disconnected(&format!("write failed: {e}"));
+                    return Served::Broken;
+                }
+            }
+        }
+    }
+}
+
+/// Returns when told to stop, or [`ORPHAN_DRAIN`] after every handle is gone.
+async fn wait_stop(rx: &mut watch::Receiver<Phase>) {
+    loop {
+        if *rx.borrow_and_update() == Phase::Stop {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            tokio::time::sleep(ORPHAN_DRAIN).await;
+            return;
+        }
+    }
+}
+
+/// Returns when the phase changes; never once every handle is gone (the task then notices
+/// through [`Worker::draining`] and the closed queue).
+async fn ctl_changed(rx: &mut watch::Receiver<Phase>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Reads (and discards) what the collector sent, without blocking, to learn whether the
+/// connection is still open. `read` must not block.
+fn peer_state(mut read: impl FnMut(&mut [u8]) -> io::Result<usize>, buf: &mut [u8]) -> PeerState {
+    // Bounded, so a chatty peer cannot hold the task; the next check reads on.
+    for _ in 0..64 {
+        match read(buf) {
+            Ok(0) => return PeerState::Gone("collector closed the connection".into()),
+            Ok(n) => {
+                tracing::trace!(bytes = n, "discarding bytes sent by a TCP destination");
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return PeerState::Alive,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return PeerState::Gone(format!("connection error: {e}")),
+        }
+    }
+    PeerState::Alive
+}
+
+/// `TCP_NODELAY`, keepalive and `TCP_USER_TIMEOUT`; failures are logged, not fatal.
+fn configure(stream: &TcpStream, name: &str) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(destination = %name, error = %e, "setting TCP_NODELAY failed");
+    }
+    let sock = SockRef::from(stream);
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(destination = %name, error = %e, "setting TCP keepalive failed");
+    }
+    if let Err(e) = sock.set_tcp_user_timeout(Some(USER_TIMEOUT)) {
+        tracing::debug!(destination = %name, error = %e, "setting TCP_USER_TIMEOUT failed");
+    }
+}
+
+/// A per-sink seed for the backoff jitter.
+fn seed(addr: SocketAddr) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    addr.hash(&mut h);
+    Instant::now().hash(&mut h);
+    h.finish() | 1
+}
+
+#[cfg(test)]
+mod tests;
