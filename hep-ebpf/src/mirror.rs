@@ -56,7 +56,7 @@ struct Original {
 pub fn hep_mirror(ctx: TcContext) -> i32 {
     match mirror(&ctx) {
         Some(action) => action,
-        None => TC_ACT_OK as i32,
+        None => TC_ACT_OK,
     }
 }
 
@@ -119,7 +119,7 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         }
         i += 1;
     }
-    Some(TC_ACT_SHOT as i32)
+    Some(TC_ACT_SHOT)
 }
 
 /// Reads the original headers (untagged Ethernet, IPv4 or IPv6, UDP).

@@ -115,7 +115,7 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// The entry is per CPU and a program runs to completion on its CPU, so only the current
 /// packet's code reaches it. Within one packet the steps run one after another (parse,
 /// copy, walk, scan, hash, gate, evaluate, steer or mirror), and each accessor below hands
-/// out a reference to one field only, built from a raw pointer to that field: no
+/// out a reference to one field only, taken through the entry's raw pointer (`&mut (*p).field`): no
 /// reference to the whole entry ever exists, so a step holding one field (`hep_xdp` keeps
 /// the datagram for the whole packet) never aliases a callee's. Each field has one writer
 /// at a time, named in its accessor; a `bpf_loop` callback takes its field afresh at each
@@ -135,14 +135,14 @@ impl Entry {
     pub fn bytes(self) -> Bytes<'static> {
         // SAFETY: `buf` and `len` are written only by `copy_in`, before any `Bytes` of this
         // packet is made; afterwards they are only read.
-        unsafe { Bytes::new(&*(&raw const (*self.0).buf), *(&raw const (*self.0).len)) }
+        unsafe { Bytes::new(&(*self.0).buf, (*self.0).len) }
     }
 
     /// The first four payload bytes (the HEP version magic), after `copy_in`.
     #[inline(always)]
     pub fn prefix(self) -> [u8; 4] {
         // SAFETY: reading 4 bytes of `buf` (as in `bytes`).
-        let b = unsafe { &*(&raw const (*self.0).buf) };
+        let b = unsafe { &(*self.0).buf };
         [b[0], b[1], b[2], b[3]]
     }
 
@@ -150,58 +150,58 @@ impl Entry {
     /// `route::gate` reads the auth span it found.
     #[inline(always)]
     pub fn walk(self) -> &'static mut Walk {
-        // SAFETY: a pointer to the `walk` field only; one user at a time (see the type).
-        unsafe { &mut *(&raw mut (*self.0).walk) }
+        // SAFETY: a reference to the `walk` field only; one user at a time (see the type).
+        unsafe { &mut (*self.0).walk }
     }
 
     /// The Call-ID scan's state: `facts::compute` and `facts::scan_step`.
     #[inline(always)]
     pub fn scan(self) -> &'static mut Scan {
-        // SAFETY: a pointer to the `scan` field only; one user at a time (see the type).
-        unsafe { &mut *(&raw mut (*self.0).scan) }
+        // SAFETY: a reference to the `scan` field only; one user at a time (see the type).
+        unsafe { &mut (*self.0).scan }
     }
 
     /// The key hash's state: `facts::compute` and `facts::hash_step`.
     #[inline(always)]
     pub fn hash(self) -> &'static mut Hash {
-        // SAFETY: a pointer to the `hash` field only; one user at a time (see the type).
-        unsafe { &mut *(&raw mut (*self.0).hash) }
+        // SAFETY: a reference to the `hash` field only; one user at a time (see the type).
+        unsafe { &mut (*self.0).hash }
     }
 
     /// The packet's facts: written by `facts::compute`, read by the gate and the routes.
     #[inline(always)]
     pub fn facts(self) -> &'static mut KernelFacts {
-        // SAFETY: a pointer to the `facts` field only; one user at a time (see the type).
-        unsafe { &mut *(&raw mut (*self.0).facts) }
+        // SAFETY: a reference to the `facts` field only; one user at a time (see the type).
+        unsafe { &mut (*self.0).facts }
     }
 
     /// The route evaluation's state: `route::evaluate`, `route::route_step`, then `hep_xdp`
     /// reads the verdict.
     #[inline(always)]
     pub fn eval(self) -> &'static mut Eval {
-        // SAFETY: a pointer to the `eval` field only; one user at a time (see the type).
-        unsafe { &mut *(&raw mut (*self.0).eval) }
+        // SAFETY: a reference to the `eval` field only; one user at a time (see the type).
+        unsafe { &mut (*self.0).eval }
     }
 
     /// The `bpf_fib_lookup` parameters: `steer::steer` or the mirror's lookups.
     #[inline(always)]
     pub fn fib(self) -> &'static mut aya_ebpf::bindings::bpf_fib_lookup {
-        // SAFETY: a pointer to the `fib` field only; one user at a time (see the type).
-        unsafe { &mut *(&raw mut (*self.0).fib) }
+        // SAFETY: a reference to the `fib` field only; one user at a time (see the type).
+        unsafe { &mut (*self.0).fib }
     }
 
     /// The mirror's next hops (`hep_mirror` only, after `hep_xdp` finished on this CPU).
     #[inline(always)]
     pub fn hops(self) -> &'static mut [NextHop; MAX_TARGETS] {
-        // SAFETY: a pointer to the `hops` field only; one user at a time (see the type).
-        unsafe { &mut *(&raw mut (*self.0).hops) }
+        // SAFETY: a reference to the `hops` field only; one user at a time (see the type).
+        unsafe { &mut (*self.0).hops }
     }
 
     /// The parsed datagram: written by `parse::parse`, then read for the rest of the packet.
     #[inline(always)]
     pub fn dgram(self) -> &'static mut HepDatagram {
-        // SAFETY: a pointer to the `dgram` field only; one user at a time (see the type).
-        unsafe { &mut *(&raw mut (*self.0).dgram) }
+        // SAFETY: a reference to the `dgram` field only; one user at a time (see the type).
+        unsafe { &mut (*self.0).dgram }
     }
 }
 
@@ -228,7 +228,7 @@ pub fn copy_in(ctx: &XdpContext, s: Entry, off: usize, len: usize) -> bool {
     // any reader of this packet exists (see `Entry::bytes`); `n` ≤ SCRATCH_LEN bytes fit in
     // `buf`; the helper checks the frame range itself.
     unsafe {
-        *(&raw mut (*s.0).len) = n;
+        (*s.0).len = n;
         let buf = &raw mut (*s.0).buf;
         bpf_xdp_load_bytes(ctx.ctx, off as u32, buf.cast(), n as u32) == 0
     }

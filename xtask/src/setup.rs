@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "rust-web-src",
+    "rust-web-clippy",
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: setup, then the whole test suite.
+//! `cargo xtask test`: setup, the lints (format, clippy on the host crates and on the eBPF
+//! crate for its real target), then the whole test suite.
 
 use std::time::Instant;
 
@@ -10,16 +11,24 @@ use crate::{cmd, setup};
 /// Options of `cargo xtask test`.
 #[derive(Args)]
 pub struct TestArgs {
+    /// Skip the format and clippy checks (for a quick run of one test while developing; CI
+    /// never skips them).
+    #[arg(long)]
+    pub skip_lints: bool,
     /// Extra arguments for `cargo test` (e.g. a test name, or `-- --nocapture`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
 }
 
-/// Setup, then `cargo test --workspace --no-fail-fast ARGS`. Under CI (`CI=true`) as root,
-/// exports `HEPFWD_REQUIRE_PRIVILEGED=1` so that a privileged test that would skip fails.
+/// Setup, the lints, then `cargo test --workspace --no-fail-fast ARGS`. Under CI (`CI=true`)
+/// as root, exports `HEPFWD_REQUIRE_PRIVILEGED=1` so that a privileged test that would skip
+/// fails.
 pub fn run(args: &TestArgs) -> Result<()> {
     setup::run()?;
     let start = Instant::now();
+    if !args.skip_lints {
+        lints()?;
+    }
     let mut c = cmd::cargo();
     c.args(["test", "--workspace", "--no-fail-fast"])
         .args(&args.args)
@@ -38,4 +47,54 @@ pub fn run(args: &TestArgs) -> Result<()> {
         Err(_) => println!("[test] FAILED after {secs:.1} s"),
     }
     result
+}
+
+/// `cargo fmt --check`, clippy with warnings denied on every host target, and clippy on the
+/// eBPF crate built for `bpfel-unknown-none` with Debian's toolchain (the only one here
+/// with the library source `-Z build-std` needs), in its own target directory.
+fn lints() -> Result<()> {
+    let root = cmd::workspace_root();
+    let mut fmt = cmd::cargo();
+    fmt.args(["fmt", "--all", "--check"]).current_dir(&root);
+    println!("[test] {}", cmd::describe(&fmt));
+    cmd::run(&mut fmt).context("`cargo fmt` would change files: run `cargo fmt --all`")?;
+
+    let mut clippy = cmd::cargo();
+    clippy
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(&root)
+        .env("PATH", cmd::path_with_cargo_bin());
+    println!("[test] {}", cmd::describe(&clippy));
+    cmd::run(&mut clippy).context("clippy found warnings in the host crates")?;
+
+    let mut ebpf = std::process::Command::new("cargo");
+    ebpf.arg(format!("+{}", setup::TOOLCHAIN))
+        .args([
+            "clippy",
+            "-p",
+            "hep-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(&root)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", root.join("target").join("ebpf-clippy"))
+        .env("PATH", cmd::path_with_cargo_bin());
+    println!("[test] {}", cmd::describe(&ebpf));
+    cmd::run(&mut ebpf).context("clippy found warnings in the eBPF crate")?;
+    println!("[test] lints: clean");
+    Ok(())
 }
