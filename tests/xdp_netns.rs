@@ -30,7 +30,7 @@ use hepfwd_tests::daemon::Mode;
 use hepfwd_tests::hepfwd::workspace_root;
 use hepfwd_tests::hepgen::{ModelEdit, Pkt, chunks_of, model_rewrite, packet_of};
 use hepfwd_tests::metrics::Metrics;
-use hepfwd_tests::netns::{COL_A, COL_B, IF_IN, LISTEN, Ns, SND, SND2, Topology};
+use hepfwd_tests::netns::{COL_A, COL_B, IF_IN, LISTEN, Ns, SND, SND2, Topology, TopologyPeers};
 use hepfwd_tests::privileged;
 
 /// How long a collector must stay quiet before the test takes what it got as final.
