@@ -17,7 +17,7 @@
 //! Privileged parts skip loudly unless root, and fail under `HEPFWD_REQUIRE_PRIVILEGED=1`.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -4,9 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hep_common::chunk::ChunkId;
 use hep_common::legacy::{HepLegacy, LegacyTime};
-use hep_common::v3::{Hep3, Payload, RawChunk};
+use hep_common::v3::Hep3;
 use hepfwd_harness::message::TestMessage;
 
 /// Protocol type SIP.
