@@ -1,9 +1,10 @@
 //! The data plane end to end through network namespaces (issue 4):
 //! `snd` ── veth ── `fwd` (hepfwd; XDP on `in0`) ── veth ── `col` (collectors), see
-//! `support/netns.rs`. Each test sends a bounded, crafted HEPv3 sequence from `snd` and
-//! asserts the exact HEP bytes each collector receives (a multiset per collector: steered
-//! and mirrored packets are byte-identical to what was sent; rewritten ones equal the
-//! documented rewrite model), plus the daemon's counters.
+//! `harness/src/topology.rs` (the peers: `support/netns.rs`). Each test sends a bounded,
+//! crafted HEPv3 sequence from `snd` and asserts the exact HEP bytes each collector
+//! receives (a multiset per collector: steered and mirrored packets are byte-identical to
+//! what was sent; rewritten ones equal the documented rewrite model), plus the daemon's
+//! counters.
 //!
 //! - `routes_*`: steer, call-sticky hash over two collectors, drop, mirror and an unrouted
 //!   packet; `--mode userspace` and `--mode xdp`.

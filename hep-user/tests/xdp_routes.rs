@@ -537,8 +537,15 @@ fn mismatches(
     let mut why = Vec::new();
     let want_bytes = want_bytes.unwrap_or(input);
     if out != want_bytes {
+        let first_difference = out
+            .iter()
+            .zip(want_bytes)
+            .position(|(got, want)| got != want)
+            .unwrap_or(out.len().min(want_bytes.len()));
         why.push(format!(
-            "output frame\n got  {out:02x?}\n want {want_bytes:02x?}"
+            "output frame (first difference at byte {first_difference}; {} bytes, want {})\n got  {out:02x?}\n want {want_bytes:02x?}",
+            out.len(),
+            want_bytes.len()
         ));
     }
     let mut want_counters = want_counters.to_vec();
