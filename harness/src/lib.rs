@@ -14,6 +14,9 @@
 //! this crate creates; every link lives in one of them, so deleting the namespaces removes
 //! the links too.
 
+// Test support code: a panic here is the calling test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod command;
 pub mod lab;
 pub mod message;
