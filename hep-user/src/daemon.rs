@@ -473,6 +473,7 @@ fn bound_addresses<L: Listener>(running: &HashMap<SocketAddr, L>) -> Vec<(Socket
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: PathBuf, path: DataPath) -> Result<()> {
+    crate::io::accept::raise_nofile_limit();
     let mut d = Daemon::start(config, path).await?;
     let admin = d.engine().plan.admin;
     if let Some(addr) = admin {

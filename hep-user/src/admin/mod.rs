@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::io::accept::AcceptLoop;
 use stats::{Stats, StatsCollector};
 
 /// The Prometheus registry of the daemon.
@@ -55,15 +56,10 @@ pub async fn bind(
         .with_context(|| format!("binding the admin server on {addr}"))?;
     let local = listener.local_addr().context("reading the admin address")?;
     let registry = Arc::new(registry(stats.clone()));
+    let mut accepts = AcceptLoop::new(listener, format!("admin server {local}"));
     let serve = async move {
         loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            };
+            let (stream, _) = accepts.accept().await;
             let registry = registry.clone();
             let stats = stats.clone();
             tokio::spawn(async move {

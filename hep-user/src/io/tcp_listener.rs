@@ -11,6 +11,7 @@ use tokio::net::TcpListener as TokioListener;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
+use super::accept::AcceptLoop;
 use super::framer::{FrameCodecError, HepFrameCodec};
 use super::output::Flusher;
 use crate::admin::stats::parse_error_index;
@@ -28,16 +29,10 @@ impl TcpListener {
     pub async fn start(addr: SocketAddr, engine: Arc<ArcSwap<Engine>>) -> std::io::Result<Self> {
         let lis = TokioListener::bind(addr).await?;
         let bound = lis.local_addr()?;
+        let mut accepts = AcceptLoop::new(lis, format!("HEP TCP listener {bound}"));
         let task = tokio::spawn(async move {
             loop {
-                let (stream, from) = match lis.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "TCP accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+                let (stream, from) = accepts.accept().await;
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(connection(addr, stream, from, engine.clone()));
             }
