@@ -261,13 +261,24 @@ impl Daemon {
     }
 
     /// Re-reads the configuration; on any error keeps the running one.
+    ///
+    /// The file is read on a blocking thread, and only if it is a regular file of bounded
+    /// size opened without blocking ([`crate::config::file`]): a FIFO or a device put in
+    /// its place cannot stall the signal loop.
     pub async fn reload(&mut self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        let plan = match crate::config::load(&self.config) {
-            Ok(p) => p,
-            Err(e) => {
+        let path = self.config.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path)).await;
+        let plan = match loaded {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
                 self.stats.global.reloads_failed.fetch_add(1, Relaxed);
                 tracing::error!("reload rejected, the running configuration stays:\n{e}");
+                return false;
+            }
+            Err(e) => {
+                self.stats.global.reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "reload rejected (reading the configuration failed), the running configuration stays");
                 return false;
             }
         };

@@ -34,8 +34,11 @@ pub mod defaults {
 }
 
 /// Reads, validates and compiles a configuration file.
+///
+/// The file is read only if it is a regular file of at most
+/// [`super::file::MAX_CONFIG_BYTES`], without blocking (see [`super::file`]).
 pub fn load(path: &Path) -> Result<Plan, ConfigErrors> {
-    match std::fs::read_to_string(path) {
+    match super::file::read_config_file(path) {
         Ok(src) => compile(path, &src),
         Err(e) => Err(ConfigErrors(vec![super::error::ConfigError {
             file: path.to_path_buf(),
