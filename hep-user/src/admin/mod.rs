@@ -1,5 +1,5 @@
 //! Operations: the counters ([`stats`]) and the HTTP server for `GET /metrics`
-//! (Prometheus text format) and `GET /healthz`.
+//! (Prometheus text format) and `GET /healthz` (`HEAD` on both: the same headers, no body).
 
 pub mod stats;
 
@@ -79,29 +79,38 @@ pub async fn bind(
     Ok((local, serve))
 }
 
+/// The answer to `req`. `HEAD` is answered as `GET` (hyper leaves the body out, keeping its
+/// length); other methods get 405 with `Allow: GET, HEAD`.
 fn respond(req: &Request<Incoming>, registry: &Registry, stats: &Stats) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (
+    let readable = matches!(*req.method(), Method::GET | Method::HEAD);
+    let (status, ctype, body) = match (readable, req.uri().path()) {
+        (true, "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             metrics_text(registry),
         ),
-        (&Method::GET, "/healthz") => (StatusCode::OK, "application/json", health_json(stats)),
-        (&Method::GET, _) => (
+        (true, "/healthz") => (StatusCode::OK, "application/json", health_json(stats)),
+        (true, _) => (
             StatusCode::NOT_FOUND,
             "text/plain",
             "not found: try /metrics or /healthz\n".into(),
         ),
-        _ => (
+        (false, _) => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".into(),
+            "GET or HEAD only\n".into(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
     }
     resp
 }
