@@ -103,6 +103,18 @@ fn name_list(names: &[&str]) -> String {
     }
 }
 
+/// Whether two TCP sockets bound to `a` and `b` would clash: the same port (not 0) and the
+/// same address, or one of them the unspecified address of its family (`[::]` covers IPv4
+/// too, as a dual-stack socket does).
+fn tcp_addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: IpAddr, other: IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || wild.is_ipv4() == other.is_ipv4())
+    };
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
 /// Stable seed of a destination in rendezvous hashing: the key hash of its name.
 fn seed_of(name: &str) -> u64 {
     hep_common::correlation::key_hash(name.as_bytes())
@@ -110,10 +122,11 @@ fn seed_of(name: &str) -> u64 {
 
 impl Compiler<'_> {
     fn file(&mut self, path: &Path, f: ConfigFile) -> Plan {
-        let admin = f
-            .admin
-            .and_then(|a| a.listen)
-            .and_then(|l| self.socket_addr(&l, "admin.listen"));
+        let admin_listen = f.admin.as_ref().and_then(|a| a.listen.as_ref());
+        let admin = admin_listen.and_then(|l| self.socket_addr(l, "admin.listen"));
+        if let (Some(address), Some(spanned)) = (admin, admin_listen) {
+            self.admin_clashes(address, span_of(spanned), &f.listener);
+        }
         if f.listener.is_empty() {
             self.r.error(
                 0..0,
@@ -224,6 +237,37 @@ impl Compiler<'_> {
             invalid,
             engine,
             xdp,
+        }
+    }
+
+    /// Reports an `[admin] listen` address that a HEP TCP listener also binds (the second
+    /// bind would fail, or one would take the other's connections).
+    fn admin_clashes(
+        &mut self,
+        admin: SocketAddr,
+        span: Range<usize>,
+        listeners: &[Spanned<ListenerSection>],
+    ) {
+        for (index, listener) in listeners.iter().enumerate() {
+            let listener = listener.get_ref();
+            let Some(tcp) = listener
+                .tcp
+                .as_ref()
+                .and_then(|t| SocketAddr::from_str(t.get_ref()).ok())
+            else {
+                continue;
+            };
+            if tcp_addresses_overlap(admin, tcp) {
+                self.r.error(
+                    span.clone(),
+                    "admin.listen",
+                    format!(
+                        "{admin} is also the address of listener[{index}].tcp ({:?}: {tcp})",
+                        listener.name.get_ref()
+                    ),
+                    Some("give the admin server a port of its own".into()),
+                );
+            }
         }
     }
 
@@ -996,6 +1040,31 @@ mod tests {
     }
 
     const BASE: &str = "[[listener]]\nname = \"l\"\nudp = \"127.0.0.1:9060\"\n[[destination]]\nname = \"a\"\naddress = \"127.0.0.1:9061\"\n[[destination]]\nname = \"b\"\naddress = \"127.0.0.1:9062\"\ntransport = \"tcp\"\n";
+
+    #[test]
+    fn tcp_addresses_overlap_on_the_same_port_and_address_or_a_wildcard() {
+        let overlap =
+            |a: &str, b: &str| tcp_addresses_overlap(a.parse().unwrap(), b.parse().unwrap());
+        assert!(overlap("127.0.0.1:9061", "127.0.0.1:9061"));
+        assert!(overlap("0.0.0.0:9061", "127.0.0.1:9061"));
+        assert!(overlap("127.0.0.1:9061", "[::]:9061"));
+        assert!(!overlap("127.0.0.1:9061", "127.0.0.1:9062"));
+        assert!(!overlap("127.0.0.1:9061", "127.0.0.2:9061"));
+        assert!(!overlap("0.0.0.0:9061", "[::1]:9061"));
+        assert!(!overlap("127.0.0.1:0", "127.0.0.1:0"));
+    }
+
+    #[test]
+    fn an_admin_address_equal_to_a_tcp_listener_is_an_error_at_its_line() {
+        let e = one_error(
+            "[[listener]]\nname = \"l\"\ntcp = \"127.0.0.1:9061\"\n[admin]\nlisten = \"0.0.0.0:9061\"\n",
+        );
+        assert_eq!(
+            (e.line, e.column, e.field.as_str()),
+            (5, 10, "admin.listen")
+        );
+        assert!(e.message.contains("listener[0].tcp"), "{}", e.message);
+    }
 
     #[test]
     fn the_reference_example_compiles_as_its_comments_say() {
