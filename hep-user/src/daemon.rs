@@ -416,11 +416,11 @@ impl Listener for TcpListener {
 
     async fn start(
         addr: SocketAddr,
-        _tuning: &EngineTuning,
+        tuning: &EngineTuning,
         engine: &Arc<ArcSwap<Engine>>,
     ) -> std::io::Result<Self> {
-        let l = TcpListener::start(addr, engine.clone()).await?;
-        tracing::info!(configured = %addr, bound = %l.addr, "listening on TCP");
+        let l = TcpListener::start(addr, tuning.listen_backlog, engine.clone())?;
+        tracing::info!(configured = %addr, bound = %l.addr, backlog = tuning.listen_backlog, "listening on TCP");
         Ok(l)
     }
 

@@ -29,6 +29,8 @@ pub mod defaults {
     pub const UDP_ERROR_HOLDDOWN_MS: u64 = 5_000;
     /// SIGTERM drain bound, milliseconds.
     pub const DRAIN_TIMEOUT_MS: u64 = 5_000;
+    /// listen(2) backlog of the HEP TCP listeners.
+    pub const LISTEN_BACKLOG: usize = 1024;
     /// Longest dedup window, milliseconds.
     pub const MAX_DEDUP_MS: u64 = 60_000;
 }
@@ -991,7 +993,16 @@ impl Compiler<'_> {
             .and_then(|e| e.drain_timeout.as_ref())
             .and_then(|d| self.duration(d, "engine.drain_timeout", 0, 600_000))
             .unwrap_or(Duration::from_millis(defaults::DRAIN_TIMEOUT_MS));
+        let listen_backlog = self.bounded(
+            es.and_then(|e| e.listen_backlog.as_ref()),
+            "engine.listen_backlog",
+            1..=65535,
+            defaults::LISTEN_BACKLOG,
+        );
+        // At most 65535 (checked above).
+        let listen_backlog = u32::try_from(listen_backlog).unwrap_or(u32::MAX);
         EngineTuning {
+            listen_backlog,
             workers,
             batch,
             recv_buffer,
@@ -1064,6 +1075,15 @@ mod tests {
             (5, 10, "admin.listen")
         );
         assert!(e.message.contains("listener[0].tcp"), "{}", e.message);
+    }
+
+    #[test]
+    fn listen_backlog_defaults_to_1024_and_is_bounded() {
+        assert_eq!(compile_str(BASE).unwrap().engine.listen_backlog, 1024);
+        let p = compile_str(&format!("{BASE}[engine]\nlisten_backlog = 37\n")).unwrap();
+        assert_eq!(p.engine.listen_backlog, 37);
+        let e = one_error(&format!("{BASE}[engine]\nlisten_backlog = 0\n"));
+        assert_eq!(e.field, "engine.listen_backlog");
     }
 
     #[test]
