@@ -109,7 +109,7 @@ impl AcceptLoop {
                             %error,
                             suppressed,
                             retry_in = ?delay,
-                            "accept failed (suppressed: like errors since the last line)"
+                            "accept failed, backing off (suppressed: failures not logged since the last line)"
                         );
                     }
                     tokio::time::sleep(delay).await;
