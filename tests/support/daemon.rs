@@ -114,6 +114,33 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// How [`Daemon::start_with`] starts the process.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// RLIMIT_NOFILE `(soft, hard)` of the daemon (`None`: the test's own).
+    pub nofile: Option<(u64, u64)>,
+}
+
+/// Makes `cmd`'s process start with RLIMIT_NOFILE `(soft, hard)`.
+fn set_nofile_at_exec(cmd: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt as _;
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // setrlimit(2), which is async-signal-safe, on a value it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     proc: Option<ProcessGuard>,
@@ -176,6 +203,25 @@ impl Daemon {
 
     /// Like [`Daemon::start`], returning the error.
     pub fn try_start(name: &str, config: impl Fn(&Ports) -> String) -> Result<Daemon> {
+        Self::try_start_with(name, &StartOptions::default(), config)
+    }
+
+    /// Like [`Daemon::start`], with `options` (limits of the process).
+    pub fn start_with(
+        name: &str,
+        options: &StartOptions,
+        config: impl Fn(&Ports) -> String,
+    ) -> Daemon {
+        Self::try_start_with(name, options, config)
+            .unwrap_or_else(|e| panic!("starting hepfwd: {e:#}"))
+    }
+
+    /// Like [`Daemon::start_with`], returning the error.
+    pub fn try_start_with(
+        name: &str,
+        options: &StartOptions,
+        config: impl Fn(&Ports) -> String,
+    ) -> Result<Daemon> {
         let bin = hepfwd_bin()?;
         let dir = TestDir::new(name)?;
         let cfg_path = dir.join("hepfwd.toml");
@@ -190,6 +236,9 @@ impl Daemon {
             let mut cmd = Command::new(&bin);
             cmd.args(["--log", "info", "run", "--mode", "userspace", "--config"])
                 .arg(&cfg_path);
+            if let Some((soft, hard)) = options.nofile {
+                set_nofile_at_exec(&mut cmd, soft, hard);
+            }
             let mut guard = ProcessGuard::spawn("hepfwd", cmd, &stdout, &stderr)?;
             let admin = SocketAddr::from((LO, ports.admin));
             match wait_ready(&mut guard, None, admin) {

@@ -193,6 +193,9 @@ pub struct EngineTuning {
     pub udp_error_holddown: Duration,
     /// How long SIGTERM waits for TCP queues to drain.
     pub drain_timeout: Duration,
+    /// listen(2) backlog of the HEP TCP listeners: connections the kernel completes before
+    /// the daemon accepts them.
+    pub listen_backlog: u32,
 }
 
 /// How XDP attaches to an interface (`[xdp] attach`, and [`crate::xdp::XdpProgram::attach`]).

@@ -401,6 +401,8 @@ pub struct EngineSection {
     pub udp_error_holddown: Option<Spanned<String>>,
     /// Bounded time SIGTERM waits for TCP queues to drain.
     pub drain_timeout: Option<Spanned<String>>,
+    /// listen(2) backlog of the HEP TCP listeners.
+    pub listen_backlog: Option<Spanned<i64>>,
 }
 
 /// `[xdp]`.

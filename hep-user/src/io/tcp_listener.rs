@@ -7,10 +7,11 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt as _;
-use tokio::net::TcpListener as TokioListener;
+use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
+use super::accept::AcceptLoop;
 use super::framer::{FrameCodecError, HepFrameCodec};
 use super::output::Flusher;
 use crate::admin::stats::parse_error_index;
@@ -24,20 +25,26 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    /// Binds `addr` and accepts connections in a task.
-    pub async fn start(addr: SocketAddr, engine: Arc<ArcSwap<Engine>>) -> std::io::Result<Self> {
-        let lis = TokioListener::bind(addr).await?;
+    /// Binds `addr` (SO_REUSEADDR, listen backlog `backlog`) and accepts connections in a
+    /// task.
+    pub fn start(
+        addr: SocketAddr,
+        backlog: u32,
+        engine: Arc<ArcSwap<Engine>>,
+    ) -> std::io::Result<Self> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let lis = socket.listen(backlog)?;
         let bound = lis.local_addr()?;
+        let mut accepts = AcceptLoop::new(lis, format!("HEP TCP listener {bound}"));
         let task = tokio::spawn(async move {
             loop {
-                let (stream, from) = match lis.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "TCP accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+                let (stream, from) = accepts.accept().await;
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(connection(addr, stream, from, engine.clone()));
             }
