@@ -3,15 +3,18 @@
 //! loss inside the queue bound, queue overflow counted exactly).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hepfwd_tests::collector::{
     Agent, QUIET, TcpAgent, TcpCollector, UdpCollector, WAIT, expect_all_silent, sorted,
 };
 use hepfwd_tests::daemon::{
-    Daemon, LO, ONE_WORKER, free_port_v4, tcp_destination, udp_destination, udp_listener,
+    Daemon, LO, ONE_WORKER, free_port_v4, raise_nofile_limit, tcp_destination, udp_destination,
+    udp_listener,
 };
 use hepfwd_tests::hepgen::Pkt;
 
@@ -313,5 +316,115 @@ fn a_packet_too_big_for_udp_is_dropped_alone() {
     assert_eq!(
         m.get("hepfwd_destination_sent_total", &[("destination", "u")]),
         1
+    );
+}
+
+/// Connects `n` TCP agents to `to`, each writing `frame(i)` once, and keeps them open.
+fn connect_agents(to: SocketAddr, n: u32, frame: impl Fn(u32) -> Vec<u8>) -> Vec<TcpStream> {
+    let mut conns = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("agent {i}: connect to {to}: {e}"));
+        s.write_all(&frame(i))
+            .unwrap_or_else(|e| panic!("agent {i}: write: {e}"));
+        conns.push(s);
+    }
+    conns
+}
+
+/// Polls `value` until it is at most `bound`; returns the last value.
+fn settle(timeout: Duration, bound: u64, mut value: impl FnMut() -> u64) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = value();
+        if v <= bound || Instant::now() >= deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// 2,000 TCP agents (two waves of 1,000 open at once), each sending one frame and closing:
+/// every frame reaches the collector, a connection costs one descriptor and little
+/// memory while open (the outputs' UDP sockets are shared, not opened per connection), and
+/// both come back when the agents close.
+#[test]
+fn two_thousand_tcp_agents_cost_one_descriptor_each_and_give_everything_back() {
+    raise_nofile_limit(8192);
+    let u = UdpCollector::new("udp");
+    let d = Daemon::start("tcp-many", |p| {
+        format!(
+            "\n[[listener]]\nname = \"tcp-agents\"\ntcp = \"127.0.0.1:{}\"\n",
+            p.listen
+        ) + &udp_destination("u", u.addr)
+            + "\n[default]\nforward = [\"u\"]\n"
+    });
+    let to = d.listen();
+    // Warm up: one connection's frame, so that what the first frame allocates once (the
+    // shared outputs) is in the baseline.
+    let warm = Pkt::sip("warm@x", 0).encode();
+    drop(connect_agents(to, 1, |_| warm.clone()));
+    assert!(u.take(1, WAIT) == [warm]);
+    let base_fds = d.open_fds() as u64;
+    let base_rss = d.rss_kib();
+    const WAVE: u32 = 1_000;
+    // Per connection while open: its socket, and a few KiB of buffers.
+    const RSS_GROWTH_OPEN_KIB: u64 = 48 * 1024;
+    const RSS_GROWTH_CLOSED_KIB: u64 = 48 * 1024;
+    let mut peak_fds = 0;
+    let mut peak_rss = 0;
+    let mut got = Vec::new();
+    for wave in 0..2 {
+        let frame = |i: u32| Pkt::sip(&format!("agent-{wave}-{i}@x"), i).encode();
+        let conns = connect_agents(to, WAVE, frame);
+        got.extend(u.take(WAVE as usize, Duration::from_secs(20)));
+        let fds = d.open_fds() as u64;
+        let rss = d.rss_kib();
+        peak_fds = peak_fds.max(fds);
+        peak_rss = peak_rss.max(rss);
+        eprintln!(
+            "wave {wave}: {WAVE} agents open: {fds} descriptors (baseline {base_fds}), RSS {rss} KiB (baseline {base_rss} KiB)"
+        );
+        assert!(
+            fds <= base_fds + u64::from(WAVE) + 16,
+            "{fds} descriptors with {WAVE} agents open (baseline {base_fds}): more than one per connection"
+        );
+        assert!(
+            rss <= base_rss + RSS_GROWTH_OPEN_KIB,
+            "RSS {rss} KiB with {WAVE} agents open (baseline {base_rss} KiB)"
+        );
+        drop(conns);
+        let fds = settle(Duration::from_secs(10), base_fds + 8, || {
+            d.open_fds() as u64
+        });
+        assert!(
+            fds <= base_fds + 8,
+            "{fds} descriptors after the agents closed (baseline {base_fds})"
+        );
+    }
+    let rss = d.rss_kib();
+    eprintln!(
+        "after: {} descriptors, RSS {rss} KiB; peaks {peak_fds} descriptors, {peak_rss} KiB",
+        d.open_fds()
+    );
+    assert!(
+        rss <= base_rss + RSS_GROWTH_CLOSED_KIB,
+        "RSS {rss} KiB after every agent closed (baseline {base_rss} KiB)"
+    );
+    let want: BTreeSet<Vec<u8>> = (0..2)
+        .flat_map(|wave| {
+            (0..WAVE).map(move |i| Pkt::sip(&format!("agent-{wave}-{i}@x"), i).encode())
+        })
+        .collect();
+    let got: BTreeSet<Vec<u8>> = got.into_iter().collect();
+    assert_eq!(got.len(), 2 * WAVE as usize, "duplicates at the collector");
+    assert!(got == want, "other frames at the collector");
+    expect_all_silent(&[&u.inbox], QUIET);
+    assert_eq!(
+        d.counter(
+            "hepfwd_tcp_connections_total",
+            &[("listener", "tcp-agents")]
+        ),
+        2 * u64::from(WAVE) + 1
     );
 }
