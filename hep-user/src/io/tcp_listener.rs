@@ -1,20 +1,35 @@
-//! TCP listeners: HEPv3 frames cut by the stream framer, processed by the engine, one task
-//! per connection. Garbage on a connection is counted and closes it.
+//! TCP listeners: HEPv3 frames cut from each connection's byte stream, processed by the
+//! engine. Garbage on a connection is counted and closes it.
+//!
+//! A connection costs its socket, a task and a read buffer that starts small, grows only to
+//! the frame being read (at most 65535 bytes) and is given back when the connection has
+//! nothing pending. What processing and sending need (the engine's scratch buffers, the
+//! outbox, the UDP sockets toward the destinations) is not per connection: the listener's
+//! connections share a few [`Slot`]s.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use futures_util::StreamExt as _;
+use bytes::{Buf as _, BytesMut};
+use hep_common::chunk::HEADER_LEN;
+use hep_common::framing::{MAX_FRAME_LEN, frame_len};
+use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpListener as TokioListener;
 use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
 
-use super::framer::{FrameCodecError, HepFrameCodec};
 use super::output::Flusher;
 use crate::admin::stats::parse_error_index;
 use crate::engine::{Engine, Outbox, WorkerCtx};
+
+/// What a connection's read buffer holds when it has nothing pending: enough for a typical
+/// SIP frame; a larger frame grows it to its own length.
+const INITIAL_READ_BUFFER: usize = 2048;
+
+/// Most slots a listener shares among its connections (one per core up to this).
+const MAX_SLOTS: usize = 8;
 
 /// A running TCP listener.
 pub struct TcpListener {
@@ -23,11 +38,75 @@ pub struct TcpListener {
     task: JoinHandle<()>,
 }
 
+/// Processing state shared by a listener's connections: the engine's per-worker scratch,
+/// an outbox and a flusher with its UDP sockets. A connection holds one for the frames of
+/// one read, processes them, sends them and gives it back.
+struct Slot {
+    ctx: WorkerCtx,
+    out: Outbox,
+    flusher: Flusher,
+}
+
+/// A listener's [`Slot`]s, handed out round-robin to whichever is free.
+struct Slots {
+    slots: Vec<Mutex<Slot>>,
+    next: AtomicUsize,
+}
+
+impl Slots {
+    fn new(count: usize) -> Self {
+        Slots {
+            slots: (0..count.max(1))
+                .map(|_| {
+                    Mutex::new(Slot {
+                        ctx: WorkerCtx::new(),
+                        out: Outbox::new(),
+                        flusher: Flusher::new(),
+                    })
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `work` with a free slot (waiting for one when all are busy). The lock is held
+    /// only while frames already read are processed and sent: never across an await.
+    fn with<R>(&self, work: impl FnOnce(&mut Slot) -> R) -> R {
+        let count = self.slots.len();
+        let start = self.next.fetch_add(1, Relaxed);
+        for i in 0..count {
+            if let Ok(mut slot) = self.slots[(start + i) % count].try_lock() {
+                return work(&mut slot);
+            }
+        }
+        let mut slot = self.slots[start % count]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        work(&mut slot)
+    }
+}
+
+/// What every connection of a listener needs.
+struct Shared {
+    /// The configured address (how the engine's plan names the listener).
+    configured: SocketAddr,
+    engine: Arc<ArcSwap<Engine>>,
+    slots: Slots,
+}
+
 impl TcpListener {
     /// Binds `addr` and accepts connections in a task.
     pub async fn start(addr: SocketAddr, engine: Arc<ArcSwap<Engine>>) -> std::io::Result<Self> {
         let lis = TokioListener::bind(addr).await?;
         let bound = lis.local_addr()?;
+        let slot_count = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_SLOTS);
+        let shared = Arc::new(Shared {
+            configured: addr,
+            engine,
+            slots: Slots::new(slot_count),
+        });
         let task = tokio::spawn(async move {
             loop {
                 let (stream, from) = match lis.accept().await {
@@ -39,7 +118,7 @@ impl TcpListener {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(addr, stream, from, engine.clone()));
+                tokio::spawn(connection(shared.clone(), stream, from));
             }
         });
         Ok(TcpListener { addr: bound, task })
@@ -51,68 +130,103 @@ impl TcpListener {
     }
 }
 
-async fn connection(
-    configured: SocketAddr,
-    stream: tokio::net::TcpStream,
-    from: SocketAddr,
-    engine: Arc<ArcSwap<Engine>>,
-) {
-    let mut frames = FramedRead::new(
-        stream,
-        HepFrameCodec::new(hep_common::framing::MAX_FRAME_LEN),
-    );
-    let mut ctx = WorkerCtx::new();
-    let mut out = Outbox::new();
-    let mut flusher = Flusher::new();
+/// The listener's index in `eng`'s plan, by its configured address.
+fn listener_index(eng: &Engine, configured: SocketAddr) -> Option<usize> {
+    eng.plan
+        .listeners
+        .iter()
+        .position(|l| l.tcp == Some(configured))
+}
+
+/// How many bytes the buffer must hold for the frame it starts with to be whole (a header
+/// first), never more than the largest HEP frame.
+fn bytes_needed(buf: &[u8]) -> usize {
+    if buf.len() < HEADER_LEN {
+        return HEADER_LEN;
+    }
+    let announced = u16::from_be_bytes([buf[4], buf[5]]) as usize;
+    announced.clamp(HEADER_LEN, MAX_FRAME_LEN)
+}
+
+/// Why a connection ended.
+enum End {
+    /// The peer closed it (or the listener left the configuration).
+    Closed,
+    /// It sent bytes that are not HEPv3 frames.
+    Garbage,
+}
+
+async fn connection(shared: Arc<Shared>, mut stream: tokio::net::TcpStream, from: SocketAddr) {
     {
-        let eng = engine.load();
-        if let Some(idx) = eng
-            .plan
-            .listeners
-            .iter()
-            .position(|l| l.tcp == Some(configured))
-            && let Some(stats) = eng.listener_stats(idx)
+        let eng = shared.engine.load();
+        if let Some(stats) =
+            listener_index(&eng, shared.configured).and_then(|idx| eng.listener_stats(idx))
         {
             stats.tcp_connections.fetch_add(1, Relaxed);
         }
     }
-    while let Some(item) = frames.next().await {
-        let eng = engine.load_full();
-        let Some(idx) = eng
-            .plan
-            .listeners
-            .iter()
-            .position(|l| l.tcp == Some(configured))
-        else {
-            return;
-        };
-        let Some(stats) = eng.listener_stats(idx) else {
-            return;
-        };
-        match item {
-            Ok(frame) => {
-                stats.received_tcp.fetch_add(1, Relaxed);
-                eng.process(&mut ctx, idx, from, &frame, &mut out);
-                // Batch the whole frames already buffered; send before waiting for more.
-                let buffered = frames.read_buffer();
-                if !matches!(
-                    hep_common::framing::frame_len(buffered, hep_common::framing::MAX_FRAME_LEN),
-                    Ok(Some(_))
-                ) {
-                    flusher.flush(&eng, &mut out);
-                }
-            }
-            Err(FrameCodecError::Frame(e)) => {
-                stats.parse_errors[parse_error_index("tcp_framing")].fetch_add(1, Relaxed);
-                tracing::info!(%from, error = %e, "closing a TCP connection that is not HEPv3");
-                break;
-            }
-            Err(FrameCodecError::Io(e)) => {
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.is_empty() && buf.capacity() > INITIAL_READ_BUFFER {
+            // Nothing pending: give a grown buffer back.
+            buf = BytesMut::new();
+        }
+        let need = bytes_needed(&buf).max(INITIAL_READ_BUFFER.min(MAX_FRAME_LEN));
+        if buf.capacity() < need {
+            buf.reserve(need - buf.len());
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
                 tracing::debug!(%from, error = %e, "TCP connection failed");
                 break;
             }
         }
+        match process_whole_frames(&shared, from, &mut buf) {
+            Ok(()) => {}
+            Err(End::Closed) => return,
+            Err(End::Garbage) => break,
+        }
     }
-    let eng = engine.load_full();
-    flusher.flush(&eng, &mut out);
+}
+
+/// Processes and sends every whole frame at the start of `buf`, and removes them.
+fn process_whole_frames(shared: &Shared, from: SocketAddr, buf: &mut BytesMut) -> Result<(), End> {
+    let eng = shared.engine.load_full();
+    let Some(idx) = listener_index(&eng, shared.configured) else {
+        return Err(End::Closed);
+    };
+    let Some(stats) = eng.listener_stats(idx) else {
+        return Err(End::Closed);
+    };
+    let mut used = 0;
+    let mut result = Ok(());
+    shared.slots.with(|slot| {
+        loop {
+            match frame_len(&buf[used..], MAX_FRAME_LEN) {
+                Ok(Some(n)) => {
+                    stats.received_tcp.fetch_add(1, Relaxed);
+                    eng.process(
+                        &mut slot.ctx,
+                        idx,
+                        from,
+                        &buf[used..used + n],
+                        &mut slot.out,
+                    );
+                    used += n;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    stats.parse_errors[parse_error_index("tcp_framing")].fetch_add(1, Relaxed);
+                    tracing::info!(%from, error = %e, "closing a TCP connection that is not HEPv3");
+                    result = Err(End::Garbage);
+                    break;
+                }
+            }
+        }
+        slot.flusher.flush(&eng, &mut slot.out);
+    });
+    buf.advance(used);
+    result
 }
