@@ -429,3 +429,180 @@ fn two_thousand_tcp_agents_cost_one_descriptor_each_and_give_everything_back() {
         2 * u64::from(WAVE) + 1
     );
 }
+
+/// A TCP agent bound to `source` (a loopback address), connected to `to`.
+fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    let from: SocketAddr = format!("{source}:0").parse().unwrap();
+    sock.bind(&from.into()).unwrap();
+    sock.connect_timeout(&to.into(), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect from {source} to {to}: {e}"));
+    sock.into()
+}
+
+/// A guarded TCP listener under attack: 2,000 idle connections and a slowloris client (a
+/// frame header, then one byte a second) while an agent's traffic flows. The agent's
+/// frames all arrive; connections beyond `max_connections` are refused and counted; a
+/// sender outside `allow` is refused at accept; the daemon's descriptors and memory stay
+/// bounded; a connection that sends nothing is closed after `idle_timeout`.
+#[test]
+fn guarded_tcp_listener_survives_idle_floods_and_slowloris() {
+    raise_nofile_limit(8192);
+    let u = UdpCollector::new("udp");
+    const MAX: u64 = 1_000;
+    const FLOOD: u64 = 2_000;
+    let d = Daemon::start("tcp-guarded", |p| {
+        format!(
+            "\n[[listener]]\nname = \"guarded\"\ntcp = \"127.0.0.1:{}\"\nmax_connections = {MAX}\nidle_timeout = \"60s\"\nallow = [\"127.0.0.1/32\"]\n",
+            p.listen
+        ) + &format!(
+            "\n[[listener]]\nname = \"short\"\ntcp = \"127.0.0.1:{}\"\nidle_timeout = \"1s\"\n",
+            p.listen2
+        ) + &udp_destination("u", u.addr)
+            + "\n[default]\nforward = [\"u\"]\n"
+    });
+    let guarded = d.listen();
+    let base_fds = d.open_fds() as u64;
+    let base_rss = d.rss_kib();
+
+    // A sender outside the allow list is refused at accept, before it sends anything.
+    let mut outsider = TcpAgent {
+        stream: connect_from("127.0.0.2", guarded),
+    };
+    assert!(
+        outsider.closed_by_peer(Duration::from_secs(5)),
+        "a connection from outside the allow list was kept open"
+    );
+    d.wait_counter(
+        "hepfwd_tcp_connections_refused_total",
+        &[("listener", "guarded"), ("reason", "allow")],
+        1,
+        WAIT,
+    );
+
+    // The agent and the slowloris client connect first.
+    let mut agent = TcpAgent::connect(guarded);
+    let mut slow = TcpAgent::connect(guarded);
+    d.wait_counter(
+        "hepfwd_tcp_connections_total",
+        &[("listener", "guarded")],
+        2,
+        WAIT,
+    );
+    let slow_thread = std::thread::spawn(move || {
+        // A header announcing 60,000 bytes, then one byte a second, for a bounded time.
+        let mut header = b"HEP3".to_vec();
+        header.extend_from_slice(&60_000u16.to_be_bytes());
+        slow.write(&header);
+        for _ in 0..8 {
+            std::thread::sleep(Duration::from_secs(1));
+            if slow.stream.write_all(b"x").is_err() {
+                break;
+            }
+        }
+        slow
+    });
+    let frames: Vec<Vec<u8>> = (0..200)
+        .map(|i| Pkt::sip(&format!("flowing-{i}@x"), i).encode())
+        .collect();
+    let agent_frames = frames.clone();
+    let agent_thread = std::thread::spawn(move || {
+        for f in &agent_frames {
+            agent.write(f);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        agent
+    });
+
+    // The flood: idle connections, held open.
+    let mut flood = Vec::with_capacity(FLOOD as usize);
+    for i in 0..FLOOD {
+        flood.push(
+            TcpStream::connect_timeout(&guarded, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("flood connection {i}: {e}")),
+        );
+    }
+    let refused = FLOOD + 2 - MAX;
+    d.wait_counter(
+        "hepfwd_tcp_connections_refused_total",
+        &[("listener", "guarded"), ("reason", "max_connections")],
+        refused,
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        d.counter("hepfwd_tcp_connections_total", &[("listener", "guarded")]),
+        MAX
+    );
+    let fds = d.open_fds() as u64;
+    let rss = d.rss_kib();
+    eprintln!(
+        "under the flood: {fds} descriptors (baseline {base_fds}), RSS {rss} KiB (baseline {base_rss} KiB)"
+    );
+    assert!(
+        fds <= base_fds + MAX + 16,
+        "{fds} descriptors under the flood (baseline {base_fds})"
+    );
+    assert!(
+        rss <= base_rss + 48 * 1024,
+        "RSS {rss} KiB under the flood (baseline {base_rss} KiB)"
+    );
+    // The refused ones were closed by the daemon.
+    let closed = flood
+        .iter_mut()
+        .rev()
+        .take(20)
+        .filter(|s| {
+            let mut a = TcpAgent {
+                stream: s.try_clone().unwrap(),
+            };
+            a.closed_by_peer(Duration::from_secs(2))
+        })
+        .count();
+    assert_eq!(
+        closed, 20,
+        "the last connections of the flood were not refused"
+    );
+
+    // The agent's traffic went through.
+    let agent = agent_thread.join().unwrap();
+    let got: BTreeSet<Vec<u8>> = u.take(frames.len(), WAIT).into_iter().collect();
+    assert!(
+        got == frames.iter().cloned().collect::<BTreeSet<_>>(),
+        "other frames at the collector"
+    );
+    expect_all_silent(&[&u.inbox], QUIET);
+    drop(agent);
+    drop(slow_thread.join().unwrap());
+    drop(flood);
+    let fds = settle(Duration::from_secs(10), base_fds + 8, || {
+        d.open_fds() as u64
+    });
+    assert!(
+        fds <= base_fds + 8,
+        "{fds} descriptors after the flood closed (baseline {base_fds})"
+    );
+
+    // A connection that sends nothing is closed after the idle timeout (1 s).
+    let mut idle = TcpAgent::connect(SocketAddr::from((LO, d.ports.listen2)));
+    let opened = Instant::now();
+    assert!(
+        idle.closed_by_peer(Duration::from_secs(5)),
+        "an idle connection was not closed"
+    );
+    let after = opened.elapsed();
+    assert!(
+        after >= Duration::from_millis(800),
+        "closed after {after:?}, before the idle timeout"
+    );
+    d.wait_counter(
+        "hepfwd_tcp_connections_closed_total",
+        &[("listener", "short"), ("reason", "idle_timeout")],
+        1,
+        WAIT,
+    );
+}
