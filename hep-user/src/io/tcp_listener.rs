@@ -1,35 +1,48 @@
 //! TCP listeners: HEPv3 frames cut from each connection's byte stream, processed by the
 //! engine. Garbage on a connection is counted and closes it.
 //!
-//! A connection costs its socket, a task and a read buffer that starts small, grows only to
-//! the frame being read (at most 65535 bytes) and is given back when the connection has
-//! nothing pending. What processing and sending need (the engine's scratch buffers, the
-//! outbox, the UDP sockets toward the destinations) is not per connection: the listener's
-//! connections share a few [`Slot`]s.
+//! A connection costs its socket, a task and a read buffer that is allocated when bytes
+//! arrive, grows only to the frame being read (at most 65535 bytes: the bound of what one
+//! connection holds, whatever its header announces or however slowly it sends) and is
+//! given back when the connection has nothing pending. What processing and sending need
+//! (the engine's scratch buffers, the outbox, the UDP sockets toward the destinations) is
+//! not per connection: the listener's connections share a few [`Slot`]s.
+//!
+//! Guards, from the listener's configuration: at accept, a sender outside `allow` and a
+//! connection beyond `max_connections` are refused (closed at once) and counted; a
+//! connection that sends nothing for `idle_timeout` is closed and counted; accepted
+//! sockets have TCP keepalive on, so a peer that vanished is noticed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::{Buf as _, BytesMut};
 use hep_common::chunk::HEADER_LEN;
 use hep_common::framing::{MAX_FRAME_LEN, frame_len};
-use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpListener as TokioListener;
 use tokio::task::JoinHandle;
 
 use super::output::Flusher;
-use crate::admin::stats::parse_error_index;
+use crate::admin::stats::{ListenerStats, parse_error_index};
 use crate::engine::{Engine, Outbox, WorkerCtx};
 
-/// What a connection's read buffer holds when it has nothing pending: enough for a typical
+/// The smallest read buffer a connection allocates when bytes arrive: enough for a typical
 /// SIP frame; a larger frame grows it to its own length.
 const INITIAL_READ_BUFFER: usize = 2048;
 
 /// Most slots a listener shares among its connections (one per core up to this).
 const MAX_SLOTS: usize = 8;
+
+/// TCP keepalive on accepted connections: first probe after this much silence.
+const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
+/// TCP keepalive: between probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// TCP keepalive: unanswered probes before the kernel resets the connection.
+const KEEPALIVE_RETRIES: u32 = 4;
 
 /// A running TCP listener.
 pub struct TcpListener {
@@ -92,6 +105,82 @@ struct Shared {
     configured: SocketAddr,
     engine: Arc<ArcSwap<Engine>>,
     slots: Slots,
+    /// Connections open now (only the accept task adds to it, so the check against
+    /// `max_connections` and the increment do not race).
+    open: AtomicUsize,
+}
+
+/// One open connection of a listener: counted while it lives.
+struct OpenConnection {
+    shared: Arc<Shared>,
+    stats: Arc<ListenerStats>,
+}
+
+impl OpenConnection {
+    fn new(shared: Arc<Shared>, stats: Arc<ListenerStats>) -> Self {
+        shared.open.fetch_add(1, Relaxed);
+        stats.tcp_open.fetch_add(1, Relaxed);
+        stats.tcp_connections.fetch_add(1, Relaxed);
+        OpenConnection { shared, stats }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Relaxed);
+        self.stats.tcp_open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What the accept loop decided about a new connection.
+enum Admission {
+    /// Serve it, closing it after this much silence.
+    Accept {
+        stats: Arc<ListenerStats>,
+        idle_timeout: Duration,
+    },
+    /// Close it at once (counted already).
+    Refuse,
+}
+
+impl Shared {
+    /// Checks a new connection from `from` against the listener's current configuration.
+    fn admit(&self, from: SocketAddr) -> Admission {
+        let eng = self.engine.load();
+        let Some(idx) = listener_index(&eng, self.configured) else {
+            return Admission::Refuse;
+        };
+        let (Some(plan), Some(stats)) = (eng.plan.listeners.get(idx), eng.listener_stats(idx))
+        else {
+            return Admission::Refuse;
+        };
+        if let Some(allow) = &plan.allow
+            && !allow.iter().any(|n| n.contains(&from.ip().to_canonical()))
+        {
+            stats.tcp_refused_allow.fetch_add(1, Relaxed);
+            tracing::debug!(%from, listener = %plan.name, "TCP connection refused: not in allow");
+            return Admission::Refuse;
+        }
+        let open = self.open.load(Relaxed);
+        if open >= plan.max_connections {
+            stats.tcp_refused_max_connections.fetch_add(1, Relaxed);
+            tracing::debug!(%from, listener = %plan.name, open, "TCP connection refused: max_connections reached");
+            return Admission::Refuse;
+        }
+        Admission::Accept {
+            stats: stats.clone(),
+            idle_timeout: plan.idle_timeout,
+        }
+    }
+}
+
+/// Turns TCP keepalive on for an accepted connection.
+fn set_keepalive(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_TIME)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
 impl TcpListener {
@@ -106,6 +195,7 @@ impl TcpListener {
             configured: addr,
             engine,
             slots: Slots::new(slot_count),
+            open: AtomicUsize::new(0),
         });
         let task = tokio::spawn(async move {
             loop {
@@ -117,8 +207,19 @@ impl TcpListener {
                         continue;
                     }
                 };
+                let (stats, idle_timeout) = match shared.admit(from) {
+                    Admission::Accept {
+                        stats,
+                        idle_timeout,
+                    } => (stats, idle_timeout),
+                    Admission::Refuse => continue,
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(shared.clone(), stream, from));
+                if let Err(e) = set_keepalive(&stream) {
+                    tracing::debug!(%from, error = %e, "cannot turn TCP keepalive on");
+                }
+                let open = OpenConnection::new(shared.clone(), stats);
+                tokio::spawn(connection(open, stream, from, idle_timeout));
             }
         });
         Ok(TcpListener { addr: bound, task })
@@ -156,37 +257,52 @@ enum End {
     Garbage,
 }
 
-async fn connection(shared: Arc<Shared>, mut stream: tokio::net::TcpStream, from: SocketAddr) {
-    {
-        let eng = shared.engine.load();
-        if let Some(stats) =
-            listener_index(&eng, shared.configured).and_then(|idx| eng.listener_stats(idx))
-        {
-            stats.tcp_connections.fetch_add(1, Relaxed);
-        }
-    }
+async fn connection(
+    open: OpenConnection,
+    stream: tokio::net::TcpStream,
+    from: SocketAddr,
+    idle_timeout: Duration,
+) {
+    let shared = &open.shared;
+    // Allocated when bytes arrive; empty (no allocation) while nothing is pending.
     let mut buf = BytesMut::new();
     loop {
-        if buf.is_empty() && buf.capacity() > INITIAL_READ_BUFFER {
-            // Nothing pending: give a grown buffer back.
-            buf = BytesMut::new();
+        match tokio::time::timeout(idle_timeout, stream.readable()).await {
+            Err(_) => {
+                open.stats.tcp_closed_idle.fetch_add(1, Relaxed);
+                tracing::debug!(%from, ?idle_timeout, "closing an idle TCP connection");
+                break;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%from, error = %e, "TCP connection failed");
+                break;
+            }
+            Ok(Ok(())) => {}
         }
-        let need = bytes_needed(&buf).max(INITIAL_READ_BUFFER.min(MAX_FRAME_LEN));
+        let need = bytes_needed(&buf).max(INITIAL_READ_BUFFER);
         if buf.capacity() < need {
-            buf.reserve(need - buf.len());
+            // Exactly what the frame needs: never more than the largest frame.
+            let mut bigger = BytesMut::with_capacity(need);
+            bigger.extend_from_slice(&buf);
+            buf = bigger;
         }
-        match stream.read_buf(&mut buf).await {
+        match stream.try_read_buf(&mut buf) {
             Ok(0) => break,
             Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 tracing::debug!(%from, error = %e, "TCP connection failed");
                 break;
             }
         }
-        match process_whole_frames(&shared, from, &mut buf) {
+        match process_whole_frames(shared, from, &mut buf) {
             Ok(()) => {}
             Err(End::Closed) => return,
             Err(End::Garbage) => break,
+        }
+        if buf.is_empty() {
+            // Nothing pending: give the buffer back.
+            buf = BytesMut::new();
         }
     }
 }
