@@ -606,3 +606,38 @@ fn guarded_tcp_listener_survives_idle_floods_and_slowloris() {
         WAIT,
     );
 }
+
+/// A frame cut off by the agent's close (a partial frame at end of stream) is counted as a
+/// truncated packet; the whole frame before it is forwarded.
+#[test]
+fn a_frame_cut_off_by_the_agents_close_is_counted_as_truncated() {
+    let u = UdpCollector::new("udp");
+    let d = Daemon::start("tcp-truncated", |p| {
+        format!(
+            "\n[[listener]]\nname = \"tcp-agents\"\ntcp = \"127.0.0.1:{}\"\n",
+            p.listen
+        ) + &udp_destination("u", u.addr)
+            + "\n[default]\nforward = [\"u\"]\n"
+    });
+    let whole = Pkt::sip("cut@x", 1).encode();
+    let cut = Pkt::sip("cut@x", 2).encode();
+    let mut a = TcpAgent::connect(d.listen());
+    let mut bytes = whole.clone();
+    bytes.extend_from_slice(&cut[..cut.len() / 2]);
+    a.write(&bytes);
+    a.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(u.expect(1, WAIT) == [whole]);
+    d.wait_counter(
+        "hepfwd_parse_errors_total",
+        &[("listener", "tcp-agents"), ("kind", "truncated")],
+        1,
+        WAIT,
+    );
+    assert_eq!(
+        d.counter(
+            "hepfwd_received_total",
+            &[("listener", "tcp-agents"), ("transport", "tcp")]
+        ),
+        1
+    );
+}
