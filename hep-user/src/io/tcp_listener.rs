@@ -287,11 +287,15 @@ async fn connection(
             buf = bigger;
         }
         match stream.try_read_buf(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => {
+                count_cut_off(&open.stats, from, &buf);
+                break;
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 tracing::debug!(%from, error = %e, "TCP connection failed");
+                count_cut_off(&open.stats, from, &buf);
                 break;
             }
         }
@@ -305,6 +309,16 @@ async fn connection(
             buf = BytesMut::new();
         }
     }
+}
+
+/// Counts the partial frame a connection ended with, if any (the peer closed or reset it
+/// in the middle of a frame): a truncated packet, in `hepfwd_parse_errors_total`.
+fn count_cut_off(stats: &ListenerStats, from: SocketAddr, pending: &[u8]) {
+    if pending.is_empty() {
+        return;
+    }
+    stats.parse_errors[parse_error_index("truncated")].fetch_add(1, Relaxed);
+    tracing::info!(%from, pending = pending.len(), "a TCP connection ended in the middle of a frame");
 }
 
 /// Processes and sends every whole frame at the start of `buf`, and removes them.
