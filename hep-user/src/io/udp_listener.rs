@@ -44,6 +44,7 @@ impl UdpListener {
         let stop = Arc::new(AtomicBool::new(false));
         let oversize = Arc::new(AtomicU64::new(0));
         let mut sockets = Vec::new();
+        refuse_if_bound_elsewhere(addr)?;
         // The first bind decides the port (for ":0"); the others share it.
         let first = bind_reuseport(addr, recv_buffer, POLL)?;
         let bound = first.local_addr()?;
@@ -75,6 +76,44 @@ impl UdpListener {
         for h in self.workers {
             let _ = h.join();
         }
+    }
+}
+
+/// The address of a UDP listener is already bound by a socket that is not this
+/// listener's (another process, e.g. a second hepfwd with the same configuration).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "UDP {addr} is already bound by another socket (another hepfwd?): refusing to share it \
+     through SO_REUSEPORT, which would split the traffic"
+)]
+pub struct AddressTaken {
+    /// The listener's address.
+    pub addr: SocketAddr,
+    /// What the probe bind said.
+    pub source: std::io::Error,
+}
+
+/// Fails when `addr` is already bound by anyone: binds a probe socket there *without*
+/// SO_REUSEPORT (which fails on any existing socket of the address, SO_REUSEPORT or not),
+/// then closes it so that the listener's own SO_REUSEPORT workers can bind. Port 0 needs no
+/// probe (the kernel picks a free port).
+fn refuse_if_bound_elsewhere(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // As the listener binds it: dual-stack on [::].
+        let _ = probe.set_only_v6(false);
+    }
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            AddressTaken { addr, source },
+        )),
+        Err(e) => Err(e),
     }
 }
 
