@@ -360,3 +360,27 @@ fn process_whole_frames(shared: &Shared, from: SocketAddr, buf: &mut BytesMut) -
     buf.advance(used);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_buffers_at_most_the_frame_its_header_announces() {
+        assert_eq!(bytes_needed(b""), HEADER_LEN);
+        assert_eq!(bytes_needed(b"HEP3\x00"), HEADER_LEN);
+        assert_eq!(bytes_needed(b"HEP3\x01\x00"), 256);
+        assert_eq!(bytes_needed(b"HEP3\xff\xff"), MAX_FRAME_LEN);
+        // A length below the header's is garbage the framer rejects; never below a header.
+        assert_eq!(bytes_needed(b"HEP3\x00\x01"), HEADER_LEN);
+    }
+
+    #[test]
+    fn slots_are_shared_round_robin() {
+        let slots = Slots::new(2);
+        let first = slots.with(|s| std::ptr::from_mut(s) as usize);
+        let second = slots.with(|s| std::ptr::from_mut(s) as usize);
+        assert_ne!(first, second);
+        assert_eq!(slots.with(|s| std::ptr::from_mut(s) as usize), first);
+    }
+}
