@@ -19,7 +19,7 @@ use hepfwd_tests::daemon::{
 use hepfwd_tests::hepfwd::hepfwd_bin;
 use hepfwd_tests::hepgen::{Pkt, packet_of};
 use hepfwd_tests::metrics::Metrics;
-use hepfwd_tests::peers::TestDir;
+use hepfwd_tests::peers::{ProcessGuard, TestDir, read_tail};
 
 /// The sequence number an RTCP test packet carries (payload bytes 4..8).
 fn seq_of(p: &[u8]) -> u32 {
@@ -873,4 +873,54 @@ fn a_reload_warns_about_each_changed_setting_that_needs_a_restart() {
     for setting in ["engine.recv_buffer", "engine.drain_timeout"] {
         assert!(!warned(setting), "a warning names {setting}:\n{log}");
     }
+}
+
+/// A second daemon started with the same UDP listener address refuses to start, naming the
+/// address, instead of sharing the port through SO_REUSEPORT and taking part of the
+/// traffic; the first one keeps receiving everything.
+#[test]
+fn a_second_daemon_on_the_same_udp_address_refuses_to_start() {
+    let u = UdpCollector::new("udp");
+    let d = Daemon::start("twin-first", |p| {
+        udp_listener(p) + &udp_destination("u", u.addr) + "\n[default]\nforward = [\"u\"]\n"
+    });
+    // The same configuration, with its own admin port.
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    let admin = format!("127.0.0.1:{}", d.ports.admin);
+    assert!(text.contains(&admin));
+    let text = text.replace(&admin, &format!("127.0.0.1:{}", free_port_v4()));
+    let dir = TestDir::new("twin-second").unwrap();
+    let config = dir.join("hepfwd.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut cmd = Command::new(hepfwd_bin().unwrap());
+    cmd.args(["--log", "info", "run", "--mode", "userspace", "--config"])
+        .arg(&config);
+    let stderr_path = dir.join("second.stderr");
+    let mut second = ProcessGuard::spawn(
+        "hepfwd-second",
+        cmd,
+        &dir.join("second.stdout"),
+        &stderr_path,
+    )
+    .unwrap();
+    let status = second.wait_timeout(Duration::from_secs(10)).unwrap();
+    let packets: Vec<Vec<u8>> = (0..200).map(|i| Pkt::rtcp("twin", i).encode()).collect();
+    Agent::new().send_all(d.listen(), &packets);
+    let stderr = read_tail(&stderr_path, 64 * 1024);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second hepfwd did not refuse to start ({status:?}); its stderr:\n{stderr}"
+    );
+    let addr = d.listen().to_string();
+    assert!(
+        stderr.contains(&addr) && stderr.contains("already"),
+        "the second hepfwd's error does not name {addr} as already bound:\n{stderr}"
+    );
+    assert_eq!(u.take(200, WAIT).len(), 200);
+    d.wait_counter(
+        "hepfwd_received_total",
+        &[("listener", "agents")],
+        200,
+        WAIT,
+    );
 }

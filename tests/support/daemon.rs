@@ -474,6 +474,16 @@ impl Daemon {
         self.status
     }
 
+    /// The daemon's resident memory in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        process_rss_kib(self.pid())
+    }
+
+    /// How many descriptors the daemon has open (entries of `/proc/PID/fd`).
+    pub fn open_fds(&self) -> usize {
+        process_open_fds(self.pid())
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.proc_mut().try_wait().expect("try_wait").is_none()
@@ -525,3 +535,42 @@ pub fn udp_listener(p: &Ports) -> String {
 
 /// `[engine]` with one UDP worker (ordering and round-robin counts are exact).
 pub const ONE_WORKER: &str = "\n[engine]\nworkers = 1\n";
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn process_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Open descriptors of process `pid` (entries of `/proc/PID/fd`).
+pub fn process_open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// Raises this test process's RLIMIT_NOFILE soft limit to at least `want` (up to the hard
+/// limit), for tests that hold thousands of sockets. Returns the soft limit now in force.
+pub fn raise_nofile_limit(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) };
+    assert_eq!(r, 0, "getrlimit: {}", std::io::Error::last_os_error());
+    if lim.rlim_cur >= want {
+        return lim.rlim_cur;
+    }
+    lim.rlim_cur = want.min(lim.rlim_max);
+    // SAFETY: setrlimit reads one rlimit struct we own.
+    let r = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) };
+    assert_eq!(r, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    lim.rlim_cur
+}

@@ -33,6 +33,10 @@ pub mod defaults {
     pub const LISTEN_BACKLOG: usize = 1024;
     /// Longest dedup window, milliseconds.
     pub const MAX_DEDUP_MS: u64 = 60_000;
+    /// TCP listener: connections open at once.
+    pub const MAX_CONNECTIONS: usize = 1024;
+    /// TCP listener: idle connections are closed after this many milliseconds.
+    pub const IDLE_TIMEOUT_MS: u64 = 300_000;
 }
 
 /// Reads, validates and compiles a configuration file.
@@ -355,6 +359,32 @@ impl Compiler<'_> {
                 .allow
                 .as_ref()
                 .map(|a| self.prefixes(a, &format!("{field}.allow")));
+            let max_connections = self.bounded(
+                ls.max_connections.as_ref(),
+                &format!("{field}.max_connections"),
+                1..=1_000_000,
+                defaults::MAX_CONNECTIONS,
+            );
+            let idle_timeout = ls
+                .idle_timeout
+                .as_ref()
+                .and_then(|d| self.duration(d, &format!("{field}.idle_timeout"), 100, 86_400_000))
+                .unwrap_or(Duration::from_millis(defaults::IDLE_TIMEOUT_MS));
+            if ls.tcp.is_none() {
+                for (key, span) in [
+                    ("max_connections", ls.max_connections.as_ref().map(span_of)),
+                    ("idle_timeout", ls.idle_timeout.as_ref().map(span_of)),
+                ] {
+                    if let Some(span) = span {
+                        self.r.error(
+                            span,
+                            format!("{field}.{key}"),
+                            format!("{key} applies to TCP listeners only"),
+                            Some("add tcp = \"IP:port\" or remove it".into()),
+                        );
+                    }
+                }
+            }
             out.push(ListenerPlan {
                 name: ls.name.get_ref().clone(),
                 udp,
@@ -364,6 +394,8 @@ impl Compiler<'_> {
                     .as_ref()
                     .map(|k| k.get_ref().as_bytes().to_vec()),
                 allow,
+                max_connections,
+                idle_timeout,
             });
         }
         out
@@ -1084,6 +1116,36 @@ mod tests {
         assert_eq!(p.engine.listen_backlog, 37);
         let e = one_error(&format!("{BASE}[engine]\nlisten_backlog = 0\n"));
         assert_eq!(e.field, "engine.listen_backlog");
+    }
+
+    #[test]
+    fn tcp_listener_guards_have_defaults_and_errors_name_the_field() {
+        let tcp = "[[listener]]\nname = \"t\"\ntcp = \"127.0.0.1:9070\"\n";
+        let p = compile_str(&format!("{BASE}{tcp}")).unwrap_or_else(|e| panic!("{e}"));
+        let l = &p.listeners[1];
+        assert_eq!(l.max_connections, defaults::MAX_CONNECTIONS);
+        assert_eq!(
+            l.idle_timeout,
+            Duration::from_millis(defaults::IDLE_TIMEOUT_MS)
+        );
+        let p = compile_str(&format!(
+            "{BASE}{tcp}max_connections = 10\nidle_timeout = \"2s\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.listeners[1].max_connections, 10);
+        assert_eq!(p.listeners[1].idle_timeout, Duration::from_secs(2));
+        let e = one_error(&format!("{BASE}{tcp}max_connections = 0\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (14, "listener[1].max_connections")
+        );
+        let e = one_error(&format!("{BASE}{tcp}idle_timeout = \"forever\"\n"));
+        assert_eq!((e.line, e.field.as_str()), (14, "listener[1].idle_timeout"));
+        let e = one_error(&format!(
+            "{BASE}[[listener]]\nname = \"u\"\nudp = \"127.0.0.1:9071\"\nidle_timeout = \"5s\"\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (14, "listener[1].idle_timeout"));
+        assert!(e.message.contains("TCP listeners only"), "{}", e.message);
     }
 
     #[test]

@@ -264,6 +264,10 @@ pub struct ListenerSection {
     pub auth_key: Option<Spanned<String>>,
     /// Sender prefixes accepted.
     pub allow: Option<SpannedStrings>,
+    /// TCP: connections open at once.
+    pub max_connections: Option<Spanned<i64>>,
+    /// TCP: how long a connection may send nothing before it is closed.
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 /// `[[destination]]`.
