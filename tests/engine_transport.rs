@@ -3,12 +3,14 @@
 //! loss inside the queue bound, queue overflow counted exactly).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use hepfwd_tests::collector::{
-    Agent, QUIET, TcpAgent, TcpCollector, UdpCollector, WAIT, expect_all_silent, sorted,
+    Agent, QUIET, RawCollector, TcpAgent, TcpCollector, UdpCollector, WAIT, expect_all_silent,
+    reset, sorted, unread_bytes,
 };
 use hepfwd_tests::daemon::{
     Daemon, LO, ONE_WORKER, free_port_v4, tcp_destination, udp_destination, udp_listener,
@@ -314,4 +316,59 @@ fn a_packet_too_big_for_udp_is_dropped_alone() {
         m.get("hepfwd_destination_sent_total", &[("destination", "u")]),
         1
     );
+}
+
+/// A collector that accepts, reads part of the stream and resets the connection: the frames
+/// its TCP never acknowledged are written again, first, to the next collector on the same
+/// address; only frames its TCP acknowledged count as sent, and every frame is accounted
+/// for: sent + lost + queued = accepted.
+#[test]
+fn tcp_frames_a_resetting_collector_never_acknowledged_go_to_the_next_one() {
+    let bad = RawCollector::bind(SocketAddr::from((LO, 0)), 4096);
+    let addr = bad.addr;
+    let d = Daemon::start("tcp-reset-unacked", |p| {
+        udp_listener(p)
+            + &tcp_destination("t", addr, Some(1000))
+            + "\n[default]\nforward = [\"t\"]\n"
+            + ONE_WORKER
+    });
+    let dest = [("destination", "t")];
+    let mut conn = bad.accept(WAIT);
+    d.wait_counter("hepfwd_destination_connected", &dest, 1, WAIT);
+
+    let frames: Vec<Vec<u8>> = (1000..1400).map(|i| Pkt::sip("reset@x", i).encode()).collect();
+    let len = frames[0].len();
+    assert!(frames.iter().all(|f| f.len() == len));
+    Agent::new().send_all(d.listen(), &frames);
+    d.wait_counter("hepfwd_received_total", &[], 400, WAIT);
+    std::thread::sleep(QUIET);
+
+    // Read ten and a half frames, let the receive buffer fill, then reset.
+    let read_len = 10 * len + len / 2;
+    let mut read = vec![0u8; read_len];
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    conn.read_exact(&mut read).unwrap();
+    std::thread::sleep(QUIET);
+    let unread = unread_bytes(&conn);
+    reset(conn);
+    drop(bad);
+    assert!(read == frames.concat()[..read_len], "the stream starts with the frames");
+    // Frames wholly inside what the bad collector's TCP took were acknowledged: sent, gone.
+    let acknowledged = (read_len + unread) / len;
+    assert!(acknowledged < 100, "the tiny receive buffer took {acknowledged} frames");
+
+    let good = TcpCollector::bind("good", addr);
+    assert!(
+        good.expect(400 - acknowledged, WAIT) == frames[acknowledged..],
+        "every frame the bad collector did not acknowledge, once, in order"
+    );
+    d.wait_counter("hepfwd_destination_queue_depth", &dest, 0, WAIT);
+    let m = d.metrics();
+    let lost = m.get(
+        "hepfwd_destination_dropped_total",
+        &[("destination", "t"), ("reason", "connection_lost")],
+    );
+    assert_eq!(lost, 0, "nothing needed to be given up");
+    assert_eq!(m.get("hepfwd_destination_sent_total", &dest), 400);
+    assert_eq!(m.get("hepfwd_destination_dropped_total", &dest), 0);
 }
