@@ -372,3 +372,51 @@ fn tcp_frames_a_resetting_collector_never_acknowledged_go_to_the_next_one() {
     assert_eq!(m.get("hepfwd_destination_sent_total", &dest), 400);
     assert_eq!(m.get("hepfwd_destination_dropped_total", &dest), 0);
 }
+
+/// Frames of about `extra` bytes more than a SIP packet, all of one length.
+fn padded(corr: &str, from: u32, n: u32, extra: usize) -> Vec<Vec<u8>> {
+    let pad = vec![b'x'; extra];
+    (from..from + n)
+        .map(|i| Pkt::sip(corr, i).chunk(9, 1, &pad).encode())
+        .collect()
+}
+
+/// A primary that accepts and stops reading makes no progress: after its `stall_timeout`
+/// it is down (so a failover route moves to the backup) and stays down while reconnected
+/// to the same stalled collector.
+#[test]
+fn tcp_failover_leaves_a_primary_that_stopped_reading() {
+    let primary = RawCollector::bind(SocketAddr::from((LO, 0)), 4096);
+    let backup = TcpCollector::new("backup");
+    let (paddr, baddr) = (primary.addr, backup.addr);
+    let d = Daemon::start("tcp-stall-failover", |p| {
+        udp_listener(p)
+            + &tcp_destination("p", paddr, None)
+            + "stall_timeout = \"1s\"\n"
+            + &tcp_destination("b", baddr, None)
+            + "\n[default]\nforward = [\"p\", \"b\"]\nmode = \"failover\"\n"
+            + ONE_WORKER
+    });
+    let primary_dest = [("destination", "p")];
+    let _never_read = primary.accept(WAIT);
+    d.wait_counter("hepfwd_destination_connected", &primary_dest, 1, WAIT);
+    d.wait_counter("hepfwd_destination_connected", &[("destination", "b")], 1, WAIT);
+
+    let stuck = padded("stall@x", 1000, 300, 4000);
+    Agent::new().send_all(d.listen(), &stuck);
+    d.wait_counter("hepfwd_received_total", &[], 300, WAIT);
+    d.wait_counter("hepfwd_destination_connected", &primary_dest, 0, WAIT);
+
+    let after: Vec<Vec<u8>> = (0..50).map(|i| Pkt::sip("after@x", i).encode()).collect();
+    Agent::new().send_all(d.listen(), &after);
+    assert!(
+        backup.expect(50, WAIT) == after,
+        "the backup takes the traffic"
+    );
+    let _more = primary.accept_pending();
+    assert_eq!(d.counter("hepfwd_destination_connected", &primary_dest), 0);
+    assert_eq!(
+        d.counter("hepfwd_destination_sent_total", &[("destination", "b")]),
+        50
+    );
+}
