@@ -420,3 +420,45 @@ fn tcp_failover_leaves_a_primary_that_stopped_reading() {
         50
     );
 }
+
+/// The peak resident memory of process `pid`, bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// 2,000 frames of 60 KB (120 MB) to a stalled collector: `queue_bytes` bounds what waits,
+/// the rest is dropped and counted as `queue_full`, and the daemon's memory stays bounded.
+#[test]
+fn tcp_queue_is_bounded_in_bytes() {
+    let stalled = RawCollector::bind(SocketAddr::from((LO, 0)), 4096);
+    let addr = stalled.addr;
+    let d = Daemon::start("tcp-queue-bytes", |p| {
+        udp_listener(p)
+            + &tcp_destination("t", addr, None)
+            + "queue_bytes = \"4MiB\"\nstall_timeout = \"60s\"\n"
+            + "\n[default]\nforward = [\"t\"]\n"
+            + ONE_WORKER
+    });
+    let dest = [("destination", "t")];
+    let _never_read = stalled.accept(WAIT);
+    d.wait_counter("hepfwd_destination_connected", &dest, 1, WAIT);
+
+    let big = padded("big@x", 10_000, 2000, 60_000);
+    Agent::new().send_paced(d.listen(), &big, 32, || d.received());
+    d.wait_counter("hepfwd_received_total", &[], 2000, WAIT);
+    let m = d.metrics();
+    let full = m.get(
+        "hepfwd_destination_dropped_total",
+        &[("destination", "t"), ("reason", "queue_full")],
+    );
+    let depth = m.get("hepfwd_destination_queue_depth", &dest);
+    let sent = m.get("hepfwd_destination_sent_total", &dest);
+    assert!(full >= 1800, "{full} dropped as queue_full");
+    assert_eq!(sent + full + depth, 2000, "every frame accounted for");
+    assert!(depth * 60_000 <= 4 << 20, "{depth} frames queued");
+    let peak = peak_rss(d.pid());
+    assert!(peak < 64 << 20, "peak RSS {} MiB", peak >> 20);
+}
