@@ -336,7 +336,9 @@ fn tcp_frames_a_resetting_collector_never_acknowledged_go_to_the_next_one() {
     let mut conn = bad.accept(WAIT);
     d.wait_counter("hepfwd_destination_connected", &dest, 1, WAIT);
 
-    let frames: Vec<Vec<u8>> = (1000..1400).map(|i| Pkt::sip("reset@x", i).encode()).collect();
+    let frames: Vec<Vec<u8>> = (1000..1400)
+        .map(|i| Pkt::sip("reset@x", i).encode())
+        .collect();
     let len = frames[0].len();
     assert!(frames.iter().all(|f| f.len() == len));
     Agent::new().send_all(d.listen(), &frames);
@@ -352,10 +354,16 @@ fn tcp_frames_a_resetting_collector_never_acknowledged_go_to_the_next_one() {
     let unread = unread_bytes(&conn);
     reset(conn);
     drop(bad);
-    assert!(read == frames.concat()[..read_len], "the stream starts with the frames");
+    assert!(
+        read == frames.concat()[..read_len],
+        "the stream starts with the frames"
+    );
     // Frames wholly inside what the bad collector's TCP took were acknowledged: sent, gone.
     let acknowledged = (read_len + unread) / len;
-    assert!(acknowledged < 100, "the tiny receive buffer took {acknowledged} frames");
+    assert!(
+        acknowledged < 100,
+        "the tiny receive buffer took {acknowledged} frames"
+    );
 
     let good = TcpCollector::bind("good", addr);
     assert!(
@@ -400,7 +408,12 @@ fn tcp_failover_leaves_a_primary_that_stopped_reading() {
     let primary_dest = [("destination", "p")];
     let _never_read = primary.accept(WAIT);
     d.wait_counter("hepfwd_destination_connected", &primary_dest, 1, WAIT);
-    d.wait_counter("hepfwd_destination_connected", &[("destination", "b")], 1, WAIT);
+    d.wait_counter(
+        "hepfwd_destination_connected",
+        &[("destination", "b")],
+        1,
+        WAIT,
+    );
 
     let stuck = padded("stall@x", 1000, 300, 4000);
     Agent::new().send_all(d.listen(), &stuck);
@@ -415,6 +428,7 @@ fn tcp_failover_leaves_a_primary_that_stopped_reading() {
     );
     let _more = primary.accept_pending();
     assert_eq!(d.counter("hepfwd_destination_connected", &primary_dest), 0);
+    assert!(d.counter("hepfwd_destination_stalls_total", &primary_dest) >= 1);
     assert_eq!(
         d.counter("hepfwd_destination_sent_total", &[("destination", "b")]),
         50

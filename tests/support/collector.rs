@@ -500,7 +500,10 @@ impl RawCollector {
                     return s;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    assert!(Instant::now() < deadline, "no connection within {timeout:?}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "no connection within {timeout:?}"
+                    );
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(e) => panic!("accept: {e}"),
@@ -522,7 +525,13 @@ impl RawCollector {
 pub fn unread_bytes(s: &TcpStream) -> usize {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int through a valid pointer on a valid socket.
-    let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(s), libc::FIONREAD, &raw mut n) };
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::FIONREAD,
+            &raw mut n,
+        )
+    };
     assert_eq!(r, 0, "FIONREAD");
     n as usize
 }
