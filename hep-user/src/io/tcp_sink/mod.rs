@@ -293,9 +293,10 @@ impl TcpSink {
         }
     }
 
-    /// Writes what is queued, waiting at most `deadline`, then stops the sink. Frames left
-    /// at the deadline are counted in [`SinkStats::dropped_shutdown`]. Returns whether
-    /// every frame accepted by [`TcpSink::try_send`] was written. Terminal: later frames
+    /// Writes what is queued and waits for its acknowledgement, at most `deadline`, then
+    /// stops the sink. Frames left at the deadline are counted in
+    /// [`SinkStats::dropped_shutdown`]. Returns whether every frame accepted by
+    /// [`TcpSink::try_send`] was acknowledged by the collector's TCP. Terminal: later frames
     /// are refused. Calling it again returns the same answer.
     pub async fn drain(&self, deadline: Duration) -> bool {
         self.inner.ctl.send_if_modified(|p| {

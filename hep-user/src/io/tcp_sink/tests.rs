@@ -205,9 +205,9 @@ async fn collector_restart_after_rst() {
 }
 
 /// The collector resets the connection while frames flood in (so the reset is often
-/// found by the check before a write, with a batch kept). Frames can be lost (the
-/// residual window) but after the reconnect they arrive in order, without gaps, up to
-/// the last one.
+/// found by the check before a write, or by a failed write). Frames its TCP acknowledged
+/// but it never read are lost (counted sent), but after the reconnect the frames arrive
+/// in order, without gaps, up to the last one, and none it read comes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_under_load_keeps_order_after_the_reconnect() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -237,10 +237,9 @@ async fn a_reset_under_load_keeps_order_after_the_reconnect() {
     let mut buf = BytesMut::new();
     let head = read_frames(&mut c, &mut buf, 1).await;
     let start = seq(&head[0]);
-    // A batch whose write failed part-way is written again whole: at most one batch
-    // of frames the first collector read can come again.
+    // What the first collector read, its TCP acknowledged: never written again.
     assert!(
-        start + BATCH_FRAMES as u32 > last_before,
+        start > last_before,
         "frames {start}..={last_before} duplicated"
     );
     let rest = read_frames(&mut c, &mut buf, (total - start - 1) as usize).await;
@@ -537,4 +536,41 @@ fn an_outage_warns_first_then_at_most_every_interval() {
     let ended = outage.end();
     assert_eq!(ended.failures, 0);
     assert!(ended.down.is_some());
+}
+
+#[test]
+fn the_retransmit_buffer_gives_back_only_frames_wholly_acknowledged() {
+    let sent = frames(0, 3);
+    let lens: Vec<u64> = sent.iter().map(|f| f.len() as u64).collect();
+    let total: u64 = lens.iter().sum();
+    let mut r = Retransmit::default();
+    for f in &sent {
+        r.push(f);
+    }
+    r.wrote(total as usize);
+    assert!(
+        r.stalled(Duration::ZERO),
+        "bytes outstanding, none acknowledged"
+    );
+    assert!(!r.stalled(Duration::from_secs(60)));
+    // Frame 0 and the first byte of frame 1 acknowledged.
+    assert_eq!(r.acknowledge(total - lens[0] - 1), (1, lens[0]));
+    assert_eq!(
+        r.acknowledge(total - lens[0] - 1),
+        (0, 0),
+        "no progress, nothing new"
+    );
+    let kept: Vec<Bytes> = r.reset().into_iter().map(|(f, _)| f).collect();
+    assert!(
+        kept == sent[1..],
+        "the partly acknowledged frame and the rest, in order"
+    );
+    assert!(r.is_empty() && !r.stalled(Duration::ZERO));
+    // Written only in part: what was never written is unacknowledged too.
+    for f in &sent {
+        r.push(f);
+    }
+    r.wrote(lens[0] as usize);
+    assert_eq!(r.acknowledge(0), (1, lens[0]));
+    assert_eq!(r.frames.len(), 2);
 }
