@@ -318,15 +318,14 @@ fn a_packet_too_big_for_udp_is_dropped_alone() {
     );
 }
 
-/// A collector that accepts, reads part of the stream and resets the connection: the frames
-/// its TCP never acknowledged are written again, first, to the next collector on the same
-/// address; only frames its TCP acknowledged count as sent, and every frame is accounted
-/// for: sent + lost + queued = accepted.
-#[test]
-fn tcp_frames_a_resetting_collector_never_acknowledged_go_to_the_next_one() {
+/// A collector that accepts, reads `read_frames` frames and a half (none with `None`) and
+/// resets the connection: the frames its TCP never acknowledged are written again, first,
+/// to the next collector on the same address; only frames its TCP acknowledged count as
+/// sent, and every frame is accounted for: sent + lost + queued = accepted.
+fn resetting_collector_then_a_good_one(name: &str, read_frames: Option<usize>) {
     let bad = RawCollector::bind(SocketAddr::from((LO, 0)), 4096);
     let addr = bad.addr;
-    let d = Daemon::start("tcp-reset-unacked", |p| {
+    let d = Daemon::start(name, |p| {
         udp_listener(p)
             + &tcp_destination("t", addr, Some(1000))
             + "\n[default]\nforward = [\"t\"]\n"
@@ -345,8 +344,8 @@ fn tcp_frames_a_resetting_collector_never_acknowledged_go_to_the_next_one() {
     d.wait_counter("hepfwd_received_total", &[], 400, WAIT);
     std::thread::sleep(QUIET);
 
-    // Read ten and a half frames, let the receive buffer fill, then reset.
-    let read_len = 10 * len + len / 2;
+    // Read some frames and a half (or nothing), let the receive buffer fill, then reset.
+    let read_len = read_frames.map_or(0, |n| n * len + len / 2);
     let mut read = vec![0u8; read_len];
     conn.set_read_timeout(Some(WAIT)).unwrap();
     conn.read_exact(&mut read).unwrap();
@@ -379,6 +378,16 @@ fn tcp_frames_a_resetting_collector_never_acknowledged_go_to_the_next_one() {
     assert_eq!(lost, 0, "nothing needed to be given up");
     assert_eq!(m.get("hepfwd_destination_sent_total", &dest), 400);
     assert_eq!(m.get("hepfwd_destination_dropped_total", &dest), 0);
+}
+
+#[test]
+fn tcp_frames_a_resetting_collector_never_acknowledged_go_to_the_next_one() {
+    resetting_collector_then_a_good_one("tcp-reset-unacked", Some(10));
+}
+
+#[test]
+fn tcp_frames_a_collector_that_read_nothing_before_its_reset_go_to_the_next_one() {
+    resetting_collector_then_a_good_one("tcp-reset-unread", None);
 }
 
 /// Frames of about `extra` bytes more than a SIP packet, all of one length.
@@ -474,5 +483,6 @@ fn tcp_queue_is_bounded_in_bytes() {
     assert_eq!(sent + full + depth, 2000, "every frame accounted for");
     assert!(depth * 60_000 <= 4 << 20, "{depth} frames queued");
     let peak = peak_rss(d.pid());
+    eprintln!("hepfwd peak RSS {} MiB, {depth} frames held", peak >> 20);
     assert!(peak < 64 << 20, "peak RSS {} MiB", peak >> 20);
 }
