@@ -521,6 +521,45 @@ impl RawCollector {
     }
 }
 
+impl RawCollector {
+    /// From now on, accepts every connection and reads (and discards) everything, until the
+    /// returned flag is set or `bound` passed. Returns the flag and how many bytes were read.
+    pub fn read_everything(self, bound: Duration) -> (Arc<AtomicBool>, Arc<AtomicU64>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (st, count) = (stop.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + bound;
+            while !st.load(Relaxed) && Instant::now() < deadline {
+                for mut s in self.accept_pending() {
+                    let (st, count) = (st.clone(), count.clone());
+                    std::thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(20)));
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while !st.load(Relaxed) && Instant::now() < deadline {
+                            match s.read(&mut buf) {
+                                Ok(0) => return,
+                                Ok(n) => {
+                                    count.fetch_add(n as u64, Relaxed);
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        (stop, bytes)
+    }
+}
+
 /// Bytes received on `s` and not read yet (`FIONREAD`).
 pub fn unread_bytes(s: &TcpStream) -> usize {
     let mut n: libc::c_int = 0;
