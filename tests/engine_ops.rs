@@ -19,7 +19,7 @@ use hepfwd_tests::daemon::{
 use hepfwd_tests::hepfwd::hepfwd_bin;
 use hepfwd_tests::hepgen::{Pkt, packet_of};
 use hepfwd_tests::metrics::Metrics;
-use hepfwd_tests::peers::TestDir;
+use hepfwd_tests::peers::{ProcessGuard, TestDir, read_tail};
 
 /// The sequence number an RTCP test packet carries (payload bytes 4..8).
 fn seq_of(p: &[u8]) -> u32 {
@@ -573,4 +573,354 @@ fn reload_moves_listeners_and_a_failed_bind_keeps_the_running_configuration() {
         "the running listener stopped forwarding after the failed reload"
     );
     drop(squatter);
+}
+
+// ---- Defects found by attacking the daemon (admin server, configuration file, reload) ----
+
+/// User + system CPU time of process `pid` so far (from /proc/PID/stat).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let after = &stat[stat.rfind(')').expect("the end of the command name") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Duration::from_millis(ticks * 1000 / u64::try_from(hz).unwrap_or(100))
+}
+
+/// Opens up to `count` TCP connections to `to` and keeps them; gives up after 5 connects
+/// in a row that time out (a full backlog drops SYNs) or at `deadline`.
+fn hold_connections(to: SocketAddr, count: usize, deadline: Instant) -> Vec<std::net::TcpStream> {
+    let mut held = Vec::new();
+    let mut failures_in_a_row = 0;
+    while held.len() < count && failures_in_a_row < 5 && Instant::now() < deadline {
+        match std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)) {
+            Ok(s) => {
+                held.push(s);
+                failures_in_a_row = 0;
+            }
+            Err(_) => failures_in_a_row += 1,
+        }
+    }
+    held
+}
+
+#[test]
+fn accept_errors_back_off_when_file_descriptors_run_out() {
+    let options = hepfwd_tests::daemon::StartOptions {
+        nofile: Some((256, 256)),
+    };
+    let d = Daemon::start_with("emfile", &options, |p| {
+        format!(
+            "\n[[listener]]\nname = \"agents\"\ntcp = \"127.0.0.1:{}\"\n{ONE_WORKER}",
+            p.listen
+        )
+    });
+    let stderr_path = d.dir().path().join("hepfwd-0.stderr");
+    // About 300 connections to each port: the descriptors run out, both accept loops fail.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut held = hold_connections(d.listen(), 300, deadline);
+    held.extend(hold_connections(d.admin, 300, deadline));
+    assert!(
+        held.len() >= 256,
+        "only {} connections could be opened",
+        held.len()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu0, log0) = (
+        cpu_time(d.pid()),
+        std::fs::metadata(&stderr_path).unwrap().len(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu1, log1) = (
+        cpu_time(d.pid()),
+        std::fs::metadata(&stderr_path).unwrap().len(),
+    );
+    let cpu = cpu1 - cpu0;
+    let logged = log1 - log0;
+    // Spinning is a whole core (3 s); backing off is next to nothing.
+    assert!(
+        cpu < Duration::from_millis(600),
+        "the daemon used {cpu:?} of CPU in 3 s while out of descriptors"
+    );
+    assert!(
+        logged < 16 * 1024,
+        "the daemon logged {logged} bytes in 3 s while out of descriptors"
+    );
+    // Once the connections are gone, the admin server answers again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match d.try_metrics() {
+            Ok(_) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "/metrics did not answer within 10 s of the connections closing: {e:#}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        log.contains("suppressed"),
+        "no rate-limited accept line in the log:\n{log}"
+    );
+}
+
+#[test]
+fn the_open_files_soft_limit_is_raised_to_the_hard_limit_at_start() {
+    let options = hepfwd_tests::daemon::StartOptions {
+        nofile: Some((256, 4096)),
+    };
+    let d = Daemon::start_with("nofile", &options, udp_listener);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{line}");
+    let log = d.stderr();
+    assert!(
+        log.contains("RLIMIT_NOFILE")
+            && log.contains("soft_before=256")
+            && log.contains("hard=4096"),
+        "the limits are not logged:\n{log}"
+    );
+}
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path `c` owns.
+    let r = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(
+        r,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// `hepfwd check-config FILE` within 5 s: (success, stderr); kills it (by PID) and fails
+/// the test if it takes longer.
+fn check_config_bounded(dir: &TestDir, path: &std::path::Path) -> (bool, String) {
+    let mut cmd = Command::new(hepfwd_bin().unwrap());
+    cmd.arg("check-config").arg(path);
+    let (out, err) = (dir.join("check.stdout"), dir.join("check.stderr"));
+    let mut p = hepfwd_tests::peers::ProcessGuard::spawn("check-config", cmd, &out, &err).unwrap();
+    let status = p.wait_timeout(Duration::from_secs(5)).unwrap();
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "check-config {} did not finish within 5 s; stderr: {stderr}",
+            path.display()
+        )
+    });
+    (status.success(), stderr)
+}
+
+#[test]
+fn check_config_refuses_a_fifo_or_a_huge_file_at_once_naming_it() {
+    let dir = TestDir::new("config-fifo").unwrap();
+    let fifo = dir.join("fifo.toml");
+    mkfifo(&fifo);
+    let (ok, stderr) = check_config_bounded(&dir, &fifo);
+    assert!(!ok, "a FIFO was accepted");
+    assert!(
+        stderr.contains(&fifo.display().to_string()) && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
+    let huge = dir.join("huge.toml");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(5 << 20)
+        .unwrap();
+    let (ok, stderr) = check_config_bounded(&dir, &huge);
+    assert!(!ok, "a 5 MiB file was accepted");
+    assert!(
+        stderr.contains(&huge.display().to_string()) && stderr.contains("larger than"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sighup_with_a_fifo_as_configuration_keeps_running_and_sigterm_still_stops_it() {
+    let mut d = Daemon::start("reload-fifo", udp_listener);
+    std::fs::remove_file(d.config_path()).unwrap();
+    mkfifo(d.config_path());
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut rejected = false;
+    while !rejected && Instant::now() < deadline {
+        rejected = d
+            .try_metrics()
+            .is_ok_and(|m| m.get("hepfwd_config_reloads_total", &[("result", "error")]) == 1);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(d.running(), "the daemon died on a FIFO");
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM after a reload from a FIFO: {status:?}\n{}",
+        d.stderr()
+    );
+    assert!(
+        rejected,
+        "the reload from a FIFO was not counted as rejected"
+    );
+    assert!(d.stderr().contains("not a regular file"), "{}", d.stderr());
+}
+
+/// `HEAD path` on `admin`: the raw answer.
+fn http_head(admin: SocketAddr, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "HEAD {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    String::from_utf8(raw).unwrap()
+}
+
+#[test]
+fn head_on_the_admin_paths_answers_like_get_without_a_body() {
+    let d = Daemon::start("head", udp_listener);
+    for (path, content_type) in [
+        ("/metrics", "content-type: text/plain; version=0.0.4"),
+        ("/healthz", "content-type: application/json"),
+    ] {
+        let answer = http_head(d.admin, path);
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .expect("the end of the headers");
+        assert!(head.starts_with("HTTP/1.1 200"), "HEAD {path}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains(content_type),
+            "HEAD {path}: {head}"
+        );
+        assert_eq!(body, "", "HEAD {path} has a body");
+    }
+}
+
+#[test]
+fn check_config_rejects_an_admin_address_equal_to_a_tcp_listener() {
+    let dir = TestDir::new("admin-clash").unwrap();
+    let path = dir.join("hepfwd.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nname = \"agents\"\ntcp = \"127.0.0.1:9061\"\n\n[admin]\nlisten = \"127.0.0.1:9061\"\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = check_config(&path);
+    assert!(
+        !ok,
+        "an admin address equal to a TCP listener's was accepted"
+    );
+    let want = format!("{}:6:10: admin.listen:", path.display());
+    assert!(stderr.contains(&want), "{want} not in:\n{stderr}");
+    assert!(stderr.contains("listener[0].tcp"), "{stderr}");
+}
+
+#[test]
+fn engine_listen_backlog_sets_the_backlog_of_hep_tcp_listeners() {
+    let d = Daemon::start("backlog", |p| {
+        format!(
+            "\n[[listener]]\nname = \"agents\"\ntcp = \"127.0.0.1:{}\"\n\n[engine]\nlisten_backlog = 37\n",
+            p.listen
+        )
+    });
+    let out = Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", d.ports.listen)])
+        .output()
+        .expect("run ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let send_q: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(send_q, ["37"], "ss says:\n{text}");
+}
+
+#[test]
+fn a_reload_warns_about_each_changed_setting_that_needs_a_restart() {
+    let other_admin = free_port_v4();
+    let base = |p: &Ports| udp_listener(p) + "\n[engine]\nworkers = 1\nbatch = 32\n";
+    let d = Daemon::start("reload-restart", base);
+    let changed = move |p: &Ports| {
+        udp_listener(p)
+            + "\n[engine]\nworkers = 2\nbatch = 16\ndrain_timeout = \"1s\"\n"
+            + &format!("\n[admin]\nlisten = \"127.0.0.1:{other_admin}\"\n")
+    };
+    assert!(d.reload(changed), "the reload was rejected");
+    let log = d.stderr();
+    let warned = |setting: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("restart") && l.contains(setting))
+    };
+    for setting in ["admin.listen", "engine.workers", "engine.batch"] {
+        assert!(warned(setting), "no warning names {setting}:\n{log}");
+    }
+    for setting in ["engine.recv_buffer", "engine.drain_timeout"] {
+        assert!(!warned(setting), "a warning names {setting}:\n{log}");
+    }
+}
+
+/// A second daemon started with the same UDP listener address refuses to start, naming the
+/// address, instead of sharing the port through SO_REUSEPORT and taking part of the
+/// traffic; the first one keeps receiving everything.
+#[test]
+fn a_second_daemon_on_the_same_udp_address_refuses_to_start() {
+    let u = UdpCollector::new("udp");
+    let d = Daemon::start("twin-first", |p| {
+        udp_listener(p) + &udp_destination("u", u.addr) + "\n[default]\nforward = [\"u\"]\n"
+    });
+    // The same configuration, with its own admin port.
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    let admin = format!("127.0.0.1:{}", d.ports.admin);
+    assert!(text.contains(&admin));
+    let text = text.replace(&admin, &format!("127.0.0.1:{}", free_port_v4()));
+    let dir = TestDir::new("twin-second").unwrap();
+    let config = dir.join("hepfwd.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut cmd = Command::new(hepfwd_bin().unwrap());
+    cmd.args(["--log", "info", "run", "--mode", "userspace", "--config"])
+        .arg(&config);
+    let stderr_path = dir.join("second.stderr");
+    let mut second = ProcessGuard::spawn(
+        "hepfwd-second",
+        cmd,
+        &dir.join("second.stdout"),
+        &stderr_path,
+    )
+    .unwrap();
+    let status = second.wait_timeout(Duration::from_secs(10)).unwrap();
+    let packets: Vec<Vec<u8>> = (0..200).map(|i| Pkt::rtcp("twin", i).encode()).collect();
+    Agent::new().send_all(d.listen(), &packets);
+    let stderr = read_tail(&stderr_path, 64 * 1024);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second hepfwd did not refuse to start ({status:?}); its stderr:\n{stderr}"
+    );
+    let addr = d.listen().to_string();
+    assert!(
+        stderr.contains(&addr) && stderr.contains("already"),
+        "the second hepfwd's error does not name {addr} as already bound:\n{stderr}"
+    );
+    assert_eq!(u.take(200, WAIT).len(), 200);
+    d.wait_counter(
+        "hepfwd_received_total",
+        &[("listener", "agents")],
+        200,
+        WAIT,
+    );
 }

@@ -18,15 +18,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hep_common::v3::{Hep3Message, Payload};
+use hepfwd_harness::message::TestMessage;
 use hepfwd_tests::daemon::Mode;
 use hepfwd_tests::hepfwd::hepfwd_bin;
 use hepfwd_tests::metrics::Metrics;
-use hepfwd_tests::netns::{COL_A, COL_B, IF_IN, LISTEN, Ns, SND, Topology};
+use hepfwd_tests::netns::{COL_A, COL_B, IF_IN, LISTEN, Ns, SND, Topology, TopologyPeers};
 use hepfwd_tests::peers::{ProcessGuard, TestDir, read_tail};
 use hepfwd_tests::privileged;
 
@@ -106,30 +106,13 @@ forward = ["a"]
 
 /// One packet of the sequence: proto type, capture id, call id, correlation chunk, auth.
 fn hep(proto: u8, capture: u32, call: &str, corr: Option<&str>, auth: Option<&[u8]>) -> Vec<u8> {
-    let sip = format!(
-        "INVITE sip:bob@198.18.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.9.1\r\nCall-ID: {call}\r\nContent-Length: 0\r\n\r\n"
-    );
-    let m = Hep3Message {
-        ip_proto: 17,
-        src_ip: Ipv4Addr::new(198, 18, 9, 1).into(),
-        dst_ip: Ipv4Addr::new(198, 18, 9, 2).into(),
-        src_port: 5060,
-        dst_port: 5060,
-        ts_sec: 1_700_000_000,
-        ts_usec: capture,
-        proto_type: proto,
-        capture_id: capture,
-        auth_key: auth,
-        correlation_id: corr.map(str::as_bytes),
-        vlan_id: None,
-        node_name: None,
-        extra: &[],
-        payload: Payload::Plain(sip.as_bytes()),
-    };
-    let mut buf = vec![0u8; 2048];
-    let n = m.encode(&mut buf).expect("encode");
-    buf.truncate(n);
-    buf
+    TestMessage::sip(call)
+        .proto(proto)
+        .capture_id(capture)
+        .timestamp(1_700_000_000, capture)
+        .auth_key(auth)
+        .correlation(corr.map(str::as_bytes))
+        .encode()
 }
 
 /// The test sequence (bounded): every route, several calls each.

@@ -1,9 +1,10 @@
 //! The data plane end to end through network namespaces (issue 4):
 //! `snd` ── veth ── `fwd` (hepfwd; XDP on `in0`) ── veth ── `col` (collectors), see
-//! `support/netns.rs`. Each test sends a bounded, crafted HEPv3 sequence from `snd` and
-//! asserts the exact HEP bytes each collector receives (a multiset per collector: steered
-//! and mirrored packets are byte-identical to what was sent; rewritten ones equal the
-//! documented rewrite model), plus the daemon's counters.
+//! `harness/src/topology.rs` (the peers: `support/netns.rs`). Each test sends a bounded,
+//! crafted HEPv3 sequence from `snd` and asserts the exact HEP bytes each collector
+//! receives (a multiset per collector: steered and mirrored packets are byte-identical to
+//! what was sent; rewritten ones equal the documented rewrite model), plus the daemon's
+//! counters.
 //!
 //! - `routes_*`: steer, call-sticky hash over two collectors, drop, mirror and an unrouted
 //!   packet; `--mode userspace` and `--mode xdp`.
@@ -31,7 +32,7 @@ use hepfwd_tests::daemon::Mode;
 use hepfwd_tests::hepfwd::workspace_root;
 use hepfwd_tests::hepgen::{ModelEdit, Pkt, chunks_of, model_rewrite, packet_of};
 use hepfwd_tests::metrics::Metrics;
-use hepfwd_tests::netns::{COL_A, COL_B, IF_IN, LISTEN, Ns, SND, SND2, Topology};
+use hepfwd_tests::netns::{COL_A, COL_B, IF_IN, LISTEN, Ns, SND, SND2, Topology, TopologyPeers};
 use hepfwd_tests::privileged;
 
 /// How long a collector must stay quiet before the test takes what it got as final.

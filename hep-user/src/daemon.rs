@@ -43,6 +43,85 @@ impl SinkKey {
     }
 }
 
+/// The settings a reload does not apply (they take effect at the next start), as the
+/// daemon started with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RestartSettings {
+    /// `[admin] listen`.
+    admin: Option<SocketAddr>,
+    /// `[engine] workers` (listeners that stay keep theirs).
+    workers: usize,
+    /// `[engine] batch` (listeners that stay keep theirs).
+    batch: usize,
+    /// `[engine] recv_buffer` (listeners that stay keep theirs).
+    recv_buffer: usize,
+    /// `[engine] listen_backlog` (listeners that stay keep theirs).
+    listen_backlog: u32,
+    /// `[xdp] interfaces`.
+    xdp_interfaces: Vec<String>,
+    /// `[xdp] attach`.
+    xdp_attach: &'static str,
+}
+
+impl RestartSettings {
+    fn of(plan: &Plan) -> Self {
+        RestartSettings {
+            admin: plan.admin,
+            workers: plan.engine.workers,
+            batch: plan.engine.batch,
+            recv_buffer: plan.engine.recv_buffer,
+            listen_backlog: plan.engine.listen_backlog,
+            xdp_interfaces: plan.xdp.interfaces.clone(),
+            xdp_attach: plan.xdp.attach.name(),
+        }
+    }
+
+    /// Each setting that differs in `new`: (its name, the running value, the new value).
+    fn changes(&self, new: &RestartSettings) -> Vec<(&'static str, String, String)> {
+        fn admin(a: Option<SocketAddr>) -> String {
+            a.map_or_else(|| "none".to_string(), |a| a.to_string())
+        }
+        let mut out = Vec::new();
+        let mut compare = |name: &'static str, running: String, configured: String| {
+            if running != configured {
+                out.push((name, running, configured));
+            }
+        };
+        compare("admin.listen", admin(self.admin), admin(new.admin));
+        compare(
+            "engine.workers",
+            self.workers.to_string(),
+            new.workers.to_string(),
+        );
+        compare(
+            "engine.batch",
+            self.batch.to_string(),
+            new.batch.to_string(),
+        );
+        compare(
+            "engine.recv_buffer",
+            self.recv_buffer.to_string(),
+            new.recv_buffer.to_string(),
+        );
+        compare(
+            "engine.listen_backlog",
+            self.listen_backlog.to_string(),
+            new.listen_backlog.to_string(),
+        );
+        compare(
+            "xdp.interfaces",
+            format!("{:?}", self.xdp_interfaces),
+            format!("{:?}", new.xdp_interfaces),
+        );
+        compare(
+            "xdp.attach",
+            self.xdp_attach.to_string(),
+            new.xdp_attach.to_string(),
+        );
+        out
+    }
+}
+
 /// The running daemon.
 pub struct Daemon {
     stats: Arc<Stats>,
@@ -55,6 +134,8 @@ pub struct Daemon {
     config: PathBuf,
     /// The kernel data plane, when the run uses it.
     dataplane: Option<Arc<Mutex<DataPlane>>>,
+    /// The settings only a restart changes, as started.
+    at_start: RestartSettings,
 }
 
 /// Addresses the daemon actually bound (ports resolved), for logs and tests.
@@ -96,6 +177,7 @@ impl Daemon {
             epoch,
             config,
             dataplane: None,
+            at_start: RestartSettings::of(&plan),
         };
         d.install(plan.clone()).await?;
         // The kernel path starts once userspace listens: what it passes up has a socket.
@@ -265,18 +347,38 @@ impl Daemon {
     }
 
     /// Re-reads the configuration; on any error keeps the running one.
+    ///
+    /// The file is read on a blocking thread, and only if it is a regular file of bounded
+    /// size opened without blocking ([`crate::config::file`]): a FIFO or a device put in
+    /// its place cannot stall the signal loop.
     pub async fn reload(&mut self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        let plan = match crate::config::load(&self.config) {
-            Ok(p) => p,
-            Err(e) => {
+        let path = self.config.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path)).await;
+        let plan = match loaded {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
                 self.stats.global.reloads_failed.fetch_add(1, Relaxed);
                 tracing::error!("reload rejected, the running configuration stays:\n{e}");
                 return false;
             }
+            Err(e) => {
+                self.stats.global.reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "reload rejected (reading the configuration failed), the running configuration stays");
+                return false;
+            }
         };
+        let changes = self.at_start.changes(&RestartSettings::of(&plan));
         match self.install(plan).await {
             Ok(()) => {
+                for (setting, running, configured) in changes {
+                    tracing::warn!(
+                        %setting,
+                        %running,
+                        %configured,
+                        "the reload does not apply this setting: it needs a restart"
+                    );
+                }
                 self.stats.global.reloads_ok.fetch_add(1, Relaxed);
                 tracing::info!(generation = self.generation, "configuration reloaded");
                 true
@@ -409,11 +511,11 @@ impl Listener for TcpListener {
 
     async fn start(
         addr: SocketAddr,
-        _tuning: &EngineTuning,
+        tuning: &EngineTuning,
         engine: &Arc<ArcSwap<Engine>>,
     ) -> std::io::Result<Self> {
-        let l = TcpListener::start(addr, engine.clone()).await?;
-        tracing::info!(configured = %addr, bound = %l.addr, "listening on TCP");
+        let l = TcpListener::start(addr, tuning.listen_backlog, engine.clone())?;
+        tracing::info!(configured = %addr, bound = %l.addr, backlog = tuning.listen_backlog, "listening on TCP");
         Ok(l)
     }
 
@@ -477,6 +579,7 @@ fn bound_addresses<L: Listener>(running: &HashMap<SocketAddr, L>) -> Vec<(Socket
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: PathBuf, path: DataPath) -> Result<()> {
+    crate::io::accept::raise_nofile_limit();
     let mut d = Daemon::start(config, path).await?;
     let admin = d.engine().plan.admin;
     if let Some(addr) = admin {
@@ -498,4 +601,38 @@ pub async fn run(config: PathBuf, path: DataPath) -> Result<()> {
     tracing::info!("stopping");
     d.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_settings_name_each_change_with_both_values() {
+        let at_start = RestartSettings {
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
+            workers: 1,
+            batch: 32,
+            recv_buffer: 4096,
+            listen_backlog: 1024,
+            xdp_interfaces: vec!["eth0".into()],
+            xdp_attach: "native",
+        };
+        assert!(at_start.changes(&at_start.clone()).is_empty());
+        let new = RestartSettings {
+            admin: None,
+            workers: 2,
+            xdp_attach: "skb",
+            ..at_start.clone()
+        };
+        let names: Vec<(&str, String, String)> = at_start.changes(&new);
+        assert_eq!(
+            names,
+            [
+                ("admin.listen", "127.0.0.1:9100".into(), "none".into()),
+                ("engine.workers", "1".into(), "2".into()),
+                ("xdp.attach", "native".into(), "skb".into()),
+            ]
+        );
+    }
 }

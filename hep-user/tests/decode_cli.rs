@@ -10,8 +10,7 @@ use std::time::Duration;
 use etherparse::{
     EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, PacketBuilder, UdpHeader,
 };
-use hep_common::chunk::ChunkId;
-use hep_common::v3::{Hep3Message, Payload, RawChunk};
+use hepfwd_harness::message::TestMessage;
 use pcap_file::DataLink;
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 use pcap_file::pcapng::PcapNgWriter;
@@ -31,14 +30,6 @@ fn sip(call_id: &str, body_len: usize) -> Vec<u8> {
 }
 
 fn hep(call_id: &str, body_len: usize, v6: bool) -> Vec<u8> {
-    let payload = sip(call_id, body_len);
-    let vendor = [RawChunk {
-        id: ChunkId {
-            vendor: 3,
-            kind: 0x100,
-        },
-        value: b"opaque",
-    }];
     let (s, d): (IpAddr, IpAddr) = if v6 {
         (Ipv6Addr::LOCALHOST.into(), "2001:db8::9".parse().unwrap())
     } else {
@@ -47,27 +38,14 @@ fn hep(call_id: &str, body_len: usize, v6: bool) -> Vec<u8> {
             Ipv4Addr::new(198, 18, 9, 9).into(),
         )
     };
-    let m = Hep3Message {
-        ip_proto: 17,
-        src_ip: s,
-        dst_ip: d,
-        src_port: 5060,
-        dst_port: 5062,
-        ts_sec: 1_700_000_000,
-        ts_usec: 42,
-        proto_type: 1,
-        capture_id: 2001,
-        auth_key: Some(b"s3cret"),
-        correlation_id: None,
-        vlan_id: None,
-        node_name: Some(b"edge-1"),
-        extra: &vendor,
-        payload: Payload::Plain(&payload),
-    };
-    let mut out = vec![0u8; m.encoded_len()];
-    let n = m.encode(&mut out).expect("encode");
-    out.truncate(n);
-    out
+    TestMessage::with_payload(sip(call_id, body_len))
+        .source(s, 5060)
+        .destination(d, 5062)
+        .timestamp(1_700_000_000, 42)
+        .auth_key(Some(b"s3cret"))
+        .node_name(Some(b"edge-1"))
+        .chunk(3, 0x100, b"opaque")
+        .encode()
 }
 
 fn udp_frame(payload: &[u8], vlan: bool, v6: bool, sport: u16, dport: u16) -> Vec<u8> {

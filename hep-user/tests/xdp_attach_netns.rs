@@ -2,16 +2,14 @@
 //! with the pid, addresses in 198.18.0.0/15), sends HEPv3 over the veth from the peer
 //! namespace, checks the program saw and passed it (a socket receives it, the counters say
 //! HEPv3), then detaches and checks the interface is free again. The namespaces are deleted
-//! by a Drop guard, also when the test fails.
+//! by the shared harness's guard ([`Netns`]), also when the test fails.
 //!
 //! Needs root; skips loudly otherwise, fails under `HEPFWD_REQUIRE_PRIVILEGED=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 mod common;
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd as _;
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,86 +17,10 @@ use hep_common::abi::XdpCounter;
 use hep_common::chunk::ChunkId;
 use hep_common::v3::ChunkWriter;
 use hep_user::xdp::{AttachMode, LoadOptions, XdpError};
+use hepfwd_harness::netns::{Netns, VethPair, unique_base};
 
 const ADDR_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const ADDR_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-
-/// A network namespace, deleted on drop (with its interfaces).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        // A leftover from an earlier crashed run with the same pid would make `add` fail.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        Netns { name }
-    }
-
-    /// `ip -n NAME ARGS`, asserting success; returns stdout.
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    /// Enters this namespace on the current thread until the guard is dropped.
-    fn enter(&self) -> Entered {
-        let back = File::open("/proc/thread-self/ns/net").expect("open own netns");
-        let target =
-            File::open(format!("/var/run/netns/{}", self.name)).expect("open the netns file");
-        setns(&target);
-        Entered { back }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "cleanup: ip netns del {}: {}",
-                self.name,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("cleanup: ip netns del {}: {e}", self.name),
-        }
-    }
-}
-
-/// The current thread's network namespace before [`Netns::enter`]; restored on drop.
-struct Entered {
-    back: File,
-}
-
-impl Drop for Entered {
-    fn drop(&mut self) {
-        setns(&self.back);
-    }
-}
-
-fn setns(f: &File) {
-    // SAFETY: a valid open namespace fd; setns affects only the calling thread.
-    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The XDP part of `ip -d link show dev IF`: the lines that mention xdp.
 fn xdp_state(ns: &Netns, iface: &str) -> String {
@@ -131,21 +53,17 @@ fn xdp_attaches_to_a_veth_in_a_netns_sees_hep_and_detaches() {
     };
     let id = xdp.program_id().expect("program id");
 
-    let pid = std::process::id();
-    let a = Netns::new(format!("hepfwd-xdp-{pid}-a"));
-    let b = Netns::new(format!("hepfwd-xdp-{pid}-b"));
-    a.ip(&[
-        "link", "add", "hep0", "type", "veth", "peer", "name", "hep1", "netns", &b.name,
-    ]);
-    a.ip(&["addr", "add", "198.18.0.1/30", "dev", "hep0"]);
-    b.ip(&["addr", "add", "198.18.0.2/30", "dev", "hep1"]);
-    for (ns, dev) in [(&a, "hep0"), (&a, "lo"), (&b, "hep1"), (&b, "lo")] {
-        ns.ip(&["link", "set", dev, "up"]);
-    }
+    let base = unique_base("xdp");
+    let a = Netns::create(format!("{base}-a"));
+    let b = Netns::create(format!("{base}-b"));
+    a.add_veth(&VethPair::new("hep0", "hep1").peer_in(&b));
+    a.add_address("hep0", "198.18.0.1/30");
+    b.add_address("hep1", "198.18.0.2/30");
+    a.set_up(&["hep0", "lo"]);
+    b.set_up(&["hep1", "lo"]);
 
     // Attach natively to hep0 (in namespace A).
-    {
-        let _in_a = a.enter();
+    a.within(|| {
         match xdp.attach("no-such-if0", AttachMode::Native) {
             Err(XdpError::InterfaceNotFound(name)) => assert_eq!(name, "no-such-if0"),
             other => panic!("attach to a missing interface: {:?}", other.err()),
@@ -156,7 +74,7 @@ fn xdp_attaches_to_a_veth_in_a_netns_sees_hep_and_detaches() {
             xdp.attach("hep0", AttachMode::Native),
             Err(XdpError::AlreadyAttached(_))
         ));
-    }
+    });
     let state = xdp_state(&a, "hep0");
     assert!(
         state.contains(&format!("prog/xdp id {id}")) && !state.contains("xdpgeneric"),
@@ -168,16 +86,10 @@ fn xdp_attaches_to_a_veth_in_a_netns_sees_hep_and_detaches() {
     );
 
     // HEP over the veth: B → A.
-    let rx = {
-        let _in_a = a.enter();
-        UdpSocket::bind(SocketAddrV4::new(ADDR_A, 9060)).expect("bind in A")
-    };
+    let rx = a.within(|| UdpSocket::bind(SocketAddrV4::new(ADDR_A, 9060)).expect("bind in A"));
     rx.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let tx = {
-        let _in_b = b.enter();
-        UdpSocket::bind(SocketAddrV4::new(ADDR_B, 0)).expect("bind in B")
-    };
+    let tx = b.within(|| UdpSocket::bind(SocketAddrV4::new(ADDR_B, 0)).expect("bind in B"));
     let before = xdp.counters().expect("counters");
     const N: u32 = 5;
     for i in 0..N {
@@ -227,11 +139,10 @@ fn xdp_attaches_to_a_veth_in_a_netns_sees_hep_and_detaches() {
     }
 
     // Skb (generic) mode on hep1, then detach() through the program.
-    {
-        let _in_b = b.enter();
+    b.within(|| {
         xdp.attach("hep1", AttachMode::Skb)
             .expect("attach skb to hep1");
-    }
+    });
     let state = xdp_state(&b, "hep1");
     assert!(
         state.contains("xdpgeneric") && state.contains(&format!("id {id}")),

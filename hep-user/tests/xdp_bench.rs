@@ -12,20 +12,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 mod common;
-#[path = "common/lab.rs"]
-mod lab;
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aya::programs::{ProgramInfo, SchedClassifier};
 use aya::{TestRun as _, TestRunAttrs, TestRunOptions};
 use hep_common::abi::{MIRROR_PROGRAM, XdpCounter};
-use hep_common::v3::{Hep3Message, Payload};
 use hep_user::xdp::compile::{HostNet, Slots, compile};
 use hep_user::xdp::{AttachMode, LoadOptions, XdpProgram};
-use lab::{IN_IFINDEX, IN_MAC, Lab};
+use hepfwd_harness::lab::{IN_IFINDEX, IN_MAC, Lab};
+use hepfwd_harness::message::TestMessage;
 
 const FRAMES: u32 = 1_000_192;
 /// Frames per BPF_PROG_TEST_RUN call (the kernel's largest live-frames batch).
@@ -48,26 +46,9 @@ fn frame() -> Vec<u8> {
                Content-Type: application/sdp\r\nContent-Length: 130\r\n\r\n\
                v=0\r\no=- 1 1 IN IP4 198.18.9.1\r\ns=-\r\nc=IN IP4 198.18.9.1\r\nt=0 0\r\n\
                m=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
-    let m = Hep3Message {
-        ip_proto: 17,
-        src_ip: Ipv4Addr::new(198, 18, 9, 1).into(),
-        dst_ip: Ipv4Addr::new(198, 18, 9, 2).into(),
-        src_port: 5060,
-        dst_port: 5060,
-        ts_sec: 1_700_000_000,
-        ts_usec: 1,
-        proto_type: 1,
-        capture_id: 2001,
-        auth_key: None,
-        correlation_id: None,
-        vlan_id: None,
-        node_name: None,
-        extra: &[],
-        payload: Payload::Plain(sip.as_bytes()),
-    };
-    let mut hep = vec![0u8; 2048];
-    let n = m.encode(&mut hep).expect("encode");
-    hep.truncate(n);
+    let hep = TestMessage::with_payload(sip)
+        .timestamp(1_700_000_000, 1)
+        .encode();
     let mut udp = Vec::new();
     udp.extend_from_slice(&5070u16.to_be_bytes());
     udp.extend_from_slice(&9060u16.to_be_bytes());
@@ -117,18 +98,7 @@ fn scenario(name: &str, route: &str) {
         return;
     };
     let lab = Lab::with_ends("bench");
-    let _ = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("{}-col", lab.name),
-            "ethtool",
-            "-K",
-            "out1",
-            "gro",
-            "on",
-        ])
-        .output();
+    // Lab::with_ends turns GRO on in the collector namespace (XDP_REDIRECT into a veth).
     // Sockets for the copies (no ICMP port-unreachable storm); they overflow, which is
     // fine: the benchmark measures the forwarder.
     let _sinks = lab.in_collector(|| {

@@ -9,15 +9,16 @@
 //! (checksums summed in full, not incrementally); passed and dropped frames must come back
 //! unchanged. Global, per-route and per-destination counters are checked for each case.
 //!
+//! The cases are rows of a table ([`Case`]) run by one driver ([`run_cases`]): every row
+//! runs, and the test fails at the end naming every failed row and why.
+//!
 //! Needs root (CAP_BPF, CAP_NET_ADMIN); skips loudly otherwise, fails under
 //! `HEPFWD_REQUIRE_PRIVILEGED=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 mod common;
-#[path = "common/lab.rs"]
-mod lab;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
 use aya::maps::{MapData, PerCpuArray};
@@ -27,10 +28,10 @@ use hep_common::abi::{
 };
 use hep_common::correlation::key_hash;
 use hep_common::select::{rendezvous_pick, sample_keep};
-use hep_common::v3::{Hep3Message, Payload};
 use hep_user::xdp::compile::{HostNet, KernelTables, Slots, compile};
 use hep_user::xdp::{LoadOptions, XdpProgram};
-use lab::{IN_IFINDEX, IN_MAC, Lab, OUT_MAC, neighbour_mac};
+use hepfwd_harness::lab::{IN_IFINDEX, IN_MAC, Lab, OUT_MAC, neighbour_mac};
+use hepfwd_harness::message::TestMessage;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -147,32 +148,15 @@ const SIP: Hep<'static> = Hep {
     node: None,
 };
 
+/// The HEPv3 bytes of `h` (the shared test message: a SIP INVITE carrying the Call-ID).
 fn hep(h: Hep<'_>) -> Vec<u8> {
-    let sip = format!(
-        "INVITE sip:bob@198.18.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.9.1\r\nCall-ID: {}\r\nContent-Length: 0\r\n\r\n",
-        h.call_id
-    );
-    let m = Hep3Message {
-        ip_proto: 17,
-        src_ip: Ipv4Addr::new(198, 18, 9, 1).into(),
-        dst_ip: Ipv4Addr::new(198, 18, 9, 2).into(),
-        src_port: 5060,
-        dst_port: 5060,
-        ts_sec: 1_700_000_000,
-        ts_usec: 7,
-        proto_type: h.proto,
-        capture_id: h.capture,
-        auth_key: h.auth,
-        correlation_id: None,
-        vlan_id: None,
-        node_name: h.node,
-        extra: &[],
-        payload: Payload::Plain(sip.as_bytes()),
-    };
-    let mut buf = vec![0u8; 2048];
-    let n = m.encode(&mut buf).expect("encode");
-    buf.truncate(n);
-    buf
+    TestMessage::sip(h.call_id)
+        .proto(h.proto)
+        .capture_id(h.capture)
+        .timestamp(1_700_000_000, 7)
+        .auth_key(h.auth)
+        .node_name(h.node)
+        .encode()
 }
 
 fn sum16(b: &[u8]) -> u32 {
@@ -401,12 +385,6 @@ fn changes(before: &Reading, after: &Reading) -> Vec<String> {
     v
 }
 
-fn sorted(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
-
 /// Compiles CONFIG (with or without the opaque route) inside the lab (so the node's
 /// source addresses come from the lab's routes) and installs it.
 fn install(xdp: &mut XdpProgram, slots: &mut Slots, opaque: bool, mirrors: bool) -> KernelTables {
@@ -417,31 +395,659 @@ fn install(xdp: &mut XdpProgram, slots: &mut Slots, opaque: bool, mirrors: bool)
     t
 }
 
-/// Runs one case: action, output frame, counter changes.
-#[track_caller]
-fn check(
-    xdp: &mut XdpProgram,
-    slots: &Slots,
-    name: &str,
-    input: &[u8],
-    want_action: u32,
-    want_frame: &[u8],
-    want_changes: &[&str],
-) {
-    let before = read(xdp, slots);
-    let (action, out) = run(xdp, input);
-    let after = read(xdp, slots);
-    assert_eq!(action, want_action, "{name}: action");
-    assert!(
-        out == want_frame,
-        "{name}: output frame\n got  {out:02x?}\n want {want_frame:02x?}"
-    );
-    assert_eq!(
-        changes(&before, &after),
-        sorted(want_changes),
-        "{name}: counters"
-    );
+/// The counter changes every HEPv3 frame that reaches a decision makes, plus `extra`.
+fn hep3_counters(extra: &[&str]) -> Vec<String> {
+    let mut counters = vec![
+        "received=1".to_string(),
+        "hep_candidate=1".into(),
+        "hep_v3=1".into(),
+    ];
+    counters.extend(extra.iter().map(|c| c.to_string()));
+    counters
 }
+
+/// The counter changes of a frame steered by route `route` to destination `destination`.
+fn steer_counters(route: &str, destination: &str) -> Vec<String> {
+    hep3_counters(&[
+        "steered=1",
+        &format!("route/{route}/matched=1"),
+        &format!("route/{route}/steered=1"),
+        &format!("dest/{destination}/sent=1"),
+    ])
+}
+
+/// One accepted result of a row: the exact output frame (`None`: the input frame,
+/// unchanged) and the exact counter changes.
+struct Outcome {
+    want_bytes: Option<Vec<u8>>,
+    want_counters: Vec<String>,
+}
+
+/// One row of the table: `frame` test-run as received on `in0`, and what must come of it.
+struct Case {
+    /// Named in the failure report.
+    name: String,
+    /// The input frame.
+    frame: Vec<u8>,
+    /// The XDP action.
+    want_action: u32,
+    /// The exact output frame; `None`: the input must come back unchanged.
+    want_bytes: Option<Vec<u8>>,
+    /// The exact counter changes (global, `route/..`, `dest/..`), in any order.
+    want_counters: Vec<String>,
+    /// A second accepted result with the same action (round robin: either target), as
+    /// a whole: its bytes and its counters.
+    alternative: Option<Outcome>,
+}
+
+impl Case {
+    /// A row with one accepted result.
+    fn new(
+        name: impl Into<String>,
+        frame: Vec<u8>,
+        want_action: u32,
+        want_bytes: Option<Vec<u8>>,
+        want_counters: Vec<String>,
+    ) -> Case {
+        Case {
+            name: name.into(),
+            frame,
+            want_action,
+            want_bytes,
+            want_counters,
+            alternative: None,
+        }
+    }
+
+    /// A row for a frame that must come back unchanged.
+    fn untouched(
+        name: impl Into<String>,
+        frame: Vec<u8>,
+        want_action: u32,
+        want_counters: Vec<String>,
+    ) -> Case {
+        Case::new(name, frame, want_action, None, want_counters)
+    }
+}
+
+/// Which accepted result a passing row matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Matched {
+    /// `want_bytes` / `want_counters`.
+    First,
+    /// The alternative.
+    Alternative,
+}
+
+/// Where the table's rows ended: each row's name and the result it matched, or why it
+/// failed.
+struct Report {
+    rows: Vec<(String, Result<Matched, String>)>,
+}
+
+impl Report {
+    fn new() -> Report {
+        Report { rows: Vec::new() }
+    }
+
+    /// Records a check over the whole table (not a frame) as a row of its own.
+    fn check(&mut self, name: &str, holds: bool, why: String) {
+        let result = if holds { Ok(Matched::First) } else { Err(why) };
+        self.rows.push((name.to_string(), result));
+    }
+
+    /// The rows whose names start with `prefix` that matched `matched`.
+    fn count(&self, prefix: &str, matched: Matched) -> usize {
+        self.rows
+            .iter()
+            .filter(|(name, result)| name.starts_with(prefix) && *result == Ok(matched))
+            .count()
+    }
+
+    /// Panics naming every failed row (and why), after all of them ran.
+    fn finish(self, test: &str) {
+        let failed: Vec<&(String, Result<Matched, String>)> =
+            self.rows.iter().filter(|(_, r)| r.is_err()).collect();
+        eprintln!("{test}: {} rows, {} failed", self.rows.len(), failed.len());
+        if failed.is_empty() {
+            return;
+        }
+        let mut text = String::new();
+        for (name, result) in &failed {
+            if let Err(why) = result {
+                text.push_str(&format!("\n--- {name}:\n{why}"));
+            }
+        }
+        let names: Vec<&str> = failed.iter().map(|(name, _)| name.as_str()).collect();
+        panic!(
+            "{test}: {} of {} rows failed: {names:?}{text}",
+            failed.len(),
+            self.rows.len()
+        );
+    }
+}
+
+/// Compares what came out with one accepted result; every mismatch, not the first.
+fn mismatches(
+    input: &[u8],
+    out: &[u8],
+    counters: &[String],
+    want_bytes: Option<&[u8]>,
+    want_counters: &[String],
+) -> Vec<String> {
+    let mut why = Vec::new();
+    let want_bytes = want_bytes.unwrap_or(input);
+    if out != want_bytes {
+        let first_difference = out
+            .iter()
+            .zip(want_bytes)
+            .position(|(got, want)| got != want)
+            .unwrap_or(out.len().min(want_bytes.len()));
+        why.push(format!(
+            "output frame (first difference at byte {first_difference}; {} bytes, want {})\n got  {out:02x?}\n want {want_bytes:02x?}",
+            out.len(),
+            want_bytes.len()
+        ));
+    }
+    let mut want_counters = want_counters.to_vec();
+    want_counters.sort();
+    if counters != want_counters {
+        why.push(format!(
+            "counters\n got  {counters:?}\n want {want_counters:?}"
+        ));
+    }
+    why
+}
+
+/// Runs every row (a failing row does not stop the others) and adds each to `report`.
+fn run_cases(xdp: &mut XdpProgram, slots: &Slots, cases: &[Case], report: &mut Report) {
+    for case in cases {
+        let before = read(xdp, slots);
+        let (action, out) = run(xdp, &case.frame);
+        let after = read(xdp, slots);
+        let counters = changes(&before, &after);
+        let mut why = Vec::new();
+        if action != case.want_action {
+            why.push(format!("action: got {action}, want {}", case.want_action));
+        }
+        let first = mismatches(
+            &case.frame,
+            &out,
+            &counters,
+            case.want_bytes.as_deref(),
+            &case.want_counters,
+        );
+        let result = match &case.alternative {
+            _ if first.is_empty() => Ok(Matched::First),
+            Some(other) => {
+                let second = mismatches(
+                    &case.frame,
+                    &out,
+                    &counters,
+                    other.want_bytes.as_deref(),
+                    &other.want_counters,
+                );
+                if second.is_empty() {
+                    Ok(Matched::Alternative)
+                } else {
+                    why.push(format!("matches neither result:\n{}", first.join("\n")));
+                    why.push(format!("(the alternative) {}", second.join("\n")));
+                    Err(())
+                }
+            }
+            None => {
+                why.extend(first);
+                Err(())
+            }
+        };
+        let result = match result {
+            Ok(matched) if why.is_empty() => Ok(matched),
+            _ => Err(why.join("\n")),
+        };
+        report.rows.push((case.name.clone(), result));
+    }
+}
+
+/// The frames and addresses the rows are made of.
+struct Parts {
+    sender: IpAddr,
+    me: IpAddr,
+    out_source: IpAddr,
+}
+
+impl Parts {
+    /// A frame from the sender to the listener carrying `h`.
+    fn frame(&self, h: Hep<'_>) -> Vec<u8> {
+        frame(self.sender, self.me, &hep(h), false)
+    }
+
+    /// `input` steered out of `out0` to `collector:port` (a lab neighbour).
+    fn steered_out(&self, input: &[u8], collector: &str, port: u16) -> Vec<u8> {
+        steered(
+            input,
+            self.out_source,
+            v4(collector),
+            port,
+            OUT_MAC,
+            neighbour_mac(collector),
+        )
+    }
+}
+
+/// The rows run with CONFIG installed without the opaque route (mirrors on); table-wide
+/// checks on what the rows expect go to `report`.
+fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> Vec<Case> {
+    let parts = Parts {
+        sender: v4("198.18.1.1"),
+        me: v4("198.18.1.2"),
+        out_source: v4("198.18.2.1"),
+    };
+    let (sender, me) = (parts.sender, parts.me);
+    let mut cases = Vec::new();
+
+    // Default route: steer to a, out of out0 → XDP_REDIRECT, rewritten exactly.
+    let f = parts.frame(SIP);
+    let want = parts.steered_out(&f, "198.18.2.2", 9061);
+    cases.push(Case::new(
+        "default steer",
+        f,
+        XDP_REDIRECT,
+        Some(want),
+        steer_counters("default", "a"),
+    ));
+
+    // Same interface: XDP_TX, source = in0's address.
+    let f = parts.frame(Hep {
+        capture: 4000,
+        ..SIP
+    });
+    let want = steered(
+        &f,
+        me,
+        v4("198.18.1.5"),
+        9063,
+        IN_MAC,
+        neighbour_mac("198.18.1.5"),
+    );
+    cases.push(Case::new(
+        "steer back out of in0",
+        f,
+        XDP_TX,
+        Some(want),
+        steer_counters("near", "nearby"),
+    ));
+
+    // IPv6 in, IPv6 collector: hop limit, addresses, UDP checksum over the new
+    // pseudo-header.
+    let s6: IpAddr = "fd00:18:1::1".parse().expect("address");
+    let me6: IpAddr = "fd00:18:1::2".parse().expect("address");
+    let f = frame(
+        s6,
+        me6,
+        &hep(Hep {
+            capture: 6000,
+            ..SIP
+        }),
+        false,
+    );
+    let want = steered(
+        &f,
+        "fd00:18:2::1".parse().expect("address"),
+        "fd00:18:2::2".parse().expect("address"),
+        9065,
+        OUT_MAC,
+        neighbour_mac("fd00:18:2::2"),
+    );
+    cases.push(Case::new(
+        "ipv6 steer",
+        f,
+        XDP_REDIRECT,
+        Some(want),
+        steer_counters("v6", "a6"),
+    ));
+
+    // Call-sticky hash: each call goes where rendezvous hashing of its key (the SIP
+    // Call-ID here) says, and both collectors are used.
+    let plan = hep_user::config::compile(Path::new("lab.toml"), &CONFIG.replace("OPAQUE", ""))
+        .expect("config");
+    let seeds: Vec<u64> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            plan.destinations
+                .iter()
+                .find(|x| x.name == *n)
+                .expect("destination")
+                .hash_seed
+        })
+        .collect();
+    let mut used = [0usize; 2];
+    for i in 0..12 {
+        let call = format!("call-{i}@lab");
+        let f = parts.frame(Hep {
+            capture: 2500,
+            call_id: &call,
+            ..SIP
+        });
+        let k = rendezvous_pick(key_hash(call.as_bytes()), &seeds).expect("a pick");
+        used[k] += 1;
+        let (dst, port, name) = [("198.18.2.2", 9061, "a"), ("198.18.2.4", 9062, "b")][k];
+        let want = parts.steered_out(&f, dst, port);
+        cases.push(Case::new(
+            format!("hash {call}"),
+            f,
+            XDP_REDIRECT,
+            Some(want),
+            steer_counters("calls", name),
+        ));
+    }
+    report.check(
+        "hash uses both collectors",
+        used[0] > 0 && used[1] > 0,
+        format!("both collectors must be used: {used:?}"),
+    );
+
+    // Drop route.
+    let f = parts.frame(Hep { proto: 100, ..SIP });
+    cases.push(Case::untouched(
+        "drop route",
+        f,
+        XDP_DROP,
+        hep3_counters(&[
+            "route_drop=1",
+            "dropped=1",
+            "route/logs/matched=1",
+            "route/logs/dropped=1",
+        ]),
+    ));
+
+    // Sampling: whole calls are kept or left out, by the shared sampling rule.
+    let (mut kept, mut left_out) = (0, 0);
+    for i in 0..16 {
+        let call = format!("sampled-{i}@lab");
+        let f = parts.frame(Hep {
+            capture: 3000,
+            call_id: &call,
+            ..SIP
+        });
+        if sample_keep(key_hash(call.as_bytes()), 500_000) {
+            kept += 1;
+            let want = parts.steered_out(&f, "198.18.2.2", 9061);
+            cases.push(Case::new(
+                call,
+                f,
+                XDP_REDIRECT,
+                Some(want),
+                steer_counters("sampled", "a"),
+            ));
+        } else {
+            left_out += 1;
+            cases.push(Case::untouched(
+                call,
+                f,
+                XDP_DROP,
+                hep3_counters(&[
+                    "sampled_out=1",
+                    "dropped=1",
+                    "route/sampled/matched=1",
+                    "route/sampled/sampled_out=1",
+                ]),
+            ));
+        }
+    }
+    report.check(
+        "sampling keeps some calls and leaves some out",
+        kept > 0 && left_out > 0,
+        format!("sampling must keep some calls and leave some out: kept {kept}, out {left_out}"),
+    );
+
+    // Listener checks: auth key missing, wrong; sender outside the allow list.
+    for (what, h) in [
+        ("no auth key", Hep { auth: None, ..SIP }),
+        (
+            "wrong auth key",
+            Hep {
+                auth: Some(b"s3cres"),
+                ..SIP
+            },
+        ),
+        (
+            "short auth key",
+            Hep {
+                auth: Some(b"s3cre"),
+                ..SIP
+            },
+        ),
+    ] {
+        cases.push(Case::untouched(
+            what,
+            parts.frame(h),
+            XDP_DROP,
+            hep3_counters(&["auth_failed=1", "dropped=1"]),
+        ));
+    }
+    cases.push(Case::untouched(
+        "sender not allowed",
+        frame(v4("198.18.7.7"), me, &hep(SIP), false),
+        XDP_DROP,
+        hep3_counters(&["not_allowed=1", "dropped=1"]),
+    ));
+
+    // Userspace actions pass untouched: a rewrite, a TCP destination.
+    for (what, capture, route) in [
+        ("rewrite", 7000, "rewrite"),
+        ("tcp destination", 7001, "to-tcp"),
+    ] {
+        cases.push(Case::untouched(
+            what,
+            parts.frame(Hep { capture, ..SIP }),
+            XDP_PASS,
+            hep3_counters(&[
+                "pass_action=1",
+                "passed=1",
+                &format!("route/{route}/passed=1"),
+            ]),
+        ));
+    }
+
+    // Round robin: each packet to one of the targets, rotating (per CPU), so both are
+    // used over a few packets (checked on the results: `ROUND_ROBIN` rows).
+    for i in 0..8 {
+        let f = parts.frame(Hep {
+            capture: 9000,
+            ..SIP
+        });
+        let to_a = parts.steered_out(&f, "198.18.2.2", 9061);
+        let to_b = parts.steered_out(&f, "198.18.2.4", 9062);
+        let mut case = Case::new(
+            format!("{ROUND_ROBIN}{i}"),
+            f,
+            XDP_REDIRECT,
+            Some(to_a),
+            steer_counters("rr", "a"),
+        );
+        case.alternative = Some(Outcome {
+            want_bytes: Some(to_b),
+            want_counters: steer_counters("rr", "b"),
+        });
+        cases.push(case);
+    }
+
+    // Node name: exact bytes (a prefix or a longer name is another node).
+    for (node, to_b) in [
+        (&b"edge-8"[..], true),
+        (b"edge-", false),
+        (b"edge-88", false),
+    ] {
+        let f = parts.frame(Hep {
+            node: Some(node),
+            ..SIP
+        });
+        let what = format!("node {}", String::from_utf8_lossy(node));
+        let (want, counters) = if to_b {
+            (
+                parts.steered_out(&f, "198.18.2.4", 9062),
+                steer_counters("by-node", "b"),
+            )
+        } else {
+            (
+                parts.steered_out(&f, "198.18.2.2", 9061),
+                steer_counters("default", "a"),
+            )
+        };
+        cases.push(Case::new(what, f, XDP_REDIRECT, Some(want), counters));
+    }
+
+    // Mirror (the TC program copies it): passed unchanged, with the route in the XDP
+    // metadata in front of the frame (BPF_PROG_TEST_RUN returns it with the data).
+    let f = parts.frame(Hep {
+        capture: 8000,
+        ..SIP
+    });
+    let bank = xdp.config().expect("config").bank;
+    let route = t
+        .placements
+        .iter()
+        .position(|p| p.route == "mirror")
+        .expect("mirror route") as u32;
+    let mut want = Vec::new();
+    for w in [MIRROR_META_MAGIC, bank, route] {
+        want.extend_from_slice(&w.to_ne_bytes());
+    }
+    want.extend_from_slice(&f);
+    cases.push(Case::new(
+        "mirror",
+        f,
+        XDP_PASS,
+        Some(want),
+        hep3_counters(&[
+            "mirrored=1",
+            "route/mirror/matched=1",
+            "route/mirror/mirrored=1",
+        ]),
+    ));
+
+    // No neighbour entry for the collector yet: passed untouched (the daemon sends it).
+    cases.push(Case::untouched(
+        "no neighbour",
+        parts.frame(Hep {
+            capture: 5000,
+            ..SIP
+        }),
+        XDP_PASS,
+        hep3_counters(&[
+            "steer_fallback=1",
+            "passed=1",
+            "route/unresolved/passed=1",
+            "dest/no-neighbour/fallback=1",
+        ]),
+    ));
+
+    // A VLAN-tagged frame is not steered (headers would need resizing): passed untouched.
+    cases.push(Case::untouched(
+        "vlan steer",
+        frame(sender, me, &hep(SIP), true),
+        XDP_PASS,
+        hep3_counters(&[
+            "steer_fallback=1",
+            "passed=1",
+            "route/default/passed=1",
+            "dest/a/fallback=1",
+        ]),
+    ));
+
+    // To the listener's port but another address of the node: no listener takes it
+    // there, so the kernel leaves it alone.
+    let untouched_counters =
+        |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+    cases.push(Case::untouched(
+        "other address",
+        frame(sender, v4("198.18.1.9"), &hep(SIP), false),
+        XDP_PASS,
+        untouched_counters(&["received=1", "other_port=1", "passed=1"]),
+    ));
+
+    // Lying chunk length: invalid HEP, passed untouched, no decision.
+    let invalid = ["received=1", "hep_candidate=1", "hep_invalid=1", "passed=1"];
+    let mut bad = hep(SIP);
+    let at = 6 + 4; // the first chunk's length field
+    bad[at] = 0xff;
+    cases.push(Case::untouched(
+        "chunk past the end",
+        frame(sender, me, &bad, false),
+        XDP_PASS,
+        untouched_counters(&invalid),
+    ));
+    // Truncated: a chunk header cut short.
+    let mut cut = hep(SIP);
+    cut.truncate(cut.len() - 3);
+    let n = cut.len() as u16;
+    cut[4..6].copy_from_slice(&n.to_be_bytes());
+    cases.push(Case::untouched(
+        "truncated chunk",
+        frame(sender, me, &cut, false),
+        XDP_PASS,
+        untouched_counters(&invalid),
+    ));
+
+    // The walker's chunk limit: 64 chunks are valid (steered by the default route),
+    // 65 are not (passed untouched).
+    let chunky = |n: usize| {
+        let mut p = b"HEP3\0\0".to_vec();
+        p.extend_from_slice(&[0, 0, 0, 0x0e, 0, 12]);
+        p.extend_from_slice(b"s3cret");
+        for i in 1..n {
+            p.extend_from_slice(&[0, 3, 1, 0, 0, 7, i as u8]);
+        }
+        let len = p.len() as u16;
+        p[4..6].copy_from_slice(&len.to_be_bytes());
+        p
+    };
+    let f = frame(sender, me, &chunky(64), false);
+    let want = parts.steered_out(&f, "198.18.2.2", 9061);
+    cases.push(Case::new(
+        "64 chunks",
+        f,
+        XDP_REDIRECT,
+        Some(want),
+        steer_counters("default", "a"),
+    ));
+    cases.push(Case::untouched(
+        "65 chunks",
+        frame(sender, me, &chunky(65), false),
+        XDP_PASS,
+        untouched_counters(&invalid),
+    ));
+    cases
+}
+
+/// The rows run with the opaque route (correlation: the kernel cannot match it) installed
+/// in front of the default: packets reaching it go to userspace; earlier routes still
+/// decide.
+fn opaque_table() -> Vec<Case> {
+    let (sender, me) = (v4("198.18.1.1"), v4("198.18.1.2"));
+    vec![
+        Case::untouched(
+            "opaque route",
+            frame(sender, me, &hep(SIP), false),
+            XDP_PASS,
+            hep3_counters(&["pass_opaque=1", "passed=1", "route/by-correlation/passed=1"]),
+        ),
+        Case::untouched(
+            "drop before the opaque route",
+            frame(sender, me, &hep(Hep { proto: 100, ..SIP }), false),
+            XDP_DROP,
+            hep3_counters(&[
+                "route_drop=1",
+                "dropped=1",
+                "route/logs/matched=1",
+                "route/logs/dropped=1",
+            ]),
+        ),
+    ]
+}
+
+/// The name prefix of the round-robin rows.
+const ROUND_ROBIN: &str = "rr ";
 
 #[test]
 fn xdp_decides_steers_and_drops_by_the_installed_routes() {
@@ -450,603 +1056,30 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
         return;
     };
     let lab = Lab::new("routes");
-    lab.within(|| {
+    let report = lab.within(|| {
         let xdp = &mut xdp;
+        let mut report = Report::new();
         let mut slots = Slots::default();
         let t = install(xdp, &mut slots, false, true);
-        let sender = v4("198.18.1.1");
-        let me = v4("198.18.1.2");
-        let out_src = v4("198.18.2.1");
-        let a_mac = neighbour_mac("198.18.2.2");
-        let common = |r: &str| {
-            vec![
-                "received=1".to_string(),
-                "hep_candidate=1".into(),
-                "hep_v3=1".into(),
-                r.to_string(),
-            ]
-        };
-
-        // Default route: steer to a, out of out0 → XDP_REDIRECT, rewritten exactly.
-        let f = frame(sender, me, &hep(SIP), false);
-        let want = steered(&f, out_src, v4("198.18.2.2"), 9061, OUT_MAC, a_mac);
-        let mut c = common("steered=1");
-        c.extend([
-            "route/default/matched=1".into(),
-            "route/default/steered=1".into(),
-            "dest/a/sent=1".into(),
-        ]);
-        check(
-            xdp,
-            &slots,
-            "default steer",
-            &f,
-            XDP_REDIRECT,
-            &want,
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
+        let cases = first_table(xdp, &t, &mut report);
+        run_cases(xdp, &slots, &cases, &mut report);
+        let (to_a, to_b) = (
+            report.count(ROUND_ROBIN, Matched::First),
+            report.count(ROUND_ROBIN, Matched::Alternative),
         );
-
-        // Same interface: XDP_TX, source = in0's address.
-        let near = Hep {
-            capture: 4000,
-            ..SIP
-        };
-        let f = frame(sender, me, &hep(near), false);
-        let want = steered(
-            &f,
-            me,
-            v4("198.18.1.5"),
-            9063,
-            IN_MAC,
-            neighbour_mac("198.18.1.5"),
+        report.check(
+            "round robin uses both",
+            to_a > 0 && to_b > 0,
+            format!("round robin uses both: a {to_a}, b {to_b}"),
         );
-        let mut c = common("steered=1");
-        c.extend([
-            "route/near/matched=1".into(),
-            "route/near/steered=1".into(),
-            "dest/nearby/sent=1".into(),
-        ]);
-        check(
-            xdp,
-            &slots,
-            "steer back out of in0",
-            &f,
-            XDP_TX,
-            &want,
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
+        report.check(
+            "12 routes installed",
+            t.routes.len() == 12,
+            format!("{} routes installed, want 12", t.routes.len()),
         );
-
-        // IPv6 in, IPv6 collector: hop limit, addresses, UDP checksum over the new
-        // pseudo-header.
-        let s6: IpAddr = "fd00:18:1::1".parse().unwrap();
-        let me6: IpAddr = "fd00:18:1::2".parse().unwrap();
-        let f = frame(
-            s6,
-            me6,
-            &hep(Hep {
-                capture: 6000,
-                ..SIP
-            }),
-            false,
-        );
-        let want = steered(
-            &f,
-            "fd00:18:2::1".parse().unwrap(),
-            "fd00:18:2::2".parse().unwrap(),
-            9065,
-            OUT_MAC,
-            neighbour_mac("fd00:18:2::2"),
-        );
-        let mut c = common("steered=1");
-        c.extend([
-            "route/v6/matched=1".into(),
-            "route/v6/steered=1".into(),
-            "dest/a6/sent=1".into(),
-        ]);
-        check(
-            xdp,
-            &slots,
-            "ipv6 steer",
-            &f,
-            XDP_REDIRECT,
-            &want,
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-
-        // Call-sticky hash: each call goes where rendezvous hashing of its key (the SIP
-        // Call-ID here) says, and both collectors are used.
-        let seeds: Vec<u64> = ["a", "b"]
-            .iter()
-            .map(|n| {
-                let d =
-                    hep_user::config::compile(Path::new("lab.toml"), &CONFIG.replace("OPAQUE", ""))
-                        .unwrap();
-                d.destinations
-                    .iter()
-                    .find(|x| x.name == *n)
-                    .unwrap()
-                    .hash_seed
-            })
-            .collect();
-        let mut used = [0usize; 2];
-        for i in 0..12 {
-            let call = format!("call-{i}@lab");
-            let f = frame(
-                sender,
-                me,
-                &hep(Hep {
-                    capture: 2500,
-                    call_id: &call,
-                    ..SIP
-                }),
-                false,
-            );
-            let k = rendezvous_pick(key_hash(call.as_bytes()), &seeds).unwrap();
-            used[k] += 1;
-            let (dst, port, name) = [("198.18.2.2", 9061, "a"), ("198.18.2.4", 9062, "b")][k];
-            let want = steered(&f, out_src, v4(dst), port, OUT_MAC, neighbour_mac(dst));
-            let mut c = common("steered=1");
-            c.extend([
-                "route/calls/matched=1".into(),
-                "route/calls/steered=1".into(),
-                format!("dest/{name}/sent=1"),
-            ]);
-            check(
-                xdp,
-                &slots,
-                &format!("hash {call}"),
-                &f,
-                XDP_REDIRECT,
-                &want,
-                &c.iter().map(String::as_str).collect::<Vec<_>>(),
-            );
-        }
-        assert!(
-            used[0] > 0 && used[1] > 0,
-            "both collectors must be used: {used:?}"
-        );
-
-        // Drop route.
-        let f = frame(sender, me, &hep(Hep { proto: 100, ..SIP }), false);
-        let mut c = common("route_drop=1");
-        c.extend([
-            "dropped=1".into(),
-            "route/logs/matched=1".into(),
-            "route/logs/dropped=1".into(),
-        ]);
-        check(
-            xdp,
-            &slots,
-            "drop route",
-            &f,
-            XDP_DROP,
-            &f,
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-
-        // Sampling: whole calls are kept or left out, by the shared sampling rule.
-        let (mut kept, mut out) = (0, 0);
-        for i in 0..16 {
-            let call = format!("sampled-{i}@lab");
-            let f = frame(
-                sender,
-                me,
-                &hep(Hep {
-                    capture: 3000,
-                    call_id: &call,
-                    ..SIP
-                }),
-                false,
-            );
-            if sample_keep(key_hash(call.as_bytes()), 500_000) {
-                kept += 1;
-                let want = steered(&f, out_src, v4("198.18.2.2"), 9061, OUT_MAC, a_mac);
-                let mut c = common("steered=1");
-                c.extend([
-                    "route/sampled/matched=1".into(),
-                    "route/sampled/steered=1".into(),
-                    "dest/a/sent=1".into(),
-                ]);
-                check(
-                    xdp,
-                    &slots,
-                    &call,
-                    &f,
-                    XDP_REDIRECT,
-                    &want,
-                    &c.iter().map(String::as_str).collect::<Vec<_>>(),
-                );
-            } else {
-                out += 1;
-                let mut c = common("sampled_out=1");
-                c.extend([
-                    "dropped=1".into(),
-                    "route/sampled/matched=1".into(),
-                    "route/sampled/sampled_out=1".into(),
-                ]);
-                check(
-                    xdp,
-                    &slots,
-                    &call,
-                    &f,
-                    XDP_DROP,
-                    &f,
-                    &c.iter().map(String::as_str).collect::<Vec<_>>(),
-                );
-            }
-        }
-        assert!(
-            kept > 0 && out > 0,
-            "sampling must keep some calls and leave some out"
-        );
-
-        // Listener checks: auth key missing, wrong; sender outside the allow list.
-        for (what, h) in [
-            ("no auth key", Hep { auth: None, ..SIP }),
-            (
-                "wrong auth key",
-                Hep {
-                    auth: Some(b"s3cres"),
-                    ..SIP
-                },
-            ),
-            (
-                "short auth key",
-                Hep {
-                    auth: Some(b"s3cre"),
-                    ..SIP
-                },
-            ),
-        ] {
-            let f = frame(sender, me, &hep(h), false);
-            let mut c = common("auth_failed=1");
-            c.push("dropped=1".into());
-            check(
-                xdp,
-                &slots,
-                what,
-                &f,
-                XDP_DROP,
-                &f,
-                &c.iter().map(String::as_str).collect::<Vec<_>>(),
-            );
-        }
-        let f = frame(v4("198.18.7.7"), me, &hep(SIP), false);
-        let mut c = common("not_allowed=1");
-        c.push("dropped=1".into());
-        check(
-            xdp,
-            &slots,
-            "sender not allowed",
-            &f,
-            XDP_DROP,
-            &f,
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-
-        // Userspace actions pass untouched: a rewrite, a TCP destination.
-        for (what, capture, route) in [
-            ("rewrite", 7000, "rewrite"),
-            ("tcp destination", 7001, "to-tcp"),
-        ] {
-            let f = frame(sender, me, &hep(Hep { capture, ..SIP }), false);
-            let mut c = common("pass_action=1");
-            c.extend(["passed=1".into(), format!("route/{route}/passed=1")]);
-            check(
-                xdp,
-                &slots,
-                what,
-                &f,
-                XDP_PASS,
-                &f,
-                &c.iter().map(String::as_str).collect::<Vec<_>>(),
-            );
-        }
-
-        // Round robin: each packet to one of the targets, rotating (per CPU), so both are
-        // used over a few packets.
-        let mut used = [0usize; 2];
-        for i in 0..8 {
-            let f = frame(
-                sender,
-                me,
-                &hep(Hep {
-                    capture: 9000,
-                    ..SIP
-                }),
-                false,
-            );
-            let before = read(xdp, &slots);
-            let (action, out) = run(xdp, &f);
-            let after = read(xdp, &slots);
-            assert_eq!(action, XDP_REDIRECT, "rr {i}");
-            let to_a = steered(&f, out_src, v4("198.18.2.2"), 9061, OUT_MAC, a_mac);
-            let to_b = steered(
-                &f,
-                out_src,
-                v4("198.18.2.4"),
-                9062,
-                OUT_MAC,
-                neighbour_mac("198.18.2.4"),
-            );
-            let k = if out == to_a {
-                0
-            } else {
-                assert!(
-                    out == to_b,
-                    "rr {i}: the frame must be steered to a or b exactly"
-                );
-                1
-            };
-            used[k] += 1;
-            let dest = ["a", "b"][k];
-            let mut c = common("steered=1");
-            c.extend([
-                "route/rr/matched=1".into(),
-                "route/rr/steered=1".into(),
-                format!("dest/{dest}/sent=1"),
-            ]);
-            assert_eq!(
-                changes(&before, &after),
-                sorted(&c.iter().map(String::as_str).collect::<Vec<_>>()),
-                "rr {i}"
-            );
-        }
-        assert!(
-            used[0] > 0 && used[1] > 0,
-            "round robin uses both: {used:?}"
-        );
-
-        // Node name: exact bytes (a prefix or a longer name is another node).
-        let b_mac = neighbour_mac("198.18.2.4");
-        for (node, to_b) in [
-            (&b"edge-8"[..], true),
-            (b"edge-", false),
-            (b"edge-88", false),
-        ] {
-            let f = frame(
-                sender,
-                me,
-                &hep(Hep {
-                    node: Some(node),
-                    ..SIP
-                }),
-                false,
-            );
-            let what = format!("node {}", String::from_utf8_lossy(node));
-            if to_b {
-                let want = steered(&f, out_src, v4("198.18.2.4"), 9062, OUT_MAC, b_mac);
-                let mut c = common("steered=1");
-                c.extend([
-                    "route/by-node/matched=1".into(),
-                    "route/by-node/steered=1".into(),
-                    "dest/b/sent=1".into(),
-                ]);
-                check(
-                    xdp,
-                    &slots,
-                    &what,
-                    &f,
-                    XDP_REDIRECT,
-                    &want,
-                    &c.iter().map(String::as_str).collect::<Vec<_>>(),
-                );
-            } else {
-                let want = steered(&f, out_src, v4("198.18.2.2"), 9061, OUT_MAC, a_mac);
-                let mut c = common("steered=1");
-                c.extend([
-                    "route/default/matched=1".into(),
-                    "route/default/steered=1".into(),
-                    "dest/a/sent=1".into(),
-                ]);
-                check(
-                    xdp,
-                    &slots,
-                    &what,
-                    &f,
-                    XDP_REDIRECT,
-                    &want,
-                    &c.iter().map(String::as_str).collect::<Vec<_>>(),
-                );
-            }
-        }
-
-        // Mirror (the TC program copies it): passed unchanged, with the route in the XDP
-        // metadata in front of the frame (BPF_PROG_TEST_RUN returns it with the data).
-        let f = frame(
-            sender,
-            me,
-            &hep(Hep {
-                capture: 8000,
-                ..SIP
-            }),
-            false,
-        );
-        let bank = xdp.config().expect("config").bank;
-        let route = t
-            .placements
-            .iter()
-            .position(|p| p.route == "mirror")
-            .expect("mirror route") as u32;
-        let mut want = Vec::new();
-        for w in [MIRROR_META_MAGIC, bank, route] {
-            want.extend_from_slice(&w.to_ne_bytes());
-        }
-        want.extend_from_slice(&f);
-        let mut c = common("mirrored=1");
-        c.extend([
-            "route/mirror/matched=1".into(),
-            "route/mirror/mirrored=1".into(),
-        ]);
-        check(
-            xdp,
-            &slots,
-            "mirror",
-            &f,
-            XDP_PASS,
-            &want,
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-
-        // No neighbour entry for the collector yet: passed untouched (the daemon sends it).
-        let f = frame(
-            sender,
-            me,
-            &hep(Hep {
-                capture: 5000,
-                ..SIP
-            }),
-            false,
-        );
-        let mut c = common("steer_fallback=1");
-        c.extend([
-            "passed=1".into(),
-            "route/unresolved/passed=1".into(),
-            "dest/no-neighbour/fallback=1".into(),
-        ]);
-        check(
-            xdp,
-            &slots,
-            "no neighbour",
-            &f,
-            XDP_PASS,
-            &f,
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-
-        // A VLAN-tagged frame is not steered (headers would need resizing): passed untouched.
-        let f = frame(sender, me, &hep(SIP), true);
-        let mut c = common("steer_fallback=1");
-        c.extend([
-            "passed=1".into(),
-            "route/default/passed=1".into(),
-            "dest/a/fallback=1".into(),
-        ]);
-        check(
-            xdp,
-            &slots,
-            "vlan steer",
-            &f,
-            XDP_PASS,
-            &f,
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-
-        // To the listener's port but another address of the node: no listener takes it
-        // there, so the kernel leaves it alone.
-        let f = frame(sender, v4("198.18.1.9"), &hep(SIP), false);
-        check(
-            xdp,
-            &slots,
-            "other address",
-            &f,
-            XDP_PASS,
-            &f,
-            &["received=1", "other_port=1", "passed=1"],
-        );
-
-        // Lying chunk length: invalid HEP, passed untouched, no decision.
-        let mut bad = hep(SIP);
-        let at = 6 + 4; // the first chunk's length field
-        bad[at] = 0xff;
-        let f = frame(sender, me, &bad, false);
-        check(
-            xdp,
-            &slots,
-            "chunk past the end",
-            &f,
-            XDP_PASS,
-            &f,
-            &["received=1", "hep_candidate=1", "hep_invalid=1", "passed=1"],
-        );
-        // Truncated: a chunk header cut short.
-        let mut cut = hep(SIP);
-        cut.truncate(cut.len() - 3);
-        let n = cut.len() as u16;
-        cut[4..6].copy_from_slice(&n.to_be_bytes());
-        let f = frame(sender, me, &cut, false);
-        check(
-            xdp,
-            &slots,
-            "truncated chunk",
-            &f,
-            XDP_PASS,
-            &f,
-            &["received=1", "hep_candidate=1", "hep_invalid=1", "passed=1"],
-        );
-
-        // The walker's chunk limit: 64 chunks are valid (steered by the default route),
-        // 65 are not (passed untouched).
-        let chunky = |n: usize| {
-            let mut p = b"HEP3\0\0".to_vec();
-            p.extend_from_slice(&[0, 0, 0, 0x0e, 0, 12]);
-            p.extend_from_slice(b"s3cret");
-            for i in 1..n {
-                p.extend_from_slice(&[0, 3, 1, 0, 0, 7, i as u8]);
-            }
-            let len = p.len() as u16;
-            p[4..6].copy_from_slice(&len.to_be_bytes());
-            p
-        };
-        let f = frame(sender, me, &chunky(64), false);
-        let want = steered(&f, out_src, v4("198.18.2.2"), 9061, OUT_MAC, a_mac);
-        let mut c = common("steered=1");
-        c.extend([
-            "route/default/matched=1".into(),
-            "route/default/steered=1".into(),
-            "dest/a/sent=1".into(),
-        ]);
-        check(
-            xdp,
-            &slots,
-            "64 chunks",
-            &f,
-            XDP_REDIRECT,
-            &want,
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-        let f = frame(sender, me, &chunky(65), false);
-        check(
-            xdp,
-            &slots,
-            "65 chunks",
-            &f,
-            XDP_PASS,
-            &f,
-            &["received=1", "hep_candidate=1", "hep_invalid=1", "passed=1"],
-        );
-
-        // With an opaque route (correlation: the kernel cannot match it) in front of the
-        // default, packets reaching it go to userspace; earlier routes still decide.
-        assert_eq!(t.routes.len(), 12);
         install(xdp, &mut slots, true, false);
-        let f = frame(sender, me, &hep(SIP), false);
-        let mut c = common("pass_opaque=1");
-        c.extend(["passed=1".into(), "route/by-correlation/passed=1".into()]);
-        check(
-            xdp,
-            &slots,
-            "opaque route",
-            &f,
-            XDP_PASS,
-            &f,
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-        let f = frame(sender, me, &hep(Hep { proto: 100, ..SIP }), false);
-        let mut c = common("route_drop=1");
-        c.extend([
-            "dropped=1".into(),
-            "route/logs/matched=1".into(),
-            "route/logs/dropped=1".into(),
-        ]);
-        check(
-            xdp,
-            &slots,
-            "drop before the opaque route",
-            &f,
-            XDP_DROP,
-            &f,
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
+        run_cases(xdp, &slots, &opaque_table(), &mut report);
+        report
     });
+    report.finish(test);
 }

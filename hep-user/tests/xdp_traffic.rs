@@ -8,22 +8,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 mod common;
-#[path = "common/lab.rs"]
-mod lab;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, PerCpuArray};
 use hep_common::abi::XdpCounter;
 use hep_common::abi::{DEST_COUNTERS_MAP, DestCounter};
-use hep_common::v3::{Hep3Message, Payload};
 use hep_user::xdp::compile::{HostNet, Slots, compile};
 use hep_user::xdp::{AttachMode, LoadOptions, XdpCounters};
-use lab::Lab;
+use hepfwd_harness::lab::Lab;
+use hepfwd_harness::message::TestMessage;
 
 const CONFIG: &str = r#"
 [[listener]]
@@ -48,30 +45,12 @@ forward = ["a"]
 "#;
 
 fn hep(capture: u32, i: u32) -> Vec<u8> {
-    let sip = format!(
+    TestMessage::with_payload(format!(
         "OPTIONS sip:probe@198.18.2.9 SIP/2.0\r\nCall-ID: traffic-{capture}-{i}@lab\r\nContent-Length: 0\r\n\r\n"
-    );
-    let m = Hep3Message {
-        ip_proto: 17,
-        src_ip: Ipv4Addr::new(198, 18, 9, 1).into(),
-        dst_ip: Ipv4Addr::new(198, 18, 9, 2).into(),
-        src_port: 5060,
-        dst_port: 5060,
-        ts_sec: 1_700_000_000 + i,
-        ts_usec: 1,
-        proto_type: 1,
-        capture_id: capture,
-        auth_key: None,
-        correlation_id: None,
-        vlan_id: None,
-        node_name: None,
-        extra: &[],
-        payload: Payload::Plain(sip.as_bytes()),
-    };
-    let mut buf = vec![0u8; 1024];
-    let n = m.encode(&mut buf).expect("encode");
-    buf.truncate(n);
-    buf
+    ))
+    .capture_id(capture)
+    .timestamp(1_700_000_000 + i, 1)
+    .encode()
 }
 
 /// Receives datagrams on `sock` until `want` arrived or 3 s passed.
@@ -114,26 +93,8 @@ fn xdp_steers_and_tc_mirrors_real_traffic_past_the_daemon_socket() {
         return;
     };
     let lab = Lab::with_ends("traffic");
-    // XDP_REDIRECTed frames are accepted by a veth whose peer has GRO on (or an XDP
-    // program); see ../shared/XDP.md.
-    let gro = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("{}-col", lab.name),
-            "ethtool",
-            "-K",
-            "out1",
-            "gro",
-            "on",
-        ])
-        .output()
-        .expect("ethtool");
-    assert!(
-        gro.status.success(),
-        "ethtool: {}",
-        String::from_utf8_lossy(&gro.stderr)
-    );
+    // Lab::with_ends turns GRO on in the collector namespace: a veth accepts
+    // XDP_REDIRECTed frames when its peer has GRO on (or an XDP program); see ../shared/XDP.md.
 
     let mut slots = Slots::default();
     let (daemon_sock, _mirror_link) = lab.within(|| {

@@ -114,6 +114,33 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// How [`Daemon::start_with`] starts the process.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// RLIMIT_NOFILE `(soft, hard)` of the daemon (`None`: the test's own).
+    pub nofile: Option<(u64, u64)>,
+}
+
+/// Makes `cmd`'s process start with RLIMIT_NOFILE `(soft, hard)`.
+fn set_nofile_at_exec(cmd: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt as _;
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // setrlimit(2), which is async-signal-safe, on a value it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     proc: Option<ProcessGuard>,
@@ -176,6 +203,25 @@ impl Daemon {
 
     /// Like [`Daemon::start`], returning the error.
     pub fn try_start(name: &str, config: impl Fn(&Ports) -> String) -> Result<Daemon> {
+        Self::try_start_with(name, &StartOptions::default(), config)
+    }
+
+    /// Like [`Daemon::start`], with `options` (limits of the process).
+    pub fn start_with(
+        name: &str,
+        options: &StartOptions,
+        config: impl Fn(&Ports) -> String,
+    ) -> Daemon {
+        Self::try_start_with(name, options, config)
+            .unwrap_or_else(|e| panic!("starting hepfwd: {e:#}"))
+    }
+
+    /// Like [`Daemon::start_with`], returning the error.
+    pub fn try_start_with(
+        name: &str,
+        options: &StartOptions,
+        config: impl Fn(&Ports) -> String,
+    ) -> Result<Daemon> {
         let bin = hepfwd_bin()?;
         let dir = TestDir::new(name)?;
         let cfg_path = dir.join("hepfwd.toml");
@@ -190,6 +236,9 @@ impl Daemon {
             let mut cmd = Command::new(&bin);
             cmd.args(["--log", "info", "run", "--mode", "userspace", "--config"])
                 .arg(&cfg_path);
+            if let Some((soft, hard)) = options.nofile {
+                set_nofile_at_exec(&mut cmd, soft, hard);
+            }
             let mut guard = ProcessGuard::spawn("hepfwd", cmd, &stdout, &stderr)?;
             let admin = SocketAddr::from((LO, ports.admin));
             match wait_ready(&mut guard, None, admin) {
@@ -425,6 +474,16 @@ impl Daemon {
         self.status
     }
 
+    /// The daemon's resident memory in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        process_rss_kib(self.pid())
+    }
+
+    /// How many descriptors the daemon has open (entries of `/proc/PID/fd`).
+    pub fn open_fds(&self) -> usize {
+        process_open_fds(self.pid())
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.proc_mut().try_wait().expect("try_wait").is_none()
@@ -476,3 +535,42 @@ pub fn udp_listener(p: &Ports) -> String {
 
 /// `[engine]` with one UDP worker (ordering and round-robin counts are exact).
 pub const ONE_WORKER: &str = "\n[engine]\nworkers = 1\n";
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn process_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Open descriptors of process `pid` (entries of `/proc/PID/fd`).
+pub fn process_open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// Raises this test process's RLIMIT_NOFILE soft limit to at least `want` (up to the hard
+/// limit), for tests that hold thousands of sockets. Returns the soft limit now in force.
+pub fn raise_nofile_limit(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) };
+    assert_eq!(r, 0, "getrlimit: {}", std::io::Error::last_os_error());
+    if lim.rlim_cur >= want {
+        return lim.rlim_cur;
+    }
+    lim.rlim_cur = want.min(lim.rlim_max);
+    // SAFETY: setrlimit reads one rlimit struct we own.
+    let r = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) };
+    assert_eq!(r, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    lim.rlim_cur
+}

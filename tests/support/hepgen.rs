@@ -4,10 +4,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hep_common::Hep3Message;
-use hep_common::chunk::ChunkId;
 use hep_common::legacy::{HepLegacy, LegacyTime};
-use hep_common::v3::{Hep3, Payload, RawChunk};
+use hep_common::v3::Hep3;
+use hepfwd_harness::message::TestMessage;
 
 /// Protocol type SIP.
 pub const SIP: u8 = 1;
@@ -150,40 +149,21 @@ impl Pkt {
         self
     }
 
-    /// HEPv3 bytes.
+    /// HEPv3 bytes (through the shared [`TestMessage`] builder).
     pub fn encode(&self) -> Vec<u8> {
-        let extra: Vec<RawChunk<'_>> = self
-            .extra
-            .iter()
-            .map(|(vendor, kind, value)| RawChunk {
-                id: ChunkId {
-                    vendor: *vendor,
-                    kind: *kind,
-                },
-                value,
-            })
-            .collect();
-        let m = Hep3Message {
-            ip_proto: 17,
-            src_ip: self.src.0,
-            dst_ip: self.dst.0,
-            src_port: self.src.1,
-            dst_port: self.dst.1,
-            ts_sec: self.ts.0,
-            ts_usec: self.ts.1,
-            proto_type: self.proto,
-            capture_id: self.capture_id,
-            auth_key: self.auth_key.as_deref(),
-            correlation_id: self.correlation.as_deref(),
-            vlan_id: None,
-            node_name: self.node_name.as_deref(),
-            extra: &extra,
-            payload: Payload::Plain(&self.payload),
-        };
-        let mut out = vec![0u8; 65_535];
-        let n = m.encode(&mut out).expect("encode HEPv3");
-        out.truncate(n);
-        out
+        let mut message = TestMessage::with_payload(self.payload.clone())
+            .source(self.src.0, self.src.1)
+            .destination(self.dst.0, self.dst.1)
+            .timestamp(self.ts.0, self.ts.1)
+            .proto(self.proto)
+            .capture_id(self.capture_id)
+            .auth_key(self.auth_key.as_deref())
+            .correlation(self.correlation.as_deref())
+            .node_name(self.node_name.as_deref());
+        for (vendor, kind, value) in &self.extra {
+            message = message.chunk(*vendor, *kind, value);
+        }
+        message.encode()
     }
 
     /// HEPv1 (`version` 1) or HEPv2 (2) bytes of the same packet (no chunks beyond the

@@ -8,4 +8,6 @@ pub mod hepgen;
 pub mod metrics;
 pub mod netns;
 pub mod peers;
-pub mod privileged;
+
+/// Skipping privileged tests loudly (moved to the shared harness crate).
+pub use hepfwd_harness::privileged;

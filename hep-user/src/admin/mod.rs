@@ -1,5 +1,5 @@
 //! Operations: the counters ([`stats`]) and the HTTP server for `GET /metrics`
-//! (Prometheus text format) and `GET /healthz`.
+//! (Prometheus text format) and `GET /healthz` (`HEAD` on both: the same headers, no body).
 
 pub mod stats;
 
@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::io::accept::AcceptLoop;
 use stats::{Stats, StatsCollector};
 
 /// The Prometheus registry of the daemon.
@@ -55,15 +56,10 @@ pub async fn bind(
         .with_context(|| format!("binding the admin server on {addr}"))?;
     let local = listener.local_addr().context("reading the admin address")?;
     let registry = Arc::new(registry(stats.clone()));
+    let mut accepts = AcceptLoop::new(listener, format!("admin server {local}"));
     let serve = async move {
         loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            };
+            let (stream, _) = accepts.accept().await;
             let registry = registry.clone();
             let stats = stats.clone();
             tokio::spawn(async move {
@@ -83,29 +79,38 @@ pub async fn bind(
     Ok((local, serve))
 }
 
+/// The answer to `req`. `HEAD` is answered as `GET` (hyper leaves the body out, keeping its
+/// length); other methods get 405 with `Allow: GET, HEAD`.
 fn respond(req: &Request<Incoming>, registry: &Registry, stats: &Stats) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (
+    let readable = matches!(*req.method(), Method::GET | Method::HEAD);
+    let (status, ctype, body) = match (readable, req.uri().path()) {
+        (true, "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             metrics_text(registry),
         ),
-        (&Method::GET, "/healthz") => (StatusCode::OK, "application/json", health_json(stats)),
-        (&Method::GET, _) => (
+        (true, "/healthz") => (StatusCode::OK, "application/json", health_json(stats)),
+        (true, _) => (
             StatusCode::NOT_FOUND,
             "text/plain",
             "not found: try /metrics or /healthz\n".into(),
         ),
-        _ => (
+        (false, _) => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".into(),
+            "GET or HEAD only\n".into(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
     }
     resp
 }

@@ -58,6 +58,14 @@ pub struct ListenerStats {
     pub parse_errors: [AtomicU64; 14],
     /// TCP connections accepted.
     pub tcp_connections: AtomicU64,
+    /// TCP connections open now (a gauge).
+    pub tcp_open: AtomicU64,
+    /// TCP connections refused at accept: `max_connections` were open.
+    pub tcp_refused_max_connections: AtomicU64,
+    /// TCP connections refused at accept: the sender is not in `allow`.
+    pub tcp_refused_allow: AtomicU64,
+    /// TCP connections closed because they sent nothing for `idle_timeout`.
+    pub tcp_closed_idle: AtomicU64,
 }
 
 /// Counters of one route.
@@ -288,6 +296,21 @@ impl Collector for StatsCollector {
             "TCP connections accepted",
             Counter,
         );
+        let mut conns_open = Family::new(
+            "hepfwd_tcp_connections_open",
+            "TCP connections open now",
+            Gauge,
+        );
+        let mut conns_refused = Family::new(
+            "hepfwd_tcp_connections_refused",
+            "TCP connections refused at accept, by reason",
+            Counter,
+        );
+        let mut conns_closed = Family::new(
+            "hepfwd_tcp_connections_closed",
+            "TCP connections the daemon closed, by reason",
+            Counter,
+        );
         for (name, l) in snapshot(&s.listeners) {
             let base = || vec![("listener", name.clone()), path()];
             for (t, v) in [("udp", &l.received_udp), ("tcp", &l.received_tcp)] {
@@ -309,6 +332,18 @@ impl Collector for StatsCollector {
                 rejected.add(lb, v.load(Relaxed));
             }
             conns.add(base(), l.tcp_connections.load(Relaxed));
+            conns_open.add(base(), l.tcp_open.load(Relaxed));
+            for (reason, v) in [
+                ("max_connections", &l.tcp_refused_max_connections),
+                ("allow", &l.tcp_refused_allow),
+            ] {
+                let mut lb = base();
+                lb.push(("reason", reason.to_string()));
+                conns_refused.add(lb, v.load(Relaxed));
+            }
+            let mut lb = base();
+            lb.push(("reason", "idle_timeout".to_string()));
+            conns_closed.add(lb, l.tcp_closed_idle.load(Relaxed));
         }
         let mut matched = Family::new("hepfwd_route_matches", "Packets a route took", Counter);
         let mut dropped = Family::new(
@@ -473,6 +508,9 @@ impl Collector for StatsCollector {
             parse,
             rejected,
             conns,
+            conns_open,
+            conns_refused,
+            conns_closed,
             matched,
             dropped,
             sampled,

@@ -37,13 +37,22 @@ pub mod defaults {
     pub const UDP_ERROR_HOLDDOWN_MS: u64 = 5_000;
     /// SIGTERM drain bound, milliseconds.
     pub const DRAIN_TIMEOUT_MS: u64 = 5_000;
+    /// listen(2) backlog of the HEP TCP listeners.
+    pub const LISTEN_BACKLOG: usize = 1024;
     /// Longest dedup window, milliseconds.
     pub const MAX_DEDUP_MS: u64 = 60_000;
+    /// TCP listener: connections open at once.
+    pub const MAX_CONNECTIONS: usize = 1024;
+    /// TCP listener: idle connections are closed after this many milliseconds.
+    pub const IDLE_TIMEOUT_MS: u64 = 300_000;
 }
 
 /// Reads, validates and compiles a configuration file.
+///
+/// The file is read only if it is a regular file of at most
+/// [`super::file::MAX_CONFIG_BYTES`], without blocking (see [`super::file`]).
 pub fn load(path: &Path) -> Result<Plan, ConfigErrors> {
-    match std::fs::read_to_string(path) {
+    match super::file::read_config_file(path) {
         Ok(src) => compile(path, &src),
         Err(e) => Err(ConfigErrors(vec![super::error::ConfigError {
             file: path.to_path_buf(),
@@ -108,6 +117,18 @@ fn name_list(names: &[&str]) -> String {
     }
 }
 
+/// Whether two TCP sockets bound to `a` and `b` would clash: the same port (not 0) and the
+/// same address, or one of them the unspecified address of its family (`[::]` covers IPv4
+/// too, as a dual-stack socket does).
+fn tcp_addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: IpAddr, other: IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || wild.is_ipv4() == other.is_ipv4())
+    };
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
 /// Stable seed of a destination in rendezvous hashing: the key hash of its name.
 fn seed_of(name: &str) -> u64 {
     hep_common::correlation::key_hash(name.as_bytes())
@@ -115,10 +136,11 @@ fn seed_of(name: &str) -> u64 {
 
 impl Compiler<'_> {
     fn file(&mut self, path: &Path, f: ConfigFile) -> Plan {
-        let admin = f
-            .admin
-            .and_then(|a| a.listen)
-            .and_then(|l| self.socket_addr(&l, "admin.listen"));
+        let admin_listen = f.admin.as_ref().and_then(|a| a.listen.as_ref());
+        let admin = admin_listen.and_then(|l| self.socket_addr(l, "admin.listen"));
+        if let (Some(address), Some(spanned)) = (admin, admin_listen) {
+            self.admin_clashes(address, span_of(spanned), &f.listener);
+        }
         if f.listener.is_empty() {
             self.r.error(
                 0..0,
@@ -232,6 +254,37 @@ impl Compiler<'_> {
         }
     }
 
+    /// Reports an `[admin] listen` address that a HEP TCP listener also binds (the second
+    /// bind would fail, or one would take the other's connections).
+    fn admin_clashes(
+        &mut self,
+        admin: SocketAddr,
+        span: Range<usize>,
+        listeners: &[Spanned<ListenerSection>],
+    ) {
+        for (index, listener) in listeners.iter().enumerate() {
+            let listener = listener.get_ref();
+            let Some(tcp) = listener
+                .tcp
+                .as_ref()
+                .and_then(|t| SocketAddr::from_str(t.get_ref()).ok())
+            else {
+                continue;
+            };
+            if tcp_addresses_overlap(admin, tcp) {
+                self.r.error(
+                    span.clone(),
+                    "admin.listen",
+                    format!(
+                        "{admin} is also the address of listener[{index}].tcp ({:?}: {tcp})",
+                        listener.name.get_ref()
+                    ),
+                    Some("give the admin server a port of its own".into()),
+                );
+            }
+        }
+    }
+
     fn socket_addr(&mut self, s: &Spanned<String>, field: &str) -> Option<SocketAddr> {
         match SocketAddr::from_str(s.get_ref()) {
             Ok(a) => Some(a),
@@ -314,6 +367,32 @@ impl Compiler<'_> {
                 .allow
                 .as_ref()
                 .map(|a| self.prefixes(a, &format!("{field}.allow")));
+            let max_connections = self.bounded(
+                ls.max_connections.as_ref(),
+                &format!("{field}.max_connections"),
+                1..=1_000_000,
+                defaults::MAX_CONNECTIONS,
+            );
+            let idle_timeout = ls
+                .idle_timeout
+                .as_ref()
+                .and_then(|d| self.duration(d, &format!("{field}.idle_timeout"), 100, 86_400_000))
+                .unwrap_or(Duration::from_millis(defaults::IDLE_TIMEOUT_MS));
+            if ls.tcp.is_none() {
+                for (key, span) in [
+                    ("max_connections", ls.max_connections.as_ref().map(span_of)),
+                    ("idle_timeout", ls.idle_timeout.as_ref().map(span_of)),
+                ] {
+                    if let Some(span) = span {
+                        self.r.error(
+                            span,
+                            format!("{field}.{key}"),
+                            format!("{key} applies to TCP listeners only"),
+                            Some("add tcp = \"IP:port\" or remove it".into()),
+                        );
+                    }
+                }
+            }
             out.push(ListenerPlan {
                 name: ls.name.get_ref().clone(),
                 udp,
@@ -323,6 +402,8 @@ impl Compiler<'_> {
                     .as_ref()
                     .map(|k| k.get_ref().as_bytes().to_vec()),
                 allow,
+                max_connections,
+                idle_timeout,
             });
         }
         out
@@ -1003,7 +1084,16 @@ impl Compiler<'_> {
             .and_then(|e| e.drain_timeout.as_ref())
             .and_then(|d| self.duration(d, "engine.drain_timeout", 0, 600_000))
             .unwrap_or(Duration::from_millis(defaults::DRAIN_TIMEOUT_MS));
+        let listen_backlog = self.bounded(
+            es.and_then(|e| e.listen_backlog.as_ref()),
+            "engine.listen_backlog",
+            1..=65535,
+            defaults::LISTEN_BACKLOG,
+        );
+        // At most 65535 (checked above).
+        let listen_backlog = u32::try_from(listen_backlog).unwrap_or(u32::MAX);
         EngineTuning {
+            listen_backlog,
             workers,
             batch,
             recv_buffer,
@@ -1052,6 +1142,70 @@ mod tests {
     }
 
     const BASE: &str = "[[listener]]\nname = \"l\"\nudp = \"127.0.0.1:9060\"\n[[destination]]\nname = \"a\"\naddress = \"127.0.0.1:9061\"\n[[destination]]\nname = \"b\"\naddress = \"127.0.0.1:9062\"\ntransport = \"tcp\"\n";
+
+    #[test]
+    fn tcp_addresses_overlap_on_the_same_port_and_address_or_a_wildcard() {
+        let overlap =
+            |a: &str, b: &str| tcp_addresses_overlap(a.parse().unwrap(), b.parse().unwrap());
+        assert!(overlap("127.0.0.1:9061", "127.0.0.1:9061"));
+        assert!(overlap("0.0.0.0:9061", "127.0.0.1:9061"));
+        assert!(overlap("127.0.0.1:9061", "[::]:9061"));
+        assert!(!overlap("127.0.0.1:9061", "127.0.0.1:9062"));
+        assert!(!overlap("127.0.0.1:9061", "127.0.0.2:9061"));
+        assert!(!overlap("0.0.0.0:9061", "[::1]:9061"));
+        assert!(!overlap("127.0.0.1:0", "127.0.0.1:0"));
+    }
+
+    #[test]
+    fn an_admin_address_equal_to_a_tcp_listener_is_an_error_at_its_line() {
+        let e = one_error(
+            "[[listener]]\nname = \"l\"\ntcp = \"127.0.0.1:9061\"\n[admin]\nlisten = \"0.0.0.0:9061\"\n",
+        );
+        assert_eq!(
+            (e.line, e.column, e.field.as_str()),
+            (5, 10, "admin.listen")
+        );
+        assert!(e.message.contains("listener[0].tcp"), "{}", e.message);
+    }
+
+    #[test]
+    fn listen_backlog_defaults_to_1024_and_is_bounded() {
+        assert_eq!(compile_str(BASE).unwrap().engine.listen_backlog, 1024);
+        let p = compile_str(&format!("{BASE}[engine]\nlisten_backlog = 37\n")).unwrap();
+        assert_eq!(p.engine.listen_backlog, 37);
+        let e = one_error(&format!("{BASE}[engine]\nlisten_backlog = 0\n"));
+        assert_eq!(e.field, "engine.listen_backlog");
+    }
+
+    #[test]
+    fn tcp_listener_guards_have_defaults_and_errors_name_the_field() {
+        let tcp = "[[listener]]\nname = \"t\"\ntcp = \"127.0.0.1:9070\"\n";
+        let p = compile_str(&format!("{BASE}{tcp}")).unwrap_or_else(|e| panic!("{e}"));
+        let l = &p.listeners[1];
+        assert_eq!(l.max_connections, defaults::MAX_CONNECTIONS);
+        assert_eq!(
+            l.idle_timeout,
+            Duration::from_millis(defaults::IDLE_TIMEOUT_MS)
+        );
+        let p = compile_str(&format!(
+            "{BASE}{tcp}max_connections = 10\nidle_timeout = \"2s\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.listeners[1].max_connections, 10);
+        assert_eq!(p.listeners[1].idle_timeout, Duration::from_secs(2));
+        let e = one_error(&format!("{BASE}{tcp}max_connections = 0\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (14, "listener[1].max_connections")
+        );
+        let e = one_error(&format!("{BASE}{tcp}idle_timeout = \"forever\"\n"));
+        assert_eq!((e.line, e.field.as_str()), (14, "listener[1].idle_timeout"));
+        let e = one_error(&format!(
+            "{BASE}[[listener]]\nname = \"u\"\nudp = \"127.0.0.1:9071\"\nidle_timeout = \"5s\"\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (14, "listener[1].idle_timeout"));
+        assert!(e.message.contains("TCP listeners only"), "{}", e.message);
+    }
 
     #[test]
     fn the_reference_example_compiles_as_its_comments_say() {

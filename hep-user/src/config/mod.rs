@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod error;
+pub mod file;
 pub mod plan;
 pub mod schema;
 

@@ -45,8 +45,13 @@ pub struct ListenerPlan {
     pub tcp: Option<SocketAddr>,
     /// Packets without exactly this chunk 0x000e are dropped and counted.
     pub auth_key: Option<Vec<u8>>,
-    /// Only senders inside these prefixes are accepted (`None`: everyone).
+    /// Only senders inside these prefixes are accepted (`None`: everyone); on TCP,
+    /// checked when a connection is accepted too.
     pub allow: Option<Vec<IpNet>>,
+    /// TCP: connections open at once; more are refused (closed at accept) and counted.
+    pub max_connections: usize,
+    /// TCP: a connection that sends nothing for this long is closed and counted.
+    pub idle_timeout: Duration,
 }
 
 /// Transport of a destination.
@@ -198,6 +203,9 @@ pub struct EngineTuning {
     pub udp_error_holddown: Duration,
     /// How long SIGTERM waits for TCP queues to drain.
     pub drain_timeout: Duration,
+    /// listen(2) backlog of the HEP TCP listeners: connections the kernel completes before
+    /// the daemon accepts them.
+    pub listen_backlog: u32,
 }
 
 /// How XDP attaches to an interface (`[xdp] attach`, and [`crate::xdp::XdpProgram::attach`]).

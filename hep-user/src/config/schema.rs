@@ -264,6 +264,10 @@ pub struct ListenerSection {
     pub auth_key: Option<Spanned<String>>,
     /// Sender prefixes accepted.
     pub allow: Option<SpannedStrings>,
+    /// TCP: connections open at once.
+    pub max_connections: Option<Spanned<i64>>,
+    /// TCP: how long a connection may send nothing before it is closed.
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 /// `[[destination]]`.
@@ -443,6 +447,8 @@ pub struct EngineSection {
     pub udp_error_holddown: Option<Spanned<String>>,
     /// Bounded time SIGTERM waits for TCP queues to drain.
     pub drain_timeout: Option<Spanned<String>>,
+    /// listen(2) backlog of the HEP TCP listeners.
+    pub listen_backlog: Option<Spanned<i64>>,
 }
 
 /// `[xdp]`.

@@ -1,5 +1,6 @@
 //! Byte movement: batched UDP, TCP in and out, the output flusher, capture files.
 
+pub mod accept;
 pub mod capture;
 pub mod framer;
 pub mod output;

@@ -44,6 +44,7 @@ impl UdpListener {
         let stop = Arc::new(AtomicBool::new(false));
         let oversize = Arc::new(AtomicU64::new(0));
         let mut sockets = Vec::new();
+        refuse_if_bound_elsewhere(addr)?;
         // The first bind decides the port (for ":0"); the others share it.
         let first = bind_reuseport(addr, recv_buffer, POLL)?;
         let bound = first.local_addr()?;
@@ -76,6 +77,96 @@ impl UdpListener {
             let _ = h.join();
         }
     }
+}
+
+/// The address of a UDP listener is already bound by a socket that is not this
+/// listener's (another process, e.g. a second hepfwd with the same configuration).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "UDP {addr} is already bound by another socket (another hepfwd?): refusing to share it \
+     through SO_REUSEPORT, which would split the traffic"
+)]
+pub struct AddressTaken {
+    /// The listener's address.
+    pub addr: SocketAddr,
+    /// What the probe bind said.
+    pub source: std::io::Error,
+}
+
+/// Fails when `addr` is already bound by another process: binds a probe socket there
+/// *without* SO_REUSEPORT (which fails on any existing socket of the address, SO_REUSEPORT
+/// or not), then closes it so that the listener's own SO_REUSEPORT workers can bind. When
+/// the probe fails only because of this daemon's own sockets (another listener of ours on
+/// the same port, e.g. `0.0.0.0:P` and `127.0.0.1:P` while a reload moves one), the
+/// listener binds as before. Port 0 needs no probe (the kernel picks a free port).
+fn refuse_if_bound_elsewhere(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // As the listener binds it: dual-stack on [::].
+        let _ = probe.set_only_v6(false);
+    }
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            if udp_port_held_only_by_this_process(addr.port()) {
+                return Ok(());
+            }
+            Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                AddressTaken { addr, source },
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether every UDP socket on `port` in this network namespace (`/proc/net/udp`,
+/// `/proc/net/udp6`) is one of this process's descriptors (`/proc/self/fd`), and there is
+/// at least one. False when anything cannot be read: the caller then refuses.
+fn udp_port_held_only_by_this_process(port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    let own: std::collections::HashSet<u64> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|inode| inode.parse().ok())
+        })
+        .collect();
+    let mut found = false;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            return false;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:tm retrnsmt uid timeout inode ...
+            let (Some(local), Some(inode)) = (fields.get(1), fields.get(9)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port != Some(port) {
+                continue;
+            }
+            match inode.parse::<u64>() {
+                Ok(inode) if own.contains(&inode) => found = true,
+                _ => return false,
+            }
+        }
+    }
+    found
 }
 
 fn worker(
@@ -142,5 +233,22 @@ fn worker(
         if n < rb.capacity() {
             std::thread::sleep(COALESCE);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_held_by_this_process_only_is_not_refused() {
+        let own = bind_reuseport("127.0.0.1:0".parse().unwrap(), 4096, POLL).unwrap();
+        let addr = own.local_addr().unwrap();
+        assert!(udp_port_held_only_by_this_process(addr.port()));
+        // Another socket of ours on the same port (a wildcard listener next to it).
+        refuse_if_bound_elsewhere(SocketAddr::from(([0, 0, 0, 0], addr.port()))).unwrap();
+        refuse_if_bound_elsewhere(addr).unwrap();
+        drop(own);
+        refuse_if_bound_elsewhere(addr).unwrap();
     }
 }

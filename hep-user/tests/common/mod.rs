@@ -1,10 +1,8 @@
 //! Shared by the privileged XDP tests: load the embedded program, or skip loudly (not
 //! root, or a build without the XDP object) / fail under `HEPFWD_REQUIRE_PRIVILEGED=1`.
 
-#[path = "../../../tests/support/privileged.rs"]
-pub mod privileged;
-
 use hep_user::xdp::{LoadOptions, XdpError, XdpProgram};
+use hepfwd_harness::privileged;
 
 /// Loads the program with `opts`, or returns `None` after the skip rules said so.
 pub fn load_or_skip(test: &str, opts: &LoadOptions) -> Option<XdpProgram> {

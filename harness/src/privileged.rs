@@ -2,11 +2,8 @@
 //! when they cannot run, and fail instead when `HEPFWD_REQUIRE_PRIVILEGED=1` (set by
 //! `cargo xtask test` under CI as root), so a CI run cannot pass by skipping them.
 //!
-//! Self-contained (std only) so that other crates' tests can include it with
-//! `#[path = "../../tests/support/privileged.rs"] mod privileged;`.
-//!
 //! ```no_run
-//! # use hepfwd_tests::privileged;
+//! # use hepfwd_harness::privileged;
 //! #[test]
 //! fn attaches_xdp() {
 //!     if !privileged::available("attaches_xdp") {
@@ -15,8 +12,6 @@
 //!     // ... the test ...
 //! }
 //! ```
-#![allow(dead_code)]
-
 /// The variable that turns a skip into a failure.
 pub const REQUIRE_VAR: &str = "HEPFWD_REQUIRE_PRIVILEGED";
 
