@@ -4,13 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use hepfwd_tests::collector::{
-    Agent, QUIET, TcpAgent, TcpCollector, UdpCollector, WAIT, expect_all_silent, sorted,
+    Agent, QUIET, RawCollector, TcpAgent, TcpCollector, UdpCollector, WAIT, expect_all_silent,
+    reset, sorted, unread_bytes,
 };
 use hepfwd_tests::daemon::{
     Daemon, LO, ONE_WORKER, free_port_v4, raise_nofile_limit, tcp_destination, udp_destination,
@@ -640,4 +641,186 @@ fn a_frame_cut_off_by_the_agents_close_is_counted_as_truncated() {
         ),
         1
     );
+}
+
+/// A collector that accepts, reads `read_frames` frames and a half (none with `None`) and
+/// resets the connection: the frames its TCP never acknowledged are written again, first,
+/// to the next collector on the same address; only frames its TCP acknowledged count as
+/// sent, and every frame is accounted for: sent + lost + queued = accepted.
+fn resetting_collector_then_a_good_one(name: &str, read_frames: Option<usize>) {
+    let bad = RawCollector::bind(SocketAddr::from((LO, 0)), 4096);
+    let addr = bad.addr;
+    let d = Daemon::start(name, |p| {
+        udp_listener(p)
+            + &tcp_destination("t", addr, Some(1000))
+            + "\n[default]\nforward = [\"t\"]\n"
+            + ONE_WORKER
+    });
+    let dest = [("destination", "t")];
+    let mut conn = bad.accept(WAIT);
+    d.wait_counter("hepfwd_destination_connected", &dest, 1, WAIT);
+
+    let frames: Vec<Vec<u8>> = (1000..1400)
+        .map(|i| Pkt::sip("reset@x", i).encode())
+        .collect();
+    let len = frames[0].len();
+    assert!(frames.iter().all(|f| f.len() == len));
+    Agent::new().send_all(d.listen(), &frames);
+    d.wait_counter("hepfwd_received_total", &[], 400, WAIT);
+    std::thread::sleep(QUIET);
+
+    // Read some frames and a half (or nothing), let the receive buffer fill, then reset.
+    let read_len = read_frames.map_or(0, |n| n * len + len / 2);
+    let mut read = vec![0u8; read_len];
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    conn.read_exact(&mut read).unwrap();
+    std::thread::sleep(QUIET);
+    let unread = unread_bytes(&conn);
+    reset(conn);
+    drop(bad);
+    assert!(
+        read == frames.concat()[..read_len],
+        "the stream starts with the frames"
+    );
+    // Frames wholly inside what the bad collector's TCP took were acknowledged: sent, gone.
+    let acknowledged = (read_len + unread) / len;
+    assert!(
+        acknowledged < 100,
+        "the tiny receive buffer took {acknowledged} frames"
+    );
+
+    let good = TcpCollector::bind("good", addr);
+    assert!(
+        good.expect(400 - acknowledged, WAIT) == frames[acknowledged..],
+        "every frame the bad collector did not acknowledge, once, in order"
+    );
+    d.wait_counter("hepfwd_destination_queue_depth", &dest, 0, WAIT);
+    let m = d.metrics();
+    let lost = m.get(
+        "hepfwd_destination_dropped_total",
+        &[("destination", "t"), ("reason", "connection_lost")],
+    );
+    assert_eq!(lost, 0, "nothing needed to be given up");
+    assert_eq!(m.get("hepfwd_destination_sent_total", &dest), 400);
+    assert_eq!(m.get("hepfwd_destination_dropped_total", &dest), 0);
+}
+
+#[test]
+fn tcp_frames_a_resetting_collector_never_acknowledged_go_to_the_next_one() {
+    resetting_collector_then_a_good_one("tcp-reset-unacked", Some(10));
+}
+
+#[test]
+fn tcp_frames_a_collector_that_read_nothing_before_its_reset_go_to_the_next_one() {
+    resetting_collector_then_a_good_one("tcp-reset-unread", None);
+}
+
+/// Frames of about `extra` bytes more than a SIP packet, all of one length.
+fn padded(corr: &str, from: u32, n: u32, extra: usize) -> Vec<Vec<u8>> {
+    let pad = vec![b'x'; extra];
+    (from..from + n)
+        .map(|i| Pkt::sip(corr, i).chunk(9, 1, &pad).encode())
+        .collect()
+}
+
+/// A primary that accepts and stops reading makes no progress: after its `stall_timeout`
+/// it is down (so a failover route moves to the backup) and stays down while reconnected
+/// to the same stalled collector.
+#[test]
+fn tcp_failover_leaves_a_primary_that_stopped_reading() {
+    let primary = RawCollector::bind(SocketAddr::from((LO, 0)), 4096);
+    let backup = TcpCollector::new("backup");
+    let (paddr, baddr) = (primary.addr, backup.addr);
+    let d = Daemon::start("tcp-stall-failover", |p| {
+        udp_listener(p)
+            + &tcp_destination("p", paddr, None)
+            + "stall_timeout = \"1s\"\n"
+            + &tcp_destination("b", baddr, None)
+            + "\n[default]\nforward = [\"p\", \"b\"]\nmode = \"failover\"\n"
+            + ONE_WORKER
+    });
+    let primary_dest = [("destination", "p")];
+    let never_read = primary.accept(WAIT);
+    d.wait_counter("hepfwd_destination_connected", &primary_dest, 1, WAIT);
+    d.wait_counter(
+        "hepfwd_destination_connected",
+        &[("destination", "b")],
+        1,
+        WAIT,
+    );
+
+    let stuck = padded("stall@x", 1000, 300, 4000);
+    Agent::new().send_all(d.listen(), &stuck);
+    d.wait_counter("hepfwd_received_total", &[], 300, WAIT);
+    d.wait_counter("hepfwd_destination_connected", &primary_dest, 0, WAIT);
+
+    let after: Vec<Vec<u8>> = (0..50).map(|i| Pkt::sip("after@x", i).encode()).collect();
+    Agent::new().send_all(d.listen(), &after);
+    assert!(
+        backup.expect(50, WAIT) == after,
+        "the backup takes the traffic"
+    );
+    assert_eq!(d.counter("hepfwd_destination_connected", &primary_dest), 0);
+    assert!(d.counter("hepfwd_destination_stalls_total", &primary_dest) >= 1);
+    assert_eq!(
+        d.counter("hepfwd_destination_sent_total", &[("destination", "b")]),
+        50
+    );
+
+    // The primary reads again: once its connection caught up it is up and takes the
+    // traffic back; the stalled frames were all delivered or acknowledged, none lost.
+    drop(never_read);
+    let (stop, _read) = primary.read_everything(Duration::from_secs(30));
+    d.wait_counter("hepfwd_destination_connected", &primary_dest, 1, WAIT);
+    let back: Vec<Vec<u8>> = (0..20).map(|i| Pkt::sip("back@x", i).encode()).collect();
+    Agent::new().send_all(d.listen(), &back);
+    d.wait_counter("hepfwd_destination_sent_total", &primary_dest, 320, WAIT);
+    backup.expect_silent(QUIET);
+    let m = d.metrics();
+    assert_eq!(m.get("hepfwd_destination_dropped_total", &primary_dest), 0);
+    assert_eq!(m.get("hepfwd_destination_queue_depth", &primary_dest), 0);
+    stop.store(true, Relaxed);
+}
+
+/// The peak resident memory of process `pid`, bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// 2,000 frames of 60 KB (120 MB) to a stalled collector: `queue_bytes` bounds what waits,
+/// the rest is dropped and counted as `queue_full`, and the daemon's memory stays bounded.
+#[test]
+fn tcp_queue_is_bounded_in_bytes() {
+    let stalled = RawCollector::bind(SocketAddr::from((LO, 0)), 4096);
+    let addr = stalled.addr;
+    let d = Daemon::start("tcp-queue-bytes", |p| {
+        udp_listener(p)
+            + &tcp_destination("t", addr, None)
+            + "queue_bytes = \"4MiB\"\nstall_timeout = \"60s\"\n"
+            + "\n[default]\nforward = [\"t\"]\n"
+            + ONE_WORKER
+    });
+    let dest = [("destination", "t")];
+    let _never_read = stalled.accept(WAIT);
+    d.wait_counter("hepfwd_destination_connected", &dest, 1, WAIT);
+
+    let big = padded("big@x", 10_000, 2000, 60_000);
+    Agent::new().send_paced(d.listen(), &big, 32, || d.received());
+    d.wait_counter("hepfwd_received_total", &[], 2000, WAIT);
+    let m = d.metrics();
+    let full = m.get(
+        "hepfwd_destination_dropped_total",
+        &[("destination", "t"), ("reason", "queue_full")],
+    );
+    let depth = m.get("hepfwd_destination_queue_depth", &dest);
+    let sent = m.get("hepfwd_destination_sent_total", &dest);
+    assert!(full >= 1800, "{full} dropped as queue_full");
+    assert_eq!(sent + full + depth, 2000, "every frame accounted for");
+    assert!(depth * 60_000 <= 4 << 20, "{depth} frames queued");
+    let peak = peak_rss(d.pid());
+    eprintln!("hepfwd peak RSS {} MiB, {depth} frames held", peak >> 20);
+    assert!(peak < 64 << 20, "peak RSS {} MiB", peak >> 20);
 }

@@ -15,7 +15,7 @@ use crate::admin::stats::Stats;
 use crate::config::plan::{DestinationPlan, EngineTuning, Plan, Transport};
 use crate::engine::{DestinationHandle, Engine, FrameQueue};
 use crate::io::tcp_listener::TcpListener;
-use crate::io::tcp_sink::TcpSink;
+use crate::io::tcp_sink::{SinkOptions, TcpSink};
 use crate::io::udp_listener::UdpListener;
 pub use crate::xdp::dataplane::DataPath;
 use crate::xdp::dataplane::{Choice, DataPlane, SharedDataPlane, choose};
@@ -26,7 +26,7 @@ use crate::xdp::dataplane::{Choice, DataPlane, SharedDataPlane, choose};
 struct SinkKey {
     name: String,
     address: SocketAddr,
-    queue: usize,
+    options: SinkOptions,
 }
 
 impl SinkKey {
@@ -34,7 +34,11 @@ impl SinkKey {
         SinkKey {
             name: d.name.clone(),
             address: d.address,
-            queue: d.queue,
+            options: SinkOptions {
+                queue: d.queue,
+                queue_bytes: d.queue_bytes,
+                stall_timeout: d.stall_timeout,
+            },
         }
     }
 }
@@ -271,10 +275,10 @@ impl Daemon {
                     let key = SinkKey::of(d);
                     let sink = match self.sinks.remove(&key) {
                         Some(s) => s,
-                        None => TcpSink::spawn(
+                        None => TcpSink::spawn_with(
                             d.name.clone(),
                             d.address,
-                            d.queue,
+                            key.options,
                             stats.clone(),
                             &handle,
                         ),

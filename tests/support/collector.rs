@@ -458,3 +458,139 @@ pub fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     v.sort();
     v
 }
+
+/// A collector that misbehaves on purpose: its listener has a tiny receive buffer (so
+/// what it does not read stays unacknowledged in the sender's socket), and the test decides
+/// what each accepted connection does (read some, stop reading, reset).
+pub struct RawCollector {
+    /// Its address.
+    pub addr: SocketAddr,
+    listener: TcpListener,
+}
+
+impl RawCollector {
+    /// Listens on `addr` with a receive buffer of about `rcvbuf` bytes (the kernel doubles
+    /// it and enforces a minimum).
+    pub fn bind(addr: SocketAddr, rcvbuf: usize) -> Self {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind TCP {addr}: {e}"));
+        let v = rcvbuf as libc::c_int;
+        // SAFETY: an int socket option on a valid socket.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&listener),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const v).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_RCVBUF");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        RawCollector { addr, listener }
+    }
+
+    /// The next connection, within `timeout` (panics otherwise).
+    pub fn accept(&self, timeout: Duration) -> TcpStream {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    return s;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no connection within {timeout:?}"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    }
+
+    /// Accepts every pending connection without reading from it; returns them.
+    pub fn accept_pending(&self) -> Vec<TcpStream> {
+        let mut out = Vec::new();
+        while let Ok((s, _)) = self.listener.accept() {
+            out.push(s);
+        }
+        out
+    }
+}
+
+impl RawCollector {
+    /// From now on, accepts every connection and reads (and discards) everything, until the
+    /// returned flag is set or `bound` passed. Returns the flag and how many bytes were read.
+    pub fn read_everything(self, bound: Duration) -> (Arc<AtomicBool>, Arc<AtomicU64>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (st, count) = (stop.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + bound;
+            while !st.load(Relaxed) && Instant::now() < deadline {
+                for mut s in self.accept_pending() {
+                    let (st, count) = (st.clone(), count.clone());
+                    std::thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(20)));
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while !st.load(Relaxed) && Instant::now() < deadline {
+                            match s.read(&mut buf) {
+                                Ok(0) => return,
+                                Ok(n) => {
+                                    count.fetch_add(n as u64, Relaxed);
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        (stop, bytes)
+    }
+}
+
+/// Bytes received on `s` and not read yet (`FIONREAD`).
+pub fn unread_bytes(s: &TcpStream) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through a valid pointer on a valid socket.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::FIONREAD,
+            &raw mut n,
+        )
+    };
+    assert_eq!(r, 0, "FIONREAD");
+    n as usize
+}
+
+/// Closes `s` with a RST (`SO_LINGER` 0): unread bytes are discarded.
+pub fn reset(s: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a struct linger socket option on a valid socket.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_LINGER");
+    drop(s);
+}

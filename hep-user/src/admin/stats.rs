@@ -101,8 +101,17 @@ pub struct DestinationStats {
     /// TCP: refused because it was not exactly one HEPv3 frame (it would desynchronise the
     /// collector's stream), e.g. a raw unparseable packet sent to `[invalid]`.
     pub dropped_invalid: AtomicU64,
-    /// Packets waiting in the TCP queue.
+    /// TCP: given up because the connection ended and the kernel could not tell which of
+    /// its written bytes the collector acknowledged.
+    pub dropped_connection_lost: AtomicU64,
+    /// Packets held by the TCP sink: queued, being written, or written and not yet
+    /// acknowledged by the collector's TCP.
     pub queue_depth: AtomicU64,
+    /// The bytes of those packets.
+    pub queue_bytes: AtomicU64,
+    /// TCP connections replaced because they stalled (no acknowledgement for
+    /// `stall_timeout` with bytes outstanding).
+    pub stalls: AtomicU64,
     /// TCP: connected. UDP: no ICMP error within the hold-down.
     pub connected: AtomicBool,
     /// TCP connections made after the first.
@@ -383,8 +392,18 @@ impl Collector for StatsCollector {
         );
         let mut depth = Family::new(
             "hepfwd_destination_queue_depth",
-            "Packets waiting in a TCP destination's queue",
+            "Packets held by a TCP destination: queued or not yet acknowledged",
             Gauge,
+        );
+        let mut depth_bytes = Family::new(
+            "hepfwd_destination_queue_bytes",
+            "Bytes of the packets held by a TCP destination",
+            Gauge,
+        );
+        let mut stalls = Family::new(
+            "hepfwd_destination_stalls",
+            "TCP connections replaced because the collector stopped acknowledging",
+            Counter,
         );
         let mut up = Family::new(
             "hepfwd_destination_connected",
@@ -410,12 +429,15 @@ impl Collector for StatsCollector {
                 ("conversion", &d.dropped_conversion),
                 ("shutdown", &d.dropped_shutdown),
                 ("invalid_frame", &d.dropped_invalid),
+                ("connection_lost", &d.dropped_connection_lost),
             ] {
                 let mut l = lb();
                 l.push(("reason", reason.to_string()));
                 ddrop.add(l, v.load(Relaxed));
             }
             depth.add(lb(), d.queue_depth.load(Relaxed));
+            depth_bytes.add(lb(), d.queue_bytes.load(Relaxed));
+            stalls.add(lb(), d.stalls.load(Relaxed));
             up.add(lb(), u64::from(d.connected.load(Relaxed)));
             reconn.add(lb(), d.reconnects.load(Relaxed));
             cfail.add(lb(), d.connect_failures.load(Relaxed));
@@ -498,6 +520,8 @@ impl Collector for StatsCollector {
             sent,
             ddrop,
             depth,
+            depth_bytes,
+            stalls,
             up,
             reconn,
             cfail,

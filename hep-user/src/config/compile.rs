@@ -19,6 +19,14 @@ use super::schema::*;
 pub mod defaults {
     /// TCP destination queue, packets.
     pub const TCP_QUEUE: usize = 10_000;
+    /// TCP destination queue, bytes.
+    pub const TCP_QUEUE_BYTES: usize = crate::io::tcp_sink::DEFAULT_QUEUE_BYTES;
+    /// Smallest `queue_bytes`: one frame of the largest size.
+    pub const MIN_QUEUE_BYTES: i64 = 65_536;
+    /// Largest `queue_bytes`.
+    pub const MAX_QUEUE_BYTES: i64 = 1 << 40;
+    /// TCP stall timeout, milliseconds.
+    pub const STALL_TIMEOUT_MS: u64 = 10_000;
     /// Datagrams per recvmmsg/sendmmsg.
     pub const BATCH: usize = 32;
     /// UDP receive buffer, bytes.
@@ -475,6 +483,55 @@ impl Compiler<'_> {
                     defaults::TCP_QUEUE
                 }
             };
+            let queue_bytes = match ds.queue_bytes.as_ref() {
+                None => defaults::TCP_QUEUE_BYTES,
+                Some(q) => match q.get_ref().bytes() {
+                    Some(n)
+                        if (defaults::MIN_QUEUE_BYTES..=defaults::MAX_QUEUE_BYTES).contains(&n) =>
+                    {
+                        n as usize
+                    }
+                    parsed => {
+                        let what = match parsed {
+                            Some(n) => format!("queue_bytes {n} is out of range"),
+                            None => match q.get_ref() {
+                                ByteSize::Text(t) => format!("{t:?} is not a size"),
+                                ByteSize::Number(n) => format!("{n} is not a size"),
+                            },
+                        };
+                        self.r.error(
+                            span_of(q),
+                            format!("{field}.queue_bytes"),
+                            what,
+                            Some(
+                                "use \"64KiB\" to \"1024GiB\" (B, KiB, MiB, GiB, KB, MB, GB)"
+                                    .into(),
+                            ),
+                        );
+                        defaults::TCP_QUEUE_BYTES
+                    }
+                },
+            };
+            let stall_timeout = ds
+                .stall_timeout
+                .as_ref()
+                .and_then(|d| self.duration(d, &format!("{field}.stall_timeout"), 100, 3_600_000))
+                .unwrap_or(Duration::from_millis(defaults::STALL_TIMEOUT_MS));
+            if transport == Transport::Udp {
+                for (given, key) in [
+                    (ds.queue_bytes.as_ref().map(span_of), "queue_bytes"),
+                    (ds.stall_timeout.as_ref().map(span_of), "stall_timeout"),
+                ] {
+                    if let Some(s) = given {
+                        self.r.error(
+                            s,
+                            format!("{field}.{key}"),
+                            format!("{key} applies to TCP destinations only"),
+                            Some("remove it, or use transport = \"tcp\"".into()),
+                        );
+                    }
+                }
+            }
             if let Some(address) = address {
                 out.push(DestinationPlan {
                     hash_seed: seed_of(&name),
@@ -487,6 +544,8 @@ impl Compiler<'_> {
                         .as_ref()
                         .map(|k| k.get_ref().as_bytes().to_vec()),
                     queue,
+                    queue_bytes,
+                    stall_timeout,
                 });
             }
         }
@@ -1211,6 +1270,44 @@ mod tests {
                 mode: ForwardMode::All
             }
         );
+    }
+
+    #[test]
+    fn tcp_queue_bytes_and_stall_timeout_parse_default_and_name_their_errors() {
+        let p = compile_str(BASE).unwrap();
+        assert_eq!(p.destinations[1].queue_bytes, 64 << 20);
+        assert_eq!(p.destinations[1].stall_timeout, Duration::from_secs(10));
+        let src = format!("{BASE}queue_bytes = \"4MiB\"\nstall_timeout = \"1500ms\"\n");
+        let p = compile_str(&src).unwrap();
+        assert_eq!(p.destinations[1].queue_bytes, 4 << 20);
+        assert_eq!(p.destinations[1].stall_timeout, Duration::from_millis(1500));
+        let p = compile_str(&format!("{BASE}queue_bytes = 100000\n")).unwrap();
+        assert_eq!(p.destinations[1].queue_bytes, 100_000);
+
+        let e = one_error(&format!("{BASE}queue_bytes = \"4 parsecs\"\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (11, "destination[1].queue_bytes")
+        );
+        assert!(
+            e.message.contains("\"4 parsecs\" is not a size"),
+            "{}",
+            e.message
+        );
+        let e = one_error(&format!("{BASE}queue_bytes = 1000\n"));
+        assert!(e.message.contains("out of range"), "{}", e.message);
+        let e = one_error(&format!("{BASE}stall_timeout = \"5ms\"\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (11, "destination[1].stall_timeout")
+        );
+        let src = BASE.replace(
+            "address = \"127.0.0.1:9061\"\n",
+            "address = \"127.0.0.1:9061\"\nstall_timeout = \"1s\"\n",
+        );
+        let e = one_error(&src);
+        assert_eq!(e.field, "destination[0].stall_timeout");
+        assert!(e.message.contains("TCP destinations only"), "{}", e.message);
     }
 
     #[test]

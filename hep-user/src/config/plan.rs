@@ -78,6 +78,11 @@ pub struct DestinationPlan {
     pub set_auth_key: Option<Vec<u8>>,
     /// TCP: packets queued while the collector is slow or away; more are dropped, counted.
     pub queue: usize,
+    /// TCP: bytes queued at most; a packet that does not fit is dropped, counted.
+    pub queue_bytes: usize,
+    /// TCP: a connection whose written bytes see no acknowledgement this long is stalled:
+    /// reported down and replaced.
+    pub stall_timeout: Duration,
     /// Stable seed of this destination in call-sticky hashing (from its name).
     pub hash_seed: u64,
 }

@@ -286,6 +286,48 @@ pub struct DestinationSection {
     pub set_auth_key: Option<Spanned<String>>,
     /// TCP: packets held while the collector is slow or away.
     pub queue: Option<Spanned<i64>>,
+    /// TCP: bytes held while the collector is slow or away (`"64MiB"` or a number).
+    pub queue_bytes: Option<Spanned<ByteSize>>,
+    /// TCP: how long written bytes may stay unacknowledged before the connection counts as
+    /// stalled (`"10s"`).
+    pub stall_timeout: Option<Spanned<String>>,
+}
+
+/// A size in bytes: a number, or a string with a unit (`"64MiB"`, `"512KiB"`, `"1GiB"`,
+/// `"100000"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSize {
+    /// Bytes.
+    Number(i64),
+    /// A number with an optional unit: B, KiB, MiB, GiB (powers of 1024) or KB, MB, GB.
+    Text(String),
+}
+
+impl ByteSize {
+    /// The size in bytes, or `None` when the text is not a size.
+    pub fn bytes(&self) -> Option<i64> {
+        match self {
+            ByteSize::Number(n) => Some(*n),
+            ByteSize::Text(t) => {
+                let t = t.trim();
+                let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+                let (digits, unit) = t.split_at(split);
+                let n: i64 = digits.parse().ok()?;
+                let unit_bytes: i64 = match unit.trim() {
+                    "" | "B" => 1,
+                    "KiB" => 1 << 10,
+                    "MiB" => 1 << 20,
+                    "GiB" => 1 << 30,
+                    "KB" | "kB" => 1_000,
+                    "MB" => 1_000_000,
+                    "GB" => 1_000_000_000,
+                    _ => return None,
+                };
+                n.checked_mul(unit_bytes)
+            }
+        }
+    }
 }
 
 /// `[[route]]`.

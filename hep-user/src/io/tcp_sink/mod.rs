@@ -12,12 +12,22 @@
 //!
 //! # Buffering
 //!
-//! The queue (`queue` frames) is the only buffer of the sink, plus the one write batch the
-//! task holds: up to [`BATCH_FRAMES`] frames taken out of the queue and concatenated until
-//! they reach [`BATCH_BYTES`] (so a batch is at most `BATCH_BYTES - 1 + 65535` bytes). The
-//! task only takes frames out of the queue while it is connected, so while the collector
-//! is away at most `queue` frames wait, plus the batch whose write failed. Beyond that,
-//! the kernel's socket send buffer holds bytes that `write` accepted.
+//! A frame is held by the sink from [`TcpSink::try_send`] until the collector's TCP
+//! acknowledged its last byte: in the queue, then in the one write batch the task holds
+//! (up to [`BATCH_FRAMES`] frames concatenated until they reach [`BATCH_BYTES`]), then in
+//! the *retransmit buffer* (written, not yet acknowledged). Both `queue` (frames) and
+//! `queue_bytes` (bytes) bound all of it together ([`SinkStats::queue_depth`] and
+//! [`SinkStats::queue_bytes`]); a frame that does not fit is dropped and counted
+//! ([`SinkStats::dropped_queue_full`]). The retransmit buffer holds the same [`Bytes`] as
+//! the queue did (no copy); the kernel's send buffer holds its own copy.
+//!
+//! # What "sent" means
+//!
+//! A frame is counted [`SinkStats::sent`] once the collector's TCP acknowledged all of it:
+//! the task asks the kernel how many written bytes are still unacknowledged (`SIOCOUTQ`)
+//! after each write and every [`ACK_POLL`] while some are. Acknowledged bytes reached the
+//! collector's kernel; whether its application read them the sink cannot know (a
+//! collector that resets with unread bytes in its receive buffer loses them, counted sent).
 //!
 //! # Connection
 //!
@@ -25,62 +35,56 @@
 //! an exponential backoff: 100 ms, doubling, at most 5 s, each wait drawn in
 //! `[0.75, 1.0] ×` that value (jitter, so restarted collectors are not hit in step). A
 //! connection that broke after [`STABLE_AFTER`] or more is retried at once; one that broke
-//! sooner counts as a failure (accept-then-close peers get the backoff too). It never
-//! sleeps while connected. Sockets get `TCP_NODELAY`, keepalive (idle 15 s, then
-//! 3 probes 5 s apart) and `TCP_USER_TIMEOUT` 30 s, so a collector host that vanished
+//! sooner, or that stalled, counts as a failure (accept-then-close peers get the backoff
+//! too). It never sleeps while connected. Sockets get `TCP_NODELAY`, keepalive (idle 15 s,
+//! then 3 probes 5 s apart) and `TCP_USER_TIMEOUT` 30 s, so a collector host that vanished
 //! without a FIN or RST is detected (idle: about 30 s; with unacknowledged data: 30 s)
 //! instead of after the kernel's ~15 min of retransmissions.
 //!
-//! # Dead collector detection
+//! # Dead and stalled collectors
 //!
 //! A collector never sends anything on a HEP connection, so the socket becoming readable
 //! means its FIN (read returns 0) or RST (read fails) arrived. The task watches readability
 //! while idle, and right before every write batch it does one non-blocking `recv` system
 //! call on the socket (not tokio's cached readiness, which may lag). Bytes a collector does
-//! send are read and discarded. When the connection is found broken, before a write or by
-//! a failed write, the batch is kept and written first on the next connection, so it is
-//! not lost; a batch whose write failed part-way is written again whole (the collector
-//! may then see frames of that batch twice: the bytes of the broken connection that did
-//! reach it).
+//! send are read and discarded.
 //!
-//! ## Residual loss window
+//! A connection that has written bytes outstanding and sees none of them acknowledged for
+//! `stall_timeout` is *stalled* (the collector accepts and stops reading): it is counted
+//! ([`SinkStats::stalls`]), reported down ([`SinkStats::connected`] false, so failover
+//! routes move on), and replaced by a new connection. After a stall the destination stays
+//! reported down on the new connection until it has caught up (everything written on it
+//! acknowledged, nothing waiting to be replayed).
 //!
-//! Bytes are counted [`SinkStats::sent`] when the kernel accepted them. They can still be
-//! lost, without any error reported to the sink, in exactly these cases:
+//! When a connection ends (FIN, RST, failed write, stall), the task learns how many of the
+//! bytes it wrote were acknowledged, counts the frames wholly acknowledged as sent, and
+//! writes every other frame of the retransmit buffer again, first and in order, on the
+//! next connection; the old connection is aborted (RST), so its kernel does not go on
+//! delivering them. If the kernel cannot tell (the `SIOCOUTQ` call fails), those frames
+//! are counted lost ([`SinkStats::dropped_connection_lost`]), never sent.
 //!
-//! 1. **Written after the collector closed, before its FIN (or RST) reached us.** The
-//!    check before each write sees nothing yet, so batches are handed to our kernel; the
-//!    collector's kernel answers them with a RST and discards them. The window runs from
-//!    the collector's `close` to the arrival of its FIN here: the one-way network delay
-//!    (practically nothing on loopback, half an RTT across a WAN), plus the few µs between
-//!    our check and our `write`. Every batch written in it is lost (about send rate ×
-//!    one-way delay); the first check after the FIN arrives, or the first write after the
-//!    RST arrives, finds the connection broken, and that batch is kept.
-//! 2. **Written before the collector closed but not read by its application.** Bytes still
-//!    in flight, in the collector's receive buffer, or in our send buffer when the collector
-//!    process stops or crashes are discarded by the kernels (an unread receive buffer
-//!    makes the collector's close a RST). The amount is bounded by the send buffer plus the
-//!    collector's receive buffer; the sink cannot know which of them were read, so it does
-//!    not resend them (that would need a replay buffer of every unacknowledged byte).
-//! 3. **The collector host or the path disappears silently** (power loss, partition): the
-//!    bytes in our send buffer are lost when `TCP_USER_TIMEOUT` (30 s) aborts the connection;
-//!    writes in that time still succeed while the send buffer has room.
+//! What a collector can see: a frame cut short at the end of a broken connection (its
+//! first bytes were acknowledged, the rest not), then that frame whole at the start of the
+//! next connection. A frame the collector's TCP acknowledged whole is never written
+//! again, so no whole frame arrives twice.
 //!
 //! # Shutdown
 //!
-//! [`TcpSink::drain`] asks the task to write what is queued and stop ("written" as for
-//! [`SinkStats::sent`]: accepted by our kernel, which goes on delivering it after the
-//! process exits; the task then closes its side with a FIN); at the deadline it
-//! stops the task, which counts every frame still queued or in its batch in
+//! [`TcpSink::drain`] asks the task to write what is queued, wait for its
+//! acknowledgement, and stop (closing its side with a FIN); at the deadline it stops the
+//! task, which counts every frame not acknowledged yet (queued, in its batch, or in the
+//! retransmit buffer: the kernel may still deliver those) in
 //! [`SinkStats::dropped_shutdown`]. Draining is terminal: the sink accepts no frames
 //! afterwards (they are counted in `dropped_shutdown`). Dropping every handle without a
 //! drain (a reload removed the destination) drains on its own: the task keeps writing
 //! what is queued for at most [`ORPHAN_DRAIN`], then stops, counting what is left the
 //! same way.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -116,11 +120,40 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_PROBES: u32 = 3;
 const USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// While written bytes are unacknowledged, the kernel is asked this often how many.
+pub const ACK_POLL: Duration = Duration::from_millis(10);
+/// The default of `queue_bytes`: the most bytes a sink holds.
+pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// The default of `stall_timeout`.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The limits of one sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SinkOptions {
+    /// Most frames held (at least 1).
+    pub queue: usize,
+    /// Most bytes held (at least one frame of the largest size is always let in).
+    pub queue_bytes: usize,
+    /// How long a connection with unacknowledged bytes may see none acknowledged before
+    /// it counts as stalled.
+    pub stall_timeout: Duration,
+}
+
+impl SinkOptions {
+    /// `queue` frames, the default byte bound and stall timeout.
+    pub fn with_queue(queue: usize) -> Self {
+        SinkOptions {
+            queue,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+        }
+    }
+}
 
 /// Counters of one TCP destination: the daemon's [`DestinationStats`], so `/metrics` and
 /// failover read what the sink writes. The sink updates `sent`, `dropped_queue_full`,
-/// `dropped_shutdown`, `dropped_invalid`, `reconnects`, `connect_failures`, `connected`
-/// and `queue_depth`.
+/// `dropped_shutdown`, `dropped_invalid`, `dropped_connection_lost`, `reconnects`,
+/// `connect_failures`, `stalls`, `connected`, `queue_depth` and `queue_bytes`.
 pub type SinkStats = crate::admin::stats::DestinationStats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +170,10 @@ struct Inner {
     name: String,
     addr: SocketAddr,
     tx: mpsc::Sender<Bytes>,
+    /// The most frames held.
+    queue: u64,
+    /// The most bytes held.
+    queue_bytes: u64,
     stats: Arc<SinkStats>,
     ctl: watch::Sender<Phase>,
     /// `Some(everything written)` once the task has ended.
@@ -161,7 +198,7 @@ impl fmt::Debug for TcpSink {
 
 impl TcpSink {
     /// Starts the connection task of destination `name` at `addr` on `handle`, with room
-    /// for `queue` frames (at least 1).
+    /// for `queue` frames (at least 1) and the default byte bound and stall timeout.
     pub fn spawn(
         name: String,
         addr: SocketAddr,
@@ -169,7 +206,19 @@ impl TcpSink {
         stats: Arc<SinkStats>,
         handle: &tokio::runtime::Handle,
     ) -> TcpSink {
-        let (tx, rx) = mpsc::channel(queue.clamp(1, Semaphore::MAX_PERMITS));
+        Self::spawn_with(name, addr, SinkOptions::with_queue(queue), stats, handle)
+    }
+
+    /// Starts the connection task of destination `name` at `addr` on `handle`, with the
+    /// limits of `options`.
+    pub fn spawn_with(
+        name: String,
+        addr: SocketAddr,
+        options: SinkOptions,
+        stats: Arc<SinkStats>,
+        handle: &tokio::runtime::Handle,
+    ) -> TcpSink {
+        let (tx, rx) = mpsc::channel(options.queue.clamp(1, Semaphore::MAX_PERMITS));
         let (ctl, ctl_rx) = watch::channel(Phase::Run);
         let (done_tx, done) = watch::channel(None);
         let worker = Worker {
@@ -178,7 +227,12 @@ impl TcpSink {
             rx,
             ctl: ctl_rx.clone(),
             stats: Arc::clone(&stats),
+            stall_timeout: options.stall_timeout,
             batch: Batch::default(),
+            retransmit: Retransmit::default(),
+            replay: VecDeque::new(),
+            queue_closed: false,
+            suspect: false,
             backoff: Backoff::new(seed(addr)),
             outage: Outage::default(),
         };
@@ -188,6 +242,8 @@ impl TcpSink {
                 name,
                 addr,
                 tx,
+                queue: options.queue.clamp(1, Semaphore::MAX_PERMITS) as u64,
+                queue_bytes: options.queue_bytes as u64,
                 stats,
                 ctl,
                 done,
@@ -196,20 +252,34 @@ impl TcpSink {
     }
 
     /// Queues one whole HEPv3 frame without blocking; callable from any thread. Returns
-    /// false (and counts why in [`SinkStats`]) when the frame is dropped: queue full,
-    /// sink stopped, or not a single HEPv3 frame.
+    /// false (and counts why in [`SinkStats`]) when the frame is dropped: queue full (in
+    /// frames or in bytes), sink stopped, or not a single HEPv3 frame.
     pub fn try_send(&self, frame: Bytes) -> bool {
         let stats = &self.inner.stats;
         if frame_len(&frame, MAX_FRAME_LEN) != Ok(Some(frame.len())) {
             stats.dropped_invalid.fetch_add(1, Relaxed);
             return false;
         }
+        let len = frame.len() as u64;
         // Counted before the send so the task's decrement can never come first.
-        stats.queue_depth.fetch_add(1, Relaxed);
+        let held = stats.queue_bytes.fetch_add(len, Relaxed);
+        // An empty sink always takes a frame, whatever the byte bound.
+        if held > 0 && held + len > self.inner.queue_bytes {
+            stats.queue_bytes.fetch_sub(len, Relaxed);
+            stats.dropped_queue_full.fetch_add(1, Relaxed);
+            return false;
+        }
+        if stats.queue_depth.fetch_add(1, Relaxed) >= self.inner.queue {
+            stats.queue_depth.fetch_sub(1, Relaxed);
+            stats.queue_bytes.fetch_sub(len, Relaxed);
+            stats.dropped_queue_full.fetch_add(1, Relaxed);
+            return false;
+        }
         match self.inner.tx.try_send(frame) {
             Ok(()) => true,
             Err(e) => {
                 stats.queue_depth.fetch_sub(1, Relaxed);
+                stats.queue_bytes.fetch_sub(len, Relaxed);
                 match e {
                     mpsc::error::TrySendError::Full(_) => {
                         stats.dropped_queue_full.fetch_add(1, Relaxed)
@@ -223,9 +293,10 @@ impl TcpSink {
         }
     }
 
-    /// Writes what is queued, waiting at most `deadline`, then stops the sink. Frames left
-    /// at the deadline are counted in [`SinkStats::dropped_shutdown`]. Returns whether
-    /// every frame accepted by [`TcpSink::try_send`] was written. Terminal: later frames
+    /// Writes what is queued and waits for its acknowledgement, at most `deadline`, then
+    /// stops the sink. Frames left at the deadline are counted in
+    /// [`SinkStats::dropped_shutdown`]. Returns whether every frame accepted by
+    /// [`TcpSink::try_send`] was acknowledged by the collector's TCP. Terminal: later frames
     /// are refused. Calling it again returns the same answer.
     pub async fn drain(&self, deadline: Duration) -> bool {
         self.inner.ctl.send_if_modified(|p| {
@@ -298,15 +369,17 @@ enum PeerState {
     Gone(String),
 }
 
-/// The write batch: up to [`BATCH_FRAMES`] whole frames taken out of the queue,
-/// concatenated (until [`BATCH_BYTES`]). Kept across a broken connection and written first
-/// on the next one.
+/// The write batch: up to [`BATCH_FRAMES`] whole frames, concatenated (until
+/// [`BATCH_BYTES`]), and how much of it was written. Its frames are in the retransmit
+/// buffer from the moment the batch is filled.
 #[derive(Debug, Default)]
 struct Batch {
     /// The frames, concatenated.
     bytes: Vec<u8>,
     /// How many frames `bytes` holds (0: no batch).
     frames: u64,
+    /// How many bytes of `bytes` were written.
+    written: usize,
 }
 
 impl Batch {
@@ -316,28 +389,43 @@ impl Batch {
     }
 
     /// The number of frames in the batch.
+    #[cfg(test)]
     fn frames(&self) -> u64 {
         self.frames
     }
 
     /// The bytes to write.
+    #[cfg(test)]
     fn bytes(&self) -> &[u8] {
         &self.bytes
     }
 
-    /// Starts a batch with `first`, then takes what is already queued in `rx`, up to the
-    /// limits.
-    fn fill(&mut self, first: Bytes, rx: &mut mpsc::Receiver<Bytes>) {
+    /// The bytes not written yet.
+    fn unwritten(&self) -> &[u8] {
+        &self.bytes[self.written.min(self.bytes.len())..]
+    }
+
+    /// Starts a batch with `first`, then takes frames from `next` up to the limits; calls
+    /// `took` with each frame taken (`first` included).
+    fn fill(
+        &mut self,
+        first: Bytes,
+        mut next: impl FnMut() -> Option<Bytes>,
+        mut took: impl FnMut(&Bytes),
+    ) {
         self.bytes.clear();
         self.bytes.extend_from_slice(&first);
+        took(&first);
         self.frames = 1;
+        self.written = 0;
         while (self.frames as usize) < BATCH_FRAMES && self.bytes.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(frame) => {
+            match next() {
+                Some(frame) => {
                     self.bytes.extend_from_slice(&frame);
+                    took(&frame);
                     self.frames += 1;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
     }
@@ -347,6 +435,79 @@ impl Batch {
         let frames = self.frames;
         self.bytes.clear();
         self.frames = 0;
+        self.written = 0;
+        frames
+    }
+}
+
+/// The frames handed to the current connection and not yet acknowledged by the
+/// collector's TCP, each with the connection's byte offset of its end.
+#[derive(Debug, Default)]
+struct Retransmit {
+    /// The frames, in connection order, with the offset just past their last byte.
+    frames: VecDeque<(Bytes, u64)>,
+    /// The offset just past the last frame handed to the connection.
+    end: u64,
+    /// Bytes the kernel accepted on this connection.
+    written: u64,
+    /// Bytes the collector's TCP acknowledged on this connection.
+    acked: u64,
+    /// When an acknowledgement last advanced, or bytes became outstanding after none were.
+    last_progress: Option<Instant>,
+}
+
+impl Retransmit {
+    /// Whether no frame waits for its acknowledgement.
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Hands `frame` to the connection.
+    fn push(&mut self, frame: &Bytes) {
+        if self.end == self.acked {
+            // Nothing was outstanding: the stall clock starts now.
+            self.last_progress = Some(Instant::now());
+        }
+        self.end += frame.len() as u64;
+        self.frames.push_back((frame.clone(), self.end));
+    }
+
+    /// The kernel accepted `n` more bytes.
+    fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
+    }
+
+    /// The kernel says `outstanding` written bytes are unacknowledged: takes out the frames
+    /// now wholly acknowledged, returning how many and their bytes.
+    fn acknowledge(&mut self, outstanding: u64) -> (u64, u64) {
+        let acked = self.written.saturating_sub(outstanding);
+        if acked > self.acked {
+            self.acked = acked;
+            self.last_progress = Some(Instant::now());
+        }
+        let (mut frames, mut bytes) = (0, 0);
+        while let Some((frame, end)) = self.frames.front() {
+            if *end > self.acked {
+                break;
+            }
+            frames += 1;
+            bytes += frame.len() as u64;
+            self.frames.pop_front();
+        }
+        (frames, bytes)
+    }
+
+    /// Whether bytes handed to the connection are unacknowledged and none was acknowledged
+    /// for `timeout`.
+    fn stalled(&self, timeout: Duration) -> bool {
+        self.end > self.acked && self.last_progress.is_some_and(|t| t.elapsed() >= timeout)
+    }
+
+    /// The connection is gone: the frames not wholly acknowledged, in order, and a fresh
+    /// state for the next connection.
+    fn reset(&mut self) -> VecDeque<(Bytes, u64)> {
+        let frames = std::mem::take(&mut self.frames);
+        *self = Retransmit::default();
         frames
     }
 }
@@ -402,6 +563,12 @@ impl Backoff {
             self.level = self.level.saturating_add(1);
         }
         lasted
+    }
+
+    /// The connection stalled: a failed attempt, however long it lasted.
+    fn stalled(&mut self) {
+        self.connected_at = None;
+        self.level = self.level.saturating_add(1);
     }
 
     /// The wait before the next attempt: 100 ms · 2^(level-1), at most 5 s, times a
@@ -516,8 +683,18 @@ struct Worker {
     rx: mpsc::Receiver<Bytes>,
     ctl: watch::Receiver<Phase>,
     stats: Arc<SinkStats>,
-    /// The batch being written (or kept from a broken connection).
+    /// How long written bytes may stay unacknowledged, none advancing.
+    stall_timeout: Duration,
+    /// The batch being written.
     batch: Batch,
+    /// The frames handed to the current connection, not yet acknowledged.
+    retransmit: Retransmit,
+    /// Frames a broken connection did not deliver, written first on the next one.
+    replay: VecDeque<Bytes>,
+    /// Every handle is gone and the queue is empty.
+    queue_closed: bool,
+    /// The last connection stalled: reported down until the next one catches up.
+    suspect: bool,
     /// When to try connecting again.
     backoff: Backoff,
     /// The state of the current outage, for the logs.
@@ -546,18 +723,32 @@ impl Worker {
         done.send_replace(Some(left == 0));
     }
 
-    /// Closes the queue and counts every frame not written as dropped at shutdown.
+    /// Closes the queue and counts every frame not acknowledged as dropped at shutdown.
     fn abandon(&mut self) -> u64 {
         self.rx.close();
-        let mut left = self.batch.take();
-        while self.rx.try_recv().is_ok() {
+        self.batch.take();
+        let (mut left, mut bytes) = (0u64, 0u64);
+        let unacked = self.retransmit.reset().into_iter().map(|(frame, _)| frame);
+        let replay = std::mem::take(&mut self.replay);
+        for frame in unacked.chain(replay) {
             left += 1;
+            bytes += frame.len() as u64;
+        }
+        while let Ok(frame) = self.rx.try_recv() {
+            left += 1;
+            bytes += frame.len() as u64;
         }
         if left > 0 {
             self.stats.dropped_shutdown.fetch_add(left, Relaxed);
-            self.stats.queue_depth.fetch_sub(left, Relaxed);
+            self.release(left, bytes);
         }
         left
+    }
+
+    /// `frames` frames of `bytes` bytes left the sink (sent or dropped).
+    fn release(&self, frames: u64, bytes: u64) {
+        self.stats.queue_depth.fetch_sub(frames, Relaxed);
+        self.stats.queue_bytes.fetch_sub(bytes, Relaxed);
     }
 
     /// Asked to drain, or every handle is gone.
@@ -568,9 +759,13 @@ impl Worker {
         }
     }
 
-    /// Draining and nothing left to write.
+    /// Draining and nothing left to write or to see acknowledged.
     fn finished(&self) -> bool {
-        self.draining() && self.batch.is_empty() && self.rx.is_empty()
+        self.draining()
+            && self.batch.is_empty()
+            && self.retransmit.is_empty()
+            && self.replay.is_empty()
+            && self.rx.is_empty()
     }
 
     async fn run(&mut self) {
@@ -624,7 +819,15 @@ impl Worker {
 
     fn connected(&mut self, stream: &TcpStream) {
         configure(stream, &self.name);
-        self.stats.connected.store(true, Relaxed);
+        if self.suspect {
+            tracing::info!(
+                destination = %self.name,
+                addr = %self.addr,
+                "TCP destination stalled before: reported down until it catches up"
+            );
+        } else {
+            self.stats.connected.store(true, Relaxed);
+        }
         let ended = self.outage.end();
         if ended.reconnect {
             self.stats.reconnects.fetch_add(1, Relaxed);
@@ -672,65 +875,190 @@ impl Worker {
         }
     }
 
-    fn disconnected(&mut self, reason: &str) {
+    /// The connection on `stream` ended for `reason`: counts what its collector
+    /// acknowledged as sent, keeps the rest for the next connection (or counts it lost when
+    /// the kernel cannot tell), and aborts the connection.
+    fn disconnected(&mut self, stream: &TcpStream, reason: &str, stalled: bool) {
         self.stats.connected.store(false, Relaxed);
-        let lasted = self.backoff.disconnected();
+        let replayed = match unacknowledged_bytes(stream) {
+            Ok(outstanding) => {
+                let (frames, bytes) = self.retransmit.acknowledge(outstanding);
+                self.sent(frames, bytes);
+                let kept = self.retransmit.reset();
+                let replayed = kept.len();
+                for (frame, _) in kept.into_iter().rev() {
+                    self.replay.push_front(frame);
+                }
+                replayed
+            }
+            Err(error) => {
+                let lost = self.retransmit.reset();
+                let frames = lost.len() as u64;
+                let bytes = lost.iter().map(|(frame, _)| frame.len() as u64).sum();
+                self.stats
+                    .dropped_connection_lost
+                    .fetch_add(frames, Relaxed);
+                self.release(frames, bytes);
+                tracing::warn!(
+                    destination = %self.name,
+                    addr = %self.addr,
+                    %error,
+                    frames,
+                    "cannot learn what the TCP destination acknowledged; frames counted lost"
+                );
+                0
+            }
+        };
+        self.batch.take();
+        // Abort: the kernel must not go on delivering what will be written again.
+        if let Err(e) = SockRef::from(stream).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(destination = %self.name, error = %e, "setting SO_LINGER failed");
+        }
+        let lasted = if stalled {
+            self.stats.stalls.fetch_add(1, Relaxed);
+            self.suspect = true;
+            self.backoff.stalled();
+            None
+        } else {
+            Some(self.backoff.disconnected())
+        };
         self.outage.begin();
         tracing::warn!(
             destination = %self.name,
             addr = %self.addr,
             %reason,
-            kept_frames = self.batch.frames(),
+            replayed_frames = replayed,
             ?lasted,
             "TCP destination disconnected; reconnecting"
         );
     }
 
-    /// Writes batches on `stream` until it breaks or the sink is finished.
+    /// `frames` frames of `bytes` bytes were acknowledged by the collector's TCP.
+    fn sent(&mut self, frames: u64, bytes: u64) {
+        if frames > 0 {
+            self.stats.sent.fetch_add(frames, Relaxed);
+            self.release(frames, bytes);
+        }
+    }
+
+    /// Asks the kernel what the collector acknowledged; counts the frames wholly
+    /// acknowledged as sent. A suspect destination that caught up is reported up again.
+    fn settle(&mut self, stream: &TcpStream) {
+        if !self.retransmit.is_empty() {
+            match unacknowledged_bytes(stream) {
+                Ok(outstanding) => {
+                    let (frames, bytes) = self.retransmit.acknowledge(outstanding);
+                    self.sent(frames, bytes);
+                }
+                Err(e) => {
+                    tracing::debug!(destination = %self.name, error = %e, "SIOCOUTQ failed");
+                }
+            }
+        }
+        if self.suspect
+            && self.retransmit.is_empty()
+            && self.batch.is_empty()
+            && self.replay.is_empty()
+        {
+            self.suspect = false;
+            self.stats.connected.store(true, Relaxed);
+            tracing::info!(destination = %self.name, addr = %self.addr, "TCP destination caught up");
+        }
+    }
+
+    /// Fills the batch with `first` (if any), then frames to replay, then queued frames,
+    /// handing each to the retransmit buffer.
+    fn fill_batch(&mut self, first: Option<Bytes>) {
+        let Some(first) = first.or_else(|| self.replay.pop_front()) else {
+            return;
+        };
+        let (replay, rx, retransmit) = (&mut self.replay, &mut self.rx, &mut self.retransmit);
+        self.batch.fill(
+            first,
+            || replay.pop_front().or_else(|| rx.try_recv().ok()),
+            |frame| retransmit.push(frame),
+        );
+    }
+
+    /// Writes batches on `stream` until it breaks, stalls, or the sink is finished.
     async fn serve(&mut self, mut stream: TcpStream) -> Served {
         let mut scratch = [0u8; 512];
+        let mut poll = tokio::time::interval(ACK_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.settle(&stream);
+            if self.retransmit.stalled(self.stall_timeout) {
+                let reason = format!("no progress for {:?}", self.stall_timeout);
+                self.disconnected(&stream, &reason, true);
+                return Served::Broken;
+            }
             if self.batch.is_empty() {
                 if self.finished() {
                     let _ = SockRef::from(&stream).shutdown(Shutdown::Write);
                     return Served::Finished;
                 }
-                tokio::select! {
-                    _ = ctl_changed(&mut self.ctl) => continue,
-                    ready = stream.readable() => {
-                        let state = match ready {
-                            Ok(()) => peer_state(|b| stream.try_read(b), &mut scratch),
-                            Err(e) => PeerState::Gone(format!("socket error: {e}")),
-                        };
-                        if let PeerState::Gone(reason) = state {
-                            self.disconnected(&reason);
-                            return Served::Broken;
+                if !self.replay.is_empty() {
+                    self.fill_batch(None);
+                } else {
+                    let waiting = !self.retransmit.is_empty();
+                    tokio::select! {
+                        _ = ctl_changed(&mut self.ctl) => continue,
+                        ready = stream.readable() => {
+                            let state = match ready {
+                                Ok(()) => peer_state(|b| stream.try_read(b), &mut scratch),
+                                Err(e) => PeerState::Gone(format!("socket error: {e}")),
+                            };
+                            if let PeerState::Gone(reason) = state {
+                                self.disconnected(&stream, &reason, false);
+                                return Served::Broken;
+                            }
+                            continue;
                         }
-                        continue;
+                        _ = poll.tick(), if waiting => continue,
+                        frame = self.rx.recv(), if !self.queue_closed => match frame {
+                            Some(frame) => self.fill_batch(Some(frame)),
+                            None => {
+                                self.queue_closed = true;
+                                continue;
+                            }
+                        },
                     }
-                    frame = self.rx.recv() => match frame {
-                        Some(frame) => self.batch.fill(frame, &mut self.rx),
-                        None => return Served::Finished,
-                    },
                 }
             }
             // The peer may have gone since we last looked: ask the kernel, not tokio.
             let sock = SockRef::from(&stream);
             if let PeerState::Gone(reason) = peer_state(|b| (&*sock).read(b), &mut scratch) {
-                self.disconnected(&reason);
+                self.disconnected(&stream, &reason, false);
                 return Served::Broken;
             }
-            match stream.write_all(self.batch.bytes()).await {
-                Ok(()) => {
-                    let n = self.batch.take();
-                    self.stats.sent.fetch_add(n, Relaxed);
-                    self.stats.queue_depth.fetch_sub(n, Relaxed);
-                }
-                Err(e) => {
-                    self.disconnected(&format!("write failed: {e}"));
-                    return Served::Broken;
+            while !self.batch.unwritten().is_empty() {
+                tokio::select! {
+                    biased;
+                    written = stream.write(self.batch.unwritten()) => match written {
+                        Ok(0) => {
+                            self.disconnected(&stream, "write returned 0", false);
+                            return Served::Broken;
+                        }
+                        Ok(n) => {
+                            self.batch.written += n;
+                            self.retransmit.wrote(n);
+                        }
+                        Err(e) => {
+                            self.disconnected(&stream, &format!("write failed: {e}"), false);
+                            return Served::Broken;
+                        }
+                    },
+                    _ = poll.tick() => {
+                        self.settle(&stream);
+                        if self.retransmit.stalled(self.stall_timeout) {
+                            let reason = format!("no progress for {:?}", self.stall_timeout);
+                            self.disconnected(&stream, &reason, true);
+                            return Served::Broken;
+                        }
+                    }
                 }
             }
+            self.batch.take();
         }
     }
 }
@@ -772,6 +1100,18 @@ fn peer_state(mut read: impl FnMut(&mut [u8]) -> io::Result<usize>, buf: &mut [u
         }
     }
     PeerState::Alive
+}
+
+/// Bytes written on `stream` that its peer has not acknowledged yet (`SIOCOUTQ`).
+fn unacknowledged_bytes(stream: &TcpStream) -> io::Result<u64> {
+    let mut outstanding: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ on Linux) writes one int through a valid pointer; the
+    // descriptor is a TCP socket owned by `stream` for the whole call.
+    let r = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &raw mut outstanding) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u64::try_from(outstanding).map_err(|_| io::Error::other("negative SIOCOUTQ"))
 }
 
 /// `TCP_NODELAY`, keepalive and `TCP_USER_TIMEOUT`; failures are logged, not fatal.
