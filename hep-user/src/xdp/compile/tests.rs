@@ -1,17 +1,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Instant;
 
 use hep_common::abi::map_v4;
-use hep_common::eval::{Verdict, evaluate};
-use hep_common::facts::facts;
-use hep_common::v3::{Hep3Message, Payload};
 
 use super::*;
-use crate::admin::stats::Stats;
 use crate::config::compile as compile_config;
-use crate::engine::{DestinationHandle, Engine, Outbox, WorkerCtx};
 
 pub(super) struct Net;
 impl NetEnv for Net {
