@@ -960,7 +960,11 @@ fn run_help_lists_an_environment_variable_for_every_option() {
         );
     }
     // Every long option but --help names its variable.
-    for line in help.lines().filter(|l| l.trim_start().starts_with('-')) {
+    let options = help.lines().map(str::trim_start).filter(|l| {
+        // `--long ...` or `-s, --long ...`; not the `- value: ...` of possible values.
+        l.starts_with("--") || (l.starts_with('-') && l.get(2..5) == Some(", -"))
+    });
+    for line in options {
         if line.contains("--help") {
             continue;
         }

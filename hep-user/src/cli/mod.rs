@@ -13,10 +13,10 @@ pub mod sink;
 #[command(name = "hepfwd", version, about)]
 pub struct Cli {
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "HEPFWD_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `hep_user=debug`).
-    #[arg(long, default_value = "info", global = true)]
+    #[arg(long, default_value = "info", global = true, env = "HEPFWD_LOG")]
     pub log: String,
     /// The subcommand.
     #[command(subcommand)]

@@ -7,15 +7,16 @@ use clap::Args;
 
 use crate::daemon::{self, DataPath};
 
-/// Arguments of `hepfwd run`.
+/// Arguments of `hepfwd run`. Each option can also come from its `HEPFWD_*` environment
+/// variable (for containers); the command line wins.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The configuration file (TOML).
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, short, value_name = "FILE", env = "HEPFWD_CONFIG")]
     pub config: PathBuf,
     /// Data path: XDP in the kernel with userspace fallback (auto), XDP required, or
     /// userspace only.
-    #[arg(long, value_enum, default_value_t = DataPath::Auto)]
+    #[arg(long, value_enum, default_value_t = DataPath::Auto, env = "HEPFWD_MODE")]
     pub mode: DataPath,
 }
 
