@@ -1208,10 +1208,8 @@ fn sigterm_during_the_start_exits_0() {
         std::thread::sleep(Duration::from_millis(1));
     }
     // SAFETY: kill(2) on the PID of the child this guard spawned and has not reaped.
-    assert_eq!(
-        unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    let r = unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
     let st = p
         .wait_timeout(Duration::from_secs(20))
         .unwrap()
