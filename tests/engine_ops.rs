@@ -1086,6 +1086,21 @@ fn an_invalid_hepfwd_mode_fails_with_clap_naming_it() {
         stderr.contains("invalid value 'kernel-only'") && stderr.contains("--mode"),
         "{stderr}"
     );
+    // And where the value came from.
+    assert!(stderr.contains("HEPFWD_MODE"), "{stderr}");
+    // From the command line, no variable is named.
+    let (code, _, stderr) = hepfwd_with_env(
+        &[
+            "run",
+            "--config",
+            "/nonexistent.toml",
+            "--mode",
+            "kernel-only",
+        ],
+        &[("HEPFWD_MODE", "kernel-only")],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!stderr.contains("HEPFWD_MODE"), "{stderr}");
 }
 
 /// CLOCK_MONOTONIC in microseconds (what `MONOTONIC_USEC=` carries).
