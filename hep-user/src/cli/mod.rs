@@ -48,6 +48,35 @@ pub enum Command {
     Sink(sink::SinkArgs),
 }
 
+/// When `e` rejects a value that came from an environment variable (the option is not on
+/// the command line `args`), that variable's name: clap's message names only the option.
+pub fn env_source_of(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::InvalidValue {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // `--mode <MODE>` → `mode`.
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let flag = format!("--{long}");
+    let on_command_line = args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    if on_command_line {
+        return None;
+    }
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let var = std::iter::once(&cmd)
+        .chain(cmd.get_subcommands())
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?;
+    Some(var.to_string_lossy().into_owned())
+}
+
 /// Sets up `tracing` on stderr.
 pub fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
