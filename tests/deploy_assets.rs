@@ -23,8 +23,8 @@ const STATS_RS: &str = "hep-user/src/admin/stats.rs";
 
 fn asset(rel: &str) -> (PathBuf, String) {
     let path = workspace_root().join(rel);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     (path, text)
 }
 
@@ -99,6 +99,51 @@ fn rule_exprs(yaml: &str) -> Vec<String> {
     out
 }
 
+/// The label names an expression groups by (`by (a, b)`, `on (a)`, `ignoring (a)`) or
+/// selects on (`{a="x", b=~"y"}`).
+fn label_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let ident = |s: &str| {
+        s.trim()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !s.trim().is_empty()
+    };
+    for kw in ["by", "on", "ignoring", "without"] {
+        let mut rest = expr;
+        while let Some(i) = rest.find(kw) {
+            let before = rest[..i].chars().next_back();
+            let after = rest[i + kw.len()..].trim_start();
+            rest = &rest[i + kw.len()..];
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let Some(list) = after.strip_prefix('(') else {
+                continue;
+            };
+            let end = list.find(')').unwrap_or(list.len());
+            out.extend(
+                list[..end]
+                    .split(',')
+                    .filter(|l| ident(l))
+                    .map(|l| l.trim().to_string()),
+            );
+        }
+    }
+    let mut rest = expr;
+    while let Some(i) = rest.find('{') {
+        let tail = &rest[i + 1..];
+        let end = tail.find('}').unwrap_or(tail.len());
+        for m in tail[..end].split(',') {
+            if let Some(k) = m.split(['=', '!']).next().filter(|k| ident(k)) {
+                out.insert(k.trim().to_string());
+            }
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
 /// The family a sample name belongs to (`_total` of counters, `_bucket`/`_sum`/`_count` of
 /// histograms and summaries stripped).
 fn family(name: &str) -> &str {
@@ -154,7 +199,10 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     for i in 0..4 {
         agent.send(d.listen(), &Pkt::log("l", i).encode());
         agent.send(d.listen(), &Pkt::rtcp("r@deploy.test", i).encode());
-        agent.send(d.listen(), &Pkt::sip(&format!("c-{i}@deploy.test"), i).encode());
+        agent.send(
+            d.listen(),
+            &Pkt::sip(&format!("c-{i}@deploy.test"), i).encode(),
+        );
         tcp_agent.write(&Pkt::sip(&format!("t-{i}@deploy.test"), i).encode());
     }
     d.wait_for("12 UDP and 4 TCP packets received", WAIT, |m| {
@@ -207,6 +255,29 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
             None => missing.push(name.clone()),
         }
     }
+    // Every label an expression names is on one of its metrics (or is `instance`, which
+    // Prometheus adds; or is `counter`/`outcome` of the kernel-only families).
+    let scrape = d.metrics();
+    for e in dash_exprs.iter().chain(&rules) {
+        let mut names = BTreeSet::new();
+        metric_names(e, &mut names);
+        for label in label_names(e) {
+            let known = label == "instance"
+                || names.iter().any(|n| {
+                    scrape
+                        .samples
+                        .iter()
+                        .any(|s| &s.name == n && s.labels.contains_key(&label))
+                        || (n.starts_with("hepfwd_xdp_")
+                            && ["counter", "outcome", "route", "destination", "path"]
+                                .contains(&label.as_str()))
+                });
+            // Template variables and annotation templates are not labels.
+            if !known && !label.starts_with('$') {
+                missing.push(format!("label {label:?} in {e}"));
+            }
+        }
+    }
     assert!(
         missing.is_empty(),
         "metrics used in {DASHBOARD} or {RULES} that hepfwd does not export: {missing:?}\n/metrics:\n{text}"
@@ -230,7 +301,12 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
 fn promtool_checks_the_alert_rules() {
     const NAME: &str = "promtool_checks_the_alert_rules";
     let (path, _) = asset(RULES);
-    let out = match Command::new("promtool").arg("check").arg("rules").arg(&path).output() {
+    let out = match Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&path)
+        .output()
+    {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             privileged::skip(
@@ -264,6 +340,10 @@ fn the_extractors_find_names_and_block_exprs() {
         ["hepfwd_a_total", "hepfwd_b_bucket"]
     );
     assert_eq!(family("hepfwd_b_bucket"), "hepfwd_b");
+    assert_eq!(
+        label_names("sum by (a, b) (rate(x{c=\"1\", d=~\"$v\"}[5m])) / ignoring(e) y").len(),
+        5
+    );
     let exprs = rule_exprs(
         "  - alert: A\n    expr: hepfwd_x == 0\n    for: 1m\n  - alert: B\n    expr: >-\n      hepfwd_y\n      and hepfwd_z\n    for: 5m\n",
     );
