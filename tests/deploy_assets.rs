@@ -205,11 +205,13 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
         );
         tcp_agent.write(&Pkt::sip(&format!("t-{i}@deploy.test"), i).encode());
     }
+    // A parse error (that family only shows kinds that happened).
+    agent.send(d.listen(), b"HEP3");
     d.wait_for("12 UDP and 4 TCP packets received", WAIT, |m| {
         m.get(
             "hepfwd_received_total",
             &[("listener", "agents"), ("transport", "udp")],
-        ) == 12
+        ) >= 12
             && m.get(
                 "hepfwd_received_total",
                 &[("listener", "agents"), ("transport", "tcp")],
@@ -219,6 +221,7 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     d.wait_for("the routes counted", Duration::from_secs(5), |m| {
         m.get("hepfwd_route_dropped_total", &[("route", "no-logs")]) == 4
             && m.get("hepfwd_route_matches_total", &[("route", "sip")]) == 8
+            && m.get("hepfwd_parse_errors_total", &[("listener", "agents")]) == 1
     });
 
     let (status, text) = http_get(d.admin, "/metrics").unwrap();
