@@ -300,35 +300,66 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     }
 }
 
+/// `promtool check rules FILE`: (success, stdout + stderr), `None` when promtool is missing.
+fn promtool_check_rules(path: &std::path::Path) -> Option<(bool, String)> {
+    match Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(path)
+        .output()
+    {
+        Ok(out) => Some((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("run promtool: {e}"),
+    }
+}
+
 #[test]
 fn promtool_checks_the_alert_rules() {
     const NAME: &str = "promtool_checks_the_alert_rules";
     let (path, _) = asset(RULES);
-    let out = match Command::new("promtool")
-        .arg("check")
-        .arg("rules")
-        .arg(&path)
-        .output()
-    {
-        Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            privileged::skip(
-                NAME,
-                "promtool is not installed (apt-get install prometheus, or cargo xtask setup)",
-            );
-            return;
-        }
-        Err(e) => panic!("run promtool: {e}"),
+    let Some((ok, out)) = promtool_check_rules(&path) else {
+        privileged::skip(
+            NAME,
+            "promtool is not installed (apt-get install prometheus, or cargo xtask setup)",
+        );
+        return;
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success(),
-        "promtool check rules {} failed ({}):\n{stdout}{stderr}",
-        path.display(),
-        out.status
+        ok && out.contains("SUCCESS"),
+        "promtool check rules {} failed:\n{out}",
+        path.display()
     );
-    assert!(stdout.contains("SUCCESS"), "{stdout}{stderr}");
+
+    // The dashboard's queries parse too: each one as a recording rule, with Grafana's
+    // variables replaced by values.
+    let (_, dash_text) = asset(DASHBOARD);
+    let dash: serde_json::Value = serde_json::from_str(&dash_text).unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in dashboard_exprs(&dash).iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        rules += &format!(
+            "      - record: hepfwd_dashboard_query_{i}\n        expr: {}\n",
+            serde_json::Value::String(e)
+        );
+    }
+    let dir = hepfwd_tests::peers::TestDir::new("deploy-assets-promql").unwrap();
+    let tmp = dir.join("dashboard-queries.yml");
+    std::fs::write(&tmp, rules).unwrap();
+    let (ok, out) = promtool_check_rules(&tmp).expect("promtool ran a moment ago");
+    assert!(
+        ok && out.contains("SUCCESS"),
+        "a query of {DASHBOARD} is not valid PromQL:\n{out}"
+    );
 }
 
 #[test]
