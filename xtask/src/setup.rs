@@ -28,6 +28,7 @@ const APT_PACKAGES: &[&str] = &[
     "kamailio",
     "sip-tester",
     "ethtool",
+    "prometheus", // promtool: tests/deploy_assets.rs checks deploy/prometheus/hepfwd-alerts.yml
 ];
 
 /// The rustup toolchain name of Debian's rustc (`rustup toolchain link debian-web /usr`).
