@@ -31,6 +31,9 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus", // promtool: tests/deploy_assets.rs checks deploy/prometheus/hepfwd-alerts.yml
 ];
 
+/// Of [`APT_PACKAGES`], those installed without their recommended packages.
+const WITHOUT_RECOMMENDS: &[&str] = &["prometheus"];
+
 /// The rustup toolchain name of Debian's rustc (`rustup toolchain link debian-web /usr`).
 pub const TOOLCHAIN: &str = "debian-web";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -171,13 +174,26 @@ fn step_apt(state: &State) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .context("apt-get update")?;
-    cmd::run(
-        Command::new("apt-get")
-            .args(["install", "-y"])
-            .args(&state.missing_apt)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("apt-get install")?;
+    // Packages whose recommendations must stay out (prometheus recommends
+    // prometheus-node-exporter, a service on port 9100, the admin port of hepfwd's
+    // default configuration), then the rest as usual.
+    let (bare, usual): (Vec<&str>, Vec<&str>) = state
+        .missing_apt
+        .iter()
+        .partition(|p| WITHOUT_RECOMMENDS.contains(p));
+    for (packages, extra) in [(usual, None), (bare, Some("--no-install-recommends"))] {
+        if packages.is_empty() {
+            continue;
+        }
+        cmd::run(
+            Command::new("apt-get")
+                .args(["install", "-y"])
+                .args(extra)
+                .args(&packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("apt-get install")?;
+    }
     println!("[setup] apt packages: installed {missing}");
     Ok(())
 }
