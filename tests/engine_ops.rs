@@ -1004,7 +1004,10 @@ fn build_info_and_process_metrics_have_plausible_values() {
         "process_open_fds {fds}, /proc/PID/fd has {fds_now}"
     );
     let cpu = one("process_cpu_seconds_total");
-    assert!((0.0..60.0).contains(&cpu), "process_cpu_seconds_total {cpu}");
+    assert!(
+        (0.0..60.0).contains(&cpu),
+        "process_cpu_seconds_total {cpu}"
+    );
     let start = one("process_start_time_seconds");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1026,7 +1029,9 @@ fn label_values(m: &Metrics, label: &str) -> BTreeSet<String> {
 
 #[test]
 fn a_reload_prunes_the_series_of_removed_routes_listeners_and_destinations() {
-    let cols: Vec<UdpCollector> = (1..=3).map(|i| UdpCollector::new(&format!("d{i}"))).collect();
+    let cols: Vec<UdpCollector> = (1..=3)
+        .map(|i| UdpCollector::new(&format!("d{i}")))
+        .collect();
     let addrs: Vec<SocketAddr> = cols.iter().map(|c| c.addr).collect();
     let many = |p: &Ports| {
         let mut c = udp_listener(p)
@@ -1053,7 +1058,10 @@ fn a_reload_prunes_the_series_of_removed_routes_listeners_and_destinations() {
     cols[0].take(1, WAIT);
     d.wait_counter("hepfwd_route_matches_total", &[("route", "r1")], 1, WAIT);
     let m = d.metrics();
-    assert!(label_values(&m, "route").contains("r50"), "r50 before the reload");
+    assert!(
+        label_values(&m, "route").contains("r50"),
+        "r50 before the reload"
+    );
     assert!(label_values(&m, "listener").contains("second"));
     assert!(label_values(&m, "destination").contains("d3"));
 
@@ -1067,7 +1075,11 @@ fn a_reload_prunes_the_series_of_removed_routes_listeners_and_destinations() {
     let routes = label_values(&m, "route");
     let listeners = label_values(&m, "listener");
     let dests = label_values(&m, "destination");
-    assert_eq!(routes, BTreeSet::from(["r1".to_string()]), "routes on /metrics");
+    assert_eq!(
+        routes,
+        BTreeSet::from(["r1".to_string()]),
+        "routes on /metrics"
+    );
     assert_eq!(
         listeners,
         BTreeSet::from(["agents".to_string()]),
@@ -1080,7 +1092,10 @@ fn a_reload_prunes_the_series_of_removed_routes_listeners_and_destinations() {
     );
     // What stays keeps its counts.
     assert_eq!(m.get("hepfwd_route_matches_total", &[("route", "r1")]), 1);
-    assert_eq!(m.get("hepfwd_destination_sent_total", &[("destination", "d1")]), 1);
+    assert_eq!(
+        m.get("hepfwd_destination_sent_total", &[("destination", "d1")]),
+        1
+    );
     assert_eq!(m.get("hepfwd_received_total", &[("listener", "agents")]), 1);
 
     let (status, v) = d.health();

@@ -4,7 +4,7 @@
 //! - [`engine`]: route matching, actions, rewrite, output conversion.
 //! - [`io`]: batched UDP workers, TCP in and out, the output flusher, capture files.
 //! - [`daemon`]: start, reload (SIGHUP), drain and stop (SIGTERM).
-//! - [`admin`]: counters, `/metrics` and `/healthz`.
+//! - [`admin`]: counters, process metrics, `/metrics`, `/healthz` and `/readyz`.
 //! - [`decode`]: HEP → JSON (`hepfwd decode`).
 //! - [`cli`]: the `hepfwd` subcommands, one file each.
 
