@@ -618,6 +618,7 @@ fn hold_connections(to: SocketAddr, count: usize, deadline: Instant) -> Vec<std:
 fn accept_errors_back_off_when_file_descriptors_run_out() {
     let options = hepfwd_tests::daemon::StartOptions {
         nofile: Some((256, 256)),
+        ..Default::default()
     };
     let d = Daemon::start_with("emfile", &options, |p| {
         format!(
@@ -680,6 +681,7 @@ fn accept_errors_back_off_when_file_descriptors_run_out() {
 fn the_open_files_soft_limit_is_raised_to_the_hard_limit_at_start() {
     let options = hepfwd_tests::daemon::StartOptions {
         nofile: Some((256, 4096)),
+        ..Default::default()
     };
     let d = Daemon::start_with("nofile", &options, udp_listener);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
@@ -929,6 +931,315 @@ fn a_second_daemon_on_the_same_udp_address_refuses_to_start() {
         &[("listener", "agents")],
         200,
         WAIT,
+    );
+}
+
+/// `hepfwd ARGS` with `env` added to the test's environment (and every `HEPFWD_*` and
+/// `NOTIFY_SOCKET` of the test's own removed): (exit code, stdout, stderr).
+fn hepfwd_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(hepfwd_bin().unwrap());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HEPFWD_") || k == "NOTIFY_SOCKET" {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.args(args).envs(env.iter().copied()).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_help_lists_an_environment_variable_for_every_option() {
+    let (code, help, stderr) = hepfwd_with_env(&["run", "--help"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for var in [
+        "HEPFWD_CONFIG",
+        "HEPFWD_MODE",
+        "HEPFWD_LOG",
+        "HEPFWD_LOG_FORMAT",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {var}=")),
+            "{var} not in:\n{help}"
+        );
+    }
+    // Every long option but --help names its variable.
+    let options = help.lines().map(str::trim_start).filter(|l| {
+        // `--long ...` or `-s, --long ...`; not the `- value: ...` of possible values.
+        l.starts_with("--") || (l.starts_with('-') && l.get(2..5) == Some(", -"))
+    });
+    for line in options {
+        if line.contains("--help") {
+            continue;
+        }
+        let long = line
+            .split("--")
+            .nth(1)
+            .and_then(|s| s.split([' ', '=', '<']).next())
+            .unwrap();
+        let var = format!("HEPFWD_{}", long.to_uppercase().replace('-', "_"));
+        assert!(
+            help.contains(&format!("[env: {var}=")),
+            "--{long} has no {var}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn hepfwd_config_from_the_environment_starts_the_daemon_and_the_command_line_wins() {
+    let dir = TestDir::new("env-config").unwrap();
+    let config = dir.join("hepfwd.toml");
+    let (listen, admin) = (free_port_v4(), free_port_v4());
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"agents\"\nudp = \"127.0.0.1:{listen}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+        ),
+    )
+    .unwrap();
+    let admin = SocketAddr::from((LO, admin));
+    let config_s = config.to_str().unwrap();
+    let bogus = dir.join("missing.toml");
+    // From the environment only; then the command line over a missing file and a bad mode.
+    for (i, (args, env)) in [
+        (
+            vec!["run"],
+            vec![
+                ("HEPFWD_CONFIG", config_s),
+                ("HEPFWD_MODE", "userspace"),
+                ("HEPFWD_LOG_FORMAT", "json"),
+            ],
+        ),
+        (
+            vec![
+                "--log-format",
+                "text",
+                "run",
+                "--config",
+                config_s,
+                "--mode",
+                "userspace",
+            ],
+            vec![
+                ("HEPFWD_CONFIG", bogus.to_str().unwrap()),
+                ("HEPFWD_MODE", "nonsense"),
+                ("HEPFWD_LOG_FORMAT", "json"),
+                ("HEPFWD_LOG", "warn"),
+            ],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut cmd = Command::new(hepfwd_bin().unwrap());
+        cmd.env_remove("NOTIFY_SOCKET").args(&args).envs(env);
+        let stderr = dir.join(&format!("run-{i}.stderr"));
+        let mut p = ProcessGuard::spawn(
+            "hepfwd",
+            cmd,
+            &dir.join(&format!("run-{i}.stdout")),
+            &stderr,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = p.try_wait().unwrap() {
+                panic!(
+                    "hepfwd {args:?} exited: {st}\n{}",
+                    read_tail(&stderr, 64 * 1024)
+                );
+            }
+            if matches!(
+                hepfwd_tests::metrics::http_get(admin, "/healthz"),
+                Ok((200, _))
+            ) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hepfwd {args:?} did not come up:\n{}",
+                read_tail(&stderr, 64 * 1024)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let st = p.terminate(Duration::from_secs(10)).unwrap();
+        assert!(st.success(), "hepfwd {args:?}: {st}");
+        let log = read_tail(&stderr, 64 * 1024);
+        let json_running = log
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("running"));
+        if i == 0 {
+            // HEPFWD_LOG_FORMAT=json was taken.
+            assert!(json_running, "no JSON \"running\" line in:\n{log}");
+        } else {
+            // --log-format text won over HEPFWD_LOG_FORMAT; HEPFWD_LOG=warn was taken.
+            assert!(!log.lines().any(|l| l.starts_with('{')), "{log}");
+            assert!(!log.contains("running"), "HEPFWD_LOG=warn ignored:\n{log}");
+        }
+    }
+}
+
+#[test]
+fn an_invalid_hepfwd_mode_fails_with_clap_naming_it() {
+    let (code, _, stderr) = hepfwd_with_env(
+        &["run", "--config", "/nonexistent.toml"],
+        &[("HEPFWD_MODE", "kernel-only")],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'kernel-only'") && stderr.contains("--mode"),
+        "{stderr}"
+    );
+    // And where the value came from.
+    assert!(stderr.contains("HEPFWD_MODE"), "{stderr}");
+    // From the command line, no variable is named.
+    let (code, _, stderr) = hepfwd_with_env(
+        &[
+            "run",
+            "--config",
+            "/nonexistent.toml",
+            "--mode",
+            "kernel-only",
+        ],
+        &[("HEPFWD_MODE", "kernel-only")],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!stderr.contains("HEPFWD_MODE"), "{stderr}");
+}
+
+/// CLOCK_MONOTONIC in microseconds (what `MONOTONIC_USEC=` carries).
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    assert_eq!(r, 0, "clock_gettime: {}", std::io::Error::last_os_error());
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// The next datagram on the notify socket, as its lines.
+fn notification(sock: &std::os::unix::net::UnixDatagram, d: &Daemon) -> Vec<String> {
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no notification within the timeout: {e}\nhepfwd stderr:\n{}",
+            d.stderr()
+        )
+    });
+    String::from_utf8(buf[..n].to_vec())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_systemd_notify_protocol_ready_reloading_ready_stopping() {
+    let dir = TestDir::new("notify").unwrap();
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let options = hepfwd_tests::daemon::StartOptions {
+        env: vec![("NOTIFY_SOCKET".into(), path.clone().into())],
+        ..Default::default()
+    };
+    let mut d = Daemon::start_with("notify", &options, udp_listener);
+    let ready = ["READY=1", "STATUS=userspace: 1 UDP listener"];
+    assert_eq!(notification(&sock, &d), ready);
+
+    // Accepted and rejected reloads alike: RELOADING=1 with the time, then READY=1.
+    for good in [true, false] {
+        let before = monotonic_usec();
+        let accepted = if good {
+            d.reload(udp_listener)
+        } else {
+            d.reload(|_| "[[listener]]\nname = 3\n".to_string())
+        };
+        assert_eq!(accepted, good);
+        let after = monotonic_usec();
+        let reloading = notification(&sock, &d);
+        assert_eq!(reloading.len(), 2, "{reloading:?}");
+        assert_eq!(reloading[0], "RELOADING=1");
+        let usec: u64 = reloading[1]
+            .strip_prefix("MONOTONIC_USEC=")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("not MONOTONIC_USEC=<number>: {reloading:?}"));
+        assert!(
+            before <= usec && usec <= after,
+            "MONOTONIC_USEC={usec} not within the test's [{before}, {after}]"
+        );
+        assert_eq!(notification(&sock, &d), ready);
+    }
+
+    d.signal(libc::SIGTERM);
+    assert_eq!(notification(&sock, &d), ["STOPPING=1"]);
+    let st = d
+        .wait_exit(Duration::from_secs(10))
+        .expect("hepfwd did not exit");
+    assert!(st.success(), "exit status {st}");
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let extra = sock
+        .recv(&mut buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(extra.is_err(), "a notification after STOPPING=1: {extra:?}");
+}
+
+/// SIGTERM while the daemon is still starting (its first listener bound, 63 more to go)
+/// stops it with exit 0, not killed by the signal: the handlers come before anything slow.
+#[test]
+fn sigterm_during_the_start_exits_0() {
+    let dir = TestDir::new("early-term").unwrap();
+    let config = dir.join("hepfwd.toml");
+    let mut text = String::from("[engine]\nworkers = 4\n");
+    for i in 0..64 {
+        text += &format!(
+            "\n[[listener]]\nname = \"l{i}\"\nudp = \"127.0.{}.{}:0\"\n",
+            i / 200 + 1,
+            i % 200 + 1
+        );
+    }
+    std::fs::write(&config, text).unwrap();
+    let mut cmd = Command::new(hepfwd_bin().unwrap());
+    cmd.env_remove("NOTIFY_SOCKET")
+        .args(["--log", "info", "run", "--mode", "userspace", "--config"])
+        .arg(&config);
+    let stderr = dir.join("hepfwd.stderr");
+    let mut p = ProcessGuard::spawn("hepfwd", cmd, &dir.join("hepfwd.stdout"), &stderr).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&stderr)
+        .unwrap_or_default()
+        .contains("listening on UDP")
+    {
+        assert!(
+            p.try_wait().unwrap().is_none(),
+            "{}",
+            read_tail(&stderr, 64 * 1024)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            read_tail(&stderr, 64 * 1024)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill(2) on the PID of the child this guard spawned and has not reaped.
+    let r = unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
+    let st = p
+        .wait_timeout(Duration::from_secs(20))
+        .unwrap()
+        .expect("hepfwd did not exit");
+    assert!(
+        st.success(),
+        "SIGTERM during the start: {st}\n{}",
+        read_tail(&stderr, 64 * 1024)
     );
 }
 

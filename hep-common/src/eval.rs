@@ -248,30 +248,59 @@ pub enum PassReason {
     NoRoute,
 }
 
-/// Evaluates routes in order (see the module docs); `rr` as in [`KernelRoute::pick`].
+/// The route that takes a packet, before its action is decided: [`first_match`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstMatch {
+    /// Route `i` matches: [`decide`] gives the verdict.
+    Route(usize),
+    /// No route decides in the kernel: pass (an opaque route came first, or none matched).
+    Pass(Verdict),
+}
+
+/// The first route, in order, that matches `f` (see the module docs). Reads no correlation
+/// key: the kernel computes the key only when the route found needs it ([`needs_key`]).
 #[inline(always)]
-pub fn evaluate(routes: &[KernelRoute], f: &KernelFacts, rr: u32) -> Verdict {
+pub fn first_match(routes: &[KernelRoute], f: &KernelFacts) -> FirstMatch {
     let mut i = 0;
     while i < routes.len() && i < MAX_ROUTES {
         let r = &routes[i];
         if r.kind != RouteKind::Evaluable as u8 {
-            return Verdict::Pass {
+            return FirstMatch::Pass(Verdict::Pass {
                 reason: PassReason::OpaqueRoute,
                 route: Some(i),
-            };
+            });
         }
         if r.matches(f) {
-            return decide(r, i, f, rr);
+            return FirstMatch::Route(i);
         }
         i += 1;
     }
-    Verdict::Pass {
+    FirstMatch::Pass(Verdict::Pass {
         reason: PassReason::NoRoute,
         route: None,
+    })
+}
+
+/// Whether [`decide`] reads the correlation key hash for route `r`: it samples calls, or
+/// steers by hash. Matching never reads it (a correlation match makes a route opaque).
+#[inline(always)]
+pub fn needs_key(r: &KernelRoute) -> bool {
+    r.action != RouteAction::Pass as u8
+        && (r.sample_ppm < SAMPLE_ALL
+            || (r.action == RouteAction::Steer as u8 && r.mode == SteerMode::Hash as u8))
+}
+
+/// Evaluates routes in order (see the module docs); `rr` as in [`KernelRoute::pick`].
+#[inline(always)]
+pub fn evaluate(routes: &[KernelRoute], f: &KernelFacts, rr: u32) -> Verdict {
+    match first_match(routes, f) {
+        FirstMatch::Route(i) => decide(&routes[i], i, f, rr),
+        FirstMatch::Pass(v) => v,
     }
 }
 
-/// The verdict of route `i`, which matched.
+/// The verdict of route `i`, which matched. `f.key_hash` must be the packet's key hash
+/// when [`needs_key`] says so; otherwise it is not read.
 #[inline(always)]
 pub fn decide(r: &KernelRoute, i: usize, f: &KernelFacts, rr: u32) -> Verdict {
     if r.action == RouteAction::Pass as u8 {
@@ -405,5 +434,67 @@ mod tests {
             evaluate(&[sampled], &f, 0),
             Verdict::SampledOut { route: 0 }
         );
+    }
+
+    #[test]
+    fn only_sampling_and_hash_steering_need_the_key() {
+        let mut r = KernelRoute::EMPTY;
+        r.kind = RouteKind::Evaluable as u8;
+        let cases = [
+            (RouteAction::Pass, SteerMode::Hash, 1, false),
+            (RouteAction::Drop, SteerMode::Single, SAMPLE_ALL, false),
+            (RouteAction::Drop, SteerMode::Single, 10, true),
+            (RouteAction::Steer, SteerMode::Single, SAMPLE_ALL, false),
+            (RouteAction::Steer, SteerMode::RoundRobin, SAMPLE_ALL, false),
+            (RouteAction::Steer, SteerMode::Hash, SAMPLE_ALL, true),
+            (RouteAction::Mirror, SteerMode::Single, SAMPLE_ALL, false),
+            (RouteAction::Mirror, SteerMode::Single, 500_000, true),
+        ];
+        for (action, mode, ppm, want) in cases {
+            r.action = action as u8;
+            r.mode = mode as u8;
+            r.sample_ppm = ppm;
+            assert_eq!(needs_key(&r), want, "{action:?} {mode:?} {ppm}");
+        }
+        // A decision that does not need the key is the same whatever the key.
+        let f0 = KernelFacts::default();
+        let f1 = KernelFacts {
+            key_hash: 0xdead_beef,
+            ..KernelFacts::default()
+        };
+        r.action = RouteAction::Steer as u8;
+        r.mode = SteerMode::Single as u8;
+        r.sample_ppm = SAMPLE_ALL;
+        r.n_targets = 1;
+        assert_eq!(decide(&r, 0, &f0, 0), decide(&r, 0, &f1, 0));
+    }
+
+    proptest::proptest! {
+        /// Where [`needs_key`] says no, the decision is the same for every key hash: the
+        /// kernel may skip the Call-ID scan and the hash.
+        #[test]
+        fn decisions_that_need_no_key_ignore_it(
+            action in 0u8..4,
+            mode in 0u8..3,
+            ppm in proptest::prop_oneof![proptest::strategy::Just(SAMPLE_ALL), 0u32..SAMPLE_ALL],
+            n_targets in 0u8..=8,
+            seeds in proptest::array::uniform8(proptest::num::u64::ANY),
+            h0 in proptest::num::u64::ANY,
+            h1 in proptest::num::u64::ANY,
+            rr in proptest::num::u32::ANY,
+        ) {
+            let mut r = KernelRoute::EMPTY;
+            r.kind = RouteKind::Evaluable as u8;
+            r.action = action;
+            r.mode = mode;
+            r.sample_ppm = ppm;
+            r.n_targets = n_targets;
+            r.targets = [0, 1, 2, 3, 4, 5, 6, 7];
+            r.seeds = seeds;
+            let f = |h| KernelFacts { key_hash: h, ..KernelFacts::default() };
+            if !needs_key(&r) {
+                proptest::prop_assert_eq!(decide(&r, 0, &f(h0), rr), decide(&r, 0, &f(h1), rr));
+            }
+        }
     }
 }

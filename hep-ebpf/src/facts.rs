@@ -117,7 +117,8 @@ unsafe extern "C" fn hash_step(_i: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// Walks the payload in the scratch entry `s` (validating it by the walker's rules) and
-/// stores its facts in `s.facts`; `false` when it is not valid HEPv3. Not inlined: its
+/// stores its facts in `s.facts`, all but the key hash ([`key`]); `false` when it is not
+/// valid HEPv3. Not inlined: its
 /// locals stay out of `hep_xdp`'s frame. Each field is taken from the entry where it is
 /// used and not held across a `bpf_loop` call, whose callbacks take it themselves.
 #[inline(never)]
@@ -144,15 +145,23 @@ pub fn compute(s: Entry, sender: &Addr16) -> bool {
             0,
         )
     };
-    let key = {
-        let w = s.walk();
-        if w.status != WALK_DONE {
-            return false;
-        }
-        w.facts.key_source()
-    };
+    if s.walk().status != WALK_DONE {
+        return false;
+    }
+    // The key hash is computed later, by `key`, only if the route found needs it.
+    *s.facts() = s.walk().facts.finish(0);
+    true
+}
+
+/// Computes the correlation key hash of the packet whose facts `compute` left in `s` and
+/// stores it in `s.facts.key_hash`: the Call-ID scan (for SIP without a 0x0011 chunk) and
+/// the hash, in `bpf_loop` callbacks. Called only when the route that matched needs the key
+/// (`eval::needs_key`): most routes never read it. Not inlined: its locals stay out of
+/// its caller's frame.
+#[inline(never)]
+pub fn key(s: Entry) {
     // Where the key is: a 0x0011 value, or the Call-ID the scan finds in a SIP payload.
-    let span = match key {
+    let span = match s.walk().facts.key_source() {
         KeySpan::None => None,
         KeySpan::Bytes { offset, len } => Some((offset, len)),
         KeySpan::CallIdIn { offset, len } => {
@@ -167,7 +176,8 @@ pub fn compute(s: Entry, sender: &Addr16) -> bool {
                 sc.pos = 0;
                 sc.scanner = CallIdScanner::new();
             }
-            // SAFETY: as above. Blocks of 8 (SCAN_BLOCKS per call), then up to 7 bytes.
+            // SAFETY: a static callback of the right signature; it takes its state from the
+            // map. Blocks of 8 (SCAN_BLOCKS per call), then up to 7 bytes.
             unsafe {
                 bpf_loop(
                     (CALLID_SCAN_LIMIT / 8 / SCAN_BLOCKS + 8) as u32,
@@ -202,7 +212,5 @@ pub fn compute(s: Entry, sender: &Addr16) -> bool {
             0,
         )
     };
-    let key_hash = s.hash().hasher.finish();
-    *s.facts() = s.walk().facts.finish(key_hash);
-    true
+    s.facts().key_hash = s.hash().hasher.finish();
 }

@@ -12,9 +12,10 @@ use hep_common::abi::{
     MAX_LISTENERS, MAX_ROUTES, MAX_SLOTS, RouteKind, SteerMode, XdpConfig,
 };
 use hep_common::bytes::ByteSource as _;
-use hep_common::eval::{PassReason, Verdict, decide};
+use hep_common::eval::{PassReason, Verdict, decide, needs_key};
 
-use crate::scratch::{Entry, NO_ROUTE};
+use crate::facts;
+use crate::scratch::{Entry, NO_MATCH, NO_ROUTE};
 use crate::tables::{ALLOW, LISTENERS, ROUTES, RR, XDP_CONFIG};
 
 /// The active configuration, `None` before the loader installed one.
@@ -106,7 +107,8 @@ pub fn gate(l: &KernelListener, s: Entry) -> Gate {
     Gate::Open
 }
 
-/// One route: decides (returns 1) or goes on to the next (0).
+/// One route: the first that matches (or an opaque one) ends the loop (returns 1), else
+/// on to the next (0). The decision is made after the loop, by [`evaluate`].
 unsafe extern "C" fn route_step(i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = Entry::get() else { return 1 };
     let (e, facts) = (s.eval(), &*s.facts());
@@ -127,21 +129,12 @@ unsafe extern "C" fn route_step(i: u64, _ctx: *mut c_void) -> i64 {
     if !r.matches(facts) {
         return 0;
     }
-    let mut rr = 0u32;
-    if r.mode == SteerMode::RoundRobin as u8
-        && let Some(p) = RR.get_ptr_mut(r.slot % MAX_SLOTS as u32)
-    {
-        // SAFETY: this CPU's slot of the per-CPU round-robin array.
-        unsafe {
-            rr = *p;
-            *p = rr.wrapping_add(1);
-        }
-    }
-    e.verdict = decide(r, idx, facts, rr);
+    e.matched = idx as u32;
     1
 }
 
-/// Evaluates the routes of `cfg`'s active bank over `s.facts`; the verdict is left in
+/// Evaluates the routes of `cfg`'s active bank over `s.facts`: the first that matches, then
+/// (with the key hash computed if that route needs it) its decision, left in
 /// `s.eval.verdict`. Not inlined: its locals stay out of `hep_xdp`'s frame.
 #[inline(never)]
 pub fn evaluate(cfg: &XdpConfig, s: Entry) {
@@ -151,6 +144,7 @@ pub fn evaluate(cfg: &XdpConfig, s: Entry) {
         e.base = bank * MAX_ROUTES as u32;
         e.count = cfg.route_count[bank as usize];
         e.verdict = NO_ROUTE;
+        e.matched = NO_MATCH;
     }
     // SAFETY: a static callback of the right signature; its state is in the map.
     unsafe {
@@ -161,4 +155,29 @@ pub fn evaluate(cfg: &XdpConfig, s: Entry) {
             0,
         )
     };
+    let (base, matched) = {
+        let e = s.eval();
+        (e.base, e.matched)
+    };
+    if matched >= MAX_ROUTES as u32 {
+        return;
+    }
+    let Some(r) = ROUTES.get(base + matched) else {
+        return;
+    };
+    // Only now, and only if this route reads it: the Call-ID scan and the key hash.
+    if needs_key(r) {
+        facts::key(s);
+    }
+    let mut rr = 0u32;
+    if r.mode == SteerMode::RoundRobin as u8
+        && let Some(p) = RR.get_ptr_mut(r.slot % MAX_SLOTS as u32)
+    {
+        // SAFETY: this CPU's slot of the per-CPU round-robin array.
+        unsafe {
+            rr = *p;
+            *p = rr.wrapping_add(1);
+        }
+    }
+    s.eval().verdict = decide(r, matched as usize, s.facts(), rr);
 }

@@ -77,9 +77,14 @@ pub struct Eval {
     pub base: u32,
     /// Routes in the active bank.
     pub count: u32,
+    /// The route that matched, or [`NO_MATCH`].
+    pub matched: u32,
     /// The decision, once a route decided (else "no route").
     pub verdict: Verdict,
 }
+
+/// [`Eval::matched`]: no route matched (yet).
+pub const NO_MATCH: u32 = u32::MAX;
 
 /// Everything in the per-CPU scratch entry.
 #[repr(C)]
@@ -168,7 +173,8 @@ impl Entry {
         unsafe { &mut (*self.0).hash }
     }
 
-    /// The packet's facts: written by `facts::compute`, read by the gate and the routes.
+    /// The packet's facts: written by `facts::compute` (and the key hash by `facts::key`,
+    /// when the route found needs it), read by the gate and the routes.
     #[inline(always)]
     pub fn facts(self) -> &'static mut KernelFacts {
         // SAFETY: a reference to the `facts` field only; one user at a time (see the type).

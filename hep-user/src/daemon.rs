@@ -17,6 +17,7 @@ use crate::engine::{DestinationHandle, Engine, FrameQueue};
 use crate::io::tcp_listener::TcpListener;
 use crate::io::tcp_sink::{SinkOptions, TcpSink};
 use crate::io::udp_listener::UdpListener;
+use crate::notify::Notifier;
 pub use crate::xdp::dataplane::DataPath;
 use crate::xdp::dataplane::{Choice, DataPlane, SharedDataPlane, choose};
 
@@ -375,6 +376,34 @@ impl Daemon {
         }
     }
 
+    /// The data path and the listeners, for `STATUS=` (`userspace: 1 UDP listener`,
+    /// `xdp on eth0: 2 UDP listeners, 1 TCP listener`).
+    pub fn status(&self) -> String {
+        let path = match &self.dataplane {
+            None => "userspace".to_string(),
+            Some(dp) => {
+                let dp = match dp.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                format!("xdp on {}", dp.interfaces().join(", "))
+            }
+        };
+        let count = |n: usize, transport: &str| {
+            format!("{n} {transport} listener{}", if n == 1 { "" } else { "s" })
+        };
+        let listeners: Vec<String> = [(self.udp.len(), "UDP"), (self.tcp.len(), "TCP")]
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, t)| count(n, t))
+            .collect();
+        if listeners.is_empty() {
+            format!("{path}: no listeners")
+        } else {
+            format!("{path}: {}", listeners.join(", "))
+        }
+    }
+
     /// Re-reads the configuration; on any error keeps the running one.
     ///
     /// The file is read on a blocking thread, and only if it is a regular file of bounded
@@ -642,8 +671,14 @@ fn bound_addresses<L: Listener>(running: &HashMap<SocketAddr, L>) -> Vec<(Socket
     running.iter().map(|(c, l)| (*c, l.bound())).collect()
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: PathBuf, path: DataPath) -> Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT, telling the service manager (`notify`) when
+/// it is ready, reloading and stopping.
+pub async fn run(config: PathBuf, path: DataPath, notify: Notifier) -> Result<()> {
+    // The handlers first: a signal that arrives while the daemon starts (XDP can take a
+    // while) is handled once it has started, instead of killing it.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     crate::io::accept::raise_nofile_limit();
     let plan = crate::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let stats = Arc::new(Stats::default());
@@ -654,18 +689,21 @@ pub async fn run(config: PathBuf, path: DataPath) -> Result<()> {
         tokio::spawn(serve);
     }
     let mut d = Daemon::start_with(config, plan, path, stats).await?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tracing::info!("running");
+    notify.ready(&d.status());
     loop {
         tokio::select! {
-            _ = hup.recv() => { d.reload().await; }
+            _ = hup.recv() => {
+                notify.reloading();
+                d.reload().await;
+                notify.ready(&d.status());
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     tracing::info!("stopping");
+    notify.stopping();
     d.shutdown().await;
     Ok(())
 }

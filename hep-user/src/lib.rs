@@ -4,6 +4,7 @@
 //! - [`engine`]: route matching, actions, rewrite, output conversion.
 //! - [`io`]: batched UDP workers, TCP in and out, the output flusher, capture files.
 //! - [`daemon`]: start, reload (SIGHUP), drain and stop (SIGTERM).
+//! - [`notify`]: the systemd notify protocol (`READY=1`, `RELOADING=1`, `STOPPING=1`).
 //! - [`admin`]: counters, process metrics, `/metrics`, `/healthz` and `/readyz`.
 //! - [`decode`]: HEP → JSON (`hepfwd decode`).
 //! - [`cli`]: the `hepfwd` subcommands, one file each.
@@ -15,4 +16,5 @@ pub mod daemon;
 pub mod decode;
 pub mod engine;
 pub mod io;
+pub mod notify;
 pub mod xdp;

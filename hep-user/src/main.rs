@@ -4,7 +4,18 @@ use clap::Parser as _;
 use hep_user::cli::{self, Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            if let Some(var) = cli::env_source_of(&e, &args) {
+                let _ = e.print();
+                eprintln!("(the value comes from the environment variable {var})");
+                return std::process::ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     if let Err(e) = cli::init_logging(cli.log_format, &cli.log) {
         eprintln!("hepfwd: {e:#}");
         return std::process::ExitCode::from(2);

@@ -119,6 +119,8 @@ impl std::fmt::Display for Mode {
 pub struct StartOptions {
     /// RLIMIT_NOFILE `(soft, hard)` of the daemon (`None`: the test's own).
     pub nofile: Option<(u64, u64)>,
+    /// Environment variables set for the daemon (on top of the test's own).
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 /// Makes `cmd`'s process start with RLIMIT_NOFILE `(soft, hard)`.
@@ -246,6 +248,7 @@ impl Daemon {
             if let Some((soft, hard)) = options.nofile {
                 set_nofile_at_exec(&mut cmd, soft, hard);
             }
+            cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
             let mut guard = ProcessGuard::spawn("hepfwd", cmd, &stdout, &stderr)?;
             let admin = SocketAddr::from((LO, ports.admin));
             match wait_ready(&mut guard, None, admin) {

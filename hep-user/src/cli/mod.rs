@@ -13,10 +13,10 @@ pub mod sink;
 #[command(name = "hepfwd", version, about)]
 pub struct Cli {
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "HEPFWD_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `hep_user=debug`).
-    #[arg(long, default_value = "info", global = true)]
+    #[arg(long, default_value = "info", global = true, env = "HEPFWD_LOG")]
     pub log: String,
     /// The subcommand.
     #[command(subcommand)]
@@ -46,6 +46,35 @@ pub enum Command {
     Gen(generate::GenArgs),
     /// Count HEP arriving on UDP and TCP (benchmarks, manual tests).
     Sink(sink::SinkArgs),
+}
+
+/// When `e` rejects a value that came from an environment variable (the option is not on
+/// the command line `args`), that variable's name: clap's message names only the option.
+pub fn env_source_of(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::InvalidValue {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // `--mode <MODE>` → `mode`.
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let flag = format!("--{long}");
+    let on_command_line = args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    if on_command_line {
+        return None;
+    }
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let var = std::iter::once(&cmd)
+        .chain(cmd.get_subcommands())
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?;
+    Some(var.to_string_lossy().into_owned())
 }
 
 /// Sets up `tracing` on stderr.

@@ -65,8 +65,10 @@
 //!
 //! What a collector can see: a frame cut short at the end of a broken connection (its
 //! first bytes were acknowledged, the rest not), then that frame whole at the start of the
-//! next connection. A frame the collector's TCP acknowledged whole is never written
-//! again, so no whole frame arrives twice.
+//! next connection; and, when the connection broke less than [`ACK_POLL`] after the last
+//! acknowledgement check, the frames the collector's TCP acknowledged since that check
+//! written again (the kernel cannot be asked once the connection is reset): delivery is
+//! at least once, with a bounded overlap of whole frames at a reconnect.
 //!
 //! # Shutdown
 //!

@@ -237,10 +237,15 @@ async fn a_reset_under_load_keeps_order_after_the_reconnect() {
     let mut buf = BytesMut::new();
     let head = read_frames(&mut c, &mut buf, 1).await;
     let start = seq(&head[0]);
-    // What the first collector read, its TCP acknowledged: never written again.
+    // The next connection starts near the first frame the first collector did not read:
+    // later when its TCP acknowledged frames its application never read (lost with the
+    // reset, as documented; `tcp_frames_a_resetting_collector_never_acknowledged_go_to_the
+    // _next_one` checks that nothing unacknowledged is lost), earlier when frames were
+    // acknowledged after the sink's last acknowledgement check (every ACK_POLL): written
+    // again, a bounded overlap.
     assert!(
-        start > last_before,
-        "frames {start}..={last_before} duplicated"
+        start + 1_000 > last_before,
+        "frames {start}..={last_before} written again: more than the unchecked window"
     );
     let rest = read_frames(&mut c, &mut buf, (total - start - 1) as usize).await;
     for (k, f) in rest.iter().enumerate() {
