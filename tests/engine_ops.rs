@@ -132,15 +132,20 @@ fn reloads_under_load_lose_nothing_and_a_bad_one_is_rejected() {
     assert_eq!(m.get("hepfwd_destination_reconnects_total", &t_dest), 0);
     assert_eq!(m.get("hepfwd_destination_dropped_total", &t_dest), 0);
     assert_eq!(t.accepted.load(Relaxed), 1, "the TCP connection was kept");
-    let route_sum: u64 = (0..=5)
-        .map(|v| {
-            m.get(
-                "hepfwd_route_matches_total",
-                &[("route", &format!("load-v{v}"))],
-            )
-        })
-        .sum();
-    assert_eq!(route_sum, u64::from(LOAD));
+    // The destinations that stayed kept counting across the reloads; the routes renamed
+    // away left /metrics with the reload that removed them.
+    assert_eq!(
+        m.get("hepfwd_destination_sent_total", &[("destination", "u")]),
+        u64::from(LOAD)
+    );
+    for old in (0..v - 1).map(|v| format!("load-v{v}")) {
+        assert!(
+            m.matching("hepfwd_route_matches_total", &[("route", &old)])
+                .next()
+                .is_none(),
+            "route {old} is still on /metrics after the reload that removed it"
+        );
+    }
 
     // The rejection names file, line, column and field.
     let cfg = d.config_path().display().to_string();
@@ -496,9 +501,11 @@ fn every_metric_has_the_path_label() {
             + "\n[[route]]\nname = \"r2\"\nforward = [\"c\"]\n"
     }));
     let m = d.metrics();
+    // The process and build families describe the process, not a data path.
     let missing: BTreeSet<&str> = m
         .samples
         .iter()
+        .filter(|s| !s.name.starts_with("process_") && s.name != "hepfwd_build_info")
         .filter(|s| s.labels.get("path").map(String::as_str) != Some("user"))
         .map(|s| s.name.as_str())
         .collect();
@@ -520,7 +527,7 @@ fn every_metric_has_the_path_label() {
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], "ok");
-    assert_eq!(v["destinations_reachable"]["c"], true);
+    assert_eq!(v["destinations"]["c"]["up"], true);
 }
 
 #[test]
@@ -1234,4 +1241,228 @@ fn sigterm_during_the_start_exits_0() {
         "SIGTERM during the start: {st}\n{}",
         read_tail(&stderr, 64 * 1024)
     );
+}
+
+// ---- Health, readiness, process metrics, and what a reload leaves on /metrics ----
+
+#[test]
+fn healthz_is_503_naming_a_tcp_destination_without_collector_and_200_once_it_listens() {
+    let col = UdpCollector::new("u");
+    let taddr = SocketAddr::from((LO, free_port_v4()));
+    let d = Daemon::start("healthz-degraded", |p| {
+        udp_listener(p)
+            + &udp_destination("u", col.addr)
+            + &tcp_destination("t", taddr, None)
+            + "\n[default]\nforward = [\"u\", \"t\"]\n"
+    });
+    let (status, _) = d.admin_get("/readyz");
+    assert_eq!(status, 200, "/readyz once listening");
+
+    let (status, v) = d.health();
+    assert_eq!(status, 503, "/healthz with a TCP destination down: {v}");
+    assert_eq!(v["status"], "degraded", "{v}");
+    assert_eq!(v["destinations"]["t"]["up"], false, "{v}");
+    assert_eq!(v["destinations"]["u"]["up"], true, "{v}");
+
+    // The collector comes up: within the reconnect backoff (at most 5 s) it is healthy.
+    let t = TcpCollector::bind("t", taddr);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, v) = d.health();
+        if status == 200 {
+            assert_eq!(v["status"], "ok", "{v}");
+            assert_eq!(v["destinations"]["t"]["up"], true, "{v}");
+            assert_eq!(v["destinations"]["u"]["up"], true, "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz still {status} 15 s after the collector started: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(t);
+}
+
+#[test]
+fn build_info_and_process_metrics_have_plausible_values() {
+    let d = Daemon::start("process-metrics", udp_listener);
+    let m = d.metrics();
+    let one = |name: &str| -> f64 {
+        let found: Vec<_> = m.matching(name, &[]).collect();
+        assert_eq!(found.len(), 1, "{name}: {found:?}; names: {:?}", m.names());
+        found[0].value
+    };
+    let info: Vec<_> = m.matching("hepfwd_build_info", &[]).collect();
+    assert_eq!(info.len(), 1, "hepfwd_build_info: {:?}", m.names());
+    assert_eq!(info[0].value, 1.0);
+    let version = info[0].labels.get("version").cloned().unwrap_or_default();
+    let cli = Command::new(hepfwd_bin().unwrap())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let cli = String::from_utf8_lossy(&cli.stdout).to_string();
+    assert!(
+        !version.is_empty() && cli.contains(&version),
+        "build_info version {version:?}, hepfwd --version {cli:?}"
+    );
+
+    let rss = one("process_resident_memory_bytes");
+    let rss_now = (d.rss_kib() * 1024) as f64;
+    assert!(
+        rss > 1e6 && rss < rss_now * 2.0 && rss > rss_now / 2.0,
+        "process_resident_memory_bytes {rss}, VmRSS {rss_now}"
+    );
+    let fds = one("process_open_fds");
+    let fds_now = d.open_fds() as f64;
+    assert!(
+        fds >= 3.0 && (fds - fds_now).abs() <= 16.0,
+        "process_open_fds {fds}, /proc/PID/fd has {fds_now}"
+    );
+    let cpu = one("process_cpu_seconds_total");
+    assert!(
+        (0.0..60.0).contains(&cpu),
+        "process_cpu_seconds_total {cpu}"
+    );
+    let start = one("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        start <= now + 1.0 && start > now - 120.0,
+        "process_start_time_seconds {start}, now {now}"
+    );
+}
+
+/// The label values of `label` on /metrics.
+fn label_values(m: &Metrics, label: &str) -> BTreeSet<String> {
+    m.samples
+        .iter()
+        .filter_map(|s| s.labels.get(label).cloned())
+        .collect()
+}
+
+#[test]
+fn a_reload_prunes_the_series_of_removed_routes_listeners_and_destinations() {
+    let cols: Vec<UdpCollector> = (1..=3)
+        .map(|i| UdpCollector::new(&format!("d{i}")))
+        .collect();
+    let addrs: Vec<SocketAddr> = cols.iter().map(|c| c.addr).collect();
+    let many = |p: &Ports| {
+        let mut c = udp_listener(p)
+            + &format!(
+                "\n[[listener]]\nname = \"second\"\nudp = \"127.0.0.1:{}\"\n",
+                p.listen2
+            );
+        for (i, a) in addrs.iter().enumerate() {
+            c += &udp_destination(&format!("d{}", i + 1), *a);
+        }
+        c += "\n[[route]]\nname = \"r1\"\nmatch = { proto = [\"sip\"] }\nforward = [\"d1\"]\n";
+        for r in 2..=50 {
+            c += &format!(
+                "\n[[route]]\nname = \"r{r}\"\nmatch = {{ proto = [{}] }}\nforward = [\"d{}\"]\n",
+                100 + r,
+                r % 3 + 1
+            );
+        }
+        c
+    };
+    let d = Daemon::start("reload-prune", many);
+    let agent = Agent::new();
+    agent.send(d.listen(), &Pkt::sip("prune@x", 1).encode());
+    cols[0].take(1, WAIT);
+    d.wait_counter("hepfwd_route_matches_total", &[("route", "r1")], 1, WAIT);
+    let m = d.metrics();
+    assert!(
+        label_values(&m, "route").contains("r50"),
+        "r50 before the reload"
+    );
+    assert!(label_values(&m, "listener").contains("second"));
+    assert!(label_values(&m, "destination").contains("d3"));
+
+    let d1 = addrs[0];
+    assert!(d.reload(move |p| {
+        udp_listener(p)
+            + &udp_destination("d1", d1)
+            + "\n[[route]]\nname = \"r1\"\nmatch = { proto = [\"sip\"] }\nforward = [\"d1\"]\n"
+    }));
+    let m = d.metrics();
+    let routes = label_values(&m, "route");
+    let listeners = label_values(&m, "listener");
+    let dests = label_values(&m, "destination");
+    assert_eq!(
+        routes,
+        BTreeSet::from(["r1".to_string()]),
+        "routes on /metrics"
+    );
+    assert_eq!(
+        listeners,
+        BTreeSet::from(["agents".to_string()]),
+        "listeners on /metrics"
+    );
+    assert_eq!(
+        dests,
+        BTreeSet::from(["d1".to_string()]),
+        "destinations on /metrics"
+    );
+    // What stays keeps its counts.
+    assert_eq!(m.get("hepfwd_route_matches_total", &[("route", "r1")]), 1);
+    assert_eq!(
+        m.get("hepfwd_destination_sent_total", &[("destination", "d1")]),
+        1
+    );
+    assert_eq!(m.get("hepfwd_received_total", &[("listener", "agents")]), 1);
+
+    let (status, v) = d.health();
+    assert_eq!(status, 200, "{v}");
+    let names: Vec<&String> = v["destinations"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["d1"], "/healthz destinations after the reload: {v}");
+}
+
+#[test]
+fn healthz_names_a_udp_destination_in_its_icmp_holddown_and_clears_after_it() {
+    let gone = SocketAddr::from((LO, free_port_v4()));
+    let d = Daemon::start("healthz-udp", |p| {
+        udp_listener(p)
+            + &udp_destination("u", gone)
+            + "\n[default]\nforward = [\"u\"]\n"
+            + "\n[engine]\nworkers = 1\nudp_error_holddown = \"1500ms\"\n"
+    });
+    let (status, v) = d.health();
+    assert_eq!(status, 200, "no ICMP error yet: {v}");
+    assert_eq!(v["destinations"]["u"]["transport"], "udp", "{v}");
+
+    // Nothing listens at the destination: its ICMP port unreachable puts it in hold-down.
+    let agent = Agent::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seq = 0;
+    let v = loop {
+        seq += 1;
+        agent.send(d.listen(), &Pkt::sip("icmp@x", seq).encode());
+        std::thread::sleep(Duration::from_millis(50));
+        let (status, v) = d.health();
+        if status == 503 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "/healthz never degraded: {v}");
+    };
+    assert_eq!(v["status"], "degraded", "{v}");
+    assert_eq!(v["destinations"]["u"]["up"], false, "{v}");
+    assert!(
+        v["destinations"]["u"]["ms_since_icmp_error"].is_u64(),
+        "{v}"
+    );
+
+    // No more traffic, no more errors: up again once the hold-down has passed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = d.health();
+        if status == 200 {
+            assert_eq!(v["destinations"]["u"]["up"], true, "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/healthz still {status}: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::admin::stats::Stats;
+use crate::admin::stats::{DestinationHealth, HealthSource, Phase, Stats};
 use crate::config::plan::{DestinationPlan, EngineTuning, Plan, Transport};
 use crate::engine::{DestinationHandle, Engine, FrameQueue};
 use crate::io::tcp_listener::TcpListener;
@@ -152,6 +152,17 @@ impl Daemon {
     /// Loads the configuration and starts everything it names.
     pub async fn start(config: PathBuf, path: DataPath) -> Result<Self> {
         let plan = crate::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Self::start_with(config, plan, path, Arc::new(Stats::default())).await
+    }
+
+    /// Starts everything `plan` (loaded from `config`) names, counting into `stats` (which
+    /// an admin server may already serve: it is marked ready at the end).
+    pub async fn start_with(
+        config: PathBuf,
+        plan: Plan,
+        path: DataPath,
+        stats: Arc<Stats>,
+    ) -> Result<Self> {
         let choice = choose(
             path,
             crate::xdp::built_with_xdp(),
@@ -160,7 +171,6 @@ impl Daemon {
         if let Choice::Fail(why) = &choice {
             bail!("{why}");
         }
-        let stats = Arc::new(Stats::default());
         let epoch = Instant::now();
         let mut d = Daemon {
             stats: stats.clone(),
@@ -180,6 +190,8 @@ impl Daemon {
             dataplane: None,
             at_start: RestartSettings::of(&plan),
         };
+        d.stats
+            .set_health(Some(Arc::new(EngineHealth(d.engine.clone()))));
         d.install(plan.clone()).await?;
         // The kernel path starts once userspace listens: what it passes up has a socket.
         match choice {
@@ -205,6 +217,7 @@ impl Daemon {
                 }
             },
         }
+        d.stats.set_phase(Phase::Ready);
         Ok(d)
     }
 
@@ -227,6 +240,7 @@ impl Daemon {
         let started = self.bind_new_listeners(&plan, &wanted).await?;
         let outputs = self.build_outputs(&plan);
         self.swap_engine(&plan, outputs.destinations);
+        self.prune_stats(&plan);
         self.install_kernel(&plan);
         // Sinks of destinations that are gone: the old engine may still hold them for a
         // batch; they finish what is queued and stop when the last handle is dropped.
@@ -312,6 +326,21 @@ impl Daemon {
             self.epoch,
         );
         self.engine.store(Arc::new(engine));
+    }
+
+    /// Drops the counters of the listeners, routes and destinations `plan` no longer names
+    /// (their series leave `/metrics`); the ones it keeps keep counting. The engine just
+    /// swapped out may still count a batch into a dropped entry: that count is not shown.
+    fn prune_stats(&self, plan: &Plan) {
+        let listeners: Vec<&str> = plan.listeners.iter().map(|l| l.name.as_str()).collect();
+        let routes: Vec<&str> = plan
+            .routes
+            .iter()
+            .chain(plan.default.as_ref())
+            .map(|r| r.name.as_str())
+            .collect();
+        let destinations: Vec<&str> = plan.destinations.iter().map(|d| d.name.as_str()).collect();
+        self.stats.retain(&listeners, &routes, &destinations);
     }
 
     /// Installs `plan` into the kernel data plane, if it runs; if the kernel cannot take
@@ -422,6 +451,7 @@ impl Daemon {
 
     /// Stops receiving, then gives TCP queues a bounded time to drain.
     pub async fn shutdown(mut self) {
+        self.stats.set_phase(Phase::Stopping);
         let drain = self.engine.load().plan.engine.drain_timeout;
         UdpListener::stop_all(self.udp.drain().map(|(_, l)| l).collect()).await;
         TcpListener::stop_all(self.tcp.drain().map(|(_, l)| l).collect()).await;
@@ -443,6 +473,41 @@ impl Daemon {
         if self.dataplane.take().is_some() {
             tracing::info!("XDP data plane detached");
         }
+    }
+}
+
+/// `/healthz`'s view of the running engine's destinations.
+struct EngineHealth(Arc<ArcSwap<Engine>>);
+
+impl std::fmt::Debug for EngineHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHealth")
+            .field("generation", &self.0.load().generation)
+            .finish()
+    }
+}
+
+impl HealthSource for EngineHealth {
+    fn destinations(&self) -> Vec<DestinationHealth> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let engine = self.0.load();
+        let now = engine.clock_ms();
+        engine
+            .destinations
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let last = d.stats.last_error_ms.load(Relaxed);
+                let udp = d.plan.transport == Transport::Udp;
+                DestinationHealth {
+                    name: d.plan.name.clone(),
+                    transport: if udp { "udp" } else { "tcp" },
+                    up: engine.healthy(i),
+                    since_error_ms: (udp && last != 0).then(|| now.saturating_sub(last)),
+                    stats: d.stats.clone(),
+                }
+            })
+            .collect()
     }
 }
 
@@ -615,13 +680,15 @@ pub async fn run(config: PathBuf, path: DataPath, notify: Notifier) -> Result<()
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     crate::io::accept::raise_nofile_limit();
-    let mut d = Daemon::start(config, path).await?;
-    let admin = d.engine().plan.admin;
-    if let Some(addr) = admin {
-        let (local, serve) = crate::admin::bind(addr, d.stats()).await?;
-        tracing::info!(%local, "admin server: /metrics, /healthz");
+    let plan = crate::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stats = Arc::new(Stats::default());
+    // The admin server first: `/readyz` answers 503 until everything below has started.
+    if let Some(addr) = plan.admin {
+        let (local, serve) = crate::admin::bind(addr, stats.clone()).await?;
+        tracing::info!(%local, "admin server: /metrics, /healthz, /readyz");
         tokio::spawn(serve);
     }
+    let mut d = Daemon::start_with(config, plan, path, stats).await?;
     tracing::info!("running");
     notify.ready(&d.status());
     loop {

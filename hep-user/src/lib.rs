@@ -5,7 +5,7 @@
 //! - [`io`]: batched UDP workers, TCP in and out, the output flusher, capture files.
 //! - [`daemon`]: start, reload (SIGHUP), drain and stop (SIGTERM).
 //! - [`notify`]: the systemd notify protocol (`READY=1`, `RELOADING=1`, `STOPPING=1`).
-//! - [`admin`]: counters, `/metrics` and `/healthz`.
+//! - [`admin`]: counters, process metrics, `/metrics`, `/healthz` and `/readyz`.
 //! - [`decode`]: HEP → JSON (`hepfwd decode`).
 //! - [`cli`]: the `hepfwd` subcommands, one file each.
 

@@ -1,5 +1,5 @@
 //! A `hepfwd run --mode userspace` daemon under test: its configuration in a temp dir,
-//! free loopback ports, readiness through `/healthz`, signals to exactly its PID, counters
+//! free loopback ports, readiness through `/readyz`, signals to exactly its PID, counters
 //! from `/metrics`. Dropping the guard stops it; a failing test prints its stderr.
 //!
 //! [`Daemon::start_in_netns`] runs it in a network namespace instead (any `--mode`), with
@@ -23,7 +23,7 @@ use crate::peers::{ProcessGuard, TestDir, read_tail};
 /// The IPv4 loopback address.
 pub const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// How long the daemon may take to answer `/healthz` after its start.
+/// How long the daemon may take to answer 200 on `/readyz` after its start.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 static HANDED_OUT: Mutex<BTreeSet<(IpAddr, u16)>> = Mutex::new(BTreeSet::new());
@@ -171,16 +171,23 @@ fn wait_ready(p: &mut ProcessGuard, netns: Option<&str>, admin: SocketAddr) -> R
         if let Some(st) = p.try_wait()? {
             bail!("hepfwd exited during start: {st}");
         }
-        if let Ok((200, body)) = admin_get(netns, admin, "/healthz") {
-            let v: serde_json::Value =
-                serde_json::from_str(&body).context("/healthz is not JSON")?;
-            if v["status"] != "ok" {
-                bail!("/healthz says {body}");
+        match admin_get(netns, admin, "/readyz") {
+            Ok((200, _)) => return Ok(()),
+            // A daemon without /readyz: ready once /healthz answers.
+            Ok((404, _)) => {
+                if let Ok((200, body)) = admin_get(netns, admin, "/healthz") {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&body).context("/healthz is not JSON")?;
+                    if v["status"] != "ok" {
+                        bail!("/healthz says {body}");
+                    }
+                    return Ok(());
+                }
             }
-            return Ok(());
+            _ => {}
         }
         if Instant::now() >= deadline {
-            bail!("/healthz did not answer within {READY_TIMEOUT:?}");
+            bail!("/readyz did not answer 200 within {READY_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -197,7 +204,7 @@ fn with_admin(config: &str, port: u16) -> String {
 
 impl Daemon {
     /// Writes the configuration `config(ports)` (an `[admin]` section on `ports.admin` is
-    /// appended when it has none), starts the daemon and waits until `/healthz` answers.
+    /// appended when it has none), starts the daemon and waits until `/readyz` answers 200.
     /// Panics with the daemon's stderr when it does not come up.
     pub fn start(name: &str, config: impl Fn(&Ports) -> String) -> Daemon {
         Self::try_start(name, config).unwrap_or_else(|e| panic!("starting hepfwd: {e:#}"))
@@ -273,7 +280,7 @@ impl Daemon {
 
     /// Starts `ip netns exec NETNS hepfwd run --mode MODE` on `config` (an `[admin]`
     /// section on 127.0.0.1:9100 is appended when it has none: the namespace is the test's
-    /// own, so fixed ports are free) and waits until `/healthz` answers from inside the
+    /// own, so fixed ports are free) and waits until `/readyz` answers 200 from inside the
     /// namespace. The error carries the daemon's stderr.
     pub fn start_in_netns(netns: &str, mode: Mode, config: &str) -> Result<Daemon> {
         let bin = hepfwd_bin()?;
@@ -426,6 +433,20 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// `GET path` on the admin server: (status code, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        admin_get(self.netns.as_deref(), self.admin, path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}\nhepfwd stderr:\n{}", self.stderr()))
+    }
+
+    /// `/healthz`: (status code, the JSON body).
+    pub fn health(&self) -> (u16, serde_json::Value) {
+        let (status, body) = self.admin_get("/healthz");
+        let v = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/healthz is not JSON ({e}): {body}"));
+        (status, v)
     }
 
     /// Packets received by every listener so far (UDP and TCP).

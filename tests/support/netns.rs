@@ -42,8 +42,8 @@ pub trait TopologyPeers {
     fn agent(&self, ip: Ipv4Addr) -> Agent;
 
     /// Starts `hepfwd run --mode MODE` in fwd on `config` (which should set `[admin]
-    /// listen = "127.0.0.1:9100"`; it is appended when missing) and waits until `/healthz`
-    /// answers. Panics with its stderr when it does not come up.
+    /// listen = "127.0.0.1:9100"`; it is appended when missing) and waits until `/readyz`
+    /// answers 200. Panics with its stderr when it does not come up.
     fn hepfwd(&self, mode: Mode, config: &str) -> Daemon;
 }
 

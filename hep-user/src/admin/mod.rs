@@ -1,6 +1,9 @@
-//! Operations: the counters ([`stats`]) and the HTTP server for `GET /metrics`
-//! (Prometheus text format) and `GET /healthz` (`HEAD` on both: the same headers, no body).
+//! Operations: the counters ([`stats`]), the process metrics ([`process`]) and the HTTP
+//! server for `GET /metrics` (Prometheus text format), `GET /healthz` (200 when every
+//! destination is up, 503 naming the down ones) and `GET /readyz` (200 once the daemon
+//! listens, 503 before and while it stops); `HEAD` on each: the same headers, no body.
 
+pub mod process;
 pub mod stats;
 
 use std::convert::Infallible;
@@ -18,12 +21,13 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::io::accept::AcceptLoop;
-use stats::{Stats, StatsCollector};
+use stats::{Phase, Stats, StatsCollector};
 
 /// The Prometheus registry of the daemon.
 pub fn registry(stats: Arc<Stats>) -> Registry {
     let mut r = Registry::default();
     r.register_collector(Box::new(StatsCollector(stats)));
+    r.register_collector(Box::new(process::ProcessCollector));
     r
 }
 
@@ -36,14 +40,67 @@ pub fn metrics_text(registry: &Registry) -> String {
     out
 }
 
-/// The `/healthz` body: the daemon is up; each destination and whether it is reachable.
-pub fn health_json(stats: &Stats) -> String {
-    let dests: serde_json::Map<String, serde_json::Value> = stats
-        .destinations()
-        .into_iter()
-        .map(|(n, d)| (n, serde_json::Value::Bool(d.connected.load(Relaxed))))
-        .collect();
-    serde_json::json!({ "status": "ok", "destinations_reachable": dests }).to_string()
+/// `/healthz`: 200 and `"status": "ok"` when the daemon runs and every destination of the
+/// running configuration is up; 503 and `"degraded"` when one is down (a TCP destination
+/// disconnected or stalled, a UDP one in its ICMP hold-down), or `"starting"` /
+/// `"stopping"` when the daemon is not ready. The body names each destination and its
+/// state.
+pub fn health(stats: &Stats) -> (StatusCode, String) {
+    let dests = stats.health();
+    let mut by_name = serde_json::Map::new();
+    let mut reachable = serde_json::Map::new();
+    for d in &dests {
+        let mut v = serde_json::json!({
+            "up": d.up,
+            "transport": d.transport,
+        });
+        if d.transport == "tcp" {
+            v["queue_depth"] = d.stats.queue_depth.load(Relaxed).into();
+            v["stalls"] = d.stats.stalls.load(Relaxed).into();
+            v["reconnects"] = d.stats.reconnects.load(Relaxed).into();
+            v["connect_failures"] = d.stats.connect_failures.load(Relaxed).into();
+        }
+        if let Some(ms) = d.since_error_ms {
+            v["ms_since_icmp_error"] = ms.into();
+        }
+        by_name.insert(d.name.clone(), v);
+        reachable.insert(d.name.clone(), serde_json::Value::Bool(d.up));
+    }
+    let phase = stats.phase();
+    let status = if phase != Phase::Ready {
+        phase.name()
+    } else if dests.iter().all(|d| d.up) {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let code = if status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "destinations": by_name,
+        // Before `destinations` was added; the same `up`, by name.
+        "destinations_reachable": reachable,
+    });
+    (code, body.to_string())
+}
+
+/// `/readyz`: 200 once the daemon listens (with `--mode xdp`, once attached too), 503
+/// before and while it stops.
+pub fn ready(stats: &Stats) -> (StatusCode, String) {
+    let phase = stats.phase();
+    let code = if phase == Phase::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        serde_json::json!({ "status": phase.name() }).to_string(),
+    )
 }
 
 /// Binds the admin server; the returned future serves until dropped.
@@ -89,11 +146,18 @@ fn respond(req: &Request<Incoming>, registry: &Registry, stats: &Stats) -> Respo
             "text/plain; version=0.0.4; charset=utf-8",
             metrics_text(registry),
         ),
-        (true, "/healthz") => (StatusCode::OK, "application/json", health_json(stats)),
+        (true, "/healthz") => {
+            let (code, body) = health(stats);
+            (code, "application/json", body)
+        }
+        (true, "/readyz") => {
+            let (code, body) = ready(stats);
+            (code, "application/json", body)
+        }
         (true, _) => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics or /healthz\n".into(),
+            "not found: try /metrics, /healthz or /readyz\n".into(),
         ),
         (false, _) => (
             StatusCode::METHOD_NOT_ALLOWED,

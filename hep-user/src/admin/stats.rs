@@ -1,12 +1,14 @@
 //! The daemon's counters: plain atomics updated on the hot path, read by one Prometheus
 //! collector at scrape time.
 //!
-//! Counters live as long as the daemon and are keyed by name, so a configuration reload
-//! keeps them (a route that keeps its name keeps counting). Every family carries a
-//! `path` label: `user` here; the XDP data plane reports the same names with `path="xdp"`.
+//! Counters are keyed by name, so a configuration reload keeps them (a route that keeps
+//! its name keeps counting); after a reload the daemon [prunes](Stats::retain) the
+//! listeners, routes and destinations the new configuration no longer names, so their
+//! series leave `/metrics`. Every family carries a `path` label: `user` here; the XDP data
+//! plane reports the same names with `path="xdp"`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
@@ -144,6 +146,53 @@ pub struct Stats {
     /// The kernel data plane's counters, when it runs: read at each scrape and written into
     /// the same families with `path="xdp"`.
     xdp: Mutex<Option<Arc<dyn XdpSource>>>,
+    /// The destinations of the running configuration and their health, for `/healthz`.
+    health: Mutex<Option<Arc<dyn HealthSource>>>,
+    /// Where the daemon is in its life ([`Phase`] as a number), for `/readyz`.
+    phase: AtomicU8,
+}
+
+/// Where the daemon is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not yet listening (or, with the XDP data plane, not yet attached).
+    Starting = 0,
+    /// Listening (and attached).
+    Ready = 1,
+    /// Stopping: draining, then exiting.
+    Stopping = 2,
+}
+
+impl Phase {
+    /// The word `/healthz` and `/readyz` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
+/// One destination of the running configuration and whether it can take traffic now.
+#[derive(Debug, Clone)]
+pub struct DestinationHealth {
+    /// Its name.
+    pub name: String,
+    /// `udp` or `tcp`.
+    pub transport: &'static str,
+    /// TCP: connected and not stalled. UDP: no ICMP error within the hold-down.
+    pub up: bool,
+    /// UDP: milliseconds since the last ICMP error, if there was one.
+    pub since_error_ms: Option<u64>,
+    /// Its counters.
+    pub stats: Arc<DestinationStats>,
+}
+
+/// Where `/healthz` learns the running destinations (the current engine).
+pub trait HealthSource: std::fmt::Debug + Send + Sync {
+    /// Every destination of the running configuration, in configuration order.
+    fn destinations(&self) -> Vec<DestinationHealth>;
 }
 
 /// One reading of the kernel data plane's counters (sums over CPUs).
@@ -198,6 +247,52 @@ impl Stats {
     /// Every destination's state, for `/healthz`.
     pub fn destinations(&self) -> Vec<(String, Arc<DestinationStats>)> {
         snapshot(&self.destinations)
+    }
+
+    /// Drops the counters of every listener, route and destination not named here (the
+    /// ones a reload removed), so their series leave `/metrics`; the others keep theirs.
+    pub fn retain(&self, listeners: &[&str], routes: &[&str], destinations: &[&str]) {
+        fn keep<T>(map: &Mutex<BTreeMap<String, Arc<T>>>, names: &[&str]) {
+            let mut m = match map.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            m.retain(|k, _| names.contains(&k.as_str()));
+        }
+        keep(&self.listeners, listeners);
+        keep(&self.routes, routes);
+        keep(&self.destinations, destinations);
+    }
+
+    /// Sets the source of `/healthz`'s destinations (the running engine).
+    pub fn set_health(&self, src: Option<Arc<dyn HealthSource>>) {
+        match self.health.lock() {
+            Ok(mut g) => *g = src,
+            Err(p) => *p.into_inner() = src,
+        }
+    }
+
+    /// The running destinations and their health (none before the daemon started).
+    pub fn health(&self) -> Vec<DestinationHealth> {
+        let src = match self.health.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        src.map(|s| s.destinations()).unwrap_or_default()
+    }
+
+    /// Records where the daemon is in its life.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Relaxed);
+    }
+
+    /// Where the daemon is in its life.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Relaxed) {
+            1 => Phase::Ready,
+            2 => Phase::Stopping,
+            _ => Phase::Starting,
+        }
     }
 
     /// Sets (or clears) the kernel data plane whose counters `/metrics` shows.
@@ -601,5 +696,28 @@ mod tests {
         );
         stats.set_xdp(None);
         assert!(!render(stats).contains("path=\"xdp\""));
+    }
+
+    #[test]
+    fn retain_drops_the_series_of_removed_names_and_keeps_the_others_counts() {
+        let stats = Arc::new(Stats::default());
+        stats.listener("l1").received_udp.fetch_add(1, Relaxed);
+        stats.listener("l2").received_udp.fetch_add(1, Relaxed);
+        stats.route("r1").matched.fetch_add(4, Relaxed);
+        stats.route("r2").matched.fetch_add(1, Relaxed);
+        stats.destination("d1").sent.fetch_add(4, Relaxed);
+        stats.destination("d2").sent.fetch_add(1, Relaxed);
+        stats.retain(&["l1"], &["r1"], &["d1"]);
+        let text = render(stats.clone());
+        for gone in ["\"l2\"", "\"r2\"", "\"d2\""] {
+            assert!(!text.contains(gone), "{gone} still in:\n{text}");
+        }
+        for line in [
+            "hepfwd_route_matches_total{route=\"r1\",path=\"user\"} 4",
+            "hepfwd_destination_sent_total{destination=\"d1\",path=\"user\"} 4",
+            "hepfwd_received_total{listener=\"l1\",path=\"user\",transport=\"udp\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 pub struct Plan {
     /// The file it came from.
     pub source: PathBuf,
-    /// HTTP address for `/metrics` and `/healthz`.
+    /// HTTP address for `/metrics`, `/healthz` and `/readyz`.
     pub admin: Option<SocketAddr>,
     /// Where HEP is received.
     pub listeners: Vec<ListenerPlan>,

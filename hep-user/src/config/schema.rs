@@ -246,7 +246,7 @@ pub struct ConfigFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
-    /// Address of the HTTP server for `/metrics` and `/healthz`.
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
     pub listen: Option<Spanned<String>>,
 }
 
