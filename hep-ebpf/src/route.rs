@@ -1,7 +1,8 @@
 //! The decision for a valid HEPv3 packet: the listener's checks (allow list, auth key),
-//! then the routes of the active bank in order, with `KernelRoute::matches` and
-//! `eval::decide` from hep-common — the code the host-side tests and the compiler's cross-check
-//! run. Routes are evaluated by `bpf_loop`, one route per callback.
+//! then the routes of the active bank in order, with `KernelRoute::matches`, `needs_key`
+//! and `decide` from hep-common's `eval` — the code the host-side tests and the differential
+//! test (`hep-user/src/xdp/compile/differential.rs`) run. Routes are matched by `bpf_loop`,
+//! one route per callback, up to the first match.
 
 use core::ffi::c_void;
 use core::ptr;
