@@ -31,7 +31,7 @@ mod tables;
 pub use counters::{DestCounter, RouteCounter, XdpCounter};
 pub use tables::{
     Addr16, AllowKey, KernelDestination, KernelListener, KernelPrefix, KernelRoute, MirrorMeta,
-    RouteAction, RouteKind, SteerMode, XdpConfig, map_v4, match_flags,
+    RouteAction, RouteKind, SteerMode, XdpConfig, addr16, ip_of, map_v4, match_flags,
 };
 
 /// Name of the XDP program in the object.

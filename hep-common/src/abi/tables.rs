@@ -27,6 +27,19 @@ pub const fn map_v4(a: [u8; 4]) -> Addr16 {
     ]
 }
 
+/// An address in the kernel's 16-byte form (an IPv4-mapped IPv6 address is IPv4 there).
+pub fn addr16(ip: core::net::IpAddr) -> Addr16 {
+    match ip.to_canonical() {
+        core::net::IpAddr::V4(a) => map_v4(a.octets()),
+        core::net::IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The address an [`Addr16`] holds, canonical: IPv4 when it is IPv4 mapped.
+pub fn ip_of(a: Addr16) -> core::net::IpAddr {
+    core::net::Ipv6Addr::from(a).to_canonical()
+}
+
 /// A prefix over [`Addr16`]: IPv4 prefixes of length `n` are stored as `96 + n`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]

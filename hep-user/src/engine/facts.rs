@@ -5,9 +5,9 @@
 //! payload for dedup, and the correlation key's bytes for correlation matches.
 
 use std::cell::OnceCell;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
-use hep_common::abi::{Addr16, map_v4};
+use hep_common::abi::{addr16, ip_of};
 use hep_common::chunk;
 use hep_common::correlation::key_hash;
 use hep_common::facts::{FactsWalk, KeySpan, key_span};
@@ -40,19 +40,7 @@ pub struct Facts<'a> {
     pub payload: &'a [u8],
     key_source: KeySpan,
     key: OnceCell<Option<&'a [u8]>>,
-}
-
-/// A kernel address (16 bytes, IPv4 mapped) as the engine's canonical [`IpAddr`].
-fn ip_of(a: Addr16) -> IpAddr {
-    Ipv6Addr::from(a).to_canonical()
-}
-
-/// The sender in the kernel's 16-byte form.
-fn addr16_of(ip: IpAddr) -> Addr16 {
-    match ip.to_canonical() {
-        IpAddr::V4(a) => map_v4(a.octets()),
-        IpAddr::V6(a) => a.octets(),
-    }
+    key_hash: OnceCell<u64>,
 }
 
 impl<'a> Facts<'a> {
@@ -60,7 +48,7 @@ impl<'a> Facts<'a> {
     pub fn new(packet: Hep3<'a>, sender: IpAddr) -> Self {
         let bytes = packet.as_bytes();
         let span = |s: Option<(usize, usize)>| s.and_then(|(off, len)| bytes.get(off..off + len));
-        let mut walk = FactsWalk::new(addr16_of(sender));
+        let mut walk = FactsWalk::new(addr16(sender));
         for c in packet.chunks() {
             walk.on_chunk(bytes, &c.header);
         }
@@ -83,6 +71,7 @@ impl<'a> Facts<'a> {
                 .unwrap_or(&[]),
             key_source: walk.key_source(),
             key: OnceCell::new(),
+            key_hash: OnceCell::new(),
         }
     }
 
@@ -94,15 +83,18 @@ impl<'a> Facts<'a> {
         })
     }
 
-    /// The correlation key hash; a packet without a key hashes as the empty key.
+    /// The correlation key hash (computed on first use: sampling, dedup and hash mode
+    /// share it); a packet without a key hashes as the empty key.
     pub fn key_hash(&self) -> u64 {
-        key_hash(self.key().unwrap_or(&[]))
+        *self
+            .key_hash
+            .get_or_init(|| key_hash(self.key().unwrap_or(&[])))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use hep_common::chunk::ChunkId;
     use hep_common::v3::{Hep3Message, Payload, RawChunk};

@@ -21,9 +21,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use hep_common::abi::{
-    AUTH_IN_USERSPACE, Addr16, AllowKey, KernelDestination, KernelListener, KernelPrefix,
-    KernelRoute, MAX_AUTH_KEY, MAX_DESTINATIONS, MAX_LISTENERS, MAX_MATCH_VALUES, MAX_NODE_NAME,
-    MAX_ROUTES, MAX_SLOTS, MAX_TARGETS, RouteAction, RouteKind, SteerMode, map_v4, match_flags,
+    AUTH_IN_USERSPACE, AllowKey, KernelDestination, KernelListener, KernelPrefix, KernelRoute,
+    MAX_AUTH_KEY, MAX_DESTINATIONS, MAX_LISTENERS, MAX_MATCH_VALUES, MAX_NODE_NAME, MAX_ROUTES,
+    MAX_SLOTS, MAX_TARGETS, RouteAction, RouteKind, SteerMode, addr16, map_v4, match_flags,
 };
 use ipnet::IpNet;
 
@@ -140,13 +140,6 @@ impl NetEnv for HostNet {
         let s = std::net::UdpSocket::bind(bind).ok()?;
         s.connect(dest).ok()?;
         Some(s.local_addr().ok()?.ip())
-    }
-}
-
-fn addr16(ip: IpAddr) -> Addr16 {
-    match ip.to_canonical() {
-        IpAddr::V4(a) => map_v4(a.octets()),
-        IpAddr::V6(a) => a.octets(),
     }
 }
 
