@@ -94,7 +94,7 @@ fn routes_userspace() {
     let route = |name| m.require("hepfwd_route_matches_total", &[("route", name)]);
     assert_eq!(route("mirror"), s.count("mirror"));
     assert_eq!(route("sip-to-a"), s.count("sip"));
-    assert_eq!(route("rtcp-hash"), s.count("rtcp"));
+    assert_eq!(route("rtcp-hash"), s.count("rtcp") + s.count("rtcp-flow"));
     assert_eq!(
         m.require("hepfwd_route_dropped_total", &[("route", "drop-logs")]),
         s.count("log")
@@ -113,7 +113,11 @@ fn routes_xdp() {
     assert_call_sticky(&run, "homer-a", "homer-b", |p| p.starts_with("rtcp-call-"));
     let k = assert_kernel_accounting(&run, &s);
     // Everything but the unrouted packets is the kernel's.
-    assert_eq!(k.get("steered"), s.count("sip") + s.count("rtcp"), "{k:?}");
+    assert_eq!(
+        k.get("steered"),
+        s.count("sip") + s.count("rtcp") + s.count("rtcp-flow"),
+        "{k:?}"
+    );
     assert_eq!(k.get("mirrored"), s.count("mirror"), "{k:?}");
     assert_eq!(k.get("route_drop"), s.count("log"), "{k:?}");
     assert_eq!(k.get("pass_no_route"), s.count("unrouted"), "{k:?}");
@@ -125,7 +129,7 @@ fn routes_xdp() {
             &[("route", name), ("path", "xdp")],
         )
     };
-    assert_eq!(xroute("rtcp-hash"), s.count("rtcp"));
+    assert_eq!(xroute("rtcp-hash"), s.count("rtcp") + s.count("rtcp-flow"));
     assert_eq!(xroute("sip-to-a"), s.count("sip"));
     assert_eq!(xroute("mirror"), s.count("mirror"));
     // The daemon routed only what the kernel passed up.
@@ -375,8 +379,9 @@ forward = ["homer-a", "homer-b"]
 mode = "hash"
 "#;
 
-/// Steer (SIP → homer-a), hash (20 RTCP calls × 3 over homer-a and homer-b), drop (logs),
-/// mirror (capture id 3000 → both), unrouted (protocol type 32): 89 packets, interleaved.
+/// Steer (SIP → homer-a), hash (20 RTCP calls × 3 over homer-a and homer-b, and 8 RTCP
+/// flows without a key × 2 directions by their flow key), drop (logs), mirror (capture id
+/// 3000 → both), unrouted (protocol type 32): 105 packets, interleaved.
 fn routes_scenario() -> Scenario {
     let mut s = Scenario::new(
         ROUTES_CONFIG.to_string(),
@@ -423,6 +428,28 @@ fn routes_scenario() -> Scenario {
                 }
             }
         }
+        if round == 1 {
+            // RTCP without a key (no 0x0011): hashed by its flow key, both directions of a
+            // flow to one collector. The key written out from its definition
+            // (hep_common::correlation): ::ffff:10.9.0.1 port 10001+f, then ::ffff:10.9.0.2
+            // port 20001.
+            for flow in 0..8u16 {
+                let mut key = [0u8; 36];
+                key[10..16].copy_from_slice(&[0xff, 0xff, 10, 9, 0, 1]);
+                key[16..18].copy_from_slice(&(10_001 + flow).to_be_bytes());
+                key[28..34].copy_from_slice(&[0xff, 0xff, 10, 9, 0, 2]);
+                key[34..36].copy_from_slice(&20_001u16.to_be_bytes());
+                let at = rendezvous_pick(key_hash(&key), &seeds).expect("two seeds");
+                let mut there = Pkt::rtcp("", next()).src("10.9.0.1", 10_001 + flow);
+                there.correlation = None;
+                let back = there
+                    .clone()
+                    .src("10.9.0.2", 20_001)
+                    .dst("10.9.0.1", 10_001 + flow);
+                s.send(SND, "rtcp-flow", there.encode(), &[ab[at]]);
+                s.send(SND, "rtcp-flow", back.encode(), &[ab[at]]);
+            }
+        }
         if round == 2 {
             for i in 0..5 {
                 let m = Pkt::sip(&format!("mirror-{i}@lab"), next()).capture_id(3000);
@@ -434,7 +461,7 @@ fn routes_scenario() -> Scenario {
             }
         }
     }
-    assert_eq!(s.sends.len(), 89);
+    assert_eq!(s.sends.len(), 105);
     s
 }
 

@@ -8,6 +8,7 @@
 
 pub mod dedup;
 pub mod facts;
+pub mod inflate;
 pub mod matcher;
 pub mod outbox;
 

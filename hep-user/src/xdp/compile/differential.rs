@@ -200,15 +200,24 @@ struct PacketSpec {
     inner_dst: usize,
     src_port: usize,
     with_correlation_chunk: bool,
+    /// 0: plain SIP with a Call-ID; 1: the same SIP zlib-compressed (chunk 0x0010: the
+    /// kernel passes it up when the route needs the key); 2: plain without a Call-ID (the
+    /// flow key is hashed).
+    payload: usize,
 }
 
 fn packet_spec() -> impl Strategy<Value = PacketSpec> {
     (
         (0..PROTOS.len(), 0..300u32, 0..4usize, 0..5usize),
         (0..2usize, 0..2usize, 0..2usize, 0..3usize, any::<bool>()),
+        0..3usize,
     )
         .prop_map(
-            |((proto, call, capture, node), (sender, inner_src, inner_dst, src_port, corr))| {
+            |(
+                (proto, call, capture, node),
+                (sender, inner_src, inner_dst, src_port, corr),
+                payload,
+            )| {
                 PacketSpec {
                     proto,
                     call,
@@ -219,6 +228,7 @@ fn packet_spec() -> impl Strategy<Value = PacketSpec> {
                     inner_dst,
                     src_port,
                     with_correlation_chunk: corr,
+                    payload,
                 }
             },
         )
@@ -227,7 +237,17 @@ fn packet_spec() -> impl Strategy<Value = PacketSpec> {
 /// Encodes `p` into `buf`; returns its length and sender.
 fn encode(p: &PacketSpec, i: u32, buf: &mut [u8]) -> (usize, SocketAddr) {
     let call = format!("{}@x", p.call);
-    let sip = format!("INVITE sip:b SIP/2.0\r\nCall-ID: {call}\r\n\r\n");
+    let sip = if p.payload == 2 {
+        "INVITE sip:b SIP/2.0\r\nVia: v\r\n\r\n".to_string()
+    } else {
+        format!("INVITE sip:b SIP/2.0\r\nCall-ID: {call}\r\n\r\n")
+    };
+    let zipped = {
+        use std::io::Write as _;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(sip.as_bytes()).expect("deflate into a Vec");
+        z.finish().expect("deflate into a Vec")
+    };
     let inner_src = [Ipv4Addr::new(198, 18, 1, 1), Ipv4Addr::new(10, 0, 0, 1)][p.inner_src];
     let inner_dst = [Ipv4Addr::new(198, 19, 0, 9), Ipv4Addr::new(10, 0, 0, 2)][p.inner_dst];
     let node = [
@@ -252,7 +272,11 @@ fn encode(p: &PacketSpec, i: u32, buf: &mut [u8]) -> (usize, SocketAddr) {
         vlan_id: None,
         node_name: node,
         extra: &[],
-        payload: Payload::Plain(sip.as_bytes()),
+        payload: if p.payload == 1 {
+            Payload::Compressed(&zipped)
+        } else {
+            Payload::Plain(sip.as_bytes())
+        },
     };
     let n = m.encode(buf).expect("a generated packet encodes");
     let sender = ["127.0.0.1:4000", "127.0.0.2:4000"][p.sender]
@@ -315,7 +339,12 @@ fn check(plan: &Plan, tables: &KernelTables, packets: &[PacketSpec]) -> Result<S
             ))
         };
         match verdict {
-            Verdict::Pass { .. } => seen.pass += 1,
+            Verdict::Pass { reason, .. } => {
+                seen.pass += 1;
+                if reason == hep_common::eval::PassReason::KeyInUserspace {
+                    seen.pass_key += 1;
+                }
+            }
             Verdict::Drop { .. } | Verdict::SampledOut { .. } => {
                 if matches!(verdict, Verdict::Drop { .. }) {
                     seen.drop += 1;
@@ -372,6 +401,8 @@ struct Seen {
     steer_hash: usize,
     steer_round_robin: usize,
     mirror: usize,
+    /// Passes because the key is in a compressed payload.
+    pass_key: usize,
 }
 
 impl Seen {
@@ -383,6 +414,7 @@ impl Seen {
         self.steer_hash += o.steer_hash;
         self.steer_round_robin += o.steer_round_robin;
         self.mirror += o.mirror;
+        self.pass_key += o.pass_key;
     }
 
     fn decided(&self) -> usize {
@@ -460,7 +492,8 @@ fn kernel_and_engine_agree_on_generated_configurations() {
             && seen.steer_hash > 0
             && seen.steer_round_robin > 0
             && seen.mirror > 0
-            && seen.pass > 0,
+            && seen.pass > 0
+            && seen.pass_key > 0,
         "the generated cases miss a kind of decision: {seen:?}"
     );
 }
