@@ -13,6 +13,10 @@
 //!   default); both modes.
 //! - `parity_*`: the same sequence through `--mode xdp` and `--mode userspace` delivers the
 //!   same HEP bytes to the same collectors.
+//! - `scale_out_*`: the premise of several nodes behind ECMP (docs/deployment.md): two
+//!   daemons started from the same configuration, each fed one half of every call's
+//!   packets, place each call on the same collector; adding a collector moves only the
+//!   calls the rendezvous hash gives it (about 1/N); both modes.
 //!
 //! In `--mode xdp` the counters must also show the kernel did the work: the `path="xdp"`
 //! families count what XDP steered, mirrored and dropped, and the daemon's sockets
@@ -597,6 +601,154 @@ fn example_scenario() -> Scenario {
     assert_eq!(s.sends.len(), 88);
     assert!(s.count("rtcp-kept") > 0 && s.count("rtcp-out") > 0);
     s
+}
+
+// ---------------------------------------------------------------------------------------
+// Scale out: several nodes with one configuration.
+
+#[test]
+fn scale_out_userspace() {
+    if !privileged::available("scale_out_userspace") {
+        return;
+    }
+    assert_scale_out("so-u", Mode::Userspace);
+}
+
+#[test]
+fn scale_out_xdp() {
+    if !privileged::available("scale_out_xdp") {
+        return;
+    }
+    assert_scale_out("so-x", Mode::Xdp);
+}
+
+/// Calls in the scale-out test.
+const SCALE_OUT_CALLS: u32 = 240;
+
+/// Hash routing of SIP over `collectors` (names from [`scale_out_collectors`]).
+fn scale_out_config(collectors: &[CollectorSpec]) -> String {
+    let mut c = String::from(
+        r#"
+[admin]
+listen = "127.0.0.1:9100"
+
+[[listener]]
+name = "agents"
+udp = "198.18.1.2:9060"
+
+[xdp]
+interfaces = ["in0"]
+attach = "native"
+"#,
+    );
+    for d in collectors {
+        c.push_str(&format!(
+            "\n[[destination]]\nname = \"{}\"\naddress = \"{}:{}\"\n",
+            d.name, d.ip, d.port
+        ));
+    }
+    let names: Vec<String> = collectors
+        .iter()
+        .map(|d| format!("\"{}\"", d.name))
+        .collect();
+    c.push_str(&format!(
+        "\n[[route]]\nname = \"calls\"\nmatch = {{ proto = [\"sip\"] }}\nforward = [{}]\nmode = \"hash\"\n",
+        names.join(", ")
+    ));
+    c
+}
+
+fn scale_out_collectors(n: usize) -> Vec<CollectorSpec> {
+    [
+        ("homer-a", COL_A, 9061),
+        ("homer-b", COL_B, 9062),
+        ("homer-c", COL_A, 9063),
+    ][..n]
+        .iter()
+        .map(|&(name, ip, port)| CollectorSpec {
+            name,
+            ip,
+            port,
+            transport: Transport::Udp,
+        })
+        .collect()
+}
+
+/// Packet `part` (0, 1 or 2) of every call, each expected where rendezvous hashing of its
+/// Call-ID over the collectors' seeds puts it.
+fn scale_out_scenario(collectors: usize, part: u32) -> Scenario {
+    let specs = scale_out_collectors(collectors);
+    let names: Vec<&'static str> = specs.iter().map(|c| c.name).collect();
+    let seeds = seeds(&names);
+    let mut s = Scenario::new(scale_out_config(&specs), specs);
+    for call in 0..SCALE_OUT_CALLS {
+        let id = format!("ecmp-{call}@lab");
+        let at = rendezvous_pick(key_hash(id.as_bytes()), &seeds).expect("seeds");
+        let p = Pkt::sip(&id, part * SCALE_OUT_CALLS + call).encode();
+        s.send(SND, "sip", p, &[names[at]]);
+    }
+    s
+}
+
+/// Where each call's packets arrived: Call-ID → collectors.
+fn placement(run: &Run) -> BTreeMap<String, Vec<&'static str>> {
+    let mut m: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    for (name, got) in &run.got {
+        for p in got.keys() {
+            m.entry(key_of(p)).or_default().push(name);
+        }
+    }
+    m
+}
+
+/// Two daemons from one configuration (one after the other on the same topology: a node
+/// each), fed disjoint halves of every call, agree on every call's collector; a daemon
+/// with a third collector moves only the calls the hash gives the new one, about a third.
+fn assert_scale_out(tag: &str, mode: Mode) {
+    let first_half = scale_out_scenario(2, 0);
+    let second_half = scale_out_scenario(2, 1);
+    assert_eq!(first_half.config, second_half.config, "one configuration");
+    let node1 = deliver(&format!("{tag}1"), &first_half, mode);
+    let node2 = deliver(&format!("{tag}2"), &second_half, mode);
+    first_half.assert_delivered(&node1);
+    second_half.assert_delivered(&node2);
+    let (p1, p2) = (placement(&node1), placement(&node2));
+    assert_eq!(
+        p1.len(),
+        SCALE_OUT_CALLS as usize,
+        "every call arrived once"
+    );
+    assert!(
+        p1.values().all(|at| at.len() == 1),
+        "a call on two collectors"
+    );
+    assert_eq!(p1, p2, "the two nodes place calls differently");
+    let per_collector =
+        |p: &BTreeMap<String, Vec<&str>>, c: &str| p.values().filter(|at| at[0] == c).count();
+    assert!(
+        per_collector(&p1, "homer-a") > 0 && per_collector(&p1, "homer-b") > 0,
+        "both collectors take calls"
+    );
+
+    // A third collector: a call moves only to it, and about a third of them do.
+    let grown = scale_out_scenario(3, 2);
+    let node3 = deliver(&format!("{tag}3"), &grown, mode);
+    grown.assert_delivered(&node3);
+    let p3 = placement(&node3);
+    let moved: Vec<&String> = p1.keys().filter(|k| p3[*k] != p1[*k]).collect();
+    assert!(
+        moved.iter().all(|k| p3[*k] == ["homer-c"]),
+        "calls moved between the old collectors"
+    );
+    let share = moved.len() as f64 / f64::from(SCALE_OUT_CALLS);
+    eprintln!(
+        "{tag}: adding a third collector moved {} of {SCALE_OUT_CALLS} calls ({share:.3})",
+        moved.len()
+    );
+    assert!(
+        (0.25..=0.42).contains(&share),
+        "adding a third collector moved {share:.3} of the calls, not about 1/3"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
