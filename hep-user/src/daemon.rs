@@ -241,6 +241,8 @@ impl Daemon {
         let outputs = self.build_outputs(&plan);
         self.swap_engine(&plan, outputs.destinations);
         self.prune_stats(&plan);
+        // `[admin] tap` applies to taps opened from now on (open ones run their course).
+        self.stats.tap.set_enabled(plan.admin_tap);
         self.install_kernel(&plan);
         // Sinks of destinations that are gone: the old engine may still hold them for a
         // batch; they finish what is queued and stop when the last handle is dropped.

@@ -85,6 +85,8 @@ pub struct RouteStats {
     pub dedup_overflow: AtomicU64,
     /// Rewrites that failed (the packet would exceed 65535 bytes); the packet is dropped.
     pub rewrite_errors: AtomicU64,
+    /// Taps open on the route (`super::tap`): the engine publishes only while > 0.
+    pub taps: std::sync::atomic::AtomicU32,
 }
 
 /// Counters and state of one destination.
@@ -150,6 +152,8 @@ pub struct Stats {
     health: Mutex<Option<Arc<dyn HealthSource>>>,
     /// Where the daemon is in its life ([`Phase`] as a number), for `/readyz`.
     phase: AtomicU8,
+    /// The open taps (`GET /tap`).
+    pub tap: Arc<super::tap::TapHub>,
 }
 
 /// Where the daemon is in its life.
@@ -237,6 +241,15 @@ impl Stats {
     /// The counters of a route (created on first use).
     pub fn route(&self, name: &str) -> Arc<RouteStats> {
         entry(&self.routes, name)
+    }
+
+    /// The counters of route `name` if the running configuration has it (a tap opens only
+    /// on an existing route).
+    pub fn existing_route(&self, name: &str) -> Option<Arc<RouteStats>> {
+        match self.routes.lock() {
+            Ok(m) => m.get(name).cloned(),
+            Err(p) => p.into_inner().get(name).cloned(),
+        }
     }
 
     /// The counters of a destination (created on first use).

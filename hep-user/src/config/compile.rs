@@ -241,9 +241,15 @@ impl Compiler<'_> {
             .unwrap_or_default();
         let engine = self.engine(f.engine.as_ref());
         let xdp = self.xdp(f.xdp.as_ref());
+        let admin_tap = f
+            .admin
+            .as_ref()
+            .and_then(|a| a.tap.as_ref())
+            .is_some_and(|t| *t.get_ref());
         Plan {
             source: path.to_path_buf(),
             admin,
+            admin_tap,
             listeners,
             destinations,
             routes,

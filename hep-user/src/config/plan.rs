@@ -18,6 +18,8 @@ pub struct Plan {
     pub source: PathBuf,
     /// HTTP address for `/metrics`, `/healthz` and `/readyz`.
     pub admin: Option<SocketAddr>,
+    /// `[admin] tap`: the admin server answers `GET /tap` (off by default).
+    pub admin_tap: bool,
     /// Where HEP is received.
     pub listeners: Vec<ListenerPlan>,
     /// Where HEP is sent.

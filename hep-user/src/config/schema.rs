@@ -248,6 +248,8 @@ pub struct ConfigFile {
 pub struct AdminSection {
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
     pub listen: Option<Spanned<String>>,
+    /// `GET /tap?route=NAME` (what a route forwards, live): off unless true.
+    pub tap: Option<Spanned<bool>>,
 }
 
 /// `[[listener]]`.
