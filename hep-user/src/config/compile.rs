@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -241,6 +241,7 @@ impl Compiler<'_> {
             .unwrap_or_default();
         let engine = self.engine(f.engine.as_ref());
         let xdp = self.xdp(f.xdp.as_ref());
+        let resolver = self.resolver(path, f.resolver.as_ref());
         let admin_tap = f
             .admin
             .as_ref()
@@ -257,6 +258,7 @@ impl Compiler<'_> {
             invalid,
             engine,
             xdp,
+            resolver,
         }
     }
 
@@ -304,6 +306,69 @@ impl Compiler<'_> {
                 None
             }
         }
+    }
+
+    /// A destination's `IP:port` or `host:port` (its address unresolved for now: the
+    /// unspecified address with the port).
+    fn destination_address(
+        &mut self,
+        s: &Spanned<String>,
+        field: &str,
+    ) -> Option<(SocketAddr, Option<crate::resolve::HostName>)> {
+        let text = s.get_ref().trim();
+        if let Ok(a) = SocketAddr::from_str(text) {
+            if a.ip().is_unspecified() || a.port() == 0 {
+                self.r.error(
+                    span_of(s),
+                    field,
+                    format!("{text:?} is not a collector's address"),
+                    Some("give the collector's own address and port".into()),
+                );
+                return None;
+            }
+            return Some((a, None));
+        }
+        match crate::resolve::HostName::parse(text) {
+            Some(h) if h.port != 0 => Some((
+                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), h.port),
+                Some(h),
+            )),
+            _ => {
+                self.r.error(
+                    span_of(s),
+                    field,
+                    format!("{text:?} is not an IP:port or host:port address"),
+                    Some(
+                        "write e.g. \"198.18.2.2:9060\", \"[2001:db8::2]:9060\" or \"homer.example.net:9060\""
+                            .into(),
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[resolver]`; a relative `hosts_file` is relative to the configuration file's
+    /// directory.
+    fn resolver(&mut self, config: &Path, r: Option<&Spanned<ResolverSection>>) -> ResolverPlan {
+        let mut plan = ResolverPlan::default();
+        let Some(r) = r.map(Spanned::get_ref) else {
+            return plan;
+        };
+        if let Some(f) = &r.hosts_file {
+            let file = PathBuf::from(f.get_ref());
+            let file = match config.parent() {
+                Some(dir) if file.is_relative() => dir.join(file),
+                _ => file,
+            };
+            plan.resolver = crate::resolve::Resolver::HostsFile(file);
+        }
+        if let Some(i) = &r.resolve_interval
+            && let Some(d) = self.duration(i, "resolver.resolve_interval", 1_000, 3_600_000)
+        {
+            plan.interval = d;
+        }
+        plan
     }
 
     fn prefixes(&mut self, list: &SpannedStrings, field: &str) -> Vec<IpNet> {
@@ -430,7 +495,7 @@ impl Compiler<'_> {
                     None,
                 );
             }
-            let address = self.socket_addr(&ds.address, &format!("{field}.address"));
+            let address = self.destination_address(&ds.address, &format!("{field}.address"));
             let transport = match ds.transport.as_ref().map(|t| t.get_ref().as_str()) {
                 None | Some("udp") => Transport::Udp,
                 Some("tcp") => Transport::Tcp,
@@ -538,11 +603,12 @@ impl Compiler<'_> {
                     }
                 }
             }
-            if let Some(address) = address {
+            if let Some((address, host)) = address {
                 out.push(DestinationPlan {
                     hash_seed: seed_of(&name),
                     name,
                     address,
+                    host,
                     transport,
                     hep_version,
                     set_auth_key: ds

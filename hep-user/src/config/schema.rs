@@ -240,6 +240,18 @@ pub struct ConfigFile {
     pub engine: Option<Spanned<EngineSection>>,
     /// `[xdp]`: the kernel data plane.
     pub xdp: Option<Spanned<XdpSection>>,
+    /// `[resolver]`: how destinations' host names are resolved.
+    pub resolver: Option<Spanned<ResolverSection>>,
+}
+
+/// `[resolver]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverSection {
+    /// Names come from this `/etc/hosts`-format file only (default: the system resolver).
+    pub hosts_file: Option<Spanned<String>>,
+    /// How often host names are resolved again (`"30s"`).
+    pub resolve_interval: Option<Spanned<String>>,
 }
 
 /// `[admin]`.
@@ -278,7 +290,7 @@ pub struct ListenerSection {
 pub struct DestinationSection {
     /// Unique name.
     pub name: Spanned<String>,
-    /// `IP:port`.
+    /// `IP:port` or `host:port`.
     pub address: Spanned<String>,
     /// `udp` (default) or `tcp`.
     pub transport: Option<Spanned<String>>,

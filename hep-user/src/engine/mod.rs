@@ -179,8 +179,8 @@ impl Engine {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Whether a destination can take traffic now: TCP connected; UDP without an ICMP
-    /// error within the hold-down.
+    /// Whether a destination can take traffic now: TCP connected; UDP resolved and without
+    /// an ICMP error within the hold-down.
     pub fn healthy(&self, dest: usize) -> bool {
         let Some(d) = self.destinations.get(dest) else {
             return false;
@@ -189,9 +189,10 @@ impl Engine {
             Transport::Tcp => d.stats.connected.load(Relaxed),
             Transport::Udp => {
                 let last = d.stats.last_error_ms.load(Relaxed);
-                last == 0
-                    || self.clock_ms().saturating_sub(last)
-                        >= self.plan.engine.udp_error_holddown.as_millis() as u64
+                d.plan.resolved()
+                    && (last == 0
+                        || self.clock_ms().saturating_sub(last)
+                            >= self.plan.engine.udp_error_holddown.as_millis() as u64)
             }
         }
     }

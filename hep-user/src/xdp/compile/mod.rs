@@ -160,6 +160,9 @@ fn dest_blocker(d: &DestinationPlan) -> Option<String> {
     if d.transport == Transport::Tcp {
         return Some(format!("{} is TCP", d.name));
     }
+    if !d.resolved() {
+        return Some(format!("{}'s host name has not resolved", d.name));
+    }
     if d.hep_version != 3 {
         return Some(format!("{} takes HEPv{}", d.name, d.hep_version));
     }
