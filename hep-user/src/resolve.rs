@@ -228,7 +228,10 @@ mod tests {
         std::fs::write(&path, "198.18.2.2 homer\n").unwrap();
         let r = Resolver::HostsFile(path.clone());
         let homer = HostName::parse("homer:9060").unwrap();
-        assert_eq!(r.resolve(&homer).await.unwrap(), "198.18.2.2:9060".parse().unwrap());
+        assert_eq!(
+            r.resolve(&homer).await.unwrap(),
+            "198.18.2.2:9060".parse().unwrap()
+        );
         std::fs::write(&path, "198.18.2.3 homer\n").unwrap();
         assert_eq!(
             r.resolve(&homer).await.unwrap(),

@@ -1215,6 +1215,57 @@ mod tests {
 
     const BASE: &str = "[[listener]]\nname = \"l\"\nudp = \"127.0.0.1:9060\"\n[[destination]]\nname = \"a\"\naddress = \"127.0.0.1:9061\"\n[[destination]]\nname = \"b\"\naddress = \"127.0.0.1:9062\"\ntransport = \"tcp\"\n";
 
+    /// Destination addresses: an IP or a host name with a port; not a wildcard, not port 0,
+    /// not a name without a port. `[resolver]`: a hosts file relative to the configuration,
+    /// an interval from 1 s to 1 h.
+    #[test]
+    fn destination_addresses_and_the_resolver() {
+        let dest = |address: &str| {
+            format!(
+                "[[listener]]\nname = \"l\"\nudp = \"127.0.0.1:9060\"\n[[destination]]\nname = \"a\"\naddress = \"{address}\"\n"
+            )
+        };
+        let p = compile(
+            Path::new("/etc/hepfwd/x.toml"),
+            &(dest("Homer.Lab:9060")
+                + "[resolver]\nhosts_file = \"hosts\"\nresolve_interval = \"5s\"\n"),
+        )
+        .unwrap();
+        let d = &p.destinations[0];
+        assert_eq!(
+            d.host.as_ref().map(ToString::to_string).as_deref(),
+            Some("homer.lab:9060")
+        );
+        assert!(!d.resolved());
+        assert_eq!(d.address.port(), 9060);
+        assert_eq!(
+            p.resolver.resolver,
+            crate::resolve::Resolver::HostsFile("/etc/hepfwd/hosts".into())
+        );
+        assert_eq!(p.resolver.interval, Duration::from_secs(5));
+        let p = compile_str(&dest("198.18.2.2:9060")).unwrap();
+        assert!(p.destinations[0].resolved() && p.destinations[0].host.is_none());
+        assert_eq!(p.resolver, ResolverPlan::default());
+        assert_eq!(p.resolver.interval, Duration::from_secs(30));
+        for (address, message) in [
+            ("homer.lab", "is not an IP:port or host:port address"),
+            ("0.0.0.0:9060", "is not a collector's address"),
+            ("198.18.2.2:0", "is not a collector's address"),
+            ("homer.lab:0", "is not an IP:port or host:port address"),
+            ("10.0.0.300:9060", "is not an IP:port or host:port address"),
+        ] {
+            let e = one_error(&dest(address));
+            assert_eq!(
+                (e.line, e.field.as_str()),
+                (6, "destination[0].address"),
+                "{address}"
+            );
+            assert!(e.message.contains(message), "{address}: {}", e.message);
+        }
+        let e = one_error(&(dest("homer:1") + "[resolver]\nresolve_interval = \"100ms\"\n"));
+        assert_eq!((e.line, e.field.as_str()), (8, "resolver.resolve_interval"));
+    }
+
     #[test]
     fn tcp_addresses_overlap_on_the_same_port_and_address_or_a_wildcard() {
         let overlap =
