@@ -288,6 +288,21 @@ pub struct XdpPlan {
     pub attach: AttachMode,
 }
 
+impl DestinationPlan {
+    /// Whether `address` is a collector's address (an IP given, or a host name resolved).
+    pub fn resolved(&self) -> bool {
+        !self.address.ip().is_unspecified()
+    }
+
+    /// The address as configured (`host:port` or `IP:port`), for logs and errors.
+    pub fn configured_address(&self) -> String {
+        match &self.host {
+            Some(h) => h.to_string(),
+            None => self.address.to_string(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,20 +316,5 @@ mod tests {
         assert!("offload".parse::<AttachMode>().is_err());
         assert_eq!(AttachMode::default(), AttachMode::Native);
         assert_eq!(AttachMode::Skb.to_string(), "skb");
-    }
-}
-
-impl DestinationPlan {
-    /// Whether `address` is a collector's address (an IP given, or a host name resolved).
-    pub fn resolved(&self) -> bool {
-        !self.address.ip().is_unspecified()
-    }
-
-    /// The address as configured (`host:port` or `IP:port`), for logs and errors.
-    pub fn configured_address(&self) -> String {
-        match &self.host {
-            Some(h) => h.to_string(),
-            None => self.address.to_string(),
-        }
     }
 }
