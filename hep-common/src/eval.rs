@@ -150,6 +150,31 @@ impl KernelRoute {
         {
             return false;
         }
+        if self.flags & SIP_METHOD != 0 {
+            let Some(m) = f.sip.method else { return false };
+            if self.sip_methods & (1u32 << (m & 31)) == 0 {
+                return false;
+            }
+        }
+        if self.flags & SIP_STATUS != 0 {
+            let Some(code) = f.sip.status else {
+                return false;
+            };
+            let mut hit = false;
+            let mut i = 0;
+            while i < MAX_MATCH_VALUES {
+                if i < self.n_status as usize
+                    && self.status[i][0] <= code
+                    && code <= self.status[i][1]
+                {
+                    hit = true;
+                }
+                i += 1;
+            }
+            if !hit {
+                return false;
+            }
+        }
         true
     }
 

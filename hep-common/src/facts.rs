@@ -39,6 +39,8 @@ pub struct KernelFacts {
     /// userspace can read it, so a route that needs the key passes the packet up
     /// ([`crate::eval::decide`]); `key_hash` is then not the packet's.
     pub key_in_userspace: bool,
+    /// The SIP first line ([`crate::sip`]): a request's method index, a response's status.
+    pub sip: crate::sip::FirstLine,
 }
 
 /// Reads the [`KernelFacts`] of the HEPv3 packet in `src` (validated on the way, with the
@@ -60,6 +62,7 @@ pub fn facts<S: ByteSource + ?Sized>(src: &S, sender: Addr16) -> Result<KernelFa
         let Some(c) = w.next_chunk()? else { break };
         walk.on_chunk(src, &c);
     }
+    let sip = walk.sip_first_line(src);
     let key_hash = match key_span(src, walk.key_source()) {
         Some((off, len)) => {
             let mut h = KeyHasher::new();
@@ -68,7 +71,9 @@ pub fn facts<S: ByteSource + ?Sized>(src: &S, sender: Addr16) -> Result<KernelFa
         }
         None => walk.flow_key_hash(),
     };
-    Ok(walk.finish(key_hash))
+    let mut f = walk.finish(key_hash);
+    f.sip = sip;
+    Ok(f)
 }
 
 /// Where the correlation key's bytes are in `src`: `(offset, len)`, `None` when the packet
@@ -238,6 +243,18 @@ impl FactsWalk {
     #[inline(always)]
     pub fn payload_span(&self) -> Option<(usize, usize)> {
         self.payload
+    }
+
+    /// The SIP first line of the packet ([`crate::sip`]'s definition: SIP with a plain
+    /// payload), after the last chunk.
+    #[inline(always)]
+    pub fn sip_first_line<S: ByteSource + ?Sized>(&self, src: &S) -> crate::sip::FirstLine {
+        match (self.f.proto_type, self.payload) {
+            (Some(crate::chunk::proto::SIP), Some((offset, len))) => {
+                crate::sip::first_line(src, offset, len)
+            }
+            _ => crate::sip::FirstLine::default(),
+        }
     }
 
     /// Where the first compressed payload (chunk 0x0010) is: `(offset, len)`.

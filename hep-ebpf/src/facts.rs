@@ -150,6 +150,9 @@ pub fn compute(s: Entry, sender: &Addr16) -> bool {
     }
     // The key hash is computed later, by `key`, only if the route found needs it.
     *s.facts() = s.walk().facts.finish(0);
+    // The SIP first line: a dozen bytes at the payload's start (SIP packets only).
+    let sip = s.walk().facts.sip_first_line(&s.bytes());
+    s.facts().sip = sip;
     true
 }
 

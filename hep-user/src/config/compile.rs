@@ -850,6 +850,43 @@ impl Compiler<'_> {
             }
             cm
         });
+        let sip_method = m.sip_method.as_ref().map(|list| {
+            let mut mask = 0u32;
+            for (i, v) in list.get_ref().iter().enumerate() {
+                match hep_common::sip::method_index(v.get_ref().as_bytes()) {
+                    Some(b) => mask |= 1 << b,
+                    None => self.r.error(
+                        span_of(v),
+                        format!("{field}.sip_method[{i}]"),
+                        format!("{:?} is not a SIP method this route can match", v.get_ref()),
+                        Some(format!(
+                            "use one of (exact case): {}",
+                            hep_common::sip::METHODS.join(", ")
+                        )),
+                    ),
+                }
+            }
+            mask
+        });
+        let sip_status = m.sip_status.as_ref().map(|list| {
+            let mut out = Vec::new();
+            for (i, v) in list.get_ref().iter().enumerate() {
+                let range = match v.get_ref() {
+                    NumberOrString::Number(n) => u16::try_from(*n).ok().map(|n| n..=n),
+                    NumberOrString::String(s) => status_class(s),
+                };
+                match range.filter(|r| *r.start() >= 100 && *r.end() <= 699) {
+                    Some(r) => out.push(r),
+                    None => self.r.error(
+                        span_of(v),
+                        format!("{field}.sip_status[{i}]"),
+                        format!("{} is not a SIP status", v.get_ref()),
+                        Some("use a code 100-699 (503 or \"503\") or a class (\"4xx\")".into()),
+                    ),
+                }
+            }
+            out
+        });
         Matcher {
             proto,
             capture_id,
@@ -859,6 +896,8 @@ impl Compiler<'_> {
             inner_dst,
             inner_port,
             correlation,
+            sip_method,
+            sip_status,
         }
     }
 
@@ -1199,6 +1238,18 @@ impl Compiler<'_> {
     }
 }
 
+/// `"503"` → 503..=503, `"4xx"` (or `"4XX"`) → 400..=499.
+fn status_class(s: &str) -> Option<RangeInclusive<u16>> {
+    let s = s.trim();
+    match s.as_bytes() {
+        [d, b'x' | b'X', b'x' | b'X'] if d.is_ascii_digit() => {
+            let base = u16::from(d - b'0') * 100;
+            Some(base..=base + 99)
+        }
+        _ => s.parse::<u16>().ok().map(|n| n..=n),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1214,6 +1265,53 @@ mod tests {
     }
 
     const BASE: &str = "[[listener]]\nname = \"l\"\nudp = \"127.0.0.1:9060\"\n[[destination]]\nname = \"a\"\naddress = \"127.0.0.1:9061\"\n[[destination]]\nname = \"b\"\naddress = \"127.0.0.1:9062\"\ntransport = \"tcp\"\n";
+
+    /// `sip_method` and `sip_status`: known methods (exact case) to a mask, codes and
+    /// classes to ranges; anything else an error at its line and field.
+    #[test]
+    fn sip_first_line_matches() {
+        let route = |m: &str| {
+            format!("{BASE}[[route]]\nname = \"r\"\nmatch = {{ {m} }}\nforward = [\"a\"]\n")
+        };
+        let p = compile_str(&route(
+            r#"sip_method = ["OPTIONS", "NOTIFY"], sip_status = ["4xx", 503, "200"]"#,
+        ))
+        .unwrap();
+        let m = &p.routes[0].matcher;
+        assert_eq!(m.sip_method, Some((1 << 4) | (1 << 8)));
+        assert_eq!(m.sip_status, Some(vec![400..=499, 503..=503, 200..=200]));
+        for (m, field, message) in [
+            (
+                r#"sip_method = ["options"]"#,
+                "route[0].match.sip_method[0]",
+                "is not a SIP method",
+            ),
+            (
+                r#"sip_method = ["INVITE", "FOO"]"#,
+                "route[0].match.sip_method[1]",
+                "is not a SIP method",
+            ),
+            (
+                r#"sip_status = ["7xx"]"#,
+                "route[0].match.sip_status[0]",
+                "is not a SIP status",
+            ),
+            (
+                r#"sip_status = [99]"#,
+                "route[0].match.sip_status[0]",
+                "is not a SIP status",
+            ),
+            (
+                r#"sip_status = ["4x"]"#,
+                "route[0].match.sip_status[0]",
+                "is not a SIP status",
+            ),
+        ] {
+            let e = one_error(&route(m));
+            assert_eq!((e.line, e.field.as_str()), (13, field), "{m}");
+            assert!(e.message.contains(message), "{m}: {}", e.message);
+        }
+    }
 
     /// Destination addresses: an IP or a host name with a port; not a wildcard, not port 0,
     /// not a name without a port. `[resolver]`: a hosts file relative to the configuration,

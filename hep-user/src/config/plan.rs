@@ -196,6 +196,10 @@ pub struct Matcher {
     pub inner_port: Option<Vec<RangeInclusive<u16>>>,
     /// Correlation key tests.
     pub correlation: Option<CorrelationMatcher>,
+    /// SIP request methods: bit `i` for `hep_common::sip::METHODS[i]`.
+    pub sip_method: Option<u32>,
+    /// SIP response status ranges.
+    pub sip_status: Option<Vec<RangeInclusive<u16>>>,
 }
 
 /// A route.

@@ -390,6 +390,10 @@ pub struct MatchSection {
     pub inner_port: Option<SpannedScalars>,
     /// Correlation key tests.
     pub correlation: Option<Spanned<CorrelationSection>>,
+    /// SIP request methods (`"OPTIONS"`, ...).
+    pub sip_method: Option<SpannedStrings>,
+    /// SIP response statuses: numbers, `"503"` or a class `"4xx"`.
+    pub sip_status: Option<SpannedScalars>,
 }
 
 /// `correlation = { ... }`: each a string or a list of strings.

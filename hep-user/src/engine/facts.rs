@@ -40,6 +40,8 @@ pub struct Facts<'a> {
     pub auth_key: Option<&'a [u8]>,
     /// The captured payload (0x000f, else 0x0010), for dedup.
     pub payload: &'a [u8],
+    /// The SIP first line (`hep_common::sip`): method or status.
+    pub sip: hep_common::sip::FirstLine,
     key_source: KeySpan,
     key: OnceCell<Option<Cow<'a, [u8]>>>,
     key_hash: OnceCell<u64>,
@@ -71,6 +73,7 @@ impl<'a> Facts<'a> {
             payload: plain
                 .or_else(|| packet.generic(chunk::COMPRESSED_PAYLOAD))
                 .unwrap_or(&[]),
+            sip: walk.sip_first_line(bytes),
             key_source: walk.key_source(),
             key: OnceCell::new(),
             key_hash: OnceCell::new(),

@@ -218,6 +218,18 @@ fn kernel_match(m: &Matcher, r: &mut KernelRoute) -> Result<(), String> {
         }
         r.n_ports = p.len() as u8;
     }
+    if let Some(mask) = m.sip_method {
+        r.flags |= match_flags::SIP_METHOD;
+        r.sip_methods = mask;
+    }
+    if let Some(s) = &m.sip_status {
+        too_many(s.len(), "sip_status")?;
+        r.flags |= match_flags::SIP_STATUS;
+        for (i, range) in s.iter().enumerate() {
+            r.status[i] = [*range.start(), *range.end()];
+        }
+        r.n_status = s.len() as u8;
+    }
     for (list, flag, key) in [
         (&m.source, match_flags::SOURCE, "source"),
         (&m.inner_src, match_flags::INNER_SRC, "inner_src"),
