@@ -8,6 +8,7 @@
 //! - [`admin`]: counters, process metrics, `/metrics`, `/healthz` and `/readyz`.
 //! - [`decode`]: HEP → JSON (`hepfwd decode`).
 //! - [`cli`]: the `hepfwd` subcommands, one file each.
+//! - [`tls`]: certificates, keys and CAs for TLS listeners and destinations.
 
 pub mod admin;
 pub mod cli;
@@ -17,4 +18,5 @@ pub mod decode;
 pub mod engine;
 pub mod io;
 pub mod notify;
+pub mod tls;
 pub mod xdp;

@@ -45,6 +45,8 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 1024;
     /// TCP listener: idle connections are closed after this many milliseconds.
     pub const IDLE_TIMEOUT_MS: u64 = 300_000;
+    /// TLS listener: a handshake not finished after this many milliseconds fails.
+    pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 }
 
 /// Reads, validates and compiles a configuration file.
@@ -343,17 +345,27 @@ impl Compiler<'_> {
                 .tcp
                 .as_ref()
                 .and_then(|a| self.socket_addr(a, &format!("{field}.tcp")));
-            if ls.udp.is_none() && ls.tcp.is_none() {
+            let tls = ls
+                .tls
+                .as_ref()
+                .and_then(|a| self.socket_addr(a, &format!("{field}.tls")));
+            if ls.udp.is_none() && ls.tcp.is_none() && ls.tls.is_none() {
                 self.r.error(
                     span_of(l),
                     field.clone(),
-                    "a listener needs udp or tcp (or both)",
+                    "a listener needs udp, tcp or tls (or several)",
                     Some("add udp = \"0.0.0.0:9060\"".into()),
                 );
             }
-            for (kind, a, s) in [("udp", udp, &ls.udp), ("tcp", tcp, &ls.tcp)] {
+            for (kind, a, s) in [
+                ("udp", udp, &ls.udp),
+                ("tcp", tcp, &ls.tcp),
+                ("tls", tls, &ls.tls),
+            ] {
+                // A TLS listener binds a TCP socket: it clashes with TCP addresses.
+                let socket = if kind == "udp" { "udp" } else { "tcp" };
                 if let (Some(a), Some(s)) = (a, s)
-                    && !addrs.insert((kind, a))
+                    && !addrs.insert((socket, a))
                 {
                     self.r.error(
                         span_of(s),
@@ -378,7 +390,7 @@ impl Compiler<'_> {
                 .as_ref()
                 .and_then(|d| self.duration(d, &format!("{field}.idle_timeout"), 100, 86_400_000))
                 .unwrap_or(Duration::from_millis(defaults::IDLE_TIMEOUT_MS));
-            if ls.tcp.is_none() {
+            if ls.tcp.is_none() && ls.tls.is_none() {
                 for (key, span) in [
                     ("max_connections", ls.max_connections.as_ref().map(span_of)),
                     ("idle_timeout", ls.idle_timeout.as_ref().map(span_of)),
@@ -393,6 +405,7 @@ impl Compiler<'_> {
                     }
                 }
             }
+            let tls_config = self.listener_tls(ls, &field);
             out.push(ListenerPlan {
                 name: ls.name.get_ref().clone(),
                 udp,
@@ -404,6 +417,8 @@ impl Compiler<'_> {
                 allow,
                 max_connections,
                 idle_timeout,
+                tls,
+                tls_config,
             });
         }
         out
@@ -427,14 +442,14 @@ impl Compiler<'_> {
             let address = self.socket_addr(&ds.address, &format!("{field}.address"));
             let transport = match ds.transport.as_ref().map(|t| t.get_ref().as_str()) {
                 None | Some("udp") => Transport::Udp,
-                Some("tcp") => Transport::Tcp,
+                Some("tcp" | "tls") => Transport::Tcp,
                 Some(other) => {
                     let s = ds.transport.as_ref().map_or(0..0, span_of);
                     self.r.error(
                         s,
                         format!("{field}.transport"),
                         format!("unknown transport {other:?}"),
-                        Some("use \"udp\" or \"tcp\"".into()),
+                        Some("use \"udp\", \"tcp\" or \"tls\"".into()),
                     );
                     Transport::Udp
                 }
@@ -532,6 +547,8 @@ impl Compiler<'_> {
                     }
                 }
             }
+            let wants_tls = ds.transport.as_ref().is_some_and(|t| t.get_ref() == "tls");
+            let tls = self.destination_tls(ds, &field, wants_tls, address);
             if let Some(address) = address {
                 out.push(DestinationPlan {
                     hash_seed: seed_of(&name),
@@ -546,10 +563,188 @@ impl Compiler<'_> {
                     queue,
                     queue_bytes,
                     stall_timeout,
+                    tls,
                 });
             }
         }
         out
+    }
+
+    /// Records a TLS file error at the field that names the file (the first field when
+    /// none does).
+    fn tls_error(&mut self, error: &crate::tls::TlsFileError, fields: &[(&Spanned<String>, String)]) {
+        let blamed = error
+            .path()
+            .and_then(|path| fields.iter().find(|(s, _)| Path::new(s.get_ref()) == path))
+            .or_else(|| fields.first());
+        let (span, field) = blamed.map_or((0..0, String::new()), |(s, f)| (span_of(s), f.clone()));
+        let hint = error.hint();
+        self.r.error(span, field, error.to_string(), Some(hint.into()));
+    }
+
+    /// The TLS side of a listener: `tls_cert` and `tls_key` read and checked (and
+    /// `tls_client_ca`), when `tls` is given; the TLS keys are errors without it.
+    fn listener_tls(&mut self, ls: &ListenerSection, field: &str) -> Option<ListenerTls> {
+        let given = [
+            ("tls_cert", ls.tls_cert.as_ref()),
+            ("tls_key", ls.tls_key.as_ref()),
+            ("tls_client_ca", ls.tls_client_ca.as_ref()),
+            ("tls_handshake_timeout", ls.tls_handshake_timeout.as_ref()),
+        ];
+        let Some(tls) = ls.tls.as_ref() else {
+            for (key, value) in given {
+                if let Some(value) = value {
+                    self.r.error(
+                        span_of(value),
+                        format!("{field}.{key}"),
+                        format!("{key} applies to TLS listeners only"),
+                        Some("add tls = \"IP:port\" or remove it".into()),
+                    );
+                }
+            }
+            return None;
+        };
+        let handshake_timeout = ls
+            .tls_handshake_timeout
+            .as_ref()
+            .and_then(|d| {
+                self.duration(d, &format!("{field}.tls_handshake_timeout"), 100, 300_000)
+            })
+            .unwrap_or(Duration::from_millis(defaults::TLS_HANDSHAKE_TIMEOUT_MS));
+        let (Some(cert), Some(key)) = (ls.tls_cert.as_ref(), ls.tls_key.as_ref()) else {
+            let missing = if ls.tls_cert.is_none() { "tls_cert" } else { "tls_key" };
+            self.r.error(
+                span_of(tls),
+                format!("{field}.{missing}"),
+                format!("a TLS listener needs tls_cert and tls_key; {missing} is missing"),
+                Some(format!("add {missing} = \"/etc/hepfwd/{}.pem\"", &missing[4..])),
+            );
+            return None;
+        };
+        let client_ca = ls.tls_client_ca.as_ref();
+        let mut fields = vec![
+            (cert, format!("{field}.tls_cert")),
+            (key, format!("{field}.tls_key")),
+        ];
+        if let Some(ca) = client_ca {
+            fields.push((ca, format!("{field}.tls_client_ca")));
+        }
+        let files: Vec<std::path::PathBuf> = fields
+            .iter()
+            .map(|(s, _)| std::path::PathBuf::from(s.get_ref()))
+            .collect();
+        match crate::tls::server_config(
+            Path::new(cert.get_ref()),
+            Path::new(key.get_ref()),
+            client_ca.map(|ca| Path::new(ca.get_ref())),
+        ) {
+            Ok(config) => Some(ListenerTls {
+                config,
+                client_auth: client_ca.is_some(),
+                handshake_timeout,
+                files,
+            }),
+            Err(e) => {
+                self.tls_error(&e, &fields);
+                None
+            }
+        }
+    }
+
+    /// The TLS side of a destination with `transport = "tls"`: its CA (or the system's),
+    /// server name and client certificate; the TLS keys are errors on another transport.
+    fn destination_tls(
+        &mut self,
+        ds: &DestinationSection,
+        field: &str,
+        wants_tls: bool,
+        address: Option<SocketAddr>,
+    ) -> Option<DestinationTls> {
+        let given = [
+            ("tls_ca", ds.tls_ca.as_ref()),
+            ("tls_server_name", ds.tls_server_name.as_ref()),
+            ("tls_cert", ds.tls_cert.as_ref()),
+            ("tls_key", ds.tls_key.as_ref()),
+        ];
+        if !wants_tls {
+            for (key, value) in given {
+                if let Some(value) = value {
+                    self.r.error(
+                        span_of(value),
+                        format!("{field}.{key}"),
+                        format!("{key} applies to TLS destinations only"),
+                        Some("remove it, or use transport = \"tls\"".into()),
+                    );
+                }
+            }
+            return None;
+        }
+        let server_name = match ds.tls_server_name.as_ref() {
+            Some(name) => match rustls::pki_types::ServerName::try_from(name.get_ref().clone()) {
+                Ok(server_name) => Some(server_name),
+                Err(e) => {
+                    self.r.error(
+                        span_of(name),
+                        format!("{field}.tls_server_name"),
+                        format!("{:?} is not a server name: {e}", name.get_ref()),
+                        Some("write a DNS name (\"homer.example.com\") or an IP address".into()),
+                    );
+                    None
+                }
+            },
+            None => address.map(|a| rustls::pki_types::ServerName::IpAddress(a.ip().into())),
+        };
+        let client = match (ds.tls_cert.as_ref(), ds.tls_key.as_ref()) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(given), None) | (None, Some(given)) => {
+                let missing = if ds.tls_cert.is_none() { "tls_cert" } else { "tls_key" };
+                self.r.error(
+                    span_of(given),
+                    format!("{field}.{missing}"),
+                    format!("a client certificate needs tls_cert and tls_key; {missing} is missing"),
+                    Some(format!("add {missing}, or remove both for no client certificate")),
+                );
+                return None;
+            }
+        };
+        let mut fields = Vec::new();
+        if let Some(ca) = ds.tls_ca.as_ref() {
+            fields.push((ca, format!("{field}.tls_ca")));
+        }
+        if let Some((cert, key)) = client {
+            fields.push((cert, format!("{field}.tls_cert")));
+            fields.push((key, format!("{field}.tls_key")));
+        }
+        let files: Vec<std::path::PathBuf> = fields
+            .iter()
+            .map(|(s, _)| std::path::PathBuf::from(s.get_ref()))
+            .collect();
+        let config = crate::tls::client_config(
+            ds.tls_ca.as_ref().map(|ca| Path::new(ca.get_ref())),
+            client.map(|(cert, key)| (Path::new(cert.get_ref()), Path::new(key.get_ref()))),
+        );
+        match config {
+            Ok(config) => server_name.map(|server_name| DestinationTls {
+                config,
+                server_name,
+                files,
+            }),
+            Err(e) => {
+                if fields.is_empty() {
+                    let span = ds.transport.as_ref().map_or(0..0, span_of);
+                    self.r.error(
+                        span,
+                        format!("{field}.transport"),
+                        e.to_string(),
+                        Some("give tls_ca = \"/etc/hepfwd/collector-ca.pem\"".into()),
+                    );
+                } else {
+                    self.tls_error(&e, &fields);
+                }
+                None
+            }
+        }
     }
 
     fn targets(&mut self, list: &SpannedStrings, names: &[String], field: &str) -> Vec<usize> {
@@ -1556,7 +1751,7 @@ mod tests {
             assert!(e.message.contains(msg), "{body}: {e}");
         }
         let e = one_error("[[listener]]\nname = \"l\"\n");
-        assert!(e.message.contains("needs udp or tcp"));
+        assert!(e.message.contains("needs udp, tcp or tls"));
         let e = one_error(&format!(
             "{BASE}[[destination]]\nname = \"v2\"\naddress = \"127.0.0.1:1\"\ntransport = \"tcp\"\nhep_version = 2\n"
         ));
