@@ -266,23 +266,24 @@ impl Compiler<'_> {
     ) {
         for (index, listener) in listeners.iter().enumerate() {
             let listener = listener.get_ref();
-            let Some(tcp) = listener
-                .tcp
-                .as_ref()
-                .and_then(|t| SocketAddr::from_str(t.get_ref()).ok())
-            else {
-                continue;
-            };
-            if tcp_addresses_overlap(admin, tcp) {
-                self.r.error(
-                    span.clone(),
-                    "admin.listen",
-                    format!(
-                        "{admin} is also the address of listener[{index}].tcp ({:?}: {tcp})",
-                        listener.name.get_ref()
-                    ),
-                    Some("give the admin server a port of its own".into()),
-                );
+            for (kind, address) in [("tcp", &listener.tcp), ("tls", &listener.tls)] {
+                let Some(tcp) = address
+                    .as_ref()
+                    .and_then(|t| SocketAddr::from_str(t.get_ref()).ok())
+                else {
+                    continue;
+                };
+                if tcp_addresses_overlap(admin, tcp) {
+                    self.r.error(
+                        span.clone(),
+                        "admin.listen",
+                        format!(
+                            "{admin} is also the address of listener[{index}].{kind} ({:?}: {tcp})",
+                            listener.name.get_ref()
+                        ),
+                        Some("give the admin server a port of its own".into()),
+                    );
+                }
             }
         }
     }
@@ -1777,5 +1778,121 @@ mod tests {
             fields,
             ["route[0].forward[0]", "route[0].mode", "route[1].name"]
         );
+    }
+
+    /// A self-signed certificate and its key for `localhost`, valid until `until` (year),
+    /// written in `dir` as `<name>.pem` and `<name>.key`.
+    fn certificate(dir: &Path, name: &str, until: i32) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        )
+    }
+
+    #[test]
+    fn tls_keys_compile_and_each_file_error_names_the_field_its_line_and_the_file() {
+        let dir = std::env::temp_dir().join(format!("hepfwd-compile-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = certificate(&dir, "good", 2100);
+        let (_, other_key) = certificate(&dir, "other", 2100);
+        let (expired, expired_key) = certificate(&dir, "expired", 2020);
+        let listener = |cert: &str, key: &str| {
+            format!(
+                "[[listener]]\nname = \"t\"\ntls = \"127.0.0.1:9070\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"
+            )
+        };
+        // After BASE (10 lines): [[listener]] 11, name 12, tls 13, tls_cert 14, tls_key 15.
+        let p = compile_str(&format!("{BASE}{}", listener(&cert, &key))).unwrap_or_else(|e| panic!("{e}"));
+        let l = &p.listeners[1];
+        assert_eq!(l.tls, Some("127.0.0.1:9070".parse().unwrap()));
+        let tls = l.tls_config.as_ref().unwrap();
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+        assert!(!tls.client_auth);
+
+        let missing = dir.join("missing.pem").display().to_string();
+        let e = one_error(&format!("{BASE}{}", listener(&missing, &key)));
+        assert_eq!((e.line, e.column, e.field.as_str()), (14, 12, "listener[1].tls_cert"));
+        assert_eq!(
+            e.message,
+            format!("{missing}: cannot read: No such file or directory (os error 2)")
+        );
+
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not PEM\n").unwrap();
+        let garbage = garbage.display().to_string();
+        let e = one_error(&format!("{BASE}{}", listener(&cert, &garbage)));
+        assert_eq!((e.line, e.field.as_str()), (15, "listener[1].tls_key"));
+        assert_eq!(e.message, format!("{garbage}: no private key in the PEM file"));
+
+        let e = one_error(&format!("{BASE}{}", listener(&cert, &other_key)));
+        assert_eq!((e.line, e.field.as_str()), (15, "listener[1].tls_key"));
+        assert_eq!(
+            e.message,
+            format!("{other_key}: the private key does not match the certificate in {cert}")
+        );
+        assert_eq!(e.hint.as_deref(), Some("give the key the certificate was issued for"));
+
+        let e = one_error(&format!("{BASE}{}", listener(&expired, &expired_key)));
+        assert_eq!((e.line, e.field.as_str()), (14, "listener[1].tls_cert"));
+        assert_eq!(
+            e.message,
+            format!("{expired}: certificate 0 (CN=rcgen self signed cert) expired on Jan  1 00:00:00 2020 +00:00")
+        );
+
+        // The CA of mutual TLS, the handshake timeout, and keys without `tls`.
+        let e = one_error(&format!(
+            "{BASE}{}tls_client_ca = \"{expired}\"\n",
+            listener(&cert, &key)
+        ));
+        assert_eq!((e.line, e.field.as_str()), (16, "listener[1].tls_client_ca"));
+        let e = one_error(&format!(
+            "{BASE}{}tls_handshake_timeout = \"1ms\"\n",
+            listener(&cert, &key)
+        ));
+        assert_eq!(e.field, "listener[1].tls_handshake_timeout");
+        let e = one_error(&format!(
+            "{BASE}[[listener]]\nname = \"u\"\nudp = \"127.0.0.1:9071\"\ntls_cert = \"{cert}\"\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (14, "listener[1].tls_cert"));
+        assert_eq!(e.message, "tls_cert applies to TLS listeners only");
+
+        // Destinations: transport = "tls" with a CA, a server name, a client certificate.
+        let dest = format!(
+            "[[destination]]\nname = \"s\"\naddress = \"127.0.0.1:9443\"\ntransport = \"tls\"\ntls_ca = \"{cert}\"\n"
+        );
+        let p = compile_str(&format!("{BASE}{dest}")).unwrap_or_else(|e| panic!("{e}"));
+        let d = &p.destinations[2];
+        assert_eq!(d.transport, Transport::Tcp);
+        let tls = d.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.server_name,
+            rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into())
+        );
+        let p = compile_str(&format!(
+            "{BASE}{dest}tls_server_name = \"homer.example\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            p.destinations[2].tls.as_ref().unwrap().server_name,
+            rustls::pki_types::ServerName::try_from("homer.example").unwrap()
+        );
+        let e = one_error(&format!(
+            "{BASE}{dest}tls_cert = \"{cert}\"\ntls_key = \"{other_key}\"\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (17, "destination[2].tls_key"));
+        let e = one_error(&format!(
+            "{BASE}[[destination]]\nname = \"s\"\naddress = \"127.0.0.1:9443\"\ntransport = \"tcp\"\ntls_ca = \"{cert}\"\n"
+        ));
+        assert_eq!(e.message, "tls_ca applies to TLS destinations only");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
