@@ -17,8 +17,8 @@ use hepfwd_tests::daemon::{Daemon, LO, free_port_v4, udp_destination};
 use hepfwd_tests::hepgen::Pkt;
 use hepfwd_tests::peers::{ProcessGuard, TestDir};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose, date_time_ymd,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, date_time_ymd,
 };
 
 /// A certificate authority made for one test.
@@ -53,8 +53,7 @@ impl Ca {
     /// (year), written as `<name>.pem` and `<name>.key`; returns both paths.
     fn leaf(&self, dir: &TestDir, name: &str, cn: &str, until: i32) -> (PathBuf, PathBuf) {
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, cn);
         params.distinguished_name = dn;
@@ -157,13 +156,7 @@ fn served_certificate(agent_output: &str) -> String {
 
 /// A listener with `tls` on `ports.listen` and a UDP destination `col`, plus `extra` keys
 /// on the listener.
-fn tls_listener_config(
-    port: u16,
-    cert: &Path,
-    key: &Path,
-    extra: &str,
-    col: SocketAddr,
-) -> String {
+fn tls_listener_config(port: u16, cert: &Path, key: &Path, extra: &str, col: SocketAddr) -> String {
     format!(
         "\n[[listener]]\nname = \"secure\"\ntls = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{extra}\n",
         cert.display(),
@@ -316,7 +309,12 @@ fn a_silent_client_times_out_its_handshake_and_frees_its_slot() {
     let to = SocketAddr::from((LO, d.ports.listen));
     let started = Instant::now();
     let silent = TcpStream::connect(to).unwrap();
-    d.wait_counter("hepfwd_tcp_connections_open", &[("listener", "secure")], 1, WAIT);
+    d.wait_counter(
+        "hepfwd_tcp_connections_open",
+        &[("listener", "secure")],
+        1,
+        WAIT,
+    );
     d.wait_counter(
         "hepfwd_tls_handshakes_failed_total",
         &[("listener", "secure"), ("reason", "timeout")],
@@ -327,7 +325,12 @@ fn a_silent_client_times_out_its_handshake_and_frees_its_slot() {
         started.elapsed() >= Duration::from_millis(300),
         "timed out before the configured 300 ms"
     );
-    d.wait_counter("hepfwd_tcp_connections_open", &[("listener", "secure")], 0, WAIT);
+    d.wait_counter(
+        "hepfwd_tcp_connections_open",
+        &[("listener", "secure")],
+        0,
+        WAIT,
+    );
     drop(silent);
     // The only slot is free again: a real agent gets through.
     let sent = frames("after", 2);
@@ -349,12 +352,17 @@ fn a_reload_serves_the_new_certificate_and_refuses_an_expired_one() {
     let ca_path = ca.write(&dir, "ca");
     let (cert, key) = ca.leaf(&dir, "server", "first-cert", 2100);
     let col = UdpCollector::new("reload-in");
-    let config = |p: &hepfwd_tests::daemon::Ports| {
-        tls_listener_config(p.listen, &cert, &key, "", col.addr)
-    };
+    let config =
+        |p: &hepfwd_tests::daemon::Ports| tls_listener_config(p.listen, &cert, &key, "", col.addr);
     let d = Daemon::start("tls-reload", config);
     let to = SocketAddr::from((LO, d.ports.listen));
-    let first = served_certificate(&python_agent(&dir, to, &ca_path, &frames("a", 1).concat(), None));
+    let first = served_certificate(&python_agent(
+        &dir,
+        to,
+        &ca_path,
+        &frames("a", 1).concat(),
+        None,
+    ));
     assert!(first.starts_with("subject=first-cert "), "{first}");
     col.inbox.expect(1, WAIT);
 
@@ -362,9 +370,17 @@ fn a_reload_serves_the_new_certificate_and_refuses_an_expired_one() {
     let (new_cert, new_key) = ca.leaf(&dir, "next", "second-cert", 2100);
     std::fs::rename(&new_cert, &cert).unwrap();
     std::fs::rename(&new_key, &key).unwrap();
-    assert!(d.reload(config), "the reload with a good certificate is accepted");
-    let second =
-        served_certificate(&python_agent(&dir, to, &ca_path, &frames("b", 1).concat(), None));
+    assert!(
+        d.reload(config),
+        "the reload with a good certificate is accepted"
+    );
+    let second = served_certificate(&python_agent(
+        &dir,
+        to,
+        &ca_path,
+        &frames("b", 1).concat(),
+        None,
+    ));
     assert!(second.starts_with("subject=second-cert "), "{second}");
     assert_ne!(first, second);
     col.inbox.expect(1, WAIT);
@@ -374,14 +390,23 @@ fn a_reload_serves_the_new_certificate_and_refuses_an_expired_one() {
     let (old_cert, old_key) = ca.leaf(&dir, "old", "expired-cert", 2020);
     std::fs::rename(&old_cert, &cert).unwrap();
     std::fs::rename(&old_key, &key).unwrap();
-    assert!(!d.reload(config), "a reload with an expired certificate is refused");
+    assert!(
+        !d.reload(config),
+        "a reload with an expired certificate is refused"
+    );
     let log = d.stderr();
     let expected = format!(
         "listener[0].tls_cert: {}: certificate 0 (CN=expired-cert) expired on Jan  1 00:00:00 2020 +00:00",
         cert.display()
     );
     assert!(log.contains(&expected), "{expected}\nnot in:\n{log}");
-    let third = served_certificate(&python_agent(&dir, to, &ca_path, &frames("c", 1).concat(), None));
+    let third = served_certificate(&python_agent(
+        &dir,
+        to,
+        &ca_path,
+        &frames("c", 1).concat(),
+        None,
+    ));
     assert_eq!(third, second, "the running configuration stays");
     col.inbox.expect(1, WAIT);
 }
@@ -464,7 +489,11 @@ fn deliver_and_check(d: &Daemon, server: &OpensslServer, sent: &[Vec<u8>]) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(server.received(), want, "the HEP bytes, unchanged and in order");
+    assert_eq!(
+        server.received(),
+        want,
+        "the HEP bytes, unchanged and in order"
+    );
     d.wait_counter(
         "hepfwd_destination_sent_total",
         &[("destination", "homer")],
@@ -492,7 +521,10 @@ fn a_tls_destination_delivers_to_openssl_s_server() {
     let sent = frames("dest", 20);
     deliver_and_check(&d, &server, &sent);
     let (_, health) = d.health();
-    assert_eq!(health["destinations"]["homer"]["transport"], "tls", "{health}");
+    assert_eq!(
+        health["destinations"]["homer"]["transport"], "tls",
+        "{health}"
+    );
     for reason in ["timeout", "no_client_cert", "bad_certificate", "protocol"] {
         assert_eq!(
             d.counter(

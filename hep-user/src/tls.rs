@@ -158,7 +158,9 @@ impl TlsFileError {
             TlsFileError::KeyMismatch { .. } => "give the key the certificate was issued for",
             TlsFileError::BadCa { .. } => "give the CA's certificate(s) in PEM",
             TlsFileError::NoSystemRoots { .. } => "give tls_ca, or install the system's CA bundle",
-            TlsFileError::Config { .. } => "check the certificate and key types (RSA, ECDSA, Ed25519)",
+            TlsFileError::Config { .. } => {
+                "check the certificate and key types (RSA, ECDSA, Ed25519)"
+            }
         }
     }
 }
@@ -387,7 +389,8 @@ pub enum HandshakeFailure {
 }
 
 /// The `reason` labels, in the order of [`HandshakeFailure::index`].
-pub const HANDSHAKE_FAILURES: [&str; 4] = ["timeout", "no_client_cert", "bad_certificate", "protocol"];
+pub const HANDSHAKE_FAILURES: [&str; 4] =
+    ["timeout", "no_client_cert", "bad_certificate", "protocol"];
 
 impl HandshakeFailure {
     /// The position of its counter.

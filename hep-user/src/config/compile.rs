@@ -573,14 +573,19 @@ impl Compiler<'_> {
 
     /// Records a TLS file error at the field that names the file (the first field when
     /// none does).
-    fn tls_error(&mut self, error: &crate::tls::TlsFileError, fields: &[(&Spanned<String>, String)]) {
+    fn tls_error(
+        &mut self,
+        error: &crate::tls::TlsFileError,
+        fields: &[(&Spanned<String>, String)],
+    ) {
         let blamed = error
             .path()
             .and_then(|path| fields.iter().find(|(s, _)| Path::new(s.get_ref()) == path))
             .or_else(|| fields.first());
         let (span, field) = blamed.map_or((0..0, String::new()), |(s, f)| (span_of(s), f.clone()));
         let hint = error.hint();
-        self.r.error(span, field, error.to_string(), Some(hint.into()));
+        self.r
+            .error(span, field, error.to_string(), Some(hint.into()));
     }
 
     /// The TLS side of a listener: `tls_cert` and `tls_key` read and checked (and
@@ -608,17 +613,22 @@ impl Compiler<'_> {
         let handshake_timeout = ls
             .tls_handshake_timeout
             .as_ref()
-            .and_then(|d| {
-                self.duration(d, &format!("{field}.tls_handshake_timeout"), 100, 300_000)
-            })
+            .and_then(|d| self.duration(d, &format!("{field}.tls_handshake_timeout"), 100, 300_000))
             .unwrap_or(Duration::from_millis(defaults::TLS_HANDSHAKE_TIMEOUT_MS));
         let (Some(cert), Some(key)) = (ls.tls_cert.as_ref(), ls.tls_key.as_ref()) else {
-            let missing = if ls.tls_cert.is_none() { "tls_cert" } else { "tls_key" };
+            let missing = if ls.tls_cert.is_none() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            };
             self.r.error(
                 span_of(tls),
                 format!("{field}.{missing}"),
                 format!("a TLS listener needs tls_cert and tls_key; {missing} is missing"),
-                Some(format!("add {missing} = \"/etc/hepfwd/{}.pem\"", &missing[4..])),
+                Some(format!(
+                    "add {missing} = \"/etc/hepfwd/{}.pem\"",
+                    &missing[4..]
+                )),
             );
             return None;
         };
@@ -699,12 +709,20 @@ impl Compiler<'_> {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
             (Some(given), None) | (None, Some(given)) => {
-                let missing = if ds.tls_cert.is_none() { "tls_cert" } else { "tls_key" };
+                let missing = if ds.tls_cert.is_none() {
+                    "tls_cert"
+                } else {
+                    "tls_key"
+                };
                 self.r.error(
                     span_of(given),
                     format!("{field}.{missing}"),
-                    format!("a client certificate needs tls_cert and tls_key; {missing} is missing"),
-                    Some(format!("add {missing}, or remove both for no client certificate")),
+                    format!(
+                        "a client certificate needs tls_cert and tls_key; {missing} is missing"
+                    ),
+                    Some(format!(
+                        "add {missing}, or remove both for no client certificate"
+                    )),
                 );
                 return None;
             }
@@ -1811,7 +1829,8 @@ mod tests {
             )
         };
         // After BASE (10 lines): [[listener]] 11, name 12, tls 13, tls_cert 14, tls_key 15.
-        let p = compile_str(&format!("{BASE}{}", listener(&cert, &key))).unwrap_or_else(|e| panic!("{e}"));
+        let p = compile_str(&format!("{BASE}{}", listener(&cert, &key)))
+            .unwrap_or_else(|e| panic!("{e}"));
         let l = &p.listeners[1];
         assert_eq!(l.tls, Some("127.0.0.1:9070".parse().unwrap()));
         let tls = l.tls_config.as_ref().unwrap();
@@ -1820,7 +1839,10 @@ mod tests {
 
         let missing = dir.join("missing.pem").display().to_string();
         let e = one_error(&format!("{BASE}{}", listener(&missing, &key)));
-        assert_eq!((e.line, e.column, e.field.as_str()), (14, 12, "listener[1].tls_cert"));
+        assert_eq!(
+            (e.line, e.column, e.field.as_str()),
+            (14, 12, "listener[1].tls_cert")
+        );
         assert_eq!(
             e.message,
             format!("{missing}: cannot read: No such file or directory (os error 2)")
@@ -1831,7 +1853,10 @@ mod tests {
         let garbage = garbage.display().to_string();
         let e = one_error(&format!("{BASE}{}", listener(&cert, &garbage)));
         assert_eq!((e.line, e.field.as_str()), (15, "listener[1].tls_key"));
-        assert_eq!(e.message, format!("{garbage}: no private key in the PEM file"));
+        assert_eq!(
+            e.message,
+            format!("{garbage}: no private key in the PEM file")
+        );
 
         let e = one_error(&format!("{BASE}{}", listener(&cert, &other_key)));
         assert_eq!((e.line, e.field.as_str()), (15, "listener[1].tls_key"));
@@ -1839,13 +1864,18 @@ mod tests {
             e.message,
             format!("{other_key}: the private key does not match the certificate in {cert}")
         );
-        assert_eq!(e.hint.as_deref(), Some("give the key the certificate was issued for"));
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("give the key the certificate was issued for")
+        );
 
         let e = one_error(&format!("{BASE}{}", listener(&expired, &expired_key)));
         assert_eq!((e.line, e.field.as_str()), (14, "listener[1].tls_cert"));
         assert_eq!(
             e.message,
-            format!("{expired}: certificate 0 (CN=rcgen self signed cert) expired on Jan  1 00:00:00 2020 +00:00")
+            format!(
+                "{expired}: certificate 0 (CN=rcgen self signed cert) expired on Jan  1 00:00:00 2020 +00:00"
+            )
         );
 
         // The CA of mutual TLS, the handshake timeout, and keys without `tls`.
@@ -1853,7 +1883,10 @@ mod tests {
             "{BASE}{}tls_client_ca = \"{expired}\"\n",
             listener(&cert, &key)
         ));
-        assert_eq!((e.line, e.field.as_str()), (16, "listener[1].tls_client_ca"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (16, "listener[1].tls_client_ca")
+        );
         let e = one_error(&format!(
             "{BASE}{}tls_handshake_timeout = \"1ms\"\n",
             listener(&cert, &key)

@@ -38,8 +38,8 @@ use super::accept::AcceptLoop;
 use super::output::Flusher;
 use crate::admin::stats::{ListenerStats, parse_error_index};
 use crate::config::plan::ListenerTls;
-use crate::tls::HandshakeFailure;
 use crate::engine::{Engine, Outbox, WorkerCtx};
+use crate::tls::HandshakeFailure;
 
 /// The smallest read buffer a connection allocates when bytes arrive: enough for a typical
 /// SIP frame; a larger frame grows it to its own length.
@@ -304,8 +304,7 @@ async fn tls_connection(
     tls: ListenerTls,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
-    let failure = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await
-    {
+    let failure = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
             open.stats.tls_handshakes.fetch_add(1, Relaxed);
             tracing::debug!(%from, "TLS handshake completed");

@@ -180,5 +180,8 @@ fn handshake_failure_reasons_come_from_rustls_errors() {
         HandshakeFailure::of(&std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
         HandshakeFailure::Protocol
     );
-    assert_eq!(HANDSHAKE_FAILURES[HandshakeFailure::Timeout.index()], "timeout");
+    assert_eq!(
+        HANDSHAKE_FAILURES[HandshakeFailure::Timeout.index()],
+        "timeout"
+    );
 }

@@ -108,8 +108,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 mod tls;
-pub use tls::{HANDSHAKE_TIMEOUT, SinkTls};
 use tls::Wire;
+pub use tls::{HANDSHAKE_TIMEOUT, SinkTls};
 
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -116,3 +116,6 @@ pub(super) async fn handshake(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;
