@@ -596,3 +596,82 @@ fn a_destination_that_does_not_trust_the_collector_counts_a_bad_certificate() {
         0
     );
 }
+
+/// `hepfwd check-config FILE`: (success, stderr).
+fn check_config(path: &Path) -> (bool, String) {
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(hepfwd_tests::hepfwd::hepfwd_bin().unwrap())
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_and_start_name_the_field_line_file_and_reason_of_a_bad_tls_file() {
+    let dir = TestDir::new("tls-check-config").unwrap();
+    let ca = Ca::new("test CA");
+    let ca_path = ca.write(&dir, "ca");
+    let (cert, key) = ca.leaf(&dir, "server", "hepfwd", 2100);
+    let (_, other_key) = ca.leaf(&dir, "other", "other", 2100);
+    let (expired, expired_key) = ca.leaf(&dir, "expired", "old", 2020);
+    let config = |cert: &Path, key: &Path| {
+        format!(
+            "[[listener]]\nname = \"secure\"\ntls = \"127.0.0.1:{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\n[[destination]]\nname = \"homer\"\naddress = \"127.0.0.1:9443\"\ntransport = \"tls\"\ntls_ca = \"{}\"\n",
+            free_port_v4(),
+            cert.display(),
+            key.display(),
+            ca_path.display()
+        )
+    };
+    let file = dir.join("hepfwd.toml");
+    std::fs::write(&file, config(&cert, &key)).unwrap();
+    let (ok, stderr) = check_config(&file);
+    assert!(ok, "{stderr}");
+
+    std::fs::write(&file, config(&cert, &other_key)).unwrap();
+    let (ok, stderr) = check_config(&file);
+    assert!(!ok);
+    let expected = format!(
+        "{}:5:11: listener[0].tls_key: {}: the private key does not match the certificate in {}\n  hint: give the key the certificate was issued for",
+        file.display(),
+        other_key.display(),
+        cert.display()
+    );
+    assert!(stderr.contains(&expected), "{expected}\nnot in:\n{stderr}");
+
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "hello\n").unwrap();
+    std::fs::write(&file, config(&garbage, &key)).unwrap();
+    let (ok, stderr) = check_config(&file);
+    assert!(!ok);
+    let expected = format!(
+        "{}:4:12: listener[0].tls_cert: {}: no certificate in the PEM file",
+        file.display(),
+        garbage.display()
+    );
+    assert!(stderr.contains(&expected), "{expected}\nnot in:\n{stderr}");
+
+    // The start refuses the same way.
+    let error = match Daemon::try_start("tls-expired-start", |p| {
+        format!(
+            "[[listener]]\nname = \"secure\"\ntls = \"127.0.0.1:{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            p.listen,
+            expired.display(),
+            expired_key.display()
+        )
+    }) {
+        Ok(_) => panic!("hepfwd started with an expired certificate"),
+        Err(e) => format!("{e:#}"),
+    };
+    let expected = format!(
+        "listener[0].tls_cert: {}: certificate 0 (CN=old) expired on Jan  1 00:00:00 2020 +00:00",
+        expired.display()
+    );
+    assert!(error.contains(&expected), "{expected}\nnot in:\n{error}");
+}
