@@ -564,18 +564,21 @@ fn a_tls_destination_presents_its_client_certificate_to_openssl_s_server_verify(
 }
 
 #[test]
-fn a_destination_that_does_not_trust_the_collector_counts_a_bad_certificate() {
+fn a_destination_that_does_not_trust_the_collector_counts_a_bad_certificate_until_a_reload_gives_the_ca()
+ {
     let dir = TestDir::new("tls-destination-untrusted").unwrap();
     let ca = Ca::new("collector CA");
     let (cert, key) = ca.leaf(&dir, "collector", "homer", 2100);
     let other = Ca::new("another CA");
-    let other_path = other.write(&dir, "other-ca");
+    let ca_path = other.write(&dir, "trusted-ca");
     let server = OpensslServer::start(&dir, &cert, &key, None);
-    let d = Daemon::start("tls-destination-untrusted", |p| {
-        tls_destination(server.addr, &other_path, "").replace("{listen}", &p.listen.to_string())
-    });
+    let config = |p: &hepfwd_tests::daemon::Ports| {
+        tls_destination(server.addr, &ca_path, "").replace("{listen}", &p.listen.to_string())
+    };
+    let d = Daemon::start("tls-destination-untrusted", config);
+    let sent = frames("x", 3);
     let agent = Agent::new();
-    agent.send_all(SocketAddr::from((LO, d.ports.listen)), &frames("x", 3));
+    agent.send_all(SocketAddr::from((LO, d.ports.listen)), &sent);
     d.wait_for("a bad_certificate handshake failure", WAIT, |m| {
         m.get(
             "hepfwd_destination_tls_handshakes_failed_total",
@@ -590,10 +593,39 @@ fn a_destination_that_does_not_trust_the_collector_counts_a_bad_certificate() {
         d.counter("hepfwd_destination_sent_total", &[("destination", "homer")]),
         0
     );
+    assert_eq!(
+        d.counter(
+            "hepfwd_destination_queue_depth",
+            &[("destination", "homer")]
+        ),
+        3,
+        "the frames wait in the queue"
+    );
     assert!(server.received().is_empty());
     assert_eq!(
         d.counter("hepfwd_destination_connected", &[("destination", "homer")]),
         0
+    );
+    // The right CA in the same file, SIGHUP: the same sink (its queue kept) connects.
+    ca.write(&dir, "trusted-ca");
+    assert!(d.reload(config));
+    let deadline = Instant::now() + WAIT;
+    while server.received().len() < sent.concat().len() {
+        assert!(Instant::now() < deadline, "hepfwd stderr:\n{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.received(), sent.concat());
+    d.wait_counter(
+        "hepfwd_destination_sent_total",
+        &[("destination", "homer")],
+        3,
+        WAIT,
+    );
+    d.wait_counter(
+        "hepfwd_destination_connected",
+        &[("destination", "homer")],
+        1,
+        WAIT,
     );
 }
 
