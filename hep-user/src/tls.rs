@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Why a TLS file cannot be used. The text names the file and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -244,7 +244,7 @@ fn check_validity(
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
     let pem = read_pem(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsFileError::NoKey {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsFileError::NoKey {
             path: path.to_path_buf(),
         },
         other => TlsFileError::BadPem {
