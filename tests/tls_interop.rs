@@ -593,13 +593,12 @@ fn a_destination_that_does_not_trust_the_collector_counts_a_bad_certificate_unti
         d.counter("hepfwd_destination_sent_total", &[("destination", "homer")]),
         0
     );
-    assert_eq!(
-        d.counter(
-            "hepfwd_destination_queue_depth",
-            &[("destination", "homer")]
-        ),
+    // The frames wait in the queue.
+    d.wait_counter(
+        "hepfwd_destination_queue_depth",
+        &[("destination", "homer")],
         3,
-        "the frames wait in the queue"
+        WAIT,
     );
     assert!(server.received().is_empty());
     assert_eq!(
