@@ -706,3 +706,76 @@ fn check_config_and_start_name_the_field_line_file_and_reason_of_a_bad_tls_file(
     );
     assert!(error.contains(&expected), "{expected}\nnot in:\n{error}");
 }
+
+#[test]
+fn the_tls_listener_keeps_the_tcp_guards_allow_at_accept_and_idle_timeout() {
+    let dir = TestDir::new("tls-guards").unwrap();
+    let ca = Ca::new("test CA");
+    let ca_path = ca.write(&dir, "ca");
+    let (cert, key) = ca.leaf(&dir, "server", "hepfwd-listener", 2100);
+    let col = UdpCollector::new("guards-in");
+    let d = Daemon::start("tls-guards", |p| {
+        tls_listener_config(p.listen, &cert, &key, "idle_timeout = \"300ms\"", col.addr)
+            + &format!(
+                "\n[[listener]]\nname = \"outsiders-only\"\ntls = \"127.0.0.1:{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nallow = [\"192.0.2.0/24\"]\n",
+                p.listen2,
+                cert.display(),
+                key.display()
+            )
+    });
+    // An agent that sends one frame and then nothing: closed after idle_timeout (the
+    // agent sees the close within its 1 s wait), counted.
+    let sent = frames("idle", 1);
+    let out = python_agent(
+        &dir,
+        SocketAddr::from((LO, d.ports.listen)),
+        &ca_path,
+        &sent.concat(),
+        None,
+    );
+    assert!(
+        out.lines()
+            .any(|l| l == "closed" || l.starts_with("alert:")),
+        "the daemon closes an idle TLS connection: {out}"
+    );
+    assert_eq!(col.inbox.expect(1, WAIT), sent);
+    d.wait_counter(
+        "hepfwd_tcp_connections_closed_total",
+        &[("listener", "secure"), ("reason", "idle_timeout")],
+        1,
+        WAIT,
+    );
+    // A sender outside `allow` is refused at accept: no handshake is even tried.
+    let out = python_agent(
+        &dir,
+        SocketAddr::from((LO, d.ports.listen2)),
+        &ca_path,
+        &frames("outsider", 1).concat(),
+        None,
+    );
+    assert!(out.starts_with("handshake failed"), "{out}");
+    d.wait_counter(
+        "hepfwd_tcp_connections_refused_total",
+        &[("listener", "outsiders-only"), ("reason", "allow")],
+        1,
+        WAIT,
+    );
+    for reason in ["timeout", "no_client_cert", "bad_certificate", "protocol"] {
+        assert_eq!(
+            d.counter(
+                "hepfwd_tls_handshakes_failed_total",
+                &[("listener", "outsiders-only"), ("reason", reason)]
+            ),
+            0,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        d.counter(
+            "hepfwd_tls_handshakes_total",
+            &[("listener", "outsiders-only")]
+        ),
+        0
+    );
+    col.inbox.expect_silent(Duration::from_millis(300));
+}
