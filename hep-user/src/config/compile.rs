@@ -2005,9 +2005,9 @@ mod tests {
         ));
         assert_eq!(e.field, "destination[2].name");
         let e = one_error(&format!(
-            "{BASE}[[destination]]\nname = \"c\"\naddress = \"collector:9060\"\n"
+            "{BASE}[[destination]]\nname = \"c\"\naddress = \"collector\"\n"
         ));
-        assert!(e.hint.unwrap().contains("no host names"));
+        assert!(e.hint.unwrap().contains("homer.example.net:9060"));
     }
 
     #[test]
