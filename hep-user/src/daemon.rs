@@ -39,6 +39,7 @@ impl SinkKey {
                 queue: d.queue,
                 queue_bytes: d.queue_bytes,
                 stall_timeout: d.stall_timeout,
+                spool: d.spool.clone(),
             },
         }
     }
@@ -293,7 +294,7 @@ impl Daemon {
                         None => TcpSink::spawn_with(
                             d.name.clone(),
                             d.address,
-                            key.options,
+                            key.options.clone(),
                             stats.clone(),
                             &handle,
                         ),

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use toml::Spanned;
 use super::error::{ConfigErrors, Reporter, field_path};
 use super::plan::*;
 use super::schema::*;
+use crate::io::spool::{OnFull, SpoolOptions};
 
 /// Defaults that are not spelled out in the file.
 pub mod defaults {
@@ -411,6 +412,8 @@ impl Compiler<'_> {
 
     fn destinations(&mut self, list: &[Spanned<DestinationSection>]) -> Vec<DestinationPlan> {
         let mut out = Vec::new();
+        // The spool directories taken, resolved, so two destinations never share one.
+        let mut spool_dirs: Vec<(PathBuf, String)> = Vec::new();
         let mut names = HashSet::new();
         for (i, d) in list.iter().enumerate() {
             let field = format!("destination[{i}]");
@@ -532,6 +535,10 @@ impl Compiler<'_> {
                     }
                 }
             }
+            let spool = ds
+                .spool
+                .as_ref()
+                .and_then(|sp| self.spool(sp, &name, transport, &field, &mut spool_dirs));
             if let Some(address) = address {
                 out.push(DestinationPlan {
                     hash_seed: seed_of(&name),
@@ -546,10 +553,124 @@ impl Compiler<'_> {
                     queue,
                     queue_bytes,
                     stall_timeout,
+                    spool,
                 });
             }
         }
         out
+    }
+
+    /// The spool of destination `name` (`field`): its keys checked, its directory
+    /// (`<dir>/<name>`) created and written to once, so that `check-config` finds a
+    /// directory the daemon could not use.
+    fn spool(
+        &mut self,
+        sp: &Spanned<SpoolSection>,
+        name: &str,
+        transport: Transport,
+        field: &str,
+        taken: &mut Vec<(PathBuf, String)>,
+    ) -> Option<SpoolOptions> {
+        let section = sp.get_ref();
+        let field = format!("{field}.spool");
+        if !transport.is_stream() {
+            self.r.error(
+                span_of(sp),
+                field,
+                "a spool applies to stream destinations only",
+                Some("remove it, or use transport = \"tcp\"".into()),
+            );
+            return None;
+        }
+        let max_bytes = match section.max_bytes.as_ref() {
+            None => crate::io::spool::DEFAULT_MAX_BYTES,
+            Some(m) => match m.get_ref().bytes() {
+                Some(n) if n >= crate::io::spool::MIN_MAX_BYTES as i64 => n as u64,
+                parsed => {
+                    let what = match parsed {
+                        Some(n) => format!("max_bytes {n} is out of range"),
+                        None => match m.get_ref() {
+                            ByteSize::Text(t) => format!("{t:?} is not a size"),
+                            ByteSize::Number(n) => format!("{n} is not a size"),
+                        },
+                    };
+                    self.r.error(
+                        span_of(m),
+                        format!("{field}.max_bytes"),
+                        what,
+                        Some("use \"1MiB\" or more (B, KiB, MiB, GiB, KB, MB, GB)".into()),
+                    );
+                    return None;
+                }
+            },
+        };
+        let sync = match section.sync.as_ref() {
+            None => crate::io::spool::DEFAULT_SYNC,
+            Some(d) => self.duration(d, &format!("{field}.sync"), 10, 3_600_000)?,
+        };
+        let on_full = match section.on_full.as_ref().map(|o| o.get_ref().as_str()) {
+            None | Some("drop-oldest") => OnFull::DropOldest,
+            Some("drop-newest") => OnFull::DropNewest,
+            Some(other) => {
+                let s = section.on_full.as_ref().map_or(0..0, span_of);
+                self.r.error(
+                    s,
+                    format!("{field}.on_full"),
+                    format!("unknown policy {other:?}"),
+                    Some("use \"drop-oldest\" or \"drop-newest\"".into()),
+                );
+                return None;
+            }
+        };
+        let safe_name = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !safe_name {
+            self.r.error(
+                span_of(&section.dir),
+                format!("{field}.dir"),
+                format!("destination name {name:?} cannot name a spool directory"),
+                Some("name the destination with letters, digits, '-', '_' and '.'".into()),
+            );
+            return None;
+        }
+        if section.dir.get_ref().is_empty() {
+            self.r.error(
+                span_of(&section.dir),
+                format!("{field}.dir"),
+                "the spool directory is empty",
+                Some("write e.g. dir = \"/var/lib/hepfwd/spool\"".into()),
+            );
+            return None;
+        }
+        let dir = Path::new(section.dir.get_ref()).join(name);
+        if let Err(reason) = crate::io::spool::probe_dir(&dir) {
+            self.r.error(
+                span_of(&section.dir),
+                format!("{field}.dir"),
+                reason,
+                Some("create the directory, writable by hepfwd's user, or choose another".into()),
+            );
+            return None;
+        }
+        let resolved = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        if let Some((_, other)) = taken.iter().find(|(d, _)| *d == resolved) {
+            self.r.error(
+                span_of(&section.dir),
+                format!("{field}.dir"),
+                format!(
+                    "spool directory {} is also destination {other:?}'s",
+                    resolved.display()
+                ),
+                Some("give each destination its own spool directory".into()),
+            );
+            return None;
+        }
+        taken.push((resolved, name.to_string()));
+        Some(SpoolOptions::new(dir, max_bytes, sync, on_full))
     }
 
     fn targets(&mut self, list: &SpannedStrings, names: &[String], field: &str) -> Vec<usize> {

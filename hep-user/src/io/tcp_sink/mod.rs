@@ -87,8 +87,8 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -96,7 +96,9 @@ use hep_common::framing::{MAX_FRAME_LEN, frame_len};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+
+use crate::io::spool::{Appended, Spool, SpoolOptions};
 
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -130,7 +132,7 @@ pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The limits of one sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SinkOptions {
     /// Most frames held (at least 1).
     pub queue: usize,
@@ -139,6 +141,8 @@ pub struct SinkOptions {
     /// How long a connection with unacknowledged bytes may see none acknowledged before
     /// it counts as stalled.
     pub stall_timeout: Duration,
+    /// The disk spool, if any (see the module documentation, "Spool").
+    pub spool: Option<SpoolOptions>,
 }
 
 impl SinkOptions {
@@ -148,6 +152,7 @@ impl SinkOptions {
             queue,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            spool: None,
         }
     }
 }
@@ -177,6 +182,8 @@ struct Inner {
     /// The most bytes held.
     queue_bytes: u64,
     stats: Arc<SinkStats>,
+    /// The disk spool, when configured and opened.
+    spool: Option<Arc<SpoolShared>>,
     ctl: watch::Sender<Phase>,
     /// `Some(everything written)` once the task has ended.
     done: watch::Receiver<Option<bool>>,
@@ -223,6 +230,13 @@ impl TcpSink {
         let (tx, rx) = mpsc::channel(options.queue.clamp(1, Semaphore::MAX_PERMITS));
         let (ctl, ctl_rx) = watch::channel(Phase::Run);
         let (done_tx, done) = watch::channel(None);
+        let spool = options
+            .spool
+            .as_ref()
+            .and_then(|o| SpoolShared::open(&name, o, &stats));
+        if let Some(shared) = &spool {
+            handle.spawn(sync_task(Arc::clone(shared), done.clone()));
+        }
         let worker = Worker {
             name: name.clone(),
             addr,
@@ -233,6 +247,7 @@ impl TcpSink {
             batch: Batch::default(),
             retransmit: Retransmit::default(),
             replay: VecDeque::new(),
+            spool: spool.clone(),
             queue_closed: false,
             suspect: false,
             backoff: Backoff::new(seed(addr)),
@@ -247,6 +262,7 @@ impl TcpSink {
                 queue: options.queue.clamp(1, Semaphore::MAX_PERMITS) as u64,
                 queue_bytes: options.queue_bytes as u64,
                 stats,
+                spool,
                 ctl,
                 done,
             }),
@@ -262,35 +278,72 @@ impl TcpSink {
             stats.dropped_invalid.fetch_add(1, Relaxed);
             return false;
         }
+        let Some(shared) = &self.inner.spool else {
+            return match self.enqueue(frame) {
+                Ok(()) => true,
+                Err(Refused::Full(_)) => {
+                    stats.dropped_queue_full.fetch_add(1, Relaxed);
+                    false
+                }
+                Err(Refused::Closed) => {
+                    stats.dropped_shutdown.fetch_add(1, Relaxed);
+                    false
+                }
+            };
+        };
+        if self.inner.tx.is_closed() {
+            stats.dropped_shutdown.fetch_add(1, Relaxed);
+            return false;
+        }
+        // One lock decides between the memory queue and the spool, so no frame overtakes
+        // one already spooled.
+        let mut state = shared.lock();
+        let frame = if state.spilling {
+            frame
+        } else {
+            match self.enqueue(frame) {
+                Ok(()) => return true,
+                Err(Refused::Closed) => {
+                    stats.dropped_shutdown.fetch_add(1, Relaxed);
+                    return false;
+                }
+                Err(Refused::Full(frame)) => {
+                    state.start_spilling(&self.inner.name, "memory queue full", stats);
+                    frame
+                }
+            }
+        };
+        let stored = state.append(&frame, stats);
+        drop(state);
+        shared.notify.notify_one();
+        stored
+    }
+
+    /// Puts `frame` in the memory queue, counting it held.
+    fn enqueue(&self, frame: Bytes) -> Result<(), Refused> {
+        let stats = &self.inner.stats;
         let len = frame.len() as u64;
         // Counted before the send so the task's decrement can never come first.
         let held = stats.queue_bytes.fetch_add(len, Relaxed);
         // An empty sink always takes a frame, whatever the byte bound.
         if held > 0 && held + len > self.inner.queue_bytes {
             stats.queue_bytes.fetch_sub(len, Relaxed);
-            stats.dropped_queue_full.fetch_add(1, Relaxed);
-            return false;
+            return Err(Refused::Full(frame));
         }
         if stats.queue_depth.fetch_add(1, Relaxed) >= self.inner.queue {
             stats.queue_depth.fetch_sub(1, Relaxed);
             stats.queue_bytes.fetch_sub(len, Relaxed);
-            stats.dropped_queue_full.fetch_add(1, Relaxed);
-            return false;
+            return Err(Refused::Full(frame));
         }
         match self.inner.tx.try_send(frame) {
-            Ok(()) => true,
+            Ok(()) => Ok(()),
             Err(e) => {
                 stats.queue_depth.fetch_sub(1, Relaxed);
                 stats.queue_bytes.fetch_sub(len, Relaxed);
                 match e {
-                    mpsc::error::TrySendError::Full(_) => {
-                        stats.dropped_queue_full.fetch_add(1, Relaxed)
-                    }
-                    mpsc::error::TrySendError::Closed(_) => {
-                        stats.dropped_shutdown.fetch_add(1, Relaxed)
-                    }
-                };
-                false
+                    mpsc::error::TrySendError::Full(frame) => Err(Refused::Full(frame)),
+                    mpsc::error::TrySendError::Closed(_) => Err(Refused::Closed),
+                }
             }
         }
     }
@@ -355,6 +408,202 @@ async fn wait_done(rx: &mut watch::Receiver<Option<bool>>) -> bool {
     }
 }
 
+/// Why the memory queue refused a frame.
+enum Refused {
+    /// Full (in frames or bytes): the frame, for the spool.
+    Full(Bytes),
+    /// The sink stopped.
+    Closed,
+}
+
+/// Where a frame the task holds comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The memory queue: counted in `queue_depth` until acknowledged.
+    Memory,
+    /// The spool: read from it, consumed there once acknowledged.
+    Spool,
+}
+
+/// A frame the task holds, and where it came from.
+#[derive(Debug, Clone)]
+struct Tagged {
+    frame: Bytes,
+    origin: Origin,
+}
+
+impl Tagged {
+    fn memory(frame: Bytes) -> Self {
+        Tagged {
+            frame,
+            origin: Origin::Memory,
+        }
+    }
+}
+
+impl AsRef<[u8]> for Tagged {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
+/// The spool of a sink and whether new frames go to it, under one lock (taken by
+/// [`TcpSink::try_send`] and by the task).
+#[derive(Debug)]
+struct SpoolShared {
+    state: Mutex<SpoolState>,
+    /// Wakes the task when a frame was spooled.
+    notify: Notify,
+}
+
+#[derive(Debug)]
+struct SpoolState {
+    spool: Spool,
+    /// New frames go to the spool, not the memory queue. Set when the destination is
+    /// unreachable or its memory queue is full, cleared by the task only when it has
+    /// handed every spooled frame to the connection.
+    spilling: bool,
+    /// Destination name, for the logs.
+    name: String,
+    /// When an append error was last logged.
+    last_error_log: Option<Instant>,
+}
+
+/// While the spool cannot be written, an error is logged at most this often.
+const SPOOL_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+/// After an error reading the spool, the task waits this long before trying again.
+const SPOOL_READ_RETRY: Duration = Duration::from_secs(1);
+
+impl SpoolShared {
+    /// Opens the spool of destination `name`; `None` (logged) when it cannot be.
+    fn open(name: &str, options: &SpoolOptions, stats: &SinkStats) -> Option<Arc<SpoolShared>> {
+        match Spool::open(options.clone()) {
+            Ok((spool, recovery)) => {
+                stats.has_spool.store(true, Relaxed);
+                stats.spool_recovered.fetch_add(recovery.frames, Relaxed);
+                stats.spool_corrupt.fetch_add(recovery.corrupt_skipped, Relaxed);
+                let spilling = !spool.is_empty();
+                if spilling || recovery.corrupt_skipped > 0 || recovery.truncated_bytes > 0 {
+                    tracing::info!(
+                        destination = %name,
+                        dir = %spool.dir().display(),
+                        frames = recovery.frames,
+                        corrupt_skipped = recovery.corrupt_skipped,
+                        truncated_bytes = recovery.truncated_bytes,
+                        "spool opened with frames to replay"
+                    );
+                }
+                let state = SpoolState {
+                    spool,
+                    spilling,
+                    name: name.to_string(),
+                    last_error_log: None,
+                };
+                state.publish(stats);
+                Some(Arc::new(SpoolShared {
+                    state: Mutex::new(state),
+                    notify: Notify::new(),
+                }))
+            }
+            Err(e) => {
+                tracing::error!(
+                    destination = %name,
+                    error = %e,
+                    "cannot open the spool; the destination runs without it"
+                );
+                None
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SpoolState> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// `fdatasync`s the spool and saves its position (blocking).
+    fn sync(&self) {
+        let mut state = self.lock();
+        if let Err(e) = state.spool.sync() {
+            tracing::warn!(destination = %state.name, error = %e, "spool sync failed");
+        }
+    }
+}
+
+impl SpoolState {
+    /// New frames go to the spool from now on.
+    fn start_spilling(&mut self, name: &str, why: &str, stats: &SinkStats) {
+        if !self.spilling {
+            self.spilling = true;
+            stats.spooling.store(true, Relaxed);
+            tracing::info!(destination = %name, reason = why, "spooling to disk");
+        }
+    }
+
+    /// Appends `frame`, counting the outcome; whether it was stored.
+    fn append(&mut self, frame: &[u8], stats: &SinkStats) -> bool {
+        let stored = match self.spool.append(frame) {
+            Ok(Appended::Stored { dropped_oldest }) => {
+                stats.dropped_spool_full.fetch_add(dropped_oldest, Relaxed);
+                stats.spooled.fetch_add(1, Relaxed);
+                stats.spooled_bytes.fetch_add(frame.len() as u64, Relaxed);
+                true
+            }
+            Ok(Appended::Refused { dropped_oldest }) => {
+                stats.dropped_spool_full.fetch_add(dropped_oldest + 1, Relaxed);
+                false
+            }
+            Err(e) => {
+                stats.dropped_spool_error.fetch_add(1, Relaxed);
+                let now = Instant::now();
+                if self
+                    .last_error_log
+                    .is_none_or(|t| now.duration_since(t) >= SPOOL_ERROR_LOG_EVERY)
+                {
+                    self.last_error_log = Some(now);
+                    tracing::warn!(destination = %self.name, error = %e, "cannot write to the spool; frame dropped");
+                }
+                false
+            }
+        };
+        self.publish(stats);
+        stats.spooling.store(self.spilling, Relaxed);
+        stored
+    }
+
+    /// The gauges.
+    fn publish(&self, stats: &SinkStats) {
+        stats.spool_frames.store(self.spool.frames(), Relaxed);
+        stats.spool_bytes.store(self.spool.bytes(), Relaxed);
+        stats
+            .spool_oldest_ms
+            .store(self.spool.oldest_ms().unwrap_or(0), Relaxed);
+        stats.spooling.store(self.spilling, Relaxed);
+    }
+}
+
+/// `fdatasync`s the spool every `sync` until the sink's task ends (it syncs a last time).
+async fn sync_task(shared: Arc<SpoolShared>, mut done: watch::Receiver<Option<bool>>) {
+    let every = shared.lock().spool.sync_every();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let s = Arc::clone(&shared);
+                let _ = tokio::task::spawn_blocking(move || s.sync()).await;
+            }
+            changed = done.changed() => {
+                if changed.is_err() || done.borrow().is_some() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Why `serve` returned.
 enum Served {
     /// The connection broke; reconnect.
@@ -409,21 +658,21 @@ impl Batch {
 
     /// Starts a batch with `first`, then takes frames from `next` up to the limits; calls
     /// `took` with each frame taken (`first` included).
-    fn fill(
+    fn fill<T: AsRef<[u8]>>(
         &mut self,
-        first: Bytes,
-        mut next: impl FnMut() -> Option<Bytes>,
-        mut took: impl FnMut(&Bytes),
+        first: T,
+        mut next: impl FnMut() -> Option<T>,
+        mut took: impl FnMut(&T),
     ) {
         self.bytes.clear();
-        self.bytes.extend_from_slice(&first);
+        self.bytes.extend_from_slice(first.as_ref());
         took(&first);
         self.frames = 1;
         self.written = 0;
         while (self.frames as usize) < BATCH_FRAMES && self.bytes.len() < BATCH_BYTES {
             match next() {
                 Some(frame) => {
-                    self.bytes.extend_from_slice(&frame);
+                    self.bytes.extend_from_slice(frame.as_ref());
                     took(&frame);
                     self.frames += 1;
                 }
@@ -447,7 +696,9 @@ impl Batch {
 #[derive(Debug, Default)]
 struct Retransmit {
     /// The frames, in connection order, with the offset just past their last byte.
-    frames: VecDeque<(Bytes, u64)>,
+    frames: VecDeque<(Tagged, u64)>,
+    /// Frames from the spool wholly acknowledged, not yet taken by the task.
+    acked_spool: u64,
     /// The offset just past the last frame handed to the connection.
     end: u64,
     /// Bytes the kernel accepted on this connection.
@@ -464,14 +715,25 @@ impl Retransmit {
         self.frames.is_empty()
     }
 
-    /// Hands `frame` to the connection.
+    /// Hands `frame` (from the memory queue) to the connection.
+    #[cfg(test)]
     fn push(&mut self, frame: &Bytes) {
+        self.push_tagged(&Tagged::memory(frame.clone()));
+    }
+
+    /// Hands `item` to the connection.
+    fn push_tagged(&mut self, item: &Tagged) {
         if self.end == self.acked {
             // Nothing was outstanding: the stall clock starts now.
             self.last_progress = Some(Instant::now());
         }
-        self.end += frame.len() as u64;
-        self.frames.push_back((frame.clone(), self.end));
+        self.end += item.frame.len() as u64;
+        self.frames.push_back((item.clone(), self.end));
+    }
+
+    /// The frames from the spool acknowledged since the last call.
+    fn take_acked_spool(&mut self) -> u64 {
+        std::mem::take(&mut self.acked_spool)
     }
 
     /// The kernel accepted `n` more bytes.
@@ -480,7 +742,8 @@ impl Retransmit {
     }
 
     /// The kernel says `outstanding` written bytes are unacknowledged: takes out the frames
-    /// now wholly acknowledged, returning how many and their bytes.
+    /// now wholly acknowledged, returning how many from the memory queue and their bytes
+    /// (those from the spool: [`Retransmit::take_acked_spool`]).
     fn acknowledge(&mut self, outstanding: u64) -> (u64, u64) {
         let acked = self.written.saturating_sub(outstanding);
         if acked > self.acked {
@@ -488,12 +751,17 @@ impl Retransmit {
             self.last_progress = Some(Instant::now());
         }
         let (mut frames, mut bytes) = (0, 0);
-        while let Some((frame, end)) = self.frames.front() {
+        while let Some((item, end)) = self.frames.front() {
             if *end > self.acked {
                 break;
             }
-            frames += 1;
-            bytes += frame.len() as u64;
+            match item.origin {
+                Origin::Memory => {
+                    frames += 1;
+                    bytes += item.frame.len() as u64;
+                }
+                Origin::Spool => self.acked_spool += 1,
+            }
             self.frames.pop_front();
         }
         (frames, bytes)
@@ -507,10 +775,13 @@ impl Retransmit {
 
     /// The connection is gone: the frames not wholly acknowledged, in order, and a fresh
     /// state for the next connection.
-    fn reset(&mut self) -> VecDeque<(Bytes, u64)> {
+    fn reset(&mut self) -> VecDeque<(Bytes, Origin)> {
         let frames = std::mem::take(&mut self.frames);
         *self = Retransmit::default();
         frames
+            .into_iter()
+            .map(|(item, _)| (item.frame, item.origin))
+            .collect()
     }
 }
 
@@ -691,8 +962,11 @@ struct Worker {
     batch: Batch,
     /// The frames handed to the current connection, not yet acknowledged.
     retransmit: Retransmit,
-    /// Frames a broken connection did not deliver, written first on the next one.
-    replay: VecDeque<Bytes>,
+    /// Frames a broken connection did not deliver, written first on the next one (and
+    /// frames read from the spool that did not fit in a batch).
+    replay: VecDeque<Tagged>,
+    /// The disk spool, if any.
+    spool: Option<Arc<SpoolShared>>,
     /// Every handle is gone and the queue is empty.
     queue_closed: bool,
     /// The last connection stalled: reported down until the next one catches up.
@@ -712,6 +986,9 @@ impl Worker {
         }
         self.stats.connected.store(false, Relaxed);
         let left = self.abandon();
+        if let Some(shared) = self.spool.clone() {
+            let _ = tokio::task::spawn_blocking(move || shared.sync()).await;
+        }
         if left > 0 {
             tracing::warn!(
                 destination = %self.name,
@@ -725,26 +1002,152 @@ impl Worker {
         done.send_replace(Some(left == 0));
     }
 
-    /// Closes the queue and counts every frame not acknowledged as dropped at shutdown.
+    /// Closes the queue; moves the frames not acknowledged to the spool when that keeps
+    /// the order (see [`Worker::spill`]), and counts the others as dropped at shutdown
+    /// (frames read from the spool stay in it).
     fn abandon(&mut self) -> u64 {
         self.rx.close();
         self.batch.take();
-        let (mut left, mut bytes) = (0u64, 0u64);
-        let unacked = self.retransmit.reset().into_iter().map(|(frame, _)| frame);
-        let replay = std::mem::take(&mut self.replay);
-        for frame in unacked.chain(replay) {
-            left += 1;
-            bytes += frame.len() as u64;
-        }
+        let mut pipeline: Vec<Tagged> = self
+            .retransmit
+            .reset()
+            .into_iter()
+            .map(|(frame, origin)| Tagged { frame, origin })
+            .collect();
+        pipeline.extend(std::mem::take(&mut self.replay));
         while let Ok(frame) = self.rx.try_recv() {
+            pipeline.push(Tagged::memory(frame));
+        }
+        let kept = self.spill(pipeline, "stopping");
+        let (mut left, mut bytes) = (0u64, 0u64);
+        for item in kept.iter().filter(|t| t.origin == Origin::Memory) {
             left += 1;
-            bytes += frame.len() as u64;
+            bytes += item.frame.len() as u64;
         }
         if left > 0 {
             self.stats.dropped_shutdown.fetch_add(left, Relaxed);
             self.release(left, bytes);
         }
         left
+    }
+
+    /// New frames go to the spool from now on (`why`: the destination is unreachable, or
+    /// the task stops), and the frames of `pipeline` (held in memory, oldest first) move
+    /// to the spool where that keeps the order: the memory frames after the last one read
+    /// from the spool, when the spool has nothing left to read. Returns the frames kept in
+    /// memory, in order (all of them without a spool).
+    fn spill(&mut self, pipeline: Vec<Tagged>, why: &str) -> VecDeque<Tagged> {
+        let Some(shared) = self.spool.clone() else {
+            return pipeline.into();
+        };
+        let mut state = shared.lock();
+        state.start_spilling(&self.name, why, &self.stats);
+        let movable_from = if state.spool.unread_frames() == 0 {
+            pipeline
+                .iter()
+                .rposition(|t| t.origin == Origin::Spool)
+                .map_or(0, |i| i + 1)
+        } else {
+            pipeline.len()
+        };
+        let mut kept = VecDeque::new();
+        let (mut moved, mut moved_bytes) = (0u64, 0u64);
+        for (index, item) in pipeline.into_iter().enumerate() {
+            if index >= movable_from {
+                moved += 1;
+                moved_bytes += item.frame.len() as u64;
+                state.append(&item.frame, &self.stats);
+            } else {
+                kept.push_back(item);
+            }
+        }
+        drop(state);
+        if moved > 0 {
+            self.release(moved, moved_bytes);
+            tracing::debug!(destination = %self.name, frames = moved, "memory queue moved to the spool");
+        }
+        kept
+    }
+
+    /// The frames held in memory (the replay list, then the queue) go to the spool where
+    /// the order allows; the rest stays in the replay list.
+    fn spill_held(&mut self, why: &str) {
+        if self.spool.is_none() {
+            return;
+        }
+        let mut pipeline: Vec<Tagged> = std::mem::take(&mut self.replay).into();
+        while let Ok(frame) = self.rx.try_recv() {
+            pipeline.push(Tagged::memory(frame));
+        }
+        self.replay = self.spill(pipeline, why);
+    }
+
+    /// Whether new frames go to the spool (the task replays it before the memory queue's
+    /// newer frames).
+    fn spooling(&self) -> bool {
+        self.spool.is_some() && self.stats.spooling.load(Relaxed)
+    }
+
+    /// Reads the next frames to replay from the spool (blocking work off the runtime's
+    /// threads). When nothing is left to read, new frames go to the memory queue again
+    /// (decided under the lock producers take, so none slips in between).
+    async fn read_spool(&self) -> Result<Vec<Tagged>, ()> {
+        let Some(shared) = self.spool.clone() else {
+            return Ok(Vec::new());
+        };
+        let stats = Arc::clone(&self.stats);
+        let name = self.name.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut state = shared.lock();
+            let read = state.spool.read(BATCH_FRAMES, BATCH_BYTES);
+            let exhausted = match &read {
+                Ok(frames) => frames.is_empty() || state.spool.unread_frames() == 0,
+                Err(_) => false,
+            };
+            if exhausted && state.spilling {
+                if state.spool.unread_frames() > 0 {
+                    tracing::warn!(destination = %name, frames = state.spool.unread_frames(), "spool: frames counted but not readable");
+                }
+                state.spilling = false;
+                tracing::info!(destination = %name, "spool replayed; back to the memory queue");
+            }
+            state.publish(&stats);
+            read
+        })
+        .await;
+        match result {
+            Ok(Ok(frames)) => Ok(frames
+                .into_iter()
+                .map(|frame| Tagged {
+                    frame,
+                    origin: Origin::Spool,
+                })
+                .collect()),
+            Ok(Err(e)) => {
+                tracing::warn!(destination = %self.name, error = %e, "cannot read the spool; retrying");
+                Err(())
+            }
+            Err(e) => {
+                tracing::warn!(destination = %self.name, error = %e, "spool read task failed; retrying");
+                Err(())
+            }
+        }
+    }
+
+    /// `frames` frames read from the spool were acknowledged: consumed there, counted sent.
+    fn consume_spool(&self, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        self.stats.sent.fetch_add(frames, Relaxed);
+        self.stats.replayed.fetch_add(frames, Relaxed);
+        if let Some(shared) = &self.spool {
+            let mut state = shared.lock();
+            if let Err(e) = state.spool.consume(frames) {
+                tracing::warn!(destination = %self.name, error = %e, "spool: cannot delete a consumed segment");
+            }
+            state.publish(&self.stats);
+        }
     }
 
     /// `frames` frames of `bytes` bytes left the sink (sent or dropped).
@@ -853,6 +1256,7 @@ impl Worker {
 
     fn connect_failed(&mut self, error: &str) {
         self.stats.connect_failures.fetch_add(1, Relaxed);
+        self.spill_held("destination unreachable");
         self.backoff.attempt_failed();
         match self.outage.attempt_failed(error) {
             Report::First => tracing::warn!(
@@ -886,15 +1290,23 @@ impl Worker {
             Ok(outstanding) => {
                 let (frames, bytes) = self.retransmit.acknowledge(outstanding);
                 self.sent(frames, bytes);
+                let acked_spool = self.retransmit.take_acked_spool();
+                self.consume_spool(acked_spool);
                 let kept = self.retransmit.reset();
                 let replayed = kept.len();
-                for (frame, _) in kept.into_iter().rev() {
-                    self.replay.push_front(frame);
+                for (frame, origin) in kept.into_iter().rev() {
+                    self.replay.push_front(Tagged { frame, origin });
                 }
                 replayed
             }
             Err(error) => {
-                let lost = self.retransmit.reset();
+                let all = self.retransmit.reset();
+                // Frames read from the spool are still in it: written again.
+                let (lost, kept): (Vec<_>, Vec<_>) =
+                    all.into_iter().partition(|(_, o)| *o == Origin::Memory);
+                for (frame, origin) in kept.into_iter().rev() {
+                    self.replay.push_front(Tagged { frame, origin });
+                }
                 let frames = lost.len() as u64;
                 let bytes = lost.iter().map(|(frame, _)| frame.len() as u64).sum();
                 self.stats
@@ -925,6 +1337,7 @@ impl Worker {
             Some(self.backoff.disconnected())
         };
         self.outage.begin();
+        self.spill_held("destination disconnected");
         tracing::warn!(
             destination = %self.name,
             addr = %self.addr,
@@ -951,6 +1364,8 @@ impl Worker {
                 Ok(outstanding) => {
                     let (frames, bytes) = self.retransmit.acknowledge(outstanding);
                     self.sent(frames, bytes);
+                    let acked_spool = self.retransmit.take_acked_spool();
+                    self.consume_spool(acked_spool);
                 }
                 Err(e) => {
                     tracing::debug!(destination = %self.name, error = %e, "SIOCOUTQ failed");
@@ -970,15 +1385,19 @@ impl Worker {
 
     /// Fills the batch with `first` (if any), then frames to replay, then queued frames,
     /// handing each to the retransmit buffer.
-    fn fill_batch(&mut self, first: Option<Bytes>) {
+    fn fill_batch(&mut self, first: Option<Tagged>) {
         let Some(first) = first.or_else(|| self.replay.pop_front()) else {
             return;
         };
         let (replay, rx, retransmit) = (&mut self.replay, &mut self.rx, &mut self.retransmit);
         self.batch.fill(
             first,
-            || replay.pop_front().or_else(|| rx.try_recv().ok()),
-            |frame| retransmit.push(frame),
+            || {
+                replay
+                    .pop_front()
+                    .or_else(|| rx.try_recv().ok().map(Tagged::memory))
+            },
+            |item| retransmit.push_tagged(item),
         );
     }
 
@@ -1001,10 +1420,32 @@ impl Worker {
                 }
                 if !self.replay.is_empty() {
                     self.fill_batch(None);
+                } else if self.spooling() {
+                    // The memory queue's frames are older than the spool's: first.
+                    if let Ok(frame) = self.rx.try_recv() {
+                        self.fill_batch(Some(Tagged::memory(frame)));
+                    } else {
+                        match self.read_spool().await {
+                            Ok(read) if !read.is_empty() => {
+                                self.replay.extend(read);
+                                self.fill_batch(None);
+                            }
+                            Ok(_) => continue,
+                            Err(()) => {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(SPOOL_READ_RETRY) => {}
+                                    _ = ctl_changed(&mut self.ctl) => {}
+                                }
+                                continue;
+                            }
+                        }
+                    }
                 } else {
                     let waiting = !self.retransmit.is_empty();
+                    let spool = self.spool.clone();
                     tokio::select! {
                         _ = ctl_changed(&mut self.ctl) => continue,
+                        _ = spooled(spool.as_deref()) => continue,
                         ready = stream.readable() => {
                             let state = match ready {
                                 Ok(()) => peer_state(|b| stream.try_read(b), &mut scratch),
@@ -1018,7 +1459,7 @@ impl Worker {
                         }
                         _ = poll.tick(), if waiting => continue,
                         frame = self.rx.recv(), if !self.queue_closed => match frame {
-                            Some(frame) => self.fill_batch(Some(frame)),
+                            Some(frame) => self.fill_batch(Some(Tagged::memory(frame))),
                             None => {
                                 self.queue_closed = true;
                                 continue;
@@ -1062,6 +1503,14 @@ impl Worker {
             }
             self.batch.take();
         }
+    }
+}
+
+/// Returns when a frame was spooled; never without a spool.
+async fn spooled(spool: Option<&SpoolShared>) {
+    match spool {
+        Some(s) => s.notify.notified().await,
+        None => std::future::pending().await,
     }
 }
 
