@@ -1394,6 +1394,86 @@ mod tests {
     }
 
     #[test]
+    fn spool_parses_defaults_and_gets_a_directory_per_destination() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().display().to_string();
+        let p = compile_str(&format!("{BASE}spool = {{ dir = \"{base}\" }}\n")).unwrap();
+        let spool = p.destinations[1].spool.clone().unwrap();
+        assert_eq!(spool.dir, tmp.path().join("b"));
+        assert_eq!(spool.max_bytes, 1 << 30);
+        assert_eq!(spool.sync, Duration::from_secs(1));
+        assert_eq!(spool.on_full, OnFull::DropOldest);
+        assert!(tmp.path().join("b").is_dir(), "created by the check");
+        assert_eq!(p.destinations[0].spool, None);
+
+        let src = format!(
+            "{BASE}spool = {{ dir = \"{base}\", max_bytes = \"64MiB\", sync = \"250ms\", on_full = \"drop-newest\" }}\n"
+        );
+        let spool = compile_str(&src).unwrap().destinations[1].spool.clone().unwrap();
+        assert_eq!(spool.max_bytes, 64 << 20);
+        assert_eq!(spool.sync, Duration::from_millis(250));
+        assert_eq!(spool.on_full, OnFull::DropNewest);
+    }
+
+    #[test]
+    fn spool_errors_name_line_field_and_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().display().to_string();
+        // A directory under a regular file cannot be created: the OS says why.
+        let file = tmp.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = one_error(&format!(
+            "{BASE}spool = {{ dir = \"{}\" }}\n",
+            file.display()
+        ));
+        assert_eq!((e.line, e.field.as_str()), (11, "destination[1].spool.dir"));
+        assert!(e.message.contains("Not a directory"), "{}", e.message);
+
+        let e = one_error(&format!(
+            "{BASE}spool = {{ dir = \"{base}\", on_full = \"panic\" }}\n"
+        ));
+        assert_eq!(e.field, "destination[1].spool.on_full");
+        let e = one_error(&format!(
+            "{BASE}spool = {{ dir = \"{base}\", max_bytes = \"1KiB\" }}\n"
+        ));
+        assert_eq!(e.field, "destination[1].spool.max_bytes");
+        assert!(e.message.contains("out of range"), "{}", e.message);
+        let e = one_error(&format!(
+            "{BASE}spool = {{ dir = \"{base}\", sync = \"soon\" }}\n"
+        ));
+        assert_eq!(e.field, "destination[1].spool.sync");
+        let e = one_error(&format!("{BASE}spool = {{ dir = \"{base}\", size = 1 }}\n"));
+        assert!(e.field.starts_with("destination[1].spool"), "{}", e.field);
+
+        // A datagram destination has no spool.
+        let src = BASE.replace(
+            "address = \"127.0.0.1:9061\"\n",
+            &format!("address = \"127.0.0.1:9061\"\nspool = {{ dir = \"{base}\" }}\n"),
+        );
+        let e = one_error(&src);
+        assert_eq!(e.field, "destination[0].spool");
+        assert!(e.message.contains("stream destinations only"), "{}", e.message);
+    }
+
+    #[test]
+    fn two_destinations_never_share_a_spool_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+        std::fs::create_dir_all(one.join("b")).unwrap();
+        std::fs::create_dir_all(&two).unwrap();
+        // two/c is one/b under another name.
+        std::os::unix::fs::symlink(one.join("b"), two.join("c")).unwrap();
+        let src = format!(
+            "{BASE}spool = {{ dir = \"{}\" }}\n[[destination]]\nname = \"c\"\naddress = \"127.0.0.1:9063\"\ntransport = \"tcp\"\nspool = {{ dir = \"{}\" }}\n",
+            one.display(),
+            two.display()
+        );
+        let e = one_error(&src);
+        assert_eq!(e.field, "destination[2].spool.dir");
+        assert!(e.message.contains("also destination \"b\""), "{}", e.message);
+    }
+
+    #[test]
     fn tcp_queue_bytes_and_stall_timeout_parse_default_and_name_their_errors() {
         let p = compile_str(BASE).unwrap();
         assert_eq!(p.destinations[1].queue_bytes, 64 << 20);
