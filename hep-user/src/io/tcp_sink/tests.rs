@@ -579,3 +579,57 @@ fn the_retransmit_buffer_gives_back_only_frames_wholly_acknowledged() {
     assert_eq!(r.acknowledge(0), (1, lens[0]));
     assert_eq!(r.frames.len(), 2);
 }
+
+/// The memory queue fills (the collector does not read yet): later frames go to the spool,
+/// and the collector still sees every frame once, in the order they were accepted (the
+/// memory queue's, then the spool's); once the spool is replayed, new frames take the
+/// memory queue again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_memory_queue_spills_to_the_spool_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stats = Arc::new(SinkStats::default());
+    let options = SinkOptions {
+        spool: Some(SpoolOptions::new(
+            tmp.path().join("test"),
+            1 << 30,
+            Duration::from_secs(1),
+            crate::io::spool::OnFull::DropOldest,
+        )),
+        ..SinkOptions::with_queue(20)
+    };
+    let s = TcpSink::spawn_with(
+        "test".into(),
+        l.local_addr().unwrap(),
+        options,
+        Arc::clone(&stats),
+        &tokio::runtime::Handle::current(),
+    );
+    let mut c = accept(&l).await;
+    // About 14 MB: more than the kernel's buffers hold while the collector does not read.
+    let sent = frames(0, 20_000);
+    let producer = {
+        let (s, sent) = (s.clone(), sent.clone());
+        std::thread::spawn(move || sent.into_iter().all(|f| s.try_send(f)))
+    };
+    assert!(producer.join().unwrap(), "a frame was refused");
+    assert!(stats.spooled.load(Relaxed) > 0, "nothing spilled");
+    assert!(stats.spooling.load(Relaxed));
+    assert_eq!(stats.dropped_queue_full.load(Relaxed), 0);
+    let got = read_frames(&mut c, &mut BytesMut::new(), sent.len()).await;
+    assert!(got == sent, "frames differ (order or content)");
+    wait_until("the spool is replayed", || {
+        stats.spool_frames.load(Relaxed) == 0 && !stats.spooling.load(Relaxed)
+    })
+    .await;
+    wait_until("sent == 20000", || stats.sent.load(Relaxed) == 20_000).await;
+    assert_eq!(stats.replayed.load(Relaxed), stats.spooled.load(Relaxed));
+    let spooled = stats.spooled.load(Relaxed);
+    let more = frames(20_000, 10);
+    for f in &more {
+        assert!(s.try_send(f.clone()));
+    }
+    let got = read_frames(&mut c, &mut BytesMut::new(), more.len()).await;
+    assert!(got == more);
+    assert_eq!(stats.spooled.load(Relaxed), spooled, "the memory queue again");
+}
