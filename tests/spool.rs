@@ -18,7 +18,11 @@ use hepfwd_tests::privileged;
 const DEST: [(&str, &str); 1] = [("destination", "t")];
 
 /// A TCP destination `t` at `addr` with a spool in `dir`, and `extra` spool keys.
-fn config(addr: SocketAddr, dir: &Path, extra: &str) -> impl Fn(&hepfwd_tests::daemon::Ports) -> String {
+fn config(
+    addr: SocketAddr,
+    dir: &Path,
+    extra: &str,
+) -> impl Fn(&hepfwd_tests::daemon::Ports) -> String {
     let dir = dir.display().to_string();
     let extra = extra.to_string();
     move |p| {
@@ -34,9 +38,7 @@ fn config(addr: SocketAddr, dir: &Path, extra: &str) -> impl Fn(&hepfwd_tests::d
 /// Packet `i`: a SIP message whose call id and CSeq carry `i`, so order and gaps show.
 fn packets(range: std::ops::Range<u32>, pad: usize) -> Vec<Vec<u8>> {
     range
-        .map(|i| {
-            Pkt::sip(&format!("spool-{i:06}{}", "x".repeat(pad)), i).encode()
-        })
+        .map(|i| Pkt::sip(&format!("spool-{i:06}{}", "x".repeat(pad)), i).encode())
         .collect()
 }
 
@@ -114,7 +116,10 @@ fn outage_under_load_delivers_every_frame_once_in_order() {
     d.wait_counter("hepfwd_destination_spool_frames", &DEST, 0, WAIT);
     let m = d.metrics();
     assert_eq!(m.get("hepfwd_destination_sent_total", &DEST), 20_500);
-    assert_eq!(m.get("hepfwd_destination_spool_replayed_total", &DEST), 20_000);
+    assert_eq!(
+        m.get("hepfwd_destination_spool_replayed_total", &DEST),
+        20_000
+    );
     assert_eq!(m.get("hepfwd_destination_dropped_total", &DEST), 0);
     assert_eq!(m.get("hepfwd_destination_queue_depth", &DEST), 0);
     assert_eq!(m.get("hepfwd_destination_spooling", &DEST), 0);
@@ -157,9 +162,18 @@ fn kill_9_during_an_outage_loses_no_spooled_frame() {
     collector.expect_silent(Duration::from_millis(500));
     d.wait_counter("hepfwd_destination_spool_frames", &DEST, 0, WAIT);
     let m = d.metrics();
-    assert_eq!(m.get("hepfwd_destination_spool_recovered_total", &DEST), 4000);
-    assert_eq!(m.get("hepfwd_destination_spool_replayed_total", &DEST), 4000);
-    assert_eq!(m.get("hepfwd_destination_spool_corrupt_records_total", &DEST), 0);
+    assert_eq!(
+        m.get("hepfwd_destination_spool_recovered_total", &DEST),
+        4000
+    );
+    assert_eq!(
+        m.get("hepfwd_destination_spool_replayed_total", &DEST),
+        4000
+    );
+    assert_eq!(
+        m.get("hepfwd_destination_spool_corrupt_records_total", &DEST),
+        0
+    );
 }
 
 /// A tmpfs mounted on a fresh directory, unmounted on drop (even when the test fails).
@@ -182,7 +196,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let status = std::process::Command::new("umount").arg(self.dir.path()).status();
+        let status = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
         if !status.as_ref().is_ok_and(|s| s.success()) {
             eprintln!("umount {} failed: {status:?}", self.dir.path().display());
         }
@@ -224,7 +240,10 @@ fn disk_full_drops_are_counted_and_the_spool_stays_readable() {
     let got = collector.take(want.len(), Duration::from_secs(60));
     assert!(got == want, "{}", first_difference(&got, want));
     collector.expect_silent(Duration::from_millis(500));
-    assert_eq!(d.counter("hepfwd_destination_spool_replayed_total", &DEST), spooled);
+    assert_eq!(
+        d.counter("hepfwd_destination_spool_replayed_total", &DEST),
+        spooled
+    );
     drop(d);
 }
 
@@ -267,7 +286,16 @@ fn corrupted_segment_at_start_delivers_the_rest_and_counts_the_damage() {
     assert!(got == want, "{}", first_difference(&got, &want));
     collector.expect_silent(Duration::from_millis(500));
     let m = d.metrics();
-    assert_eq!(m.get("hepfwd_destination_spool_corrupt_records_total", &DEST), 1);
-    assert_eq!(m.get("hepfwd_destination_spool_recovered_total", &DEST), 298);
-    assert!(d.stderr().contains("torn or corrupt tail"), "the cut tail is logged");
+    assert_eq!(
+        m.get("hepfwd_destination_spool_corrupt_records_total", &DEST),
+        1
+    );
+    assert_eq!(
+        m.get("hepfwd_destination_spool_recovered_total", &DEST),
+        298
+    );
+    assert!(
+        d.stderr().contains("torn or corrupt tail"),
+        "the cut tail is logged"
+    );
 }

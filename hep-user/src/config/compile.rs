@@ -1409,7 +1409,10 @@ mod tests {
         let src = format!(
             "{BASE}spool = {{ dir = \"{base}\", max_bytes = \"64MiB\", sync = \"250ms\", on_full = \"drop-newest\" }}\n"
         );
-        let spool = compile_str(&src).unwrap().destinations[1].spool.clone().unwrap();
+        let spool = compile_str(&src).unwrap().destinations[1]
+            .spool
+            .clone()
+            .unwrap();
         assert_eq!(spool.max_bytes, 64 << 20);
         assert_eq!(spool.sync, Duration::from_millis(250));
         assert_eq!(spool.on_full, OnFull::DropNewest);
@@ -1452,7 +1455,11 @@ mod tests {
         );
         let e = one_error(&src);
         assert_eq!(e.field, "destination[0].spool");
-        assert!(e.message.contains("stream destinations only"), "{}", e.message);
+        assert!(
+            e.message.contains("stream destinations only"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -1470,7 +1477,11 @@ mod tests {
         );
         let e = one_error(&src);
         assert_eq!(e.field, "destination[2].spool.dir");
-        assert!(e.message.contains("also destination \"b\""), "{}", e.message);
+        assert!(
+            e.message.contains("also destination \"b\""),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - `<sequence>.seg`: segment files, 20-digit sequence numbers, each at most
 //!   [`SpoolOptions::segment_bytes`] (plus one record). Records ([`record`]) are appended
 //!   to the newest; reading starts at the oldest.
+//! - `lock`: `flock`ed by the process that has the spool open; a second opener fails.
 //! - `position`: where the oldest frame not yet consumed starts (segment sequence and
 //!   offset, with a CRC-32), written to `position.tmp` and renamed over at each
 //!   [`Spool::sync`]. A segment wholly consumed is deleted.
@@ -68,6 +69,7 @@ const READ_WINDOW: usize = 4 * MAX_RECORD;
 /// The largest segment file read at open; bytes past it are corrupt.
 const MAX_SEGMENT_FILE: u64 = 4 * MAX_SEGMENT_BYTES;
 const POSITION: &str = "position";
+const LOCK: &str = "lock";
 const POSITION_TMP: &str = "position.tmp";
 const SEGMENT_SUFFIX: &str = ".seg";
 
@@ -134,6 +136,9 @@ pub enum SpoolError {
         #[source]
         source: io::Error,
     },
+    /// Another spool (another process, or a sink being replaced) holds the directory.
+    #[error("spool directory {0} is in use by another process or sink")]
+    Locked(PathBuf),
     /// The frame cannot be a record (empty, or larger than a HEPv3 frame can be).
     #[error("a frame of {0} bytes cannot be spooled")]
     BadFrame(usize),
@@ -211,6 +216,8 @@ struct InFlight {
 /// One destination's spool. Not thread-safe by itself: the sink keeps it under a lock.
 #[derive(Debug)]
 pub struct Spool {
+    /// The `lock` file, `flock`ed while the spool is open.
+    _lock: File,
     options: SpoolOptions,
     /// Oldest first; the last one is written to.
     segments: VecDeque<Segment>,
@@ -253,6 +260,7 @@ impl Spool {
     pub fn open(options: SpoolOptions) -> Result<(Spool, Recovery), SpoolError> {
         let dir = options.dir.clone();
         fs::create_dir_all(&dir).map_err(|e| SpoolError::io("creating", &dir, e))?;
+        let lock = lock_dir(&dir)?;
         let mut sequences = Vec::new();
         let entries = fs::read_dir(&dir).map_err(|e| SpoolError::io("listing", &dir, e))?;
         for entry in entries {
@@ -341,6 +349,7 @@ impl Spool {
             });
         }
         let mut spool = Spool {
+            _lock: lock,
             options,
             segments,
             writer: None,
@@ -463,7 +472,10 @@ impl Spool {
         };
         if let Err(e) = writer.write_all(record) {
             // Cut back what was written of it, so the segment ends on a record.
-            if let Err(cut) = writer.set_len(len).and_then(|()| writer.seek(SeekFrom::Start(len)).map(drop)) {
+            if let Err(cut) = writer
+                .set_len(len)
+                .and_then(|()| writer.seek(SeekFrom::Start(len)).map(drop))
+            {
                 tracing::warn!(segment = %path.display(), error = %cut, "spool: cannot cut back a failed write");
                 // The writer's position is unknown: start a new segment next time.
                 self.writer = None;
@@ -582,7 +594,11 @@ impl Spool {
                 .position(|s| s.sequence == self.read.segment)
             else {
                 // The read position is before the oldest segment (never after the newest).
-                match self.segments.iter().find(|s| s.sequence > self.read.segment) {
+                match self
+                    .segments
+                    .iter()
+                    .find(|s| s.sequence > self.read.segment)
+                {
                     Some(next) => {
                         self.read = Position {
                             segment: next.sequence,
@@ -692,7 +708,10 @@ impl Spool {
         while self.segments.len() > 1
             && let Some(oldest) = self.segments.front()
             && oldest.frames == 0
-            && !self.in_flight.iter().any(|f| f.end.segment == oldest.sequence)
+            && !self
+                .in_flight
+                .iter()
+                .any(|f| f.end.segment == oldest.sequence)
         {
             remove(&self.options.dir.join(segment_name(oldest.sequence)))?;
             self.segments.pop_front();
@@ -755,6 +774,28 @@ impl Spool {
         }
         Ok(())
     }
+}
+
+/// Takes the directory's lock (`flock` of its `lock` file), so two spools never share it.
+fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SpoolError::io("opening", &path, e))?;
+    // SAFETY: flock(2) on a descriptor `file` owns for the whole call.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(SpoolError::Locked(dir.to_path_buf()));
+        }
+        return Err(SpoolError::io("locking", &path, e));
+    }
+    Ok(file)
 }
 
 fn remove(path: &Path) -> Result<(), SpoolError> {

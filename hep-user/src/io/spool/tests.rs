@@ -78,7 +78,12 @@ fn rewind_reads_the_unconsumed_frames_again() {
     for n in 0..15 {
         spool.append(&frame(n)).unwrap();
     }
-    let first: Vec<u64> = spool.read(6, 1 << 20).unwrap().iter().map(|f| number(f)).collect();
+    let first: Vec<u64> = spool
+        .read(6, 1 << 20)
+        .unwrap()
+        .iter()
+        .map(|f| number(f))
+        .collect();
     assert_eq!(first, vec![0, 1, 2, 3, 4, 5]);
     spool.consume(4).unwrap();
     spool.rewind();
@@ -222,6 +227,18 @@ fn drop_oldest_keeps_frames_being_replayed() {
 }
 
 #[test]
+fn a_spool_directory_is_opened_once_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(small(tmp.path(), OnFull::DropOldest)).unwrap();
+    assert!(matches!(
+        Spool::open(small(tmp.path(), OnFull::DropOldest)),
+        Err(SpoolError::Locked(_))
+    ));
+    drop(spool);
+    assert!(Spool::open(small(tmp.path(), OnFull::DropOldest)).is_ok());
+}
+
+#[test]
 fn oversized_and_empty_frames_are_errors_not_records() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut spool, _) = Spool::open(small(tmp.path(), OnFull::DropOldest)).unwrap();
@@ -236,7 +253,11 @@ fn oversized_and_empty_frames_are_errors_not_records() {
 #[test]
 fn garbage_files_and_position_do_not_panic() {
     let tmp = tempfile::tempdir().unwrap();
-    fs::write(tmp.path().join("00000000000000000001.seg"), b"HSPLHSPL\xff\xff\xff\xff garbage").unwrap();
+    fs::write(
+        tmp.path().join("00000000000000000001.seg"),
+        b"HSPLHSPL\xff\xff\xff\xff garbage",
+    )
+    .unwrap();
     fs::write(tmp.path().join("position"), b"nonsense").unwrap();
     fs::write(tmp.path().join("notes.txt"), b"not a segment").unwrap();
     let (mut spool, recovery) = Spool::open(small(tmp.path(), OnFull::DropOldest)).unwrap();
@@ -255,7 +276,12 @@ fn disk_full_write_is_cut_back_and_the_spool_stays_readable() {
     }
     let mount = TmpfsGuard::mount("256k");
     let dir = mount.path().join("d");
-    let options = SpoolOptions::new(dir.clone(), DEFAULT_MAX_BYTES, DEFAULT_SYNC, OnFull::DropOldest);
+    let options = SpoolOptions::new(
+        dir.clone(),
+        DEFAULT_MAX_BYTES,
+        DEFAULT_SYNC,
+        OnFull::DropOldest,
+    );
     let (mut spool, _) = Spool::open(options.clone()).unwrap();
     let big = |n: u64| {
         let mut f = vec![0x5au8; 1000];
@@ -273,9 +299,15 @@ fn disk_full_write_is_cut_back_and_the_spool_stays_readable() {
             Appended::Refused { .. } => refused += 1,
         }
     }
-    assert!(stored > 100 && refused > 0, "stored {stored}, refused {refused}");
+    assert!(
+        stored > 100 && refused > 0,
+        "stored {stored}, refused {refused}"
+    );
     // Every file ends on a record: size = records × 1020.
-    let on_disk: u64 = segment_files(&dir).iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    let on_disk: u64 = segment_files(&dir)
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
     assert_eq!(on_disk, stored * 1020);
     drop(spool);
     let (mut spool, recovery) = Spool::open(options).unwrap();

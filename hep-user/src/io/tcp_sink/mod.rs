@@ -81,6 +81,37 @@
 //! drain (a reload removed the destination) drains on its own: the task keeps writing
 //! what is queued for at most [`ORPHAN_DRAIN`], then stops, counting what is left the
 //! same way.
+//!
+//! # Spool
+//!
+//! With a spool ([`SinkOptions::spool`], see [`crate::io::spool`]) frames the sink cannot
+//! hold in memory go to disk instead of being dropped, and are written later in the order
+//! they were accepted:
+//!
+//! - The sink is *spilling* (new frames go to the spool, [`SinkStats::spooling`]) from
+//!   the moment the destination is unreachable (a failed connection attempt, a broken or
+//!   stalled connection) or the memory queue refuses a frame, and at start when the spool
+//!   holds frames. [`TcpSink::try_send`] decides between the memory queue and the spool
+//!   under the spool's lock, so a frame never overtakes one already spooled.
+//! - When an outage starts, the frames held in memory (to replay, then queued) move to the
+//!   spool if the spool has nothing left to read and none of them precedes a frame read
+//!   from the spool (that is, when appending them keeps the order); otherwise they stay in
+//!   memory and are written first.
+//! - Connected, the task writes what it holds in memory (older), then reads the spool
+//!   oldest first (in a blocking task). When the spool has nothing left to read, it stops
+//!   spilling under the same lock: later frames take the memory queue and follow on the
+//!   same connection.
+//! - A frame read from the spool stays in it (counted in [`SinkStats::spool_frames`])
+//!   until the collector's TCP acknowledged it: then it is consumed there and counted
+//!   [`SinkStats::sent`] and [`SinkStats::replayed`]. A broken connection writes the
+//!   unacknowledged ones again, like memory frames; a process killed before they were
+//!   consumed (and the position synced) replays them at the next start.
+//! - Another task `fdatasync`s the spool every `sync`; the task syncs it a last time when
+//!   it stops. At a stop, frames held in memory move to the spool when the order allows
+//!   (else they are counted [`SinkStats::dropped_shutdown`] as without a spool).
+//!
+//! So sent + dropped + `queue_depth` + `spool_frames` = frames routed to the sink + frames
+//! found in the spool at start ([`SinkStats::spool_recovered`]).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -481,7 +512,9 @@ impl SpoolShared {
             Ok((spool, recovery)) => {
                 stats.has_spool.store(true, Relaxed);
                 stats.spool_recovered.fetch_add(recovery.frames, Relaxed);
-                stats.spool_corrupt.fetch_add(recovery.corrupt_skipped, Relaxed);
+                stats
+                    .spool_corrupt
+                    .fetch_add(recovery.corrupt_skipped, Relaxed);
                 let spilling = !spool.is_empty();
                 if spilling || recovery.corrupt_skipped > 0 || recovery.truncated_bytes > 0 {
                     tracing::info!(
@@ -552,7 +585,9 @@ impl SpoolState {
                 true
             }
             Ok(Appended::Refused { dropped_oldest }) => {
-                stats.dropped_spool_full.fetch_add(dropped_oldest + 1, Relaxed);
+                stats
+                    .dropped_spool_full
+                    .fetch_add(dropped_oldest + 1, Relaxed);
                 false
             }
             Err(e) => {
@@ -1164,12 +1199,13 @@ impl Worker {
         }
     }
 
-    /// Draining and nothing left to write or to see acknowledged.
+    /// Draining and nothing left to write or to see acknowledged (frames read from the
+    /// spool and waiting to be written again stay in the spool for the next start).
     fn finished(&self) -> bool {
         self.draining()
             && self.batch.is_empty()
             && self.retransmit.is_empty()
-            && self.replay.is_empty()
+            && self.replay.iter().all(|t| t.origin == Origin::Spool)
             && self.rx.is_empty()
     }
 

@@ -631,5 +631,9 @@ async fn a_full_memory_queue_spills_to_the_spool_in_order() {
     }
     let got = read_frames(&mut c, &mut BytesMut::new(), more.len()).await;
     assert!(got == more);
-    assert_eq!(stats.spooled.load(Relaxed), spooled, "the memory queue again");
+    assert_eq!(
+        stats.spooled.load(Relaxed),
+        spooled,
+        "the memory queue again"
+    );
 }
