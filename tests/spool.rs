@@ -108,6 +108,16 @@ fn outage_under_load_delivers_every_frame_once_in_order() {
     let (code, health) = d.health();
     assert_eq!(code, 503);
     assert_eq!(health["destinations"]["t"]["spooling"], true, "{health}");
+    // sent + dropped + queue_depth + spool_frames = routed (nothing was in the spool at
+    // start).
+    let m = d.metrics();
+    let accounted = m.get("hepfwd_destination_sent_total", &DEST)
+        + m.get("hepfwd_destination_dropped_total", &DEST)
+        + m.get("hepfwd_destination_queue_depth", &DEST)
+        + m.get("hepfwd_destination_spool_frames", &DEST);
+    assert_eq!(accounted, 20_500);
+    assert_eq!(m.get("hepfwd_destination_spool_frames", &DEST), 20_000);
+    assert!(m.get("hepfwd_destination_spool_bytes", &DEST) > 20_000 * 20);
 
     let collector = TcpCollector::bind("collector-again", addr);
     let got = collector.take(during.len(), Duration::from_secs(60));
