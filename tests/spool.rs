@@ -309,3 +309,67 @@ fn corrupted_segment_at_start_delivers_the_rest_and_counts_the_damage() {
         "the cut tail is logged"
     );
 }
+
+/// The read position is saved every 50 ms, so a kill during a replay finds some of it
+/// consumed.
+const SYNC_OFTEN: &str = ", sync = \"50ms\"";
+
+/// kill -9 of the daemon while it replays its spool to a collector: nothing is lost. The
+/// frames the collector got before the kill are the first ones, in order; after the
+/// restart the replay starts again at or before the first frame it had not got (frames
+/// consumed within the last `sync` are sent again) and runs to the last one, in order.
+#[test]
+fn kill_9_during_a_replay_sends_again_rather_than_loses() {
+    let spool = TestDir::new("spool-kill-replay").unwrap();
+    let addr = SocketAddr::from((LO, free_port_v4()));
+    let mut d = Daemon::start("spool-kill-replay", config(addr, spool.path(), SYNC_OFTEN));
+    let agent = Agent::new();
+    let sent = packets(0..20_000, 0);
+    send_at(&d, &agent, &sent, 4000);
+    assert_eq!(received(&d), 20_000);
+    d.wait_counter("hepfwd_destination_spooled_total", &DEST, 20_000, WAIT);
+
+    let collector = TcpCollector::bind("collector", addr);
+    let mut before = collector.take(2000, WAIT);
+    d.signal(libc::SIGKILL);
+    assert!(d.wait_exit(WAIT).is_some());
+    drop(d);
+    before.extend(collector.drain(Duration::from_millis(500)));
+    assert!(
+        before.len() < sent.len(),
+        "the replay ended before the kill: the test proves nothing"
+    );
+    assert!(
+        before == sent[..before.len()],
+        "{}",
+        first_difference(&before, &sent)
+    );
+
+    let d = Daemon::start(
+        "spool-kill-replay-again",
+        config(addr, spool.path(), SYNC_OFTEN),
+    );
+    let first = collector.recv(WAIT).expect("the replay resumes");
+    let k = sent
+        .iter()
+        .position(|p| *p == first)
+        .expect("a frame that was sent");
+    assert!(
+        k <= before.len(),
+        "frames {} to {k} were lost",
+        before.len()
+    );
+    eprintln!(
+        "delivered before the kill: {}; the replay after the restart began at frame {k}",
+        before.len()
+    );
+    let mut after = vec![first];
+    after.extend(collector.take(sent.len() - k - 1, Duration::from_secs(60)));
+    assert!(
+        after == sent[k..],
+        "{}",
+        first_difference(&after, &sent[k..])
+    );
+    collector.expect_silent(Duration::from_millis(500));
+    d.wait_counter("hepfwd_destination_spool_frames", &DEST, 0, WAIT);
+}
