@@ -261,10 +261,15 @@ impl TcpSink {
         let (tx, rx) = mpsc::channel(options.queue.clamp(1, Semaphore::MAX_PERMITS));
         let (ctl, ctl_rx) = watch::channel(Phase::Run);
         let (done_tx, done) = watch::channel(None);
-        let spool = options
-            .spool
-            .as_ref()
-            .and_then(|o| SpoolShared::open(&name, o, &stats));
+        let spool = options.spool.as_ref().and_then(|o| {
+            // Opening reads every segment: on a worker of a multi-threaded runtime, tell
+            // it so that its other tasks move elsewhere meanwhile.
+            let open = || SpoolShared::open(&name, o, &stats);
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(open),
+                _ => open(),
+            }
+        });
         if let Some(shared) = &spool {
             handle.spawn(sync_task(Arc::clone(shared), done.clone()));
         }
