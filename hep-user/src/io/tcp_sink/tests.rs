@@ -637,3 +637,61 @@ async fn a_full_memory_queue_spills_to_the_spool_in_order() {
         "the memory queue again"
     );
 }
+
+/// A collector that accepts and never reads: the connection stalls, new frames go to the
+/// spool, and the next connection gets, in order and without a gap, everything from the
+/// first frame the stalled one did not acknowledge to the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_collector_sends_frames_to_the_spool_and_order_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = socket.listen(4).unwrap();
+    let stats = Arc::new(SinkStats::default());
+    let options = SinkOptions {
+        stall_timeout: Duration::from_millis(300),
+        spool: Some(SpoolOptions::new(
+            tmp.path().join("test"),
+            1 << 30,
+            Duration::from_secs(1),
+            crate::io::spool::OnFull::DropOldest,
+        )),
+        ..SinkOptions::with_queue(20)
+    };
+    let s = TcpSink::spawn_with(
+        "test".into(),
+        l.local_addr().unwrap(),
+        options,
+        Arc::clone(&stats),
+        &tokio::runtime::Handle::current(),
+    );
+    let stalled = accept(&l).await;
+    let sent = frames(0, 3000);
+    for f in &sent {
+        assert!(s.try_send(f.clone()), "a frame was refused");
+    }
+    wait_until("the stall", || stats.stalls.load(Relaxed) == 1).await;
+    assert!(stats.spooled.load(Relaxed) > 0, "nothing spilled");
+    let mut c = accept(&l).await;
+    drop(stalled);
+    let mut buf = BytesMut::new();
+    let first = read_frames(&mut c, &mut buf, 1).await.remove(0);
+    let k = sent.iter().position(|f| *f == first).expect("a frame sent");
+    let rest = read_frames(&mut c, &mut buf, sent.len() - k - 1).await;
+    assert!(
+        rest == sent[k + 1..],
+        "the frames after {k} differ (order or content)"
+    );
+    wait_until("the spool is replayed", || {
+        stats.spool_frames.load(Relaxed) == 0 && !stats.spooling.load(Relaxed)
+    })
+    .await;
+    wait_until("everything acknowledged", || {
+        stats.sent.load(Relaxed) == sent.len() as u64
+    })
+    .await;
+    // The frames before k were acknowledged by the stalled connection's TCP: counted sent.
+    assert_eq!(stats.replayed.load(Relaxed), stats.spooled.load(Relaxed));
+    assert_eq!(stats.queue_depth.load(Relaxed), 0);
+}
