@@ -7,6 +7,8 @@ pub mod decode;
 pub mod generate;
 pub mod run;
 pub mod sink;
+pub mod tap;
+pub mod top;
 
 /// hepfwd: an eBPF/XDP-accelerated HEP forwarder.
 #[derive(Debug, Parser)]
@@ -46,6 +48,11 @@ pub enum Command {
     Gen(generate::GenArgs),
     /// Count HEP arriving on UDP and TCP (benchmarks, manual tests).
     Sink(sink::SinkArgs),
+    /// A live view of a running daemon (rates per listener, route and destination, the
+    /// kernel's share, drops, queues), read from its admin server.
+    Top(top::TopArgs),
+    /// What one route forwards, live, one JSON object a line (needs `[admin] tap = true`).
+    Tap(tap::TapArgs),
 }
 
 /// When `e` rejects a value that came from an environment variable (the option is not on
