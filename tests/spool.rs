@@ -58,8 +58,9 @@ fn send_at(d: &Daemon, agent: &Agent, packets: &[Vec<u8>], per_second: usize) {
     }
 }
 
-fn received(d: &Daemon) -> u64 {
-    d.counter("hepfwd_received_total", &[("listener", "agents")])
+/// Waits until the daemon counted `n` datagrams received (all that were sent).
+fn wait_received(d: &Daemon, n: u64) {
+    d.wait_counter("hepfwd_received_total", &[("listener", "agents")], n, WAIT);
 }
 
 /// The first mismatch between what arrived and what was expected, for the message.
@@ -103,7 +104,7 @@ fn outage_under_load_delivers_every_frame_once_in_order() {
     d.wait_counter("hepfwd_destination_connected", &DEST, 0, WAIT);
     let during = packets(500..20_500, 0);
     send_at(&d, &agent, &during, 2000);
-    assert_eq!(received(&d), 20_500, "the daemon received every datagram");
+    wait_received(&d, 20_500);
     d.wait_counter("hepfwd_destination_spooled_total", &DEST, 20_000, WAIT);
     let (code, health) = d.health();
     assert_eq!(code, 503);
@@ -153,7 +154,7 @@ fn kill_9_during_an_outage_loses_no_spooled_frame() {
     let agent = Agent::new();
     let sent = packets(0..4000, 0);
     send_at(&d, &agent, &sent, 2000);
-    assert_eq!(received(&d), 4000);
+    wait_received(&d, 4000);
     d.wait_counter("hepfwd_destination_spooled_total", &DEST, 4000, WAIT);
     let spooled = d.counter("hepfwd_destination_spooled_total", &DEST);
     assert_eq!(spooled, 4000);
@@ -230,7 +231,7 @@ fn disk_full_drops_are_counted_and_the_spool_stays_readable() {
     // About 5 MB of records: more than twice the disk.
     let sent = packets(0..8000, 400);
     send_at(&d, &agent, &sent, 4000);
-    assert_eq!(received(&d), 8000);
+    wait_received(&d, 8000);
     let dropped = [("destination", "t"), ("reason", "spool_full")];
     d.wait_for("every packet spooled or dropped", WAIT, |m| {
         m.get("hepfwd_destination_spooled_total", &DEST)
@@ -326,7 +327,7 @@ fn kill_9_during_a_replay_sends_again_rather_than_loses() {
     let agent = Agent::new();
     let sent = packets(0..20_000, 0);
     send_at(&d, &agent, &sent, 4000);
-    assert_eq!(received(&d), 20_000);
+    wait_received(&d, 20_000);
     d.wait_counter("hepfwd_destination_spooled_total", &DEST, 20_000, WAIT);
 
     let collector = TcpCollector::bind("collector", addr);
