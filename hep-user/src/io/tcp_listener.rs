@@ -12,6 +12,13 @@
 //! connection beyond `max_connections` are refused (closed at once) and counted; a
 //! connection that sends nothing for `idle_timeout` is closed and counted; accepted
 //! sockets have TCP keepalive on, so a peer that vanished is noticed.
+//!
+//! A listener's `tls` address is served by the same code: after the guards above, the
+//! connection's task runs the TLS handshake (bounded by `tls_handshake_timeout`, with the
+//! certificate of the configuration current at accept, so a reload's new files serve new
+//! connections), counts it (completed, or failed by reason), then reads the decrypted
+//! stream exactly as a TCP one ([`connection`] is generic over the stream). A connection
+//! in its handshake holds its place in `max_connections`; rustls bounds what it buffers.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -23,13 +30,16 @@ use arc_swap::ArcSwap;
 use bytes::{Buf as _, BytesMut};
 use hep_common::chunk::HEADER_LEN;
 use hep_common::framing::{MAX_FRAME_LEN, frame_len};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
 use super::accept::AcceptLoop;
 use super::output::Flusher;
 use crate::admin::stats::{ListenerStats, parse_error_index};
+use crate::config::plan::ListenerTls;
 use crate::engine::{Engine, Outbox, WorkerCtx};
+use crate::tls::HandshakeFailure;
 
 /// The smallest read buffer a connection allocates when bytes arrive: enough for a typical
 /// SIP frame; a larger frame grows it to its own length.
@@ -139,6 +149,8 @@ enum Admission {
     Accept {
         stats: Arc<ListenerStats>,
         idle_timeout: Duration,
+        /// The TLS configuration, when this is the listener's `tls` address.
+        tls: Option<ListenerTls>,
     },
     /// Close it at once (counted already).
     Refuse,
@@ -168,9 +180,18 @@ impl Shared {
             tracing::debug!(%from, listener = %plan.name, open, "TCP connection refused: max_connections reached");
             return Admission::Refuse;
         }
+        let tls = if plan.tls == Some(self.configured) {
+            let Some(tls) = plan.tls_config.clone() else {
+                return Admission::Refuse;
+            };
+            Some(tls)
+        } else {
+            None
+        };
         Admission::Accept {
             stats: stats.clone(),
             idle_timeout: plan.idle_timeout,
+            tls,
         }
     }
 }
@@ -214,11 +235,12 @@ impl TcpListener {
         let task = tokio::spawn(async move {
             loop {
                 let (stream, from) = accepts.accept().await;
-                let (stats, idle_timeout) = match shared.admit(from) {
+                let (stats, idle_timeout, tls) = match shared.admit(from) {
                     Admission::Accept {
                         stats,
                         idle_timeout,
-                    } => (stats, idle_timeout),
+                        tls,
+                    } => (stats, idle_timeout, tls),
                     Admission::Refuse => continue,
                 };
                 let _ = stream.set_nodelay(true);
@@ -226,7 +248,14 @@ impl TcpListener {
                     tracing::debug!(%from, error = %e, "cannot turn TCP keepalive on");
                 }
                 let open = OpenConnection::new(shared.clone(), stats);
-                tokio::spawn(connection(open, stream, from, idle_timeout));
+                match tls {
+                    None => {
+                        tokio::spawn(connection(open, stream, from, idle_timeout));
+                    }
+                    Some(tls) => {
+                        tokio::spawn(tls_connection(open, stream, from, idle_timeout, tls));
+                    }
+                }
             }
         });
         Ok(TcpListener { addr: bound, task })
@@ -243,7 +272,7 @@ fn listener_index(eng: &Engine, configured: SocketAddr) -> Option<usize> {
     eng.plan
         .listeners
         .iter()
-        .position(|l| l.tcp == Some(configured))
+        .position(|l| l.tcp == Some(configured) || l.tls == Some(configured))
 }
 
 /// How many bytes the buffer must hold for the frame it starts with to be whole (a header
@@ -264,9 +293,42 @@ enum End {
     Garbage,
 }
 
-async fn connection(
+/// Runs the TLS handshake of an accepted connection (at most the configured timeout),
+/// counts how it went, and serves the connection when it succeeded. The connection's place
+/// in `max_connections` is held until it ends, handshake included.
+async fn tls_connection(
     open: OpenConnection,
     stream: tokio::net::TcpStream,
+    from: SocketAddr,
+    idle_timeout: Duration,
+    tls: ListenerTls,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+    let failure = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            open.stats.tls_handshakes.fetch_add(1, Relaxed);
+            tracing::debug!(%from, "TLS handshake completed");
+            connection(open, stream, from, idle_timeout).await;
+            return;
+        }
+        Ok(Err(error)) => {
+            let failure = HandshakeFailure::of(&error);
+            tracing::info!(%from, reason = failure.as_str(), %error, "TLS handshake failed");
+            failure
+        }
+        Err(_) => {
+            tracing::info!(%from, timeout = ?tls.handshake_timeout, "TLS handshake timed out");
+            HandshakeFailure::Timeout
+        }
+    };
+    open.stats.tls_handshakes_failed[failure.index()].fetch_add(1, Relaxed);
+}
+
+/// Reads HEPv3 frames from one connection (TCP, or the plaintext of a TLS one) until it
+/// ends, is idle for `idle_timeout`, or sends garbage.
+async fn connection<S: AsyncRead + Unpin>(
+    open: OpenConnection,
+    mut stream: S,
     from: SocketAddr,
     idle_timeout: Duration,
 ) {
@@ -274,18 +336,6 @@ async fn connection(
     // Allocated when bytes arrive; empty (no allocation) while nothing is pending.
     let mut buf = BytesMut::new();
     loop {
-        match tokio::time::timeout(idle_timeout, stream.readable()).await {
-            Err(_) => {
-                open.stats.tcp_closed_idle.fetch_add(1, Relaxed);
-                tracing::debug!(%from, ?idle_timeout, "closing an idle TCP connection");
-                break;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%from, error = %e, "TCP connection failed");
-                break;
-            }
-            Ok(Ok(())) => {}
-        }
         let need = bytes_needed(&buf).max(INITIAL_READ_BUFFER);
         if buf.capacity() < need {
             // Exactly what the frame needs: never more than the largest frame.
@@ -293,14 +343,22 @@ async fn connection(
             bigger.extend_from_slice(&buf);
             buf = bigger;
         }
-        match stream.try_read_buf(&mut buf) {
-            Ok(0) => {
+        // `read_buf` fills the spare capacity only (there is some: the buffer holds less
+        // than the frame it needs), so the buffer never grows here. Cancelling it (the
+        // idle timeout) loses nothing: a TCP read is atomic, and rustls keeps what it
+        // decrypted.
+        match tokio::time::timeout(idle_timeout, stream.read_buf(&mut buf)).await {
+            Err(_) => {
+                open.stats.tcp_closed_idle.fetch_add(1, Relaxed);
+                tracing::debug!(%from, ?idle_timeout, "closing an idle TCP connection");
+                break;
+            }
+            Ok(Ok(0)) => {
                 count_cut_off(&open.stats, from, &buf);
                 break;
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
                 tracing::debug!(%from, error = %e, "TCP connection failed");
                 count_cut_off(&open.stats, from, &buf);
                 break;
