@@ -68,6 +68,8 @@ pub struct ListenerStats {
     pub tcp_refused_allow: AtomicU64,
     /// TCP connections closed because they sent nothing for `idle_timeout`.
     pub tcp_closed_idle: AtomicU64,
+    /// TCP connections closed because a frame did not arrive whole within `frame_timeout`.
+    pub tcp_closed_frame_timeout: AtomicU64,
     /// TLS handshakes completed on the `tls` address.
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed, by reason ([`crate::tls::HANDSHAKE_FAILURES`]).
@@ -506,9 +508,14 @@ impl Collector for StatsCollector {
                 lb.push(("reason", reason.to_string()));
                 conns_refused.add(lb, v.load(Relaxed));
             }
-            let mut lb = base();
-            lb.push(("reason", "idle_timeout".to_string()));
-            conns_closed.add(lb, l.tcp_closed_idle.load(Relaxed));
+            for (reason, v) in [
+                ("idle_timeout", &l.tcp_closed_idle),
+                ("frame_timeout", &l.tcp_closed_frame_timeout),
+            ] {
+                let mut lb = base();
+                lb.push(("reason", reason.to_string()));
+                conns_closed.add(lb, v.load(Relaxed));
+            }
         }
         let mut matched = Family::new("hepfwd_route_matches", "Packets a route took", Counter);
         let mut dropped = Family::new(

@@ -46,6 +46,9 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 1024;
     /// TCP listener: idle connections are closed after this many milliseconds.
     pub const IDLE_TIMEOUT_MS: u64 = 300_000;
+    /// TCP listener: a frame must arrive whole within this many milliseconds of its first
+    /// byte (a slowloris client trickling one frame is closed).
+    pub const FRAME_TIMEOUT_MS: u64 = 30_000;
     /// TLS listener: a handshake not finished after this many milliseconds fails.
     pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 }
@@ -463,10 +466,16 @@ impl Compiler<'_> {
                 .as_ref()
                 .and_then(|d| self.duration(d, &format!("{field}.idle_timeout"), 100, 86_400_000))
                 .unwrap_or(Duration::from_millis(defaults::IDLE_TIMEOUT_MS));
+            let frame_timeout = ls
+                .frame_timeout
+                .as_ref()
+                .and_then(|d| self.duration(d, &format!("{field}.frame_timeout"), 100, 3_600_000))
+                .unwrap_or(Duration::from_millis(defaults::FRAME_TIMEOUT_MS));
             if ls.tcp.is_none() && ls.tls.is_none() {
                 for (key, span) in [
                     ("max_connections", ls.max_connections.as_ref().map(span_of)),
                     ("idle_timeout", ls.idle_timeout.as_ref().map(span_of)),
+                    ("frame_timeout", ls.frame_timeout.as_ref().map(span_of)),
                 ] {
                     if let Some(span) = span {
                         self.r.error(
@@ -490,6 +499,7 @@ impl Compiler<'_> {
                 allow,
                 max_connections,
                 idle_timeout,
+                frame_timeout,
                 tls,
                 tls_config,
             });

@@ -79,6 +79,8 @@ pub struct ListenerPlan {
     pub max_connections: usize,
     /// TCP: a connection that sends nothing for this long is closed and counted.
     pub idle_timeout: Duration,
+    /// TCP: how long one frame may take to arrive whole (slowloris), from its first byte.
+    pub frame_timeout: Duration,
     /// TLS address: the same guards as `tcp`, behind a TLS handshake.
     pub tls: Option<SocketAddr>,
     /// The TLS configuration of `tls` (present exactly when `tls` is).

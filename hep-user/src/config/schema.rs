@@ -282,6 +282,8 @@ pub struct ListenerSection {
     pub max_connections: Option<Spanned<i64>>,
     /// TCP: how long a connection may send nothing before it is closed.
     pub idle_timeout: Option<Spanned<String>>,
+    /// TCP: how long one frame may take to arrive whole, from its first byte.
+    pub frame_timeout: Option<Spanned<String>>,
     /// TLS address (HEPv3 over TLS over TCP).
     pub tls: Option<Spanned<String>>,
     /// TLS: the certificate chain file (PEM).

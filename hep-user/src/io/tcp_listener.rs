@@ -10,7 +10,8 @@
 //!
 //! Guards, from the listener's configuration: at accept, a sender outside `allow` and a
 //! connection beyond `max_connections` are refused (closed at once) and counted; a
-//! connection that sends nothing for `idle_timeout` is closed and counted; accepted
+//! connection that sends nothing for `idle_timeout`, or whose frame has not arrived whole
+//! `frame_timeout` after its first byte (a slowloris client), is closed and counted; accepted
 //! sockets have TCP keepalive on, so a peer that vanished is noticed.
 //!
 //! A listener's `tls` address is served by the same code: after the guards above, the
@@ -148,7 +149,7 @@ enum Admission {
     /// Serve it, closing it after this much silence.
     Accept {
         stats: Arc<ListenerStats>,
-        idle_timeout: Duration,
+        deadlines: Deadlines,
         /// The TLS configuration, when this is the listener's `tls` address.
         tls: Option<ListenerTls>,
     },
@@ -190,7 +191,10 @@ impl Shared {
         };
         Admission::Accept {
             stats: stats.clone(),
-            idle_timeout: plan.idle_timeout,
+            deadlines: Deadlines {
+                idle: plan.idle_timeout,
+                frame: plan.frame_timeout,
+            },
             tls,
         }
     }
@@ -235,12 +239,12 @@ impl TcpListener {
         let task = tokio::spawn(async move {
             loop {
                 let (stream, from) = accepts.accept().await;
-                let (stats, idle_timeout, tls) = match shared.admit(from) {
+                let (stats, deadlines, tls) = match shared.admit(from) {
                     Admission::Accept {
                         stats,
-                        idle_timeout,
+                        deadlines,
                         tls,
-                    } => (stats, idle_timeout, tls),
+                    } => (stats, deadlines, tls),
                     Admission::Refuse => continue,
                 };
                 let _ = stream.set_nodelay(true);
@@ -250,10 +254,10 @@ impl TcpListener {
                 let open = OpenConnection::new(shared.clone(), stats);
                 match tls {
                     None => {
-                        tokio::spawn(connection(open, stream, from, idle_timeout));
+                        tokio::spawn(connection(open, stream, from, deadlines));
                     }
                     Some(tls) => {
-                        tokio::spawn(tls_connection(open, stream, from, idle_timeout, tls));
+                        tokio::spawn(tls_connection(open, stream, from, deadlines, tls));
                     }
                 }
             }
@@ -300,7 +304,7 @@ async fn tls_connection(
     open: OpenConnection,
     stream: tokio::net::TcpStream,
     from: SocketAddr,
-    idle_timeout: Duration,
+    deadlines: Deadlines,
     tls: ListenerTls,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
@@ -308,7 +312,7 @@ async fn tls_connection(
         Ok(Ok(stream)) => {
             open.stats.tls_handshakes.fetch_add(1, Relaxed);
             tracing::debug!(%from, "TLS handshake completed");
-            connection(open, stream, from, idle_timeout).await;
+            connection(open, stream, from, deadlines).await;
             return;
         }
         Ok(Err(error)) => {
@@ -324,17 +328,29 @@ async fn tls_connection(
     open.stats.tls_handshakes_failed[failure.index()].fetch_add(1, Relaxed);
 }
 
+/// How long a connection may be silent, and how long one frame may take.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    /// Nothing received for this long: closed (`idle_timeout`).
+    idle: Duration,
+    /// A frame not whole this long after its first byte: closed (`frame_timeout`).
+    frame: Duration,
+}
+
 /// Reads HEPv3 frames from one connection (TCP, or the plaintext of a TLS one) until it
-/// ends, is idle for `idle_timeout`, or sends garbage.
+/// ends, is idle for `deadlines.idle`, takes longer than `deadlines.frame` to complete a
+/// frame, or sends garbage.
 async fn connection<S: AsyncRead + Unpin>(
     open: OpenConnection,
     mut stream: S,
     from: SocketAddr,
-    idle_timeout: Duration,
+    deadlines: Deadlines,
 ) {
     let shared = &open.shared;
     // Allocated when bytes arrive; empty (no allocation) while nothing is pending.
     let mut buf = BytesMut::new();
+    // When the first byte of the pending (incomplete) frame arrived.
+    let mut frame_started: Option<tokio::time::Instant> = None;
     loop {
         let need = bytes_needed(&buf).max(INITIAL_READ_BUFFER);
         if buf.capacity() < need {
@@ -347,10 +363,20 @@ async fn connection<S: AsyncRead + Unpin>(
         // than the frame it needs), so the buffer never grows here. Cancelling it (the
         // idle timeout) loses nothing: a TCP read is atomic, and rustls keeps what it
         // decrypted.
-        match tokio::time::timeout(idle_timeout, stream.read_buf(&mut buf)).await {
+        let idle_deadline = tokio::time::Instant::now() + deadlines.idle;
+        let deadline = match frame_started {
+            Some(t) => idle_deadline.min(t + deadlines.frame),
+            None => idle_deadline,
+        };
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) if deadline < idle_deadline => {
+                open.stats.tcp_closed_frame_timeout.fetch_add(1, Relaxed);
+                tracing::info!(%from, frame_timeout = ?deadlines.frame, pending = buf.len(), "closing a TCP connection whose frame does not arrive");
+                break;
+            }
             Err(_) => {
                 open.stats.tcp_closed_idle.fetch_add(1, Relaxed);
-                tracing::debug!(%from, ?idle_timeout, "closing an idle TCP connection");
+                tracing::debug!(%from, idle_timeout = ?deadlines.idle, "closing an idle TCP connection");
                 break;
             }
             Ok(Ok(0)) => {
@@ -364,14 +390,18 @@ async fn connection<S: AsyncRead + Unpin>(
                 break;
             }
         }
-        match process_whole_frames(shared, from, &mut buf) {
-            Ok(()) => {}
+        let completed = match process_whole_frames(shared, from, &mut buf) {
+            Ok(n) => n,
             Err(End::Closed) => return,
             Err(End::Garbage) => break,
-        }
+        };
         if buf.is_empty() {
             // Nothing pending: give the buffer back.
             buf = BytesMut::new();
+            frame_started = None;
+        } else if completed > 0 || frame_started.is_none() {
+            // A new frame began in what just arrived: its clock starts now.
+            frame_started = Some(tokio::time::Instant::now());
         }
     }
 }
@@ -386,8 +416,13 @@ fn count_cut_off(stats: &ListenerStats, from: SocketAddr, pending: &[u8]) {
     tracing::info!(%from, pending = pending.len(), "a TCP connection ended in the middle of a frame");
 }
 
-/// Processes and sends every whole frame at the start of `buf`, and removes them.
-fn process_whole_frames(shared: &Shared, from: SocketAddr, buf: &mut BytesMut) -> Result<(), End> {
+/// Processes and sends every whole frame at the start of `buf`, and removes them; how many
+/// there were.
+fn process_whole_frames(
+    shared: &Shared,
+    from: SocketAddr,
+    buf: &mut BytesMut,
+) -> Result<usize, End> {
     let eng = shared.engine.load_full();
     let Some(idx) = listener_index(&eng, shared.configured) else {
         return Err(End::Closed);
@@ -396,6 +431,7 @@ fn process_whole_frames(shared: &Shared, from: SocketAddr, buf: &mut BytesMut) -
         return Err(End::Closed);
     };
     let mut used = 0;
+    let mut frames = 0;
     let mut result = Ok(());
     shared.slots.with(|slot| {
         loop {
@@ -410,6 +446,7 @@ fn process_whole_frames(shared: &Shared, from: SocketAddr, buf: &mut BytesMut) -
                         &mut slot.out,
                     );
                     used += n;
+                    frames += 1;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -423,7 +460,7 @@ fn process_whole_frames(shared: &Shared, from: SocketAddr, buf: &mut BytesMut) -
         slot.flusher.flush(&eng, &mut slot.out);
     });
     buf.advance(used);
-    result
+    result.map(|()| frames)
 }
 
 #[cfg(test)]
