@@ -679,7 +679,7 @@ impl Compiler<'_> {
                 span_of(sp),
                 field,
                 "a spool applies to stream destinations only",
-                Some("remove it, or use transport = \"tcp\"".into()),
+                Some("remove it, or use transport = \"tcp\" or \"tls\"".into()),
             );
             return None;
         }
