@@ -138,7 +138,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
-use crate::io::spool::{Appended, Spool, SpoolOptions};
+use crate::io::spool::{Appended, Spool, SpoolError, SpoolOptions};
 
 mod tls;
 use tls::Wire;
@@ -226,8 +226,8 @@ struct Inner {
     /// The most bytes held.
     queue_bytes: u64,
     stats: Arc<SinkStats>,
-    /// The disk spool, when configured and opened.
-    spool: Option<Arc<SpoolShared>>,
+    /// The disk spool, once configured and opened.
+    spool: Arc<SpoolSlot>,
     ctl: watch::Sender<Phase>,
     /// `Some(everything written)` once the task has ended.
     done: watch::Receiver<Option<bool>>,
@@ -290,17 +290,40 @@ impl TcpSink {
         let (tx, rx) = mpsc::channel(options.queue.clamp(1, Semaphore::MAX_PERMITS));
         let (ctl, ctl_rx) = watch::channel(Phase::Run);
         let (done_tx, done) = watch::channel(None);
-        let spool = options.spool.as_ref().and_then(|o| {
+        let spool = Arc::new(SpoolSlot::default());
+        if let Some(o) = options.spool.as_ref() {
             // Opening reads every segment: on a worker of a multi-threaded runtime, tell
             // it so that its other tasks move elsewhere meanwhile.
             let open = || SpoolShared::open(&name, o, &stats);
-            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            let opened = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
                 Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(open),
                 _ => open(),
+            };
+            match opened {
+                Ok(shared) => {
+                    spool.current.store(Some(Arc::clone(&shared)));
+                    handle.spawn(sync_task(shared, done.clone()));
+                }
+                Err(SpoolError::Locked(dir)) => {
+                    tracing::warn!(
+                        destination = %name,
+                        dir = %dir.display(),
+                        "spool directory in use (by the sink this one replaces?); opening it once released"
+                    );
+                    handle.spawn(open_later(
+                        name.clone(),
+                        o.clone(),
+                        Arc::clone(&stats),
+                        Arc::clone(&spool),
+                        done.clone(),
+                    ));
+                }
+                Err(e) => tracing::error!(
+                    destination = %name,
+                    error = %e,
+                    "cannot open the spool; the destination runs without it"
+                ),
             }
-        });
-        if let Some(shared) = &spool {
-            handle.spawn(sync_task(Arc::clone(shared), done.clone()));
         }
         let worker = Worker {
             name: name.clone(),
@@ -312,7 +335,7 @@ impl TcpSink {
             batch: Batch::default(),
             retransmit: Retransmit::default(),
             replay: VecDeque::new(),
-            spool: spool.clone(),
+            spool: Arc::clone(&spool),
             queue_closed: false,
             suspect: false,
             backoff: Backoff::new(seed(addr)),
@@ -353,7 +376,7 @@ impl TcpSink {
             stats.dropped_invalid.fetch_add(1, Relaxed);
             return false;
         }
-        let Some(shared) = &self.inner.spool else {
+        let Some(shared) = self.inner.spool.get() else {
             return match self.enqueue(frame) {
                 Ok(()) => true,
                 Err(Refused::Full(_)) => {
@@ -390,7 +413,7 @@ impl TcpSink {
         };
         let stored = state.append(&frame, stats);
         drop(state);
-        shared.notify.notify_one();
+        self.inner.spool.notify.notify_one();
         stored
     }
 
@@ -527,8 +550,74 @@ impl AsRef<[u8]> for Tagged {
 #[derive(Debug)]
 struct SpoolShared {
     state: Mutex<SpoolState>,
-    /// Wakes the task when a frame was spooled.
+}
+
+/// Where a sink's spool is: opened when the sink starts, or later when its directory was
+/// still locked by the sink this one replaces (a reload that changed the destination):
+/// see [`open_later`].
+#[derive(Debug, Default)]
+struct SpoolSlot {
+    current: arc_swap::ArcSwapOption<SpoolShared>,
+    /// Wakes the task when a frame was spooled or the spool was opened.
     notify: Notify,
+}
+
+impl SpoolSlot {
+    fn get(&self) -> Option<Arc<SpoolShared>> {
+        self.current.load_full()
+    }
+}
+
+/// While a replaced sink holds the spool directory, the new one tries again this often...
+const SPOOL_OPEN_RETRY: Duration = Duration::from_millis(200);
+/// ...for at most this long (the old sink drains for at most [`ORPHAN_DRAIN`]).
+const SPOOL_OPEN_FOR: Duration = Duration::from_secs(30);
+
+/// Opens the spool of `name` once the sink this one replaces released it. Frames taken in
+/// the meantime went to the memory queue: they may reach the collector before the older
+/// frames the old sink left in the spool (the order holds again from then on).
+async fn open_later(
+    name: String,
+    options: SpoolOptions,
+    stats: Arc<SinkStats>,
+    slot: Arc<SpoolSlot>,
+    mut done: watch::Receiver<Option<bool>>,
+) {
+    let until = Instant::now() + SPOOL_OPEN_FOR;
+    while Instant::now() < until {
+        tokio::select! {
+            _ = tokio::time::sleep(SPOOL_OPEN_RETRY) => {}
+            changed = done.changed() => {
+                if changed.is_err() || done.borrow().is_some() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let (n, o, st) = (name.clone(), options.clone(), Arc::clone(&stats));
+        match tokio::task::spawn_blocking(move || SpoolShared::open(&n, &o, &st)).await {
+            Ok(Ok(shared)) => {
+                tracing::info!(destination = %name, "spool opened after the replaced sink released it");
+                slot.current.store(Some(Arc::clone(&shared)));
+                slot.notify.notify_one();
+                sync_task(shared, done).await;
+                return;
+            }
+            Ok(Err(SpoolError::Locked(_))) => {}
+            Ok(Err(e)) => {
+                tracing::error!(destination = %name, error = %e, "cannot open the spool; the destination runs without it");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(destination = %name, error = %e, "spool open task failed; the destination runs without it");
+                return;
+            }
+        }
+    }
+    tracing::error!(
+        destination = %name,
+        "spool directory still in use; the destination runs without it until a restart"
+    );
 }
 
 #[derive(Debug)]
@@ -550,8 +639,12 @@ const SPOOL_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 const SPOOL_READ_RETRY: Duration = Duration::from_secs(1);
 
 impl SpoolShared {
-    /// Opens the spool of destination `name`; `None` (logged) when it cannot be.
-    fn open(name: &str, options: &SpoolOptions, stats: &SinkStats) -> Option<Arc<SpoolShared>> {
+    /// Opens the spool of destination `name`.
+    fn open(
+        name: &str,
+        options: &SpoolOptions,
+        stats: &SinkStats,
+    ) -> Result<Arc<SpoolShared>, SpoolError> {
         match Spool::open(options.clone()) {
             Ok((spool, recovery)) => {
                 stats.has_spool.store(true, Relaxed);
@@ -577,19 +670,11 @@ impl SpoolShared {
                     last_error_log: None,
                 };
                 state.publish(stats);
-                Some(Arc::new(SpoolShared {
+                Ok(Arc::new(SpoolShared {
                     state: Mutex::new(state),
-                    notify: Notify::new(),
                 }))
             }
-            Err(e) => {
-                tracing::error!(
-                    destination = %name,
-                    error = %e,
-                    "cannot open the spool; the destination runs without it"
-                );
-                None
-            }
+            Err(e) => Err(e),
         }
     }
 
@@ -1065,7 +1150,7 @@ struct Worker {
     /// frames read from the spool that did not fit in a batch).
     replay: VecDeque<Tagged>,
     /// The disk spool, if any.
-    spool: Option<Arc<SpoolShared>>,
+    spool: Arc<SpoolSlot>,
     /// Every handle is gone and the queue is empty.
     queue_closed: bool,
     /// The last connection stalled: reported down until the next one catches up.
@@ -1087,7 +1172,7 @@ impl Worker {
         }
         self.stats.connected.store(false, Relaxed);
         let left = self.abandon();
-        if let Some(shared) = self.spool.clone() {
+        if let Some(shared) = self.spool.get() {
             let _ = tokio::task::spawn_blocking(move || shared.sync()).await;
         }
         if left > 0 {
@@ -1138,7 +1223,7 @@ impl Worker {
     /// from the spool, when the spool has nothing left to read. Returns the frames kept in
     /// memory, in order (all of them without a spool).
     fn spill(&mut self, pipeline: Vec<Tagged>, why: &str) -> VecDeque<Tagged> {
-        let Some(shared) = self.spool.clone() else {
+        let Some(shared) = self.spool.get() else {
             return pipeline.into();
         };
         let mut state = shared.lock();
@@ -1173,7 +1258,7 @@ impl Worker {
     /// The frames held in memory (the replay list, then the queue) go to the spool where
     /// the order allows; the rest stays in the replay list.
     fn spill_held(&mut self, why: &str) {
-        if self.spool.is_none() {
+        if self.spool.current.load().is_none() {
             return;
         }
         let mut pipeline: Vec<Tagged> = std::mem::take(&mut self.replay).into();
@@ -1186,14 +1271,14 @@ impl Worker {
     /// Whether new frames go to the spool (the task replays it before the memory queue's
     /// newer frames).
     fn spooling(&self) -> bool {
-        self.spool.is_some() && self.stats.spooling.load(Relaxed)
+        self.spool.current.load().is_some() && self.stats.spooling.load(Relaxed)
     }
 
     /// Reads the next frames to replay from the spool (blocking work off the runtime's
     /// threads). When nothing is left to read, new frames go to the memory queue again
     /// (decided under the lock producers take, so none slips in between).
     async fn read_spool(&self) -> Result<Vec<Tagged>, ()> {
-        let Some(shared) = self.spool.clone() else {
+        let Some(shared) = self.spool.get() else {
             return Ok(Vec::new());
         };
         let stats = Arc::clone(&self.stats);
@@ -1242,7 +1327,7 @@ impl Worker {
         }
         self.stats.sent.fetch_add(frames, Relaxed);
         self.stats.replayed.fetch_add(frames, Relaxed);
-        if let Some(shared) = &self.spool {
+        if let Some(shared) = self.spool.get() {
             let mut state = shared.lock();
             if let Err(e) = state.spool.consume(frames) {
                 tracing::warn!(destination = %self.name, error = %e, "spool: cannot delete a consumed segment");
@@ -1580,10 +1665,10 @@ impl Worker {
                     }
                 } else {
                     let waiting = !self.retransmit.is_empty();
-                    let spool = self.spool.clone();
+                    let slot = Arc::clone(&self.spool);
                     tokio::select! {
                         _ = ctl_changed(&mut self.ctl) => continue,
-                        _ = spooled(spool.as_deref()) => continue,
+                        _ = slot.notify.notified() => continue,
                         ready = stream.readable() => {
                             let state = match ready {
                                 Ok(()) => peer_state(|b| stream.try_read(b), &mut scratch),
@@ -1647,14 +1732,6 @@ impl Worker {
             }
             self.batch.take();
         }
-    }
-}
-
-/// Returns when a frame was spooled; never without a spool.
-async fn spooled(spool: Option<&SpoolShared>) {
-    match spool {
-        Some(s) => s.notify.notified().await,
-        None => std::future::pending().await,
     }
 }
 

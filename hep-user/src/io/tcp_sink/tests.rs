@@ -695,3 +695,61 @@ async fn a_stalled_collector_sends_frames_to_the_spool_and_order_is_kept() {
     assert_eq!(stats.replayed.load(Relaxed), stats.spooled.load(Relaxed));
     assert_eq!(stats.queue_depth.load(Relaxed), 0);
 }
+
+/// A sink that replaces another (a reload changed the destination) finds the spool
+/// directory locked by the old one: it opens it once the old one released it, and
+/// replays what the old one left there, in order, before its own later frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacing_sink_opens_the_spool_once_the_old_one_released_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let options = SinkOptions {
+        spool: Some(SpoolOptions::new(
+            tmp.path().join("t"),
+            1 << 30,
+            Duration::from_secs(1),
+            crate::io::spool::OnFull::DropOldest,
+        )),
+        ..SinkOptions::with_queue(100)
+    };
+    let handle = tokio::runtime::Handle::current();
+    let old_stats = Arc::new(SinkStats::default());
+    let old = TcpSink::spawn_with(
+        "t".into(),
+        addr,
+        options.clone(),
+        Arc::clone(&old_stats),
+        &handle,
+    );
+    wait_until("a failed attempt", || {
+        old_stats.connect_failures.load(Relaxed) > 0
+    })
+    .await;
+    let sent = frames(0, 60);
+    for f in &sent[..50] {
+        assert!(old.try_send(f.clone()));
+    }
+    assert_eq!(old_stats.spooled.load(Relaxed), 50);
+
+    let stats = Arc::new(SinkStats::default());
+    let new = TcpSink::spawn_with("t".into(), addr, options, Arc::clone(&stats), &handle);
+    assert!(
+        !stats.has_spool.load(Relaxed),
+        "the old sink holds the directory"
+    );
+    assert!(old.drain(WAIT).await);
+    drop(old);
+    wait_until("the spool opened", || stats.has_spool.load(Relaxed)).await;
+    assert_eq!(stats.spool_recovered.load(Relaxed), 50);
+    for f in &sent[50..] {
+        assert!(new.try_send(f.clone()));
+    }
+    let l = TcpListener::bind(addr).await.unwrap();
+    let mut c = accept(&l).await;
+    let got = read_frames(&mut c, &mut BytesMut::new(), sent.len()).await;
+    assert!(got == sent, "frames differ (order or content)");
+    wait_until("the spool is replayed", || {
+        stats.spool_frames.load(Relaxed) == 0
+    })
+    .await;
+}
