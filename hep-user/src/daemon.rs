@@ -42,6 +42,7 @@ impl SinkKey {
                 queue: d.queue,
                 queue_bytes: d.queue_bytes,
                 stall_timeout: d.stall_timeout,
+                spool: d.spool.clone(),
             },
             tls: d.tls.is_some(),
         }
@@ -313,7 +314,7 @@ impl Daemon {
                         None => TcpSink::spawn_tls(
                             d.name.clone(),
                             d.address,
-                            key.options,
+                            key.options.clone(),
                             tls,
                             stats.clone(),
                             &handle,
