@@ -219,7 +219,8 @@ enum Phase {
 
 struct Inner {
     name: String,
-    addr: SocketAddr,
+    /// The collector's address now (a destination's host name may resolve anew).
+    target: watch::Sender<SocketAddr>,
     tx: mpsc::Sender<Bytes>,
     /// The most frames held.
     queue: u64,
@@ -246,7 +247,7 @@ impl fmt::Debug for TcpSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpSink")
             .field("name", &self.inner.name)
-            .field("addr", &self.inner.addr)
+            .field("addr", &*self.inner.target.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -325,9 +326,11 @@ impl TcpSink {
                 ),
             }
         }
+        let (target, target_rx) = watch::channel(addr);
         let worker = Worker {
             name: name.clone(),
             addr,
+            target: target_rx,
             rx,
             ctl: ctl_rx.clone(),
             stats: Arc::clone(&stats),
@@ -346,7 +349,7 @@ impl TcpSink {
         TcpSink {
             inner: Arc::new(Inner {
                 name,
-                addr,
+                target,
                 tx,
                 queue: options.queue.clamp(1, Semaphore::MAX_PERMITS) as u64,
                 queue_bytes: options.queue_bytes as u64,
@@ -479,7 +482,19 @@ impl TcpSink {
 
     /// The collector's address.
     pub fn addr(&self) -> SocketAddr {
-        self.inner.addr
+        *self.inner.target.borrow()
+    }
+
+    /// A new address for the collector (its host name resolved anew): an open connection
+    /// to the old one ends at the next moment the sink is idle (what it had not
+    /// acknowledged is written again first), and the next connection goes to `addr`. The
+    /// queue and the spool stay: nothing is dropped for the change.
+    pub fn set_address(&self, addr: SocketAddr) {
+        self.inner.target.send_if_modified(|current| {
+            let changed = *current != addr;
+            *current = addr;
+            changed
+        });
     }
 
     /// The counters.
@@ -1136,7 +1151,10 @@ impl Outage {
 /// them.
 struct Worker {
     name: String,
+    /// The address of the connection (being) made.
     addr: SocketAddr,
+    /// The address to use: [`TcpSink::set_address`].
+    target: watch::Receiver<SocketAddr>,
     rx: mpsc::Receiver<Bytes>,
     ctl: watch::Receiver<Phase>,
     stats: Arc<SinkStats>,
@@ -1383,6 +1401,8 @@ impl Worker {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => break,
+                        // A new address (a name resolved anew): try it now.
+                        Ok(()) = self.target.changed() => break,
                         _ = ctl_changed(&mut self.ctl) => {
                             if self.finished() {
                                 return None;
@@ -1396,8 +1416,9 @@ impl Worker {
                     }
                 }
             }
+            self.addr = *self.target.borrow_and_update();
             // A host name not resolved yet: no address to try (0.0.0.0 would reach this
-            // host). The daemon starts a new sink once the name resolves.
+            // host). The daemon gives the sink the address once the name resolves.
             if self.addr.ip().is_unspecified() {
                 self.connect_failed("the host name has not resolved");
                 continue;
@@ -1668,6 +1689,13 @@ impl Worker {
                     let slot = Arc::clone(&self.spool);
                     tokio::select! {
                         _ = ctl_changed(&mut self.ctl) => continue,
+                        Ok(()) = self.target.changed() => {
+                            if *self.target.borrow() != self.addr {
+                                self.disconnected(&stream, "the destination's address changed", false);
+                                return Served::Broken;
+                            }
+                            continue;
+                        }
                         _ = slot.notify.notified() => continue,
                         ready = stream.readable() => {
                             let state = match ready {
