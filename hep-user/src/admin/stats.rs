@@ -164,6 +164,8 @@ pub struct DestinationStats {
     pub spooling: AtomicBool,
     /// Whether the destination has a spool.
     pub has_spool: AtomicBool,
+    /// The spool's `max_bytes`.
+    pub spool_max_bytes: AtomicU64,
 }
 
 /// Daemon-wide counters.
@@ -637,6 +639,11 @@ impl Collector for StatsCollector {
             "1 while new packets for a destination go to its spool",
             Gauge,
         );
+        let mut spool_max = Family::new(
+            "hepfwd_destination_spool_max_bytes",
+            "A destination's spool `max_bytes`",
+            Gauge,
+        );
         let mut rfail = Family::new(
             "hepfwd_destination_resolve_failures",
             "Failed lookups of a destination's host name (the last address stays)",
@@ -702,6 +709,7 @@ impl Collector for StatsCollector {
                 };
                 spool_age.add(lb(), age);
                 spooling.add(lb(), u64::from(d.spooling.load(Relaxed)));
+                spool_max.add(lb(), d.spool_max_bytes.load(Relaxed));
             }
             rfail.add(lb(), d.resolve_failures.load(Relaxed));
         }
@@ -799,6 +807,7 @@ impl Collector for StatsCollector {
             spool_bytes,
             spool_age,
             spooling,
+            spool_max,
             rfail,
             dtls_failed,
             unrouted,

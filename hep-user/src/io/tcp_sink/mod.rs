@@ -663,6 +663,7 @@ impl SpoolShared {
         match Spool::open(options.clone()) {
             Ok((spool, recovery)) => {
                 stats.has_spool.store(true, Relaxed);
+                stats.spool_max_bytes.store(options.max_bytes, Relaxed);
                 stats.spool_recovered.fetch_add(recovery.frames, Relaxed);
                 stats
                     .spool_corrupt
