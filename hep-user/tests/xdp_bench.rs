@@ -142,6 +142,13 @@ fn scenario(name: &str, route: &str) {
         }
         let wall = t0.elapsed();
         let c = xdp.counters().expect("counters").delta(&c0);
+        let info = xdp.program_info().expect("info");
+        let verified = info
+            .verified_instruction_count()
+            .map_or("?".to_string(), |n| n.to_string());
+        let jited = info
+            .size_translated()
+            .map_or("?".to_string(), |n| n.to_string());
         let x1 = stats(&xdp.program_info().expect("info"));
         let m1 = mirror_info(&xdp).map(|i| stats(&i));
         // The program alone: a non-live run (nothing transmitted), NON_LIVE repeats, the
@@ -185,7 +192,7 @@ fn scenario(name: &str, route: &str) {
             _ => "-".into(),
         };
         format!(
-            "| {name} | {} | {} B | {:.2} s | {:.0} | {:.0} | {non_live} | {mirror_ns} | steered {} mirrored {} dropped {} passed {} |",
+            "| {name} | {} | {} B | {:.2} s | {:.0} | {:.0} | {non_live} | {mirror_ns} | steered {} mirrored {} dropped {} passed {} | {verified} / {jited} |",
             FRAMES,
             frame.len(),
             wall.as_secs_f64(),
@@ -207,9 +214,9 @@ fn xdp_bench() {
         .unwrap_or_else(|_| "0".into());
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
     println!(
-        "| scenario | frames | frame | wall | frames/s | hep_xdp ns/run | hep_xdp ns/run non-live | hep_mirror ns/run | counters |"
+        "| scenario | frames | frame | wall | frames/s | hep_xdp ns/run | hep_xdp ns/run non-live | hep_mirror ns/run | counters | verifier insns / xlated bytes |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     scenario(
         "steer (XDP_REDIRECT to a)",
         "[default]\nforward = [\"a\"]\n",
