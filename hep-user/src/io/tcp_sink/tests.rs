@@ -650,7 +650,9 @@ async fn a_stalled_collector_sends_frames_to_the_spool_and_order_is_kept() {
     let l = socket.listen(4).unwrap();
     let stats = Arc::new(SinkStats::default());
     let options = SinkOptions {
-        stall_timeout: Duration::from_millis(300),
+        // Long enough that the second connection, read by this test, is not itself taken
+        // for stalled while the whole suite loads the machine (it was, at 300 ms).
+        stall_timeout: Duration::from_millis(1500),
         spool: Some(SpoolOptions::new(
             tmp.path().join("test"),
             1 << 30,
