@@ -66,7 +66,16 @@ impl Origin {
 pub fn packet_json(data: &[u8], origin: &Origin, recv_time: (u32, u32)) -> Value {
     match HepPacket::parse(data) {
         Ok(HepPacket::V3(p)) => v3_json(&p, origin),
-        Ok(HepPacket::Legacy(l)) => legacy_json(&l, origin, recv_time),
+        Ok(HepPacket::Legacy(l)) => {
+            // What the daemon does first with a HEPv1/v2 packet: convert it to HEPv3. One
+            // that does not fit (too large once it has the v3 chunks) is an error there,
+            // so it is here too.
+            let mut v3 = vec![0u8; hep_common::chunk::MAX_PACKET_LEN];
+            match l.to_hep3(recv_time).encode(&mut v3) {
+                Ok(_) => legacy_json(&l, origin, recv_time),
+                Err(e) => hep_error_json(&e, origin),
+            }
+        }
         Err(e) => hep_error_json(&e, origin),
     }
 }
@@ -243,4 +252,53 @@ fn legacy_json(l: &HepLegacy<'_>, origin: &Origin, recv_time: (u32, u32)) -> Val
     m.insert("len".into(), l.encoded_len().into());
     origin.add_to(&mut m);
     Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed unwrap is a failed assertion
+
+    use super::*;
+
+    /// A HEPv2 packet (IPv4) with `payload`.
+    fn hep_v2(payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![2, 16, hep_common::legacy::AF_INET, 17];
+        p.extend_from_slice(&5060u16.to_be_bytes());
+        p.extend_from_slice(&5060u16.to_be_bytes());
+        p.extend_from_slice(&[198, 18, 0, 1, 198, 18, 0, 2]);
+        p.extend_from_slice(&1_700_000_000u32.to_le_bytes());
+        p.extend_from_slice(&7u32.to_le_bytes());
+        p.extend_from_slice(&[0xd1, 0x07, 0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// `decode` says what the daemon does with a HEPv2 packet too large to become HEPv3
+    /// (its payload plus the v3 chunks exceed 65,535 bytes): the daemon counts it as a
+    /// parse error of the conversion's kind, so decode prints that error, not a packet.
+    #[test]
+    fn an_oversized_hepv2_packet_is_the_daemons_error_in_decode_too() {
+        let big = hep_v2(&vec![b'x'; 65_470]);
+        let origin = Origin::default();
+        let v = packet_json(&big, &origin, (1, 2));
+        // What the engine does with it: the v3 encoding fails with this error.
+        let legacy = hep_common::legacy::HepLegacy::parse(&big).unwrap();
+        let mut buf = vec![0u8; hep_common::chunk::MAX_PACKET_LEN];
+        let engine_error = legacy.to_hep3((1, 2)).encode(&mut buf).unwrap_err();
+        let brief = |v: &Value| v.to_string().chars().take(300).collect::<String>();
+        assert_eq!(v["kind"], engine_error.kind(), "{}", brief(&v));
+        assert!(
+            v.get("version").is_none(),
+            "decoded as a packet: {}",
+            brief(&v)
+        );
+        // One that fits decodes as before.
+        let small = hep_v2(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: v2@x\r\n\r\n");
+        let v = packet_json(&small, &origin, (1, 2));
+        assert_eq!(
+            (v["version"].as_u64(), v["correlation_id"].as_str()),
+            (Some(2), Some("v2@x")),
+            "{v}"
+        );
+    }
 }
