@@ -26,6 +26,7 @@ fn main() -> std::process::ExitCode {
         Command::Decode(a) => cli::decode::run(a),
         Command::Gen(a) => cli::generate::run(a),
         Command::Sink(a) => cli::sink::run(a),
+        Command::DistDocs(a) => cli::dist_docs::run(a),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

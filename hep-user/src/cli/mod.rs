@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod check_config;
 pub mod decode;
+pub mod dist_docs;
 pub mod generate;
 pub mod run;
 pub mod sink;
@@ -46,6 +47,9 @@ pub enum Command {
     Gen(generate::GenArgs),
     /// Count HEP arriving on UDP and TCP (benchmarks, manual tests).
     Sink(sink::SinkArgs),
+    /// Write the man pages and shell completions (for packaging: `cargo xtask deb`).
+    #[command(hide = true)]
+    DistDocs(dist_docs::DistDocsArgs),
 }
 
 /// When `e` rejects a value that came from an environment variable (the option is not on
