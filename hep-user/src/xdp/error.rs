@@ -112,7 +112,8 @@ pub(crate) fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&
 }
 
 /// A capability of the XDP data path: its name and its number (`linux/capability.h`).
-const CAPABILITIES: [(&str, u32); 3] = [("CAP_BPF", 39), ("CAP_NET_ADMIN", 12), ("CAP_PERFMON", 38)];
+const CAPABILITIES: [(&str, u32); 3] =
+    [("CAP_BPF", 39), ("CAP_NET_ADMIN", 12), ("CAP_PERFMON", 38)];
 /// CAP_SYS_ADMIN, which the kernel also accepts for CAP_BPF and CAP_PERFMON.
 const CAP_SYS_ADMIN: u32 = 21;
 
@@ -150,10 +151,7 @@ pub(crate) fn missing_capabilities() -> String {
             if missing.is_empty() {
                 format!("none of them is missing (CapEff {effective:#x})")
             } else {
-                format!(
-                    "missing {} (CapEff {effective:#x})",
-                    missing.join(", ")
-                )
+                format!("missing {} (CapEff {effective:#x})", missing.join(", "))
             }
         }
     }
@@ -198,7 +196,10 @@ impl From<aya::programs::ProgramError> for XdpError {
                 let denied = matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES));
                 let lacking = effective_capabilities().is_some_and(|e| !missing_from(e).is_empty());
                 if denied && (log.trim().is_empty() || lacking) {
-                    let first = log.lines().find(|l| l.contains("!root")).or(log.lines().next());
+                    let first = log
+                        .lines()
+                        .find(|l| l.contains("!root"))
+                        .or(log.lines().next());
                     let detail = match first {
                         Some(line) if !line.trim().is_empty() => {
                             format!("{io_error}; the verifier: {}", line.trim())
@@ -241,10 +242,7 @@ mod tests {
         assert_eq!(missing_from(all & !bit(39)), ["CAP_BPF"]);
         assert_eq!(missing_from(all & !bit(12)), ["CAP_NET_ADMIN"]);
         assert_eq!(missing_from(all & !bit(38)), ["CAP_PERFMON"]);
-        assert_eq!(
-            missing_from(0),
-            ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]
-        );
+        assert_eq!(missing_from(0), ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]);
         // CAP_SYS_ADMIN covers CAP_BPF and CAP_PERFMON, not CAP_NET_ADMIN.
         assert_eq!(missing_from(bit(21)), ["CAP_NET_ADMIN"]);
     }
