@@ -1,7 +1,8 @@
 //! The Debian package (`cargo xtask deb` → `target/debian/hepfwd_VERSION_amd64.deb`) on
 //! this machine: `dpkg -i`, the files where they belong, the conffile, the `hepfwd` user,
 //! the installed binary checking its packaged configuration and forwarding a packet as that
-//! user, the installed unit verified, then `dpkg -r` (the conffile stays) and `dpkg -P`
+//! user, the installed unit verified, a local edit of the conffile kept by a reinstall,
+//! then `dpkg -r` (the conffile stays) and `dpkg -P`
 //! (the user, `/etc/hepfwd` and `/var/lib/hepfwd` go, and nothing it did not create).
 //!
 //! The package comes from `$HEPFWD_DEB` (`cargo xtask test` builds it and sets it) or
@@ -340,6 +341,18 @@ fn the_package_installs_runs_and_purges_cleanly() {
     }
 
     forwards_as_the_hepfwd_user();
+
+    // The conffile: installing the package again (an upgrade's path) keeps a local edit.
+    let edited = "\n# a local edit the upgrade must keep\n";
+    let mut config = std::fs::read_to_string("/etc/hepfwd/hepfwd.toml").unwrap();
+    config.push_str(edited);
+    std::fs::write("/etc/hepfwd/hepfwd.toml", &config).unwrap();
+    ok("dpkg", &["-i", deb.to_str().unwrap()]);
+    let kept = std::fs::read_to_string("/etc/hepfwd/hepfwd.toml").unwrap();
+    assert!(
+        kept.ends_with(edited),
+        "the reinstall replaced the edited conffile:\n{kept}"
+    );
 
     // Remove: the program goes, the conffile and the user stay.
     ok("dpkg", &["-r", PACKAGE]);

@@ -2,8 +2,8 @@
 //!
 //! 1. `cargo build --release -p hep-user --bin hepfwd` (the XDP programs embedded; it reuses
 //!    `target/release`, so after `cargo xtask build --release` it is a no-op);
-//! 2. `hepfwd dist-docs --out target/release/dist-docs`: the man pages and the bash, zsh
-//!    and fish completions, generated from the one clap definition;
+//! 2. `hepfwd dist-docs --out target/release/dist-docs`: the man pages (then gzipped) and
+//!    the bash, zsh and fish completions, generated from the one clap definition;
 //! 3. `cargo deb -p hep-user --no-build` (cargo-deb, installed by `cargo xtask setup`),
 //!    from `[package.metadata.deb]` in `hep-user/Cargo.toml`: the binary, the systemd unit,
 //!    `/etc/hepfwd/hepfwd.toml` (a conffile), the docs, the monitoring assets and the
@@ -70,6 +70,23 @@ pub fn build() -> Result<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    // Debian installs man pages gzip-compressed (policy 12.1); -n: no name or time stamp
+    // inside, so the same page gives the same bytes.
+    let man = docs.join("man").join("man1");
+    let pages: Vec<PathBuf> = std::fs::read_dir(&man)
+        .with_context(|| format!("reading {}", man.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "1"))
+        .collect();
+    if pages.is_empty() {
+        bail!(
+            "`hepfwd dist-docs` wrote no man page into {}",
+            man.display()
+        );
+    }
+    cmd::run(Command::new("gzip").args(["-9", "-n", "-f"]).args(&pages))
+        .context("compressing the man pages")?;
 
     let deb = package_path();
     if let Some(dir) = deb.parent() {
