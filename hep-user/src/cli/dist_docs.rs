@@ -3,7 +3,8 @@
 //! they never drift from `--help`. `cargo xtask deb` runs it on the release binary.
 //!
 //! Writes `DIR/man/man1/hepfwd.1` and one `DIR/man/man1/hepfwd-SUBCOMMAND.1` per visible
-//! subcommand but `help` (`MANPATH=DIR/man` finds them), and `DIR/completions/hepfwd.bash`, `_hepfwd` (zsh) and `hepfwd.fish`.
+//! subcommand but `help` (`MANPATH=DIR/man` finds them), and `DIR/completions/hepfwd.bash`,
+//! `_hepfwd` (zsh) and `hepfwd.fish`.
 
 use std::path::{Path, PathBuf};
 

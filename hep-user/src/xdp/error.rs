@@ -194,7 +194,12 @@ impl From<aya::programs::ProgramError> for XdpError {
                 // does ("prohibited for !root"), so the log's first line is the detail.
                 let log = verifier_log.to_string();
                 let denied = matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES));
-                let lacking = effective_capabilities().is_some_and(|e| !missing_from(e).is_empty());
+                // Only CAP_BPF and CAP_PERFMON change what the verifier allows.
+                let lacking = effective_capabilities().is_some_and(|e| {
+                    missing_from(e)
+                        .iter()
+                        .any(|c| matches!(*c, "CAP_BPF" | "CAP_PERFMON"))
+                });
                 if denied && (log.trim().is_empty() || lacking) {
                     let first = log
                         .lines()
