@@ -1466,3 +1466,195 @@ fn healthz_names_a_udp_destination_in_its_icmp_holddown_and_clears_after_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `hepfwd top --once` against a running daemon: one frame with the listener's, the
+/// route's and the destination's rates while a steady load flows (200 packets a second
+/// for 3 s: the rates read about 200/s), the drop of a route named, and exit code 0; an
+/// admin address where nothing listens: exit code 1 naming it.
+#[test]
+fn top_once_shows_a_running_daemons_rates() {
+    let u = UdpCollector::new("udp");
+    let uaddr = u.addr;
+    let d = Daemon::start("top", move |p: &Ports| {
+        udp_listener(p)
+            + &udp_destination("collector", uaddr)
+            + "\n[[route]]\nname = \"logs\"\nmatch = { proto = [100] }\naction = \"drop\"\n"
+            + "\n[[route]]\nname = \"calls\"\nforward = [\"collector\"]\n"
+    });
+    let to = d.listen();
+    let done = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let agent = Agent::new();
+            let start = Instant::now();
+            // 3 s at 200 packets/s: 3 of every 4 RTCP (routed), 1 a log (dropped).
+            for i in 0..600u32 {
+                if done.load(Relaxed) {
+                    break;
+                }
+                let p = if i % 4 == 3 {
+                    Pkt::log("top", i)
+                } else {
+                    Pkt::rtcp("top", i)
+                };
+                agent.send(to, &p.encode());
+                let due = start + Duration::from_millis(5 * u64::from(i + 1));
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let out = Command::new(hepfwd_bin().expect("the hepfwd binary"))
+        .args(["top", "--once", "--interval", "1.5", "--admin"])
+        .arg(d.admin.to_string())
+        .output()
+        .expect("run hepfwd top");
+    done.store(true, Relaxed);
+    sender.join().expect("the sender");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}: {text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |name: &str| -> Vec<f64> {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row {name} in\n{text}"))
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    };
+    // Rates over 1.5 s of a 200/s load: generous bounds for a shared machine.
+    let within = |what: &str, v: f64, want: f64| {
+        assert!(
+            (want * 0.5..=want * 1.5).contains(&v),
+            "{what}: {v}/s, want about {want}/s\n{text}"
+        );
+    };
+    within("listener agents", row("agents")[0], 200.0);
+    within("route calls", row("calls")[0], 150.0);
+    within("route logs matched", row("logs")[0], 50.0);
+    within("route logs dropped", row("logs")[2], 50.0);
+    within("destination collector sent", row("collector")[0], 150.0);
+    assert!(
+        text.contains("route drop") && text.contains("kernel 0.0%, userspace 100.0%"),
+        "{text}"
+    );
+    drop(u);
+
+    let nobody = SocketAddr::from((LO, free_port_v4()));
+    let out = Command::new(hepfwd_bin().expect("the hepfwd binary"))
+        .args(["top", "--once", "--interval", "0.1", "--admin"])
+        .arg(nobody.to_string())
+        .output()
+        .expect("run hepfwd top");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&nobody.to_string()), "{err}");
+}
+
+/// `hepfwd tap`: off unless `[admin] tap = true` (exit 1 saying so); on, it shows exactly
+/// the packets one route forwards (not another route's), with the route, its destinations
+/// and the bytes as forwarded (after the route's rewrite), stops at `--count`, and at
+/// `--seconds` when nothing comes, with a last line saying why.
+#[test]
+fn tap_shows_what_one_route_forwards_bounded_and_off_by_default() {
+    let u = UdpCollector::new("udp");
+    let uaddr = u.addr;
+    let config = move |tap: bool| {
+        move |p: &Ports| {
+            let admin_tap = format!(
+                "\n[admin]\nlisten = \"127.0.0.1:{}\"\ntap = {tap}\n",
+                p.admin
+            );
+            udp_listener(p)
+                + &udp_destination("collector", uaddr)
+                + "\n[[route]]\nname = \"logs\"\nmatch = { proto = [100] }\nforward = [\"collector\"]\n"
+                + "\n[[route]]\nname = \"calls\"\nforward = [\"collector\"]\nrewrite = [ { set = \"capture_id\", value = 4242 } ]\n"
+                + &admin_tap
+        }
+    };
+    let d = Daemon::start("tap-off", config(false));
+    let tap = |d: &Daemon, args: &[&str]| {
+        Command::new(hepfwd_bin().expect("the hepfwd binary"))
+            .arg("tap")
+            .args(["--admin", &d.admin.to_string()])
+            .args(args)
+            .output()
+            .expect("run hepfwd tap")
+    };
+    let out = tap(&d, &["--route", "calls", "--seconds", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the tap is off"));
+    drop(d);
+
+    let d = Daemon::start("tap-on", config(true));
+    let to = d.listen();
+    let unknown = tap(&d, &["--route", "nope", "--seconds", "1"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no route \"nope\""));
+
+    let done = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let agent = Agent::new();
+            for i in 0..400u32 {
+                if done.load(Relaxed) {
+                    break;
+                }
+                let p = if i % 2 == 0 {
+                    Pkt::log("tap", i)
+                } else {
+                    Pkt::sip(&format!("tap-{i}@lab"), i)
+                };
+                agent.send(to, &p.encode());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let out = tap(&d, &["--route", "calls", "--count", "5", "--seconds", "20"]);
+    done.store(true, Relaxed);
+    sender.join().expect("the sender");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    assert_eq!(lines.len(), 6, "5 packets and the end: {lines:?}");
+    for p in &lines[..5] {
+        assert_eq!(p["route"], "calls", "{p}");
+        assert_eq!(p["destinations"], serde_json::json!(["collector"]), "{p}");
+        assert_eq!(p["proto_name"], "sip", "only the route's packets: {p}");
+        assert_eq!(p["capture_id"], 4242, "as forwarded, rewritten: {p}");
+        assert!(
+            p["correlation_id"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("tap-")),
+            "{p}"
+        );
+    }
+    assert_eq!(
+        lines[5],
+        serde_json::json!({"end": "count", "shown": 5, "dropped": 0})
+    );
+
+    // Nothing arrives: the tap ends at --seconds.
+    let t0 = Instant::now();
+    let out = tap(&d, &["--route", "calls", "--seconds", "1"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"end":"seconds","shown":0,"dropped":0}"#
+    );
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    drop(u);
+}

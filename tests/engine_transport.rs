@@ -824,3 +824,122 @@ fn tcp_queue_is_bounded_in_bytes() {
     eprintln!("hepfwd peak RSS {} MiB, {depth} frames held", peak >> 20);
     assert!(peak < 64 << 20, "peak RSS {} MiB", peak >> 20);
 }
+
+/// A destination by host name (`[resolver] hosts_file` the test controls): traffic goes
+/// where the name points; the name moves mid-stream (127.0.0.1 → 127.0.0.2, same port)
+/// and, within the resolve interval, the rest goes to the new address, none lost; a name
+/// missing at start leaves the daemon up, the destination down in /healthz, its packets
+/// counted as `unresolved` and the lookups as failures, until the name appears.
+#[test]
+fn a_destination_by_host_name_follows_the_name() {
+    let a = UdpCollector::new("homer@127.0.0.1");
+    let port = a.addr.port();
+    let b = UdpCollector::bind("homer@127.0.0.2", SocketAddr::from(([127, 0, 0, 2], port)));
+    let hosts = hepfwd_tests::peers::TestDir::new("hosts").unwrap();
+    let hosts_file = hosts.join("hosts");
+    std::fs::write(&hosts_file, "127.0.0.1 homer.lab\n").unwrap();
+    let hf = hosts_file.display().to_string();
+    let d = Daemon::start("by-name", move |p| {
+        udp_listener(p)
+            + &format!(
+                "\n[[destination]]\nname = \"homer\"\naddress = \"homer.lab:{port}\"\n\n[resolver]\nhosts_file = \"{hf}\"\nresolve_interval = \"1s\"\n"
+            )
+            + "\n[default]\nforward = [\"homer\"]\n"
+            + ONE_WORKER
+    });
+    let (to, agent) = (d.listen(), Agent::new());
+    let first: Vec<Vec<u8>> = (0..20).map(|i| Pkt::rtcp("n", i).encode()).collect();
+    for p in &first {
+        agent.send(to, p);
+    }
+    assert_eq!(sorted(a.take(20, WAIT)), sorted(first));
+    // The name moves; packets keep flowing (one every 20 ms) until the new address gets
+    // them, then 20 more.
+    std::fs::write(&hosts_file, "127.0.0.2 homer.lab\n").unwrap();
+    let mut sent = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let moved = loop {
+        agent.send(to, &Pkt::rtcp("n", 100 + sent).encode());
+        sent += 1;
+        if let Some(p) = b.recv(Duration::from_millis(20)) {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the name moved, the packets did not"
+        );
+    };
+    let later: Vec<Vec<u8>> = (0..20).map(|i| Pkt::rtcp("n", 1000 + i).encode()).collect();
+    for p in &later {
+        agent.send(to, p);
+    }
+    let mut at_b = vec![moved];
+    at_b.extend(b.drain(QUIET));
+    let at_a = a.drain(QUIET);
+    assert_eq!(
+        at_a.len() + at_b.len(),
+        sent as usize + 20,
+        "every packet at one of the two addresses"
+    );
+    for p in &later {
+        assert!(
+            at_b.contains(p),
+            "packets after the move go to the new address"
+        );
+    }
+    assert_eq!(
+        d.counter("hepfwd_destination_resolve_failures_total", &[]),
+        0
+    );
+    drop(d);
+
+    // A name the hosts file does not have (yet).
+    std::fs::write(&hosts_file, "127.0.0.9 someone.else\n").unwrap();
+    let hf = hosts_file.display().to_string();
+    let d = Daemon::start("by-name-missing", move |p| {
+        udp_listener(p)
+            + &format!(
+                "\n[[destination]]\nname = \"homer\"\naddress = \"homer.lab:{port}\"\n\n[resolver]\nhosts_file = \"{hf}\"\n"
+            )
+            + "\n[default]\nforward = [\"homer\"]\n"
+            + ONE_WORKER
+    });
+    let to = d.listen();
+    for i in 0..5 {
+        agent.send(to, &Pkt::rtcp("n", 2000 + i).encode());
+    }
+    d.wait_counter(
+        "hepfwd_destination_dropped_total",
+        &[("destination", "homer"), ("reason", "unresolved")],
+        5,
+        WAIT,
+    );
+    let (code, health) = d.health();
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health["destinations"]["homer"]["up"], false, "{health}");
+    assert!(
+        d.counter(
+            "hepfwd_destination_resolve_failures_total",
+            &[("destination", "homer")]
+        ) >= 1
+    );
+    a.expect_silent(QUIET);
+    b.expect_silent(Duration::ZERO);
+    // The name appears: a down destination is looked up every second.
+    std::fs::write(&hosts_file, "127.0.0.1 homer.lab\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 0;
+    loop {
+        agent.send(to, &Pkt::rtcp("n", 3000 + i).encode());
+        i += 1;
+        if a.recv(Duration::from_millis(50)).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the name appeared, nothing arrived"
+        );
+    }
+    let (code, health) = d.health();
+    assert_eq!(code, 200, "{health}");
+}

@@ -13,6 +13,10 @@
 //!   default); both modes.
 //! - `parity_*`: the same sequence through `--mode xdp` and `--mode userspace` delivers the
 //!   same HEP bytes to the same collectors.
+//! - `scale_out_*`: the premise of several nodes behind ECMP (docs/deployment.md): two
+//!   daemons started from the same configuration, each fed one half of every call's
+//!   packets, place each call on the same collector; adding a collector moves only the
+//!   calls the rendezvous hash gives it (about 1/N); both modes.
 //!
 //! In `--mode xdp` the counters must also show the kernel did the work: the `path="xdp"`
 //! families count what XDP steered, mirrored and dropped, and the daemon's sockets
@@ -94,7 +98,7 @@ fn routes_userspace() {
     let route = |name| m.require("hepfwd_route_matches_total", &[("route", name)]);
     assert_eq!(route("mirror"), s.count("mirror"));
     assert_eq!(route("sip-to-a"), s.count("sip"));
-    assert_eq!(route("rtcp-hash"), s.count("rtcp"));
+    assert_eq!(route("rtcp-hash"), s.count("rtcp") + s.count("rtcp-flow"));
     assert_eq!(
         m.require("hepfwd_route_dropped_total", &[("route", "drop-logs")]),
         s.count("log")
@@ -113,7 +117,11 @@ fn routes_xdp() {
     assert_call_sticky(&run, "homer-a", "homer-b", |p| p.starts_with("rtcp-call-"));
     let k = assert_kernel_accounting(&run, &s);
     // Everything but the unrouted packets is the kernel's.
-    assert_eq!(k.get("steered"), s.count("sip") + s.count("rtcp"), "{k:?}");
+    assert_eq!(
+        k.get("steered"),
+        s.count("sip") + s.count("rtcp") + s.count("rtcp-flow"),
+        "{k:?}"
+    );
     assert_eq!(k.get("mirrored"), s.count("mirror"), "{k:?}");
     assert_eq!(k.get("route_drop"), s.count("log"), "{k:?}");
     assert_eq!(k.get("pass_no_route"), s.count("unrouted"), "{k:?}");
@@ -125,7 +133,7 @@ fn routes_xdp() {
             &[("route", name), ("path", "xdp")],
         )
     };
-    assert_eq!(xroute("rtcp-hash"), s.count("rtcp"));
+    assert_eq!(xroute("rtcp-hash"), s.count("rtcp") + s.count("rtcp-flow"));
     assert_eq!(xroute("sip-to-a"), s.count("sip"));
     assert_eq!(xroute("mirror"), s.count("mirror"));
     // The daemon routed only what the kernel passed up.
@@ -375,8 +383,9 @@ forward = ["homer-a", "homer-b"]
 mode = "hash"
 "#;
 
-/// Steer (SIP → homer-a), hash (20 RTCP calls × 3 over homer-a and homer-b), drop (logs),
-/// mirror (capture id 3000 → both), unrouted (protocol type 32): 89 packets, interleaved.
+/// Steer (SIP → homer-a), hash (20 RTCP calls × 3 over homer-a and homer-b, and 8 RTCP
+/// flows without a key × 2 directions by their flow key), drop (logs), mirror (capture id
+/// 3000 → both), unrouted (protocol type 32): 105 packets, interleaved.
 fn routes_scenario() -> Scenario {
     let mut s = Scenario::new(
         ROUTES_CONFIG.to_string(),
@@ -423,6 +432,28 @@ fn routes_scenario() -> Scenario {
                 }
             }
         }
+        if round == 1 {
+            // RTCP without a key (no 0x0011): hashed by its flow key, both directions of a
+            // flow to one collector. The key written out from its definition
+            // (hep_common::correlation): ::ffff:10.9.0.1 port 10001+f, then ::ffff:10.9.0.2
+            // port 20001.
+            for flow in 0..8u16 {
+                let mut key = [0u8; 36];
+                key[10..16].copy_from_slice(&[0xff, 0xff, 10, 9, 0, 1]);
+                key[16..18].copy_from_slice(&(10_001 + flow).to_be_bytes());
+                key[28..34].copy_from_slice(&[0xff, 0xff, 10, 9, 0, 2]);
+                key[34..36].copy_from_slice(&20_001u16.to_be_bytes());
+                let at = rendezvous_pick(key_hash(&key), &seeds).expect("two seeds");
+                let mut there = Pkt::rtcp("", next()).src("10.9.0.1", 10_001 + flow);
+                there.correlation = None;
+                let back = there
+                    .clone()
+                    .src("10.9.0.2", 20_001)
+                    .dst("10.9.0.1", 10_001 + flow);
+                s.send(SND, "rtcp-flow", there.encode(), &[ab[at]]);
+                s.send(SND, "rtcp-flow", back.encode(), &[ab[at]]);
+            }
+        }
         if round == 2 {
             for i in 0..5 {
                 let m = Pkt::sip(&format!("mirror-{i}@lab"), next()).capture_id(3000);
@@ -434,7 +465,7 @@ fn routes_scenario() -> Scenario {
             }
         }
     }
-    assert_eq!(s.sends.len(), 89);
+    assert_eq!(s.sends.len(), 105);
     s
 }
 
@@ -570,6 +601,154 @@ fn example_scenario() -> Scenario {
     assert_eq!(s.sends.len(), 88);
     assert!(s.count("rtcp-kept") > 0 && s.count("rtcp-out") > 0);
     s
+}
+
+// ---------------------------------------------------------------------------------------
+// Scale out: several nodes with one configuration.
+
+#[test]
+fn scale_out_userspace() {
+    if !privileged::available("scale_out_userspace") {
+        return;
+    }
+    assert_scale_out("so-u", Mode::Userspace);
+}
+
+#[test]
+fn scale_out_xdp() {
+    if !privileged::available("scale_out_xdp") {
+        return;
+    }
+    assert_scale_out("so-x", Mode::Xdp);
+}
+
+/// Calls in the scale-out test.
+const SCALE_OUT_CALLS: u32 = 240;
+
+/// Hash routing of SIP over `collectors` (names from [`scale_out_collectors`]).
+fn scale_out_config(collectors: &[CollectorSpec]) -> String {
+    let mut c = String::from(
+        r#"
+[admin]
+listen = "127.0.0.1:9100"
+
+[[listener]]
+name = "agents"
+udp = "198.18.1.2:9060"
+
+[xdp]
+interfaces = ["in0"]
+attach = "native"
+"#,
+    );
+    for d in collectors {
+        c.push_str(&format!(
+            "\n[[destination]]\nname = \"{}\"\naddress = \"{}:{}\"\n",
+            d.name, d.ip, d.port
+        ));
+    }
+    let names: Vec<String> = collectors
+        .iter()
+        .map(|d| format!("\"{}\"", d.name))
+        .collect();
+    c.push_str(&format!(
+        "\n[[route]]\nname = \"calls\"\nmatch = {{ proto = [\"sip\"] }}\nforward = [{}]\nmode = \"hash\"\n",
+        names.join(", ")
+    ));
+    c
+}
+
+fn scale_out_collectors(n: usize) -> Vec<CollectorSpec> {
+    [
+        ("homer-a", COL_A, 9061),
+        ("homer-b", COL_B, 9062),
+        ("homer-c", COL_A, 9063),
+    ][..n]
+        .iter()
+        .map(|&(name, ip, port)| CollectorSpec {
+            name,
+            ip,
+            port,
+            transport: Transport::Udp,
+        })
+        .collect()
+}
+
+/// Packet `part` (0, 1 or 2) of every call, each expected where rendezvous hashing of its
+/// Call-ID over the collectors' seeds puts it.
+fn scale_out_scenario(collectors: usize, part: u32) -> Scenario {
+    let specs = scale_out_collectors(collectors);
+    let names: Vec<&'static str> = specs.iter().map(|c| c.name).collect();
+    let seeds = seeds(&names);
+    let mut s = Scenario::new(scale_out_config(&specs), specs);
+    for call in 0..SCALE_OUT_CALLS {
+        let id = format!("ecmp-{call}@lab");
+        let at = rendezvous_pick(key_hash(id.as_bytes()), &seeds).expect("seeds");
+        let p = Pkt::sip(&id, part * SCALE_OUT_CALLS + call).encode();
+        s.send(SND, "sip", p, &[names[at]]);
+    }
+    s
+}
+
+/// Where each call's packets arrived: Call-ID → collectors.
+fn placement(run: &Run) -> BTreeMap<String, Vec<&'static str>> {
+    let mut m: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    for (name, got) in &run.got {
+        for p in got.keys() {
+            m.entry(key_of(p)).or_default().push(name);
+        }
+    }
+    m
+}
+
+/// Two daemons from one configuration (one after the other on the same topology: a node
+/// each), fed disjoint halves of every call, agree on every call's collector; a daemon
+/// with a third collector moves only the calls the hash gives the new one, about a third.
+fn assert_scale_out(tag: &str, mode: Mode) {
+    let first_half = scale_out_scenario(2, 0);
+    let second_half = scale_out_scenario(2, 1);
+    assert_eq!(first_half.config, second_half.config, "one configuration");
+    let node1 = deliver(&format!("{tag}1"), &first_half, mode);
+    let node2 = deliver(&format!("{tag}2"), &second_half, mode);
+    first_half.assert_delivered(&node1);
+    second_half.assert_delivered(&node2);
+    let (p1, p2) = (placement(&node1), placement(&node2));
+    assert_eq!(
+        p1.len(),
+        SCALE_OUT_CALLS as usize,
+        "every call arrived once"
+    );
+    assert!(
+        p1.values().all(|at| at.len() == 1),
+        "a call on two collectors"
+    );
+    assert_eq!(p1, p2, "the two nodes place calls differently");
+    let per_collector =
+        |p: &BTreeMap<String, Vec<&str>>, c: &str| p.values().filter(|at| at[0] == c).count();
+    assert!(
+        per_collector(&p1, "homer-a") > 0 && per_collector(&p1, "homer-b") > 0,
+        "both collectors take calls"
+    );
+
+    // A third collector: a call moves only to it, and about a third of them do.
+    let grown = scale_out_scenario(3, 2);
+    let node3 = deliver(&format!("{tag}3"), &grown, mode);
+    grown.assert_delivered(&node3);
+    let p3 = placement(&node3);
+    let moved: Vec<&String> = p1.keys().filter(|k| p3[*k] != p1[*k]).collect();
+    assert!(
+        moved.iter().all(|k| p3[*k] == ["homer-c"]),
+        "calls moved between the old collectors"
+    );
+    let share = moved.len() as f64 / f64::from(SCALE_OUT_CALLS);
+    eprintln!(
+        "{tag}: adding a third collector moved {} of {SCALE_OUT_CALLS} calls ({share:.3})",
+        moved.len()
+    );
+    assert!(
+        (0.25..=0.42).contains(&share),
+        "adding a third collector moved {share:.3} of the calls, not about 1/3"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -54,8 +54,10 @@ pub struct TestMessage {
     node_name: Option<Vec<u8>>,
     /// Further chunks before the payload, in order.
     extra: Vec<(ChunkId, Vec<u8>)>,
-    /// The payload (0x000f).
+    /// The payload (0x000f, or 0x0010 when `compressed`).
     payload: Vec<u8>,
+    /// The payload goes in chunk 0x0010 (its bytes as given: the caller compresses).
+    compressed: bool,
 }
 
 impl TestMessage {
@@ -77,6 +79,7 @@ impl TestMessage {
             node_name: None,
             extra: Vec::new(),
             payload: payload.into(),
+            compressed: false,
         }
     }
 
@@ -140,6 +143,13 @@ impl TestMessage {
         self
     }
 
+    /// Sets the payload as a compressed one: `bytes` go in chunk 0x0010 as they are.
+    pub fn compressed_payload(mut self, bytes: impl Into<Vec<u8>>) -> TestMessage {
+        self.payload = bytes.into();
+        self.compressed = true;
+        self
+    }
+
     /// The HEPv3 bytes. Panics when the message cannot be encoded (a test's mistake).
     pub fn encode(&self) -> Vec<u8> {
         let extra: Vec<RawChunk<'_>> = self
@@ -162,7 +172,11 @@ impl TestMessage {
             vlan_id: None,
             node_name: self.node_name.as_deref(),
             extra: &extra,
-            payload: Payload::Plain(&self.payload),
+            payload: if self.compressed {
+                Payload::Compressed(&self.payload)
+            } else {
+                Payload::Plain(&self.payload)
+            },
         };
         let mut bytes = vec![0u8; message.encoded_len()];
         let length = message

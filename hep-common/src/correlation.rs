@@ -16,12 +16,27 @@
 //!      leading and trailing spaces and tabs removed; an empty value does not match and the
 //!      search goes on;
 //!    - the first matching line wins.
+//!    - if the SIP packet has no plain payload but a compressed one (chunk 0x0010, a zlib
+//!      stream as captagent writes it, or gzip), the same search runs over the first
+//!      [`CALLID_SCAN_LIMIT`] bytes of its inflated content (never more is inflated,
+//!      whatever the stream announces). Only userspace inflates: the kernel hands such a
+//!      packet to the daemon when the route that matched needs its key.
 //! 3. Otherwise there is no key.
 //!
 //! The hash of a key ([`key_hash`]) is FNV-1a 64 over at most the first [`KEY_HASH_LIMIT`]
 //! bytes of the key, finished with the MurmurHash3 64-bit mixer so every bit of the result
 //! depends on every input bit (the consistent-hash tables index with its low bits).
-//! A packet without a key hashes as the empty key.
+//!
+//! # The fallback key
+//! A packet without a key (RTCP, logs, QoS reports without chunk 0x0011, SIP without a
+//! Call-ID) is hashed, sampled and deduplicated by its *flow key* ([`flow_key`]): its two
+//! inner endpoints (chunks 0x0003/0x0005 and 0x0007, 0x0004/0x0006 and 0x0008), each as the
+//! 16-byte address (IPv4 as `::ffff:a.b.c.d`, all zero when absent) followed by the port
+//! (big-endian, 0 when absent), the smaller endpoint (byte order) first, 36 bytes. So both
+//! directions of a flow hash alike (an RTCP stream and its reverse land on one collector)
+//! and different flows spread over the collectors. A packet with neither addresses nor
+//! ports hashes as 36 zero bytes. The fallback key only feeds the hash; correlation
+//! matches see no key.
 //!
 //! A leaf module: it reads chunk values and byte sources, never a parsed packet type
 //! ([`crate::v3::Hep3::correlation_key`] calls into it, not the other way round).
@@ -100,6 +115,60 @@ pub fn key_hash(key: &[u8]) -> u64 {
         i += 1;
     }
     h.finish()
+}
+
+/// Length of a [`flow_key`].
+pub const FLOW_KEY_LEN: usize = 36;
+
+/// Bytes of one endpoint of a [`flow_key`]: the 16-byte address, then the port.
+const ENDPOINT_LEN: usize = 18;
+
+/// The fallback key of a packet without a correlation key (see the module documentation):
+/// the inner endpoints `(src, src_port)` and `(dst, dst_port)`, the smaller first.
+#[inline(always)]
+pub fn flow_key(
+    src: Option<[u8; 16]>,
+    src_port: Option<u16>,
+    dst: Option<[u8; 16]>,
+    dst_port: Option<u16>,
+) -> [u8; FLOW_KEY_LEN] {
+    let a = endpoint(src, src_port);
+    let b = endpoint(dst, dst_port);
+    // Byte-order comparison, spelled out (the kernel has no memcmp).
+    let mut a_first = true;
+    let mut i = 0;
+    while i < ENDPOINT_LEN {
+        if a[i] != b[i] {
+            a_first = a[i] < b[i];
+            break;
+        }
+        i += 1;
+    }
+    let (lo, hi) = if a_first { (a, b) } else { (b, a) };
+    let mut key = [0u8; FLOW_KEY_LEN];
+    let mut j = 0;
+    while j < ENDPOINT_LEN {
+        key[j] = lo[j];
+        key[ENDPOINT_LEN + j] = hi[j];
+        j += 1;
+    }
+    key
+}
+
+#[inline(always)]
+fn endpoint(addr: Option<[u8; 16]>, port: Option<u16>) -> [u8; ENDPOINT_LEN] {
+    let mut e = [0u8; ENDPOINT_LEN];
+    if let Some(a) = addr {
+        let mut i = 0;
+        while i < 16 {
+            e[i] = a[i];
+            i += 1;
+        }
+    }
+    let [p0, p1] = port.unwrap_or(0).to_be_bytes();
+    e[16] = p0;
+    e[17] = p1;
+    e
 }
 
 /// Incremental form of [`key_hash`], for a key read piecewise (the kernel path). The caller
@@ -420,5 +489,39 @@ mod tests {
         // Pinned so the kernel and userspace (and any future rewrite) keep the same hash.
         assert_eq!(key_hash(b""), 0xefd0_1f60_ba99_2926);
         assert_eq!(key_hash(b"abc@host"), 0x2dad_3f1e_13ea_f860);
+    }
+
+    #[test]
+    fn flow_key_is_the_sorted_endpoints() {
+        let v4 = |a: [u8; 4]| {
+            let mut m = [0u8; 16];
+            m[10] = 0xff;
+            m[11] = 0xff;
+            m[12..].copy_from_slice(&a);
+            m
+        };
+        let a = Some(v4([198, 18, 0, 1]));
+        let b = Some(v4([198, 18, 0, 2]));
+        // The definition, written out: ::ffff:198.18.0.1 port 5004, then ::ffff:198.18.0.2
+        // port 5006.
+        let mut want = [0u8; FLOW_KEY_LEN];
+        want[10..16].copy_from_slice(&[0xff, 0xff, 198, 18, 0, 1]);
+        want[16..18].copy_from_slice(&[0x13, 0x8c]);
+        want[28..34].copy_from_slice(&[0xff, 0xff, 198, 18, 0, 2]);
+        want[34..36].copy_from_slice(&[0x13, 0x8e]);
+        assert_eq!(flow_key(a, Some(5004), b, Some(5006)), want);
+        assert_eq!(
+            flow_key(b, Some(5006), a, Some(5004)),
+            want,
+            "both directions"
+        );
+        // Same address, the ports decide.
+        let k = flow_key(a, Some(9), a, Some(8));
+        assert_eq!((k[17], k[35]), (8, 9));
+        // Nothing known: all zero.
+        assert_eq!(flow_key(None, None, None, None), [0u8; FLOW_KEY_LEN]);
+        // Pinned (computed apart from this code, from the definition): the fallback hash
+        // of that RTCP flow, for both paths and any rewrite.
+        assert_eq!(key_hash(&want), 0x2082_3a27_816f_2b74);
     }
 }

@@ -150,6 +150,31 @@ impl KernelRoute {
         {
             return false;
         }
+        if self.flags & SIP_METHOD != 0 {
+            let Some(m) = f.sip.method else { return false };
+            if self.sip_methods & (1u32 << (m & 31)) == 0 {
+                return false;
+            }
+        }
+        if self.flags & SIP_STATUS != 0 {
+            let Some(code) = f.sip.status else {
+                return false;
+            };
+            let mut hit = false;
+            let mut i = 0;
+            while i < MAX_MATCH_VALUES {
+                if i < self.n_status as usize
+                    && self.status[i][0] <= code
+                    && code <= self.status[i][1]
+                {
+                    hit = true;
+                }
+                i += 1;
+            }
+            if !hit {
+                return false;
+            }
+        }
         true
     }
 
@@ -246,6 +271,9 @@ pub enum PassReason {
     UserspaceAction,
     /// No route matched.
     NoRoute,
+    /// The route that matched needs the correlation key, which lies in a compressed
+    /// payload only userspace inflates ([`KernelFacts::key_in_userspace`]).
+    KeyInUserspace,
 }
 
 /// The route that takes a packet, before its action is decided: [`first_match`]'s answer.
@@ -306,6 +334,12 @@ pub fn decide(r: &KernelRoute, i: usize, f: &KernelFacts, rr: u32) -> Verdict {
     if r.action == RouteAction::Pass as u8 {
         return Verdict::Pass {
             reason: PassReason::UserspaceAction,
+            route: Some(i),
+        };
+    }
+    if f.key_in_userspace && needs_key(r) {
+        return Verdict::Pass {
+            reason: PassReason::KeyInUserspace,
             route: Some(i),
         };
     }
@@ -496,5 +530,45 @@ mod tests {
                 proptest::prop_assert_eq!(decide(&r, 0, &f(h0), rr), decide(&r, 0, &f(h1), rr));
             }
         }
+    }
+
+    /// A key only userspace can read passes the packet up, but only from a route that
+    /// needs the key; other routes decide in the kernel as before.
+    #[test]
+    fn a_key_in_userspace_passes_only_routes_that_need_it() {
+        let mut hash = KernelRoute::EMPTY;
+        hash.kind = RouteKind::Evaluable as u8;
+        hash.action = RouteAction::Steer as u8;
+        hash.mode = SteerMode::Hash as u8;
+        hash.n_targets = 2;
+        hash.targets = [3, 4, 0, 0, 0, 0, 0, 0];
+        hash.seeds = [11, 22, 0, 0, 0, 0, 0, 0];
+        let mut single = hash;
+        single.mode = SteerMode::Single as u8;
+        single.n_targets = 1;
+        let f = KernelFacts {
+            key_in_userspace: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            evaluate(&[hash], &f, 0),
+            Verdict::Pass {
+                reason: PassReason::KeyInUserspace,
+                route: Some(0)
+            }
+        );
+        assert_eq!(
+            evaluate(&[single], &f, 0),
+            Verdict::Steer { route: 0, dest: 3 }
+        );
+        let mut sampled = single;
+        sampled.sample_ppm = 500_000;
+        assert!(matches!(
+            evaluate(&[sampled], &f, 0),
+            Verdict::Pass {
+                reason: PassReason::KeyInUserspace,
+                ..
+            }
+        ));
     }
 }

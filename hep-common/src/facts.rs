@@ -32,15 +32,23 @@ pub struct KernelFacts {
     pub node_name_len: Option<u16>,
     /// See `node_name_len`; bytes past the length are zero.
     pub node_name: [u8; MAX_NODE_NAME],
-    /// [`crate::correlation::key_hash`] of the correlation key (empty key when none).
+    /// [`crate::correlation::key_hash`] of the correlation key, or of the
+    /// [`crate::correlation::flow_key`] when the packet has none.
     pub key_hash: u64,
+    /// The key lies in a compressed payload (SIP with chunk 0x0010 and no 0x000f): only
+    /// userspace can read it, so a route that needs the key passes the packet up
+    /// ([`crate::eval::decide`]); `key_hash` is then not the packet's.
+    pub key_in_userspace: bool,
+    /// The SIP first line ([`crate::sip`]): a request's method index, a response's status.
+    pub sip: crate::sip::FirstLine,
 }
 
 /// Reads the [`KernelFacts`] of the HEPv3 packet in `src` (validated on the way, with the
 /// shared walker), received from `sender`. Generic over [`ByteSource`] so the XDP program
 /// (packet bytes) and host code (slices) compute the same facts, the correlation key hash
 /// included ([`crate::correlation`]'s definition: first non-empty 0x0011, else for SIP the
-/// Call-ID of the first plain payload).
+/// Call-ID of the first plain payload, else the flow key; a key in a compressed payload is
+/// left to userspace: [`KernelFacts::key_in_userspace`]).
 ///
 /// The steps are public ([`FactsWalk`]) so the kernel can run the chunk walk and the
 /// Call-ID scan in `bpf_loop` callbacks with the very same code.
@@ -54,21 +62,28 @@ pub fn facts<S: ByteSource + ?Sized>(src: &S, sender: Addr16) -> Result<KernelFa
         let Some(c) = w.next_chunk()? else { break };
         walk.on_chunk(src, &c);
     }
-    let mut h = KeyHasher::new();
-    if let Some((off, len)) = key_span(src, walk.key_source()) {
-        hash_range(src, off, len, &mut h);
-    }
-    Ok(walk.finish(h.finish()))
+    let sip = walk.sip_first_line(src);
+    let key_hash = match key_span(src, walk.key_source()) {
+        Some((off, len)) => {
+            let mut h = KeyHasher::new();
+            hash_range(src, off, len, &mut h);
+            h.finish()
+        }
+        None => walk.flow_key_hash(),
+    };
+    let mut f = walk.finish(key_hash);
+    f.sip = sip;
+    Ok(f)
 }
 
 /// Where the correlation key's bytes are in `src`: `(offset, len)`, `None` when the packet
-/// has none ([`crate::correlation`]'s definition: a non-empty 0x0011 value, else the SIP
-/// Call-ID the scan finds in the payload). The kernel runs the same scan in `bpf_loop`
-/// callbacks ([`crate::correlation::CallIdScanner`]).
+/// has none or it lies in a compressed payload ([`crate::correlation`]'s definition: a
+/// non-empty 0x0011 value, else the SIP Call-ID the scan finds in the payload). The kernel
+/// runs the same scan in `bpf_loop` callbacks ([`crate::correlation::CallIdScanner`]).
 #[inline(always)]
 pub fn key_span<S: ByteSource + ?Sized>(src: &S, key: KeySpan) -> Option<(usize, usize)> {
     match key {
-        KeySpan::None => None,
+        KeySpan::None | KeySpan::Compressed { .. } => None,
         KeySpan::Bytes { offset, len } => Some((offset, len)),
         KeySpan::CallIdIn { offset, len } => {
             crate::correlation::find_call_id(src, offset, len).map(|(s, e)| (offset + s, e - s))
@@ -99,7 +114,7 @@ pub fn hash_range<S: ByteSource + ?Sized>(src: &S, off: usize, len: usize, h: &m
 /// Where a packet's correlation key is, after the chunk walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeySpan {
-    /// No key: the empty key is hashed.
+    /// No key: the flow key ([`FactsWalk::flow_key_hash`]) is hashed.
     None,
     /// The key is these bytes (a non-empty chunk 0x0011).
     Bytes {
@@ -115,6 +130,14 @@ pub enum KeySpan {
         /// Payload length.
         len: usize,
     },
+    /// The key is the Call-ID found in this compressed SIP payload (chunk 0x0010) once
+    /// inflated, if any: userspace only.
+    Compressed {
+        /// Offset of the compressed payload in the packet.
+        offset: usize,
+        /// Its length.
+        len: usize,
+    },
 }
 
 /// The state of the facts walk: one [`FactsWalk::on_chunk`] per chunk, in wire order.
@@ -123,6 +146,7 @@ pub struct FactsWalk {
     f: KernelFacts,
     corr: Option<(usize, usize)>,
     payload: Option<(usize, usize)>,
+    compressed: Option<(usize, usize)>,
     src6: Option<Addr16>,
     dst6: Option<Addr16>,
     auth: Option<(usize, usize)>,
@@ -140,6 +164,7 @@ impl FactsWalk {
             },
             corr: None,
             payload: None,
+            compressed: None,
             src6: None,
             dst6: None,
             auth: None,
@@ -178,6 +203,9 @@ impl FactsWalk {
             chunk::DST_IPV6 if self.dst6.is_none() => self.dst6 = src.load::<16>(off),
             chunk::CORRELATION_ID if self.corr.is_none() => self.corr = Some((off, c.value_len())),
             chunk::PAYLOAD if self.payload.is_none() => self.payload = Some((off, c.value_len())),
+            chunk::COMPRESSED_PAYLOAD if self.compressed.is_none() => {
+                self.compressed = Some((off, c.value_len()))
+            }
             chunk::AUTH_KEY if self.auth.is_none() => self.auth = Some((off, c.value_len())),
             chunk::NODE_NAME if f.node_name_len.is_none() => {
                 let len = c.value_len();
@@ -217,18 +245,51 @@ impl FactsWalk {
         self.payload
     }
 
+    /// The SIP first line of the packet ([`crate::sip`]'s definition: SIP with a plain
+    /// payload), after the last chunk.
+    #[inline(always)]
+    pub fn sip_first_line<S: ByteSource + ?Sized>(&self, src: &S) -> crate::sip::FirstLine {
+        match (self.f.proto_type, self.payload) {
+            (Some(crate::chunk::proto::SIP), Some((offset, len))) => {
+                crate::sip::first_line(src, offset, len)
+            }
+            _ => crate::sip::FirstLine::default(),
+        }
+    }
+
+    /// Where the first compressed payload (chunk 0x0010) is: `(offset, len)`.
+    #[inline(always)]
+    pub fn compressed_span(&self) -> Option<(usize, usize)> {
+        self.compressed
+    }
+
     /// Where the correlation key is (after the last chunk).
     #[inline(always)]
     pub fn key_source(&self) -> KeySpan {
         match self.corr {
             Some((offset, len)) if len > 0 => KeySpan::Bytes { offset, len },
-            _ => match (self.f.proto_type, self.payload) {
-                (Some(p), Some((offset, len))) if p == crate::chunk::proto::SIP => {
-                    KeySpan::CallIdIn { offset, len }
-                }
-                _ => KeySpan::None,
+            _ if self.f.proto_type != Some(crate::chunk::proto::SIP) => KeySpan::None,
+            _ => match (self.payload, self.compressed) {
+                (Some((offset, len)), _) => KeySpan::CallIdIn { offset, len },
+                (None, Some((offset, len))) => KeySpan::Compressed { offset, len },
+                (None, None) => KeySpan::None,
             },
         }
+    }
+
+    /// The hash of the packet's flow key ([`crate::correlation::flow_key`]), its key when
+    /// it has no correlation key: the inner addresses (IPv4 first, as in the facts) and
+    /// ports, after the last chunk.
+    #[inline(always)]
+    pub fn flow_key_hash(&self) -> u64 {
+        let f = self.f;
+        let key = crate::correlation::flow_key(
+            f.inner_src.or(self.src6),
+            f.src_port,
+            f.inner_dst.or(self.dst6),
+            f.dst_port,
+        );
+        crate::correlation::key_hash(&key)
     }
 
     /// The facts, with the key hash computed by the caller.
@@ -242,6 +303,7 @@ impl FactsWalk {
             f.inner_dst = self.dst6;
         }
         f.key_hash = key_hash;
+        f.key_in_userspace = matches!(self.key_source(), KeySpan::Compressed { .. });
         f
     }
 }
@@ -293,18 +355,67 @@ mod tests {
             let n = m.encode(&mut buf).unwrap();
             let p = crate::v3::Hep3::parse(&buf[..n]).unwrap();
             let f = facts(&buf[..n], map_v4([127, 0, 0, 1])).unwrap();
-            let key = p.correlation_key().map_or(&[][..], |k| k.bytes);
-            assert_eq!(f.key_hash, crate::correlation::key_hash(key));
-            assert_eq!(f.proto_type, Some(proto));
-            assert_eq!(f.capture_id, Some(2001));
-            assert_eq!((f.src_port, f.dst_port), (Some(5060), Some(5062)));
             let want = |ip: IpAddr| match ip {
                 IpAddr::V4(a) => map_v4(a.octets()),
                 IpAddr::V6(a) => a.octets(),
             };
+            let want_hash = match p.correlation_key() {
+                Some(k) => crate::correlation::key_hash(k.bytes),
+                None => crate::correlation::key_hash(&crate::correlation::flow_key(
+                    Some(want(s)),
+                    Some(5060),
+                    Some(want(d)),
+                    Some(5062),
+                )),
+            };
+            assert_eq!(f.key_hash, want_hash);
+            assert!(!f.key_in_userspace);
+            assert_eq!(f.proto_type, Some(proto));
+            assert_eq!(f.capture_id, Some(2001));
+            assert_eq!((f.src_port, f.dst_port), (Some(5060), Some(5062)));
             assert_eq!(f.inner_src, Some(want(s)));
             assert_eq!(f.inner_dst, Some(want(d)));
         }
         assert!(facts(&b"HEP3\x00\x07"[..], [0; 16]).is_err());
+    }
+
+    /// SIP whose only payload is compressed: the key is userspace's to find; other
+    /// protocols with a compressed payload have no key (the flow key is hashed).
+    #[test]
+    fn a_compressed_sip_payload_leaves_the_key_to_userspace() {
+        use crate::v3::{Hep3Message, Payload};
+        use core::net::Ipv4Addr;
+        let mut buf = [0u8; 256];
+        for (proto, in_userspace) in [(1u8, true), (5, false)] {
+            let m = Hep3Message {
+                ip_proto: 17,
+                src_ip: Ipv4Addr::new(198, 18, 0, 1).into(),
+                dst_ip: Ipv4Addr::new(198, 18, 0, 2).into(),
+                src_port: 5060,
+                dst_port: 5062,
+                ts_sec: 1,
+                ts_usec: 2,
+                proto_type: proto,
+                capture_id: 1,
+                auth_key: None,
+                correlation_id: None,
+                vlan_id: None,
+                node_name: None,
+                extra: &[],
+                payload: Payload::Compressed(b"\x78\x9c..."),
+            };
+            let n = m.encode(&mut buf).unwrap();
+            let f = facts(&buf[..n], [0; 16]).unwrap();
+            assert_eq!(f.key_in_userspace, in_userspace, "proto {proto}");
+            if !in_userspace {
+                let flow = crate::correlation::flow_key(
+                    Some(map_v4([198, 18, 0, 1])),
+                    Some(5060),
+                    Some(map_v4([198, 18, 0, 2])),
+                    Some(5062),
+                );
+                assert_eq!(f.key_hash, crate::correlation::key_hash(&flow));
+            }
+        }
     }
 }

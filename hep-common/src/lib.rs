@@ -28,6 +28,7 @@ pub mod framing;
 pub mod legacy;
 pub mod rewrite;
 pub mod select;
+pub mod sip;
 pub mod v3;
 pub mod version;
 pub mod walker;

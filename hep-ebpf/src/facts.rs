@@ -150,6 +150,9 @@ pub fn compute(s: Entry, sender: &Addr16) -> bool {
     }
     // The key hash is computed later, by `key`, only if the route found needs it.
     *s.facts() = s.walk().facts.finish(0);
+    // The SIP first line: a dozen bytes at the payload's start (SIP packets only).
+    let sip = s.walk().facts.sip_first_line(&s.bytes());
+    s.facts().sip = sip;
     true
 }
 
@@ -162,7 +165,8 @@ pub fn compute(s: Entry, sender: &Addr16) -> bool {
 pub fn key(s: Entry) {
     // Where the key is: a 0x0011 value, or the Call-ID the scan finds in a SIP payload.
     let span = match s.walk().facts.key_source() {
-        KeySpan::None => None,
+        // No key here (a compressed one is userspace's: `route` does not call this then).
+        KeySpan::None | KeySpan::Compressed { .. } => None,
         KeySpan::Bytes { offset, len } => Some((offset, len)),
         KeySpan::CallIdIn { offset, len } => {
             {
@@ -192,10 +196,14 @@ pub fn key(s: Entry) {
                 .map(|(start, end)| (offset + start, end - start))
         }
     };
+    // No correlation key: the flow key (inner endpoints), from the walk's facts.
+    let Some((off, len)) = span else {
+        s.facts().key_hash = s.walk().facts.flow_key_hash();
+        return;
+    };
     {
         let h = s.hash();
         h.hasher = KeyHasher::new();
-        let (off, len) = span.unwrap_or((0, 0));
         h.offset = off;
         h.left = if len < KEY_HASH_LIMIT {
             len

@@ -167,7 +167,8 @@ pub fn evaluate(cfg: &XdpConfig, s: Entry) {
         return;
     };
     // Only now, and only if this route reads it: the Call-ID scan and the key hash.
-    if needs_key(r) {
+    // (A key in a compressed payload is userspace's: `decide` passes the packet up.)
+    if needs_key(r) && !s.facts().key_in_userspace {
         facts::key(s);
     }
     let mut rr = 0u32;

@@ -180,6 +180,7 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
                 PassReason::OpaqueRoute => XdpCounter::PassOpaque,
                 PassReason::UserspaceAction => XdpCounter::PassAction,
                 PassReason::NoRoute => XdpCounter::PassNoRoute,
+                PassReason::KeyInUserspace => XdpCounter::PassKey,
             };
             finish(decision, xdp_action::XDP_PASS)
         }

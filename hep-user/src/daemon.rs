@@ -159,10 +159,12 @@ impl Daemon {
     /// an admin server may already serve: it is marked ready at the end).
     pub async fn start_with(
         config: PathBuf,
-        plan: Plan,
+        mut plan: Plan,
         path: DataPath,
         stats: Arc<Stats>,
     ) -> Result<Self> {
+        // Host names first: a destination whose name does not resolve starts down.
+        resolve_destinations(&mut plan, None, &stats, |_| true).await;
         let choice = choose(
             path,
             crate::xdp::built_with_xdp(),
@@ -241,6 +243,8 @@ impl Daemon {
         let outputs = self.build_outputs(&plan);
         self.swap_engine(&plan, outputs.destinations);
         self.prune_stats(&plan);
+        // `[admin] tap` applies to taps opened from now on (open ones run their course).
+        self.stats.tap.set_enabled(plan.admin_tap);
         self.install_kernel(&plan);
         // Sinks of destinations that are gone: the old engine may still hold them for a
         // batch; they finish what is queued and stop when the last handle is dropped.
@@ -281,7 +285,9 @@ impl Daemon {
                     // Reachable until an ICMP error says otherwise; a destination in its
                     // hold-down keeps its state across a reload (the flusher restores it).
                     use std::sync::atomic::Ordering::Relaxed;
-                    if stats.last_error_ms.load(Relaxed) == 0 {
+                    if !d.resolved() {
+                        stats.connected.store(false, Relaxed);
+                    } else if stats.last_error_ms.load(Relaxed) == 0 {
                         stats.connected.store(true, Relaxed);
                     }
                     None
@@ -409,6 +415,40 @@ impl Daemon {
     /// The file is read on a blocking thread, and only if it is a regular file of bounded
     /// size opened without blocking ([`crate::config::file`]): a FIFO or a device put in
     /// its place cannot stall the signal loop.
+    /// Resolves the running configuration's host names again (`all`, or only those of
+    /// destinations that are down) and, when one now means another address, re-installs
+    /// the configuration with it: new sockets and sinks for that destination, new kernel
+    /// tables.
+    pub async fn re_resolve(&mut self, all: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let running = self.engine.load().plan.clone();
+        if running.destinations.iter().all(|d| d.host.is_none()) {
+            return;
+        }
+        let mut plan = running.clone();
+        let stats = self.stats.clone();
+        resolve_destinations(&mut plan, Some(&running), &stats, |d| {
+            all || !stats.destination(&d.name).connected.load(Relaxed)
+        })
+        .await;
+        let mut changed = false;
+        for (new, old) in plan.destinations.iter().zip(&running.destinations) {
+            if new.address != old.address {
+                changed = true;
+                tracing::info!(
+                    destination = %new.name,
+                    host = %new.configured_address(),
+                    from = %old.address,
+                    to = %new.address,
+                    "a host name resolves to a new address: re-installing"
+                );
+            }
+        }
+        if changed && let Err(e) = self.install(plan).await {
+            tracing::error!(error = %e, "re-installing with the new addresses failed; the running configuration stays");
+        }
+    }
+
     pub async fn reload(&mut self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         let path = self.config.clone();
@@ -426,6 +466,9 @@ impl Daemon {
                 return false;
             }
         };
+        let mut plan = plan;
+        let running = self.engine.load().plan.clone();
+        resolve_destinations(&mut plan, Some(&running), &self.stats, |_| true).await;
         let changes = self.at_start.changes(&RestartSettings::of(&plan));
         match self.install(plan).await {
             Ok(()) => {
@@ -691,12 +734,25 @@ pub async fn run(config: PathBuf, path: DataPath, notify: Notifier) -> Result<()
     let mut d = Daemon::start_with(config, plan, path, stats).await?;
     tracing::info!("running");
     notify.ready(&d.status());
+    let mut resolve_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    resolve_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_full_resolve = Instant::now();
     loop {
         tokio::select! {
             _ = hup.recv() => {
                 notify.reloading();
                 d.reload().await;
                 notify.ready(&d.status());
+            }
+            _ = resolve_tick.tick() => {
+                // Every second the names of destinations that are down, every
+                // `resolve_interval` all of them.
+                let interval = d.engine.load().plan.resolver.interval;
+                let all = last_full_resolve.elapsed() >= interval;
+                if all {
+                    last_full_resolve = Instant::now();
+                }
+                d.re_resolve(all).await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -706,6 +762,54 @@ pub async fn run(config: PathBuf, path: DataPath, notify: Notifier) -> Result<()
     notify.stopping();
     d.shutdown().await;
     Ok(())
+}
+
+/// Resolves the host names of `plan`'s destinations for which `which` says so (each name
+/// starts from the address `running` had for it); a lookup that fails keeps that address
+/// (or leaves the destination unresolved, hence down), logged and counted. The lookups run
+/// at once, each bounded by [`crate::resolve::LOOKUP_TIMEOUT`].
+async fn resolve_destinations(
+    plan: &mut Plan,
+    running: Option<&Plan>,
+    stats: &Stats,
+    which: impl Fn(&DestinationPlan) -> bool,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let resolver = plan.resolver.resolver.clone();
+    let mut lookups = Vec::new();
+    for (i, d) in plan.destinations.iter_mut().enumerate() {
+        let Some(host) = d.host.clone() else { continue };
+        if let Some(previous) = running.and_then(|r| {
+            r.destinations
+                .iter()
+                .find(|x| x.name == d.name && x.host == d.host)
+        }) {
+            d.address = previous.address;
+        }
+        if which(d) {
+            let resolver = resolver.clone();
+            lookups.push(async move { (i, resolver.resolve(&host).await) });
+        }
+    }
+    for (i, result) in futures_util::future::join_all(lookups).await {
+        let Some(d) = plan.destinations.get_mut(i) else {
+            continue;
+        };
+        match result {
+            Ok(a) => d.address = a,
+            Err(e) => {
+                stats
+                    .destination(&d.name)
+                    .resolve_failures
+                    .fetch_add(1, Relaxed);
+                if d.resolved() {
+                    tracing::warn!(destination = %d.name, error = %e, keeping = %d.address, "host name lookup failed; the last address stays");
+                } else {
+                    tracing::warn!(destination = %d.name, error = %e, "host name lookup failed; the destination is down until it resolves");
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //!
 //! One object per packet with: `version`, `proto_type`, `proto_name`, `capture_id`,
 //! `node_name`, `correlation_id` (the correlation key of `hep_common::correlation`: chunk
-//! 0x0011, else the SIP Call-ID), `correlation_source`, `correlation_hash`, `auth_key`,
+//! 0x0011, else the SIP Call-ID, of a compressed payload too), `correlation_source`
+//! (`chunk`, `sip_call_id`, `sip_call_id_compressed`, or `flow` when the packet has no key),
+//! `correlation_hash` (what routes hash and sample: the key's, else the flow key's), `auth_key`,
 //! `src_ip`, `dst_ip`, `src_port`, `dst_port`, `ip_family`, `ip_proto`, `ts_sec`, `ts_usec`,
 //! `payload` (UTF-8 text) or `payload_b64`, `chunks` (every chunk in order as
 //! `{vendor, type, len}`; empty for HEPv1/v2), plus where the packet came from
@@ -15,11 +17,13 @@ use std::net::{IpAddr, SocketAddr};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hep_common::chunk::{self, proto};
-use hep_common::correlation::{KeySource, find_call_id, key_hash};
+use hep_common::correlation::KeySource;
 use hep_common::legacy::HepLegacy;
 use hep_common::v3::Hep3;
 use hep_common::{HepError, HepPacket};
 use serde_json::{Map, Value, json};
+
+use crate::engine::facts::Facts;
 
 /// Where a packet came from, for the JSON object.
 #[derive(Debug, Clone, Default)]
@@ -132,6 +136,37 @@ fn payload_field(m: &mut Map<String, Value>, payload: Option<&[u8]>, compressed:
     }
 }
 
+/// `correlation_id`, `correlation_source` and `correlation_hash`: the engine's key (its
+/// [`Facts`], so a compressed payload is inflated as the daemon does), else the flow key.
+fn key_fields(m: &mut Map<String, Value>, p: Hep3<'_>, origin: &Origin) {
+    let sender = origin
+        .sender
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |s| s.ip());
+    let facts = Facts::new(p, sender);
+    let key = facts.key();
+    bytes_field(m, "correlation_id", key);
+    let source = match (p.correlation_key(), key) {
+        (Some(k), _) => match k.source {
+            KeySource::CorrelationChunk => "chunk",
+            KeySource::SipCallId => "sip_call_id",
+        },
+        (None, Some(_)) => "sip_call_id_compressed",
+        (None, None) => "flow",
+    };
+    m.insert("correlation_source".into(), source.into());
+    m.insert(
+        "correlation_hash".into(),
+        format!("{:016x}", facts.key_hash()).into(),
+    );
+}
+
+/// The key fields of a packet the daemon could not convert (it drops it).
+fn key_fields_absent(m: &mut Map<String, Value>) {
+    m.insert("correlation_id".into(), Value::Null);
+    m.insert("correlation_source".into(), Value::Null);
+    m.insert("correlation_hash".into(), Value::Null);
+}
+
 fn v3_json(p: &Hep3<'_>, origin: &Origin) -> Value {
     let mut m = Map::new();
     m.insert("version".into(), 3.into());
@@ -140,19 +175,7 @@ fn v3_json(p: &Hep3<'_>, origin: &Origin) -> Value {
     m.insert("proto_name".into(), opt(pt.and_then(proto::name)));
     m.insert("capture_id".into(), opt(p.capture_id()));
     bytes_field(&mut m, "node_name", p.node_name());
-    let key = p.correlation_key();
-    bytes_field(&mut m, "correlation_id", key.map(|k| k.bytes));
-    m.insert(
-        "correlation_source".into(),
-        opt(key.map(|k| match k.source {
-            KeySource::CorrelationChunk => "chunk",
-            KeySource::SipCallId => "sip_call_id",
-        })),
-    );
-    m.insert(
-        "correlation_hash".into(),
-        format!("{:016x}", key_hash(key.map_or(&[][..], |k| k.bytes))).into(),
-    );
+    key_fields(&mut m, *p, origin);
     bytes_field(&mut m, "auth_key", p.auth_key());
     m.insert("src_ip".into(), ip(p.src_ip()));
     m.insert("dst_ip".into(), ip(p.dst_ip()));
@@ -193,17 +216,15 @@ fn legacy_json(l: &HepLegacy<'_>, origin: &Origin, recv_time: (u32, u32)) -> Val
     m.insert("proto_name".into(), opt(proto::name(v3.proto_type)));
     m.insert("capture_id".into(), opt(l.time.map(|t| t.capture_id)));
     m.insert("node_name".into(), Value::Null);
-    let call_id =
-        find_call_id(l.payload, 0, l.payload.len()).and_then(|(s, e)| l.payload.get(s..e));
-    bytes_field(&mut m, "correlation_id", call_id);
-    m.insert(
-        "correlation_source".into(),
-        opt(call_id.map(|_| "sip_call_id")),
-    );
-    m.insert(
-        "correlation_hash".into(),
-        format!("{:016x}", key_hash(call_id.unwrap_or(&[]))).into(),
-    );
+    // The key as routes see it: of the HEPv3 packet the daemon converts this one into.
+    let mut buf = vec![0u8; hep_common::chunk::MAX_PACKET_LEN];
+    match v3.encode(&mut buf).ok().and_then(|n| buf.get(..n)) {
+        Some(bytes) => match Hep3::parse(bytes) {
+            Ok(p) => key_fields(&mut m, p, origin),
+            Err(_) => key_fields_absent(&mut m),
+        },
+        None => key_fields_absent(&mut m),
+    }
     m.insert("auth_key".into(), Value::Null);
     m.insert("src_ip".into(), l.src_ip.to_string().into());
     m.insert("dst_ip".into(), l.dst_ip.to_string().into());

@@ -17,4 +17,5 @@ pub mod decode;
 pub mod engine;
 pub mod io;
 pub mod notify;
+pub mod resolve;
 pub mod xdp;

@@ -26,6 +26,8 @@ fn main() -> std::process::ExitCode {
         Command::Decode(a) => cli::decode::run(a),
         Command::Gen(a) => cli::generate::run(a),
         Command::Sink(a) => cli::sink::run(a),
+        Command::Top(a) => cli::top::run(a),
+        Command::Tap(a) => cli::tap::run(a),
         Command::DistDocs(a) => cli::dist_docs::run(a),
     };
     match res {

@@ -746,6 +746,66 @@ fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> V
         format!("both collectors must be used: {used:?}"),
     );
 
+    // Keys the kernel does not read. SIP whose payload is compressed (chunk 0x0010): the
+    // hash route needs its key, which only userspace inflates, so the packet goes up
+    // untouched; a route that needs no key steers it as any other.
+    let zipped = {
+        use std::io::Write as _;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&hepfwd_harness::message::sip_invite("zip-1@lab"))
+            .expect("deflate");
+        z.finish().expect("deflate")
+    };
+    let compressed = |capture: u32| {
+        let bytes = TestMessage::with_payload(Vec::new())
+            .compressed_payload(zipped.clone())
+            .capture_id(capture)
+            .timestamp(1_700_000_000, 7)
+            .auth_key(Some(b"s3cret"))
+            .encode();
+        frame(parts.sender, parts.me, &bytes, false)
+    };
+    cases.push(Case::untouched(
+        "hash, key in a compressed payload",
+        compressed(2500),
+        XDP_PASS,
+        hep3_counters(&["pass_key=1", "passed=1", "route/calls/passed=1"]),
+    ));
+    let f = compressed(2001);
+    let want = parts.steered_out(&f, "198.18.2.2", 9061);
+    cases.push(Case::new(
+        "default steer, compressed payload",
+        f,
+        XDP_REDIRECT,
+        Some(want),
+        steer_counters("default", "a"),
+    ));
+    // No key at all (RTCP without 0x0011): the flow key of the inner endpoints decides,
+    // written out here from its definition (hep_common::correlation): ::ffff:198.18.9.1
+    // port 5060, then ::ffff:198.18.9.2 port 5060.
+    let mut flow = [0u8; 36];
+    flow[10..16].copy_from_slice(&[0xff, 0xff, 198, 18, 9, 1]);
+    flow[16..18].copy_from_slice(&5060u16.to_be_bytes());
+    flow[28..34].copy_from_slice(&[0xff, 0xff, 198, 18, 9, 2]);
+    flow[34..36].copy_from_slice(&5060u16.to_be_bytes());
+    let k = rendezvous_pick(key_hash(&flow), &seeds).expect("a pick");
+    let (dst, port, name) = [("198.18.2.2", 9061, "a"), ("198.18.2.4", 9062, "b")][k];
+    let rtcp = TestMessage::with_payload(&b"\x81\xc9\x00\x07 an RTCP report"[..])
+        .proto(5)
+        .capture_id(2500)
+        .timestamp(1_700_000_000, 7)
+        .auth_key(Some(b"s3cret"))
+        .encode();
+    let f = frame(parts.sender, parts.me, &rtcp, false);
+    let want = parts.steered_out(&f, dst, port);
+    cases.push(Case::new(
+        "hash, no key: the flow key",
+        f,
+        XDP_REDIRECT,
+        Some(want),
+        steer_counters("calls", name),
+    ));
+
     // Drop route.
     let f = parts.frame(Hep { proto: 100, ..SIP });
     cases.push(Case::untouched(

@@ -75,11 +75,14 @@ pub enum XdpCounter {
     /// Decision (pass): the kernel cannot evaluate this listener's checks (an auth key
     /// longer than it compares), so userspace does.
     PassListener = 25,
+    /// Decision (pass): the route that matched needs the correlation key, which lies in a
+    /// compressed payload (chunk 0x0010) that only userspace inflates.
+    PassKey = 26,
 }
 
 impl XdpCounter {
     /// Number of counters, the size of [`super::COUNTERS_MAP`].
-    pub const COUNT: usize = 26;
+    pub const COUNT: usize = 27;
 
     /// Every counter, in index order.
     pub const ALL: [XdpCounter; Self::COUNT] = [
@@ -109,6 +112,7 @@ impl XdpCounter {
         XdpCounter::SampledOut,
         XdpCounter::SteerFallback,
         XdpCounter::PassListener,
+        XdpCounter::PassKey,
     ];
 
     /// The outcomes: exactly one of them per packet.
@@ -134,13 +138,14 @@ impl XdpCounter {
     ];
 
     /// The decisions: exactly one per valid HEPv3 packet.
-    pub const DECISIONS: [XdpCounter; 12] = [
+    pub const DECISIONS: [XdpCounter; 13] = [
         XdpCounter::TooLarge,
         XdpCounter::PassListener,
         XdpCounter::AuthFailed,
         XdpCounter::NotAllowed,
         XdpCounter::PassOpaque,
         XdpCounter::PassAction,
+        XdpCounter::PassKey,
         XdpCounter::PassNoRoute,
         XdpCounter::RouteDrop,
         XdpCounter::SampledOut,
@@ -193,6 +198,7 @@ impl XdpCounter {
             XdpCounter::SampledOut => "sampled_out",
             XdpCounter::SteerFallback => "steer_fallback",
             XdpCounter::PassListener => "pass_listener",
+            XdpCounter::PassKey => "pass_key",
         }
     }
 }

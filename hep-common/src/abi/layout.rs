@@ -35,7 +35,7 @@ pin!(XdpConfig, size = 20, align = 4, {
 
 pin!(KernelPrefix, size = 20, align = 1, { addr = 0, len = 16, _pad = 17 });
 
-pin!(KernelRoute, size = 576, align = 8, {
+pin!(KernelRoute, size = 592, align = 8, {
     kind = 0,
     action = 1,
     mode = 2,
@@ -46,21 +46,23 @@ pin!(KernelRoute, size = 576, align = 8, {
     proto = 16,
     capture = 48,
     ports = 80,
-    n_capture = 96,
-    n_ports = 97,
-    n_source = 98,
-    n_inner_src = 99,
-    n_inner_dst = 100,
-    n_node_names = 101,
-    _pad = 102,
-    source = 104,
-    inner_src = 184,
-    inner_dst = 264,
-    node_names = 344,
-    node_name_lens = 472,
-    targets = 476,
-    _pad_seeds = 508,
-    seeds = 512,
+    status = 96,
+    n_capture = 112,
+    n_ports = 113,
+    n_source = 114,
+    n_inner_src = 115,
+    n_inner_dst = 116,
+    n_node_names = 117,
+    n_status = 118,
+    _pad = 119,
+    sip_methods = 120,
+    source = 124,
+    inner_src = 204,
+    inner_dst = 284,
+    node_names = 364,
+    node_name_lens = 492,
+    targets = 496,
+    seeds = 528,
 });
 
 pin!(MirrorMeta, size = 12, align = 4, { magic = 0, bank = 4, route = 8 });

@@ -104,6 +104,10 @@ pub mod match_flags {
     pub const INNER_PORT: u32 = 1 << 5;
     /// `node_name` given.
     pub const NODE_NAME: u32 = 1 << 6;
+    /// `sip_method` given.
+    pub const SIP_METHOD: u32 = 1 << 7;
+    /// `sip_status` given.
+    pub const SIP_STATUS: u32 = 1 << 8;
 }
 
 /// One route as the kernel evaluates it. All values in host byte order.
@@ -130,6 +134,8 @@ pub struct KernelRoute {
     pub capture: [[u32; 2]; MAX_MATCH_VALUES],
     /// Inner port ranges (inclusive; source or destination port); `n_ports` used.
     pub ports: [[u16; 2]; MAX_MATCH_VALUES],
+    /// SIP status ranges (inclusive); `n_status` used.
+    pub status: [[u16; 2]; MAX_MATCH_VALUES],
     /// Counts of the value lists: capture, ports, source, inner_src, inner_dst.
     pub n_capture: u8,
     /// See `n_capture`.
@@ -142,8 +148,12 @@ pub struct KernelRoute {
     pub n_inner_dst: u8,
     /// Number of `node_names`.
     pub n_node_names: u8,
+    /// Number of `status` ranges.
+    pub n_status: u8,
     /// Padding.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
+    /// SIP methods matched: bit `i` for [`crate::sip::METHODS`]`[i]`.
+    pub sip_methods: u32,
     /// Sender prefixes.
     pub source: [KernelPrefix; MAX_MATCH_VALUES],
     /// Inner source prefixes.
@@ -156,8 +166,6 @@ pub struct KernelRoute {
     pub node_name_lens: [u8; MAX_MATCH_VALUES],
     /// Destination indices (within the bank).
     pub targets: [u32; MAX_TARGETS],
-    /// Padding (aligns `seeds`).
-    pub _pad_seeds: [u8; 4],
     /// Rendezvous seeds of the targets.
     pub seeds: [u64; MAX_TARGETS],
 }
@@ -175,13 +183,16 @@ impl KernelRoute {
         proto: [0; 4],
         capture: [[0; 2]; MAX_MATCH_VALUES],
         ports: [[0; 2]; MAX_MATCH_VALUES],
+        status: [[0; 2]; MAX_MATCH_VALUES],
         n_capture: 0,
         n_ports: 0,
         n_source: 0,
         n_inner_src: 0,
         n_inner_dst: 0,
         n_node_names: 0,
-        _pad: [0; 2],
+        n_status: 0,
+        _pad: 0,
+        sip_methods: 0,
         source: [KernelPrefix {
             addr: [0; 16],
             len: 0,
@@ -200,7 +211,6 @@ impl KernelRoute {
         node_names: [[0; MAX_NODE_NAME]; MAX_MATCH_VALUES],
         node_name_lens: [0; MAX_MATCH_VALUES],
         targets: [0; MAX_TARGETS],
-        _pad_seeds: [0; 4],
         seeds: [0; MAX_TARGETS],
     };
 }

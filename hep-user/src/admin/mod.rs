@@ -1,10 +1,13 @@
 //! Operations: the counters ([`stats`]), the process metrics ([`process`]) and the HTTP
 //! server for `GET /metrics` (Prometheus text format), `GET /healthz` (200 when every
-//! destination is up, 503 naming the down ones) and `GET /readyz` (200 once the daemon
-//! listens, 503 before and while it stops); `HEAD` on each: the same headers, no body.
+//! destination is up, 503 naming the down ones), `GET /readyz` (200 once the daemon
+//! listens, 503 before and while it stops) and, when `[admin] tap = true`, `GET
+//! /tap?route=NAME[&count=N][&seconds=S]` (what the route forwards, one JSON object a line,
+//! as it happens: [`tap`]); `HEAD` on each: the same headers, no body.
 
 pub mod process;
 pub mod stats;
+pub mod tap;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +16,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -123,7 +127,12 @@ pub async fn bind(
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let registry = registry.clone();
                     let stats = stats.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &registry, &stats)) }
+                    async move {
+                        if req.method() == Method::GET && req.uri().path() == "/tap" {
+                            return Ok::<_, Infallible>(tap_response(&req, &stats));
+                        }
+                        Ok::<_, Infallible>(respond(&req, &registry, &stats).map(|b| b.boxed()))
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc);
@@ -157,7 +166,7 @@ fn respond(req: &Request<Incoming>, registry: &Registry, stats: &Stats) -> Respo
         (true, _) => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz or /readyz\n".into(),
+            "not found: try /metrics, /healthz, /readyz or /tap?route=NAME\n".into(),
         ),
         (false, _) => (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -176,5 +185,152 @@ fn respond(req: &Request<Incoming>, registry: &Registry, stats: &Stats) -> Respo
             hyper::header::HeaderValue::from_static("GET, HEAD"),
         );
     }
+    resp
+}
+
+/// A plain-text answer.
+fn text(status: StatusCode, body: String) -> Response<BoxBody<Bytes, Infallible>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
+/// The value of `key` in a query string (`%XX` and `+` decoded).
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /tap?route=NAME[&count=N][&seconds=S]`: the packets route NAME forwards, one JSON
+/// object a line (the `hepfwd decode` object plus `route` and `destinations`), for at most
+/// `count` packets (default 100, at most [`tap::MAX_COUNT`]) and `seconds` (default 60, at
+/// most [`tap::MAX_SECONDS`]); a last line `{"end": why, "shown": n, "dropped": m}`.
+fn tap_response(
+    req: &Request<Incoming>,
+    stats: &Arc<Stats>,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let query = req.uri().query().unwrap_or("");
+    let Some(route) = query_value(query, "route").filter(|r| !r.is_empty()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "usage: /tap?route=NAME[&count=N][&seconds=S]\n".into(),
+        );
+    };
+    let number = |key: &str, default: u64, max: u64| -> Result<u64, String> {
+        match query_value(query, key) {
+            None => Ok(default),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(format!("{key}={v}: a number from 1 to {max}\n")),
+            },
+        }
+    };
+    let (count, seconds) = match (
+        number("count", 100, tap::MAX_COUNT),
+        number("seconds", 60, tap::MAX_SECONDS),
+    ) {
+        (Ok(c), Ok(s)) => (c, s),
+        (Err(e), _) | (_, Err(e)) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(route_stats) = stats.existing_route(&route) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no route {route:?} in the running configuration\n"),
+        );
+    };
+    let tap = match stats.tap.open(&route, route_stats) {
+        Ok(t) => t,
+        Err(e @ tap::TapError::Disabled) => return text(StatusCode::FORBIDDEN, format!("{e}\n")),
+        Err(e @ tap::TapError::Busy) => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+        }
+    };
+    tracing::info!(%route, count, seconds, "tap opened");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    struct State {
+        tap: Option<tap::Tap>,
+        route: String,
+        shown: u64,
+        count: u64,
+        deadline: tokio::time::Instant,
+    }
+    let state = State {
+        tap: Some(tap),
+        route,
+        shown: 0,
+        count,
+        deadline,
+    };
+    let lines = futures_util::stream::unfold(state, |mut st| async move {
+        let tap = st.tap.as_mut()?;
+        let why = if st.shown >= st.count {
+            "count"
+        } else {
+            match tokio::time::timeout_at(st.deadline, tap.events.recv()).await {
+                Ok(Some(ev)) => {
+                    st.shown += 1;
+                    let mut v = crate::decode::packet_json(
+                        &ev.packet,
+                        &crate::decode::Origin::default(),
+                        (0, 0),
+                    );
+                    if let serde_json::Value::Object(m) = &mut v {
+                        m.insert("route".into(), st.route.clone().into());
+                        m.insert("destinations".into(), ev.destinations.into());
+                    }
+                    let line = Bytes::from(format!("{v}\n"));
+                    return Some((Ok::<_, Infallible>(hyper::body::Frame::data(line)), st));
+                }
+                Ok(None) => "closed",
+                Err(_) => "seconds",
+            }
+        };
+        let dropped = tap.dropped.load(Relaxed);
+        let end = serde_json::json!({ "end": why, "shown": st.shown, "dropped": dropped });
+        tracing::info!(route = %st.route, shown = st.shown, dropped, why, "tap closed");
+        // Closing the tap before the last line: the engine stops publishing at once.
+        st.tap = None;
+        Some((
+            Ok(hyper::body::Frame::data(Bytes::from(format!("{end}\n")))),
+            st,
+        ))
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(lines)));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-ndjson"),
+    );
     resp
 }

@@ -85,6 +85,8 @@ pub struct RouteStats {
     pub dedup_overflow: AtomicU64,
     /// Rewrites that failed (the packet would exceed 65535 bytes); the packet is dropped.
     pub rewrite_errors: AtomicU64,
+    /// Taps open on the route (`super::tap`): the engine publishes only while > 0.
+    pub taps: std::sync::atomic::AtomicU32,
 }
 
 /// Counters and state of one destination.
@@ -96,6 +98,11 @@ pub struct DestinationStats {
     pub dropped_queue_full: AtomicU64,
     /// Dropped: the UDP send failed.
     pub dropped_send_error: AtomicU64,
+    /// Dropped: the destination's host name has not resolved yet (UDP; a TCP sink keeps
+    /// its queue and counts failed connection attempts).
+    pub dropped_unresolved: AtomicU64,
+    /// Host name lookups that failed (the last address, if any, is kept).
+    pub resolve_failures: AtomicU64,
     /// Dropped: the packet could not be converted to HEPv2 (missing chunks).
     pub dropped_conversion: AtomicU64,
     /// Dropped: still queued when the shutdown drain timed out (or offered after it).
@@ -150,6 +157,8 @@ pub struct Stats {
     health: Mutex<Option<Arc<dyn HealthSource>>>,
     /// Where the daemon is in its life ([`Phase`] as a number), for `/readyz`.
     phase: AtomicU8,
+    /// The open taps (`GET /tap`).
+    pub tap: Arc<super::tap::TapHub>,
 }
 
 /// Where the daemon is in its life.
@@ -237,6 +246,15 @@ impl Stats {
     /// The counters of a route (created on first use).
     pub fn route(&self, name: &str) -> Arc<RouteStats> {
         entry(&self.routes, name)
+    }
+
+    /// The counters of route `name` if the running configuration has it (a tap opens only
+    /// on an existing route).
+    pub fn existing_route(&self, name: &str) -> Option<Arc<RouteStats>> {
+        match self.routes.lock() {
+            Ok(m) => m.get(name).cloned(),
+            Err(p) => p.into_inner().get(name).cloned(),
+        }
     }
 
     /// The counters of a destination (created on first use).
@@ -515,12 +533,18 @@ impl Collector for StatsCollector {
             "Failed TCP connection attempts",
             Counter,
         );
+        let mut rfail = Family::new(
+            "hepfwd_destination_resolve_failures",
+            "Failed lookups of a destination's host name (the last address stays)",
+            Counter,
+        );
         for (name, d) in snapshot(&s.destinations) {
             let lb = || vec![("destination", name.clone()), path()];
             sent.add(lb(), d.sent.load(Relaxed));
             for (reason, v) in [
                 ("queue_full", &d.dropped_queue_full),
                 ("send_error", &d.dropped_send_error),
+                ("unresolved", &d.dropped_unresolved),
                 ("conversion", &d.dropped_conversion),
                 ("shutdown", &d.dropped_shutdown),
                 ("invalid_frame", &d.dropped_invalid),
@@ -536,6 +560,7 @@ impl Collector for StatsCollector {
             up.add(lb(), u64::from(d.connected.load(Relaxed)));
             reconn.add(lb(), d.reconnects.load(Relaxed));
             cfail.add(lb(), d.connect_failures.load(Relaxed));
+            rfail.add(lb(), d.resolve_failures.load(Relaxed));
         }
         let mut unrouted = Family::new(
             "hepfwd_unrouted",
@@ -620,6 +645,7 @@ impl Collector for StatsCollector {
             up,
             reconn,
             cfail,
+            rfail,
             unrouted,
             reloads,
             xdp_packets,

@@ -8,6 +8,8 @@ pub mod dist_docs;
 pub mod generate;
 pub mod run;
 pub mod sink;
+pub mod tap;
+pub mod top;
 
 /// hepfwd: an eBPF/XDP-accelerated HEP forwarder.
 #[derive(Debug, Parser)]
@@ -47,6 +49,11 @@ pub enum Command {
     Gen(generate::GenArgs),
     /// Count HEP arriving on UDP and TCP (benchmarks, manual tests).
     Sink(sink::SinkArgs),
+    /// A live view of a running daemon (rates per listener, route and destination, the
+    /// kernel's share, drops, queues), read from its admin server.
+    Top(top::TopArgs),
+    /// What one route forwards, live, one JSON object a line (needs `[admin] tap = true`).
+    Tap(tap::TapArgs),
     /// Write the man pages and shell completions (for packaging: `cargo xtask deb`).
     #[command(hide = true)]
     DistDocs(dist_docs::DistDocsArgs),

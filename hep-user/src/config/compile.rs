@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -241,9 +241,16 @@ impl Compiler<'_> {
             .unwrap_or_default();
         let engine = self.engine(f.engine.as_ref());
         let xdp = self.xdp(f.xdp.as_ref());
+        let resolver = self.resolver(path, f.resolver.as_ref());
+        let admin_tap = f
+            .admin
+            .as_ref()
+            .and_then(|a| a.tap.as_ref())
+            .is_some_and(|t| *t.get_ref());
         Plan {
             source: path.to_path_buf(),
             admin,
+            admin_tap,
             listeners,
             destinations,
             routes,
@@ -251,6 +258,7 @@ impl Compiler<'_> {
             invalid,
             engine,
             xdp,
+            resolver,
         }
     }
 
@@ -298,6 +306,69 @@ impl Compiler<'_> {
                 None
             }
         }
+    }
+
+    /// A destination's `IP:port` or `host:port` (its address unresolved for now: the
+    /// unspecified address with the port).
+    fn destination_address(
+        &mut self,
+        s: &Spanned<String>,
+        field: &str,
+    ) -> Option<(SocketAddr, Option<crate::resolve::HostName>)> {
+        let text = s.get_ref().trim();
+        if let Ok(a) = SocketAddr::from_str(text) {
+            if a.ip().is_unspecified() || a.port() == 0 {
+                self.r.error(
+                    span_of(s),
+                    field,
+                    format!("{text:?} is not a collector's address"),
+                    Some("give the collector's own address and port".into()),
+                );
+                return None;
+            }
+            return Some((a, None));
+        }
+        match crate::resolve::HostName::parse(text) {
+            Some(h) if h.port != 0 => Some((
+                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), h.port),
+                Some(h),
+            )),
+            _ => {
+                self.r.error(
+                    span_of(s),
+                    field,
+                    format!("{text:?} is not an IP:port or host:port address"),
+                    Some(
+                        "write e.g. \"198.18.2.2:9060\", \"[2001:db8::2]:9060\" or \"homer.example.net:9060\""
+                            .into(),
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[resolver]`; a relative `hosts_file` is relative to the configuration file's
+    /// directory.
+    fn resolver(&mut self, config: &Path, r: Option<&Spanned<ResolverSection>>) -> ResolverPlan {
+        let mut plan = ResolverPlan::default();
+        let Some(r) = r.map(Spanned::get_ref) else {
+            return plan;
+        };
+        if let Some(f) = &r.hosts_file {
+            let file = PathBuf::from(f.get_ref());
+            let file = match config.parent() {
+                Some(dir) if file.is_relative() => dir.join(file),
+                _ => file,
+            };
+            plan.resolver = crate::resolve::Resolver::HostsFile(file);
+        }
+        if let Some(i) = &r.resolve_interval
+            && let Some(d) = self.duration(i, "resolver.resolve_interval", 1_000, 3_600_000)
+        {
+            plan.interval = d;
+        }
+        plan
     }
 
     fn prefixes(&mut self, list: &SpannedStrings, field: &str) -> Vec<IpNet> {
@@ -424,7 +495,7 @@ impl Compiler<'_> {
                     None,
                 );
             }
-            let address = self.socket_addr(&ds.address, &format!("{field}.address"));
+            let address = self.destination_address(&ds.address, &format!("{field}.address"));
             let transport = match ds.transport.as_ref().map(|t| t.get_ref().as_str()) {
                 None | Some("udp") => Transport::Udp,
                 Some("tcp") => Transport::Tcp,
@@ -532,11 +603,12 @@ impl Compiler<'_> {
                     }
                 }
             }
-            if let Some(address) = address {
+            if let Some((address, host)) = address {
                 out.push(DestinationPlan {
                     hash_seed: seed_of(&name),
                     name,
                     address,
+                    host,
                     transport,
                     hep_version,
                     set_auth_key: ds
@@ -778,6 +850,43 @@ impl Compiler<'_> {
             }
             cm
         });
+        let sip_method = m.sip_method.as_ref().map(|list| {
+            let mut mask = 0u32;
+            for (i, v) in list.get_ref().iter().enumerate() {
+                match hep_common::sip::method_index(v.get_ref().as_bytes()) {
+                    Some(b) => mask |= 1 << b,
+                    None => self.r.error(
+                        span_of(v),
+                        format!("{field}.sip_method[{i}]"),
+                        format!("{:?} is not a SIP method this route can match", v.get_ref()),
+                        Some(format!(
+                            "use one of (exact case): {}",
+                            hep_common::sip::METHODS.join(", ")
+                        )),
+                    ),
+                }
+            }
+            mask
+        });
+        let sip_status = m.sip_status.as_ref().map(|list| {
+            let mut out = Vec::new();
+            for (i, v) in list.get_ref().iter().enumerate() {
+                let range = match v.get_ref() {
+                    NumberOrString::Number(n) => u16::try_from(*n).ok().map(|n| n..=n),
+                    NumberOrString::String(s) => status_class(s),
+                };
+                match range.filter(|r| *r.start() >= 100 && *r.end() <= 699) {
+                    Some(r) => out.push(r),
+                    None => self.r.error(
+                        span_of(v),
+                        format!("{field}.sip_status[{i}]"),
+                        format!("{} is not a SIP status", v.get_ref()),
+                        Some("use a code 100-699 (503 or \"503\") or a class (\"4xx\")".into()),
+                    ),
+                }
+            }
+            out
+        });
         Matcher {
             proto,
             capture_id,
@@ -787,6 +896,8 @@ impl Compiler<'_> {
             inner_dst,
             inner_port,
             correlation,
+            sip_method,
+            sip_status,
         }
     }
 
@@ -1127,6 +1238,18 @@ impl Compiler<'_> {
     }
 }
 
+/// `"503"` → 503..=503, `"4xx"` (or `"4XX"`) → 400..=499.
+fn status_class(s: &str) -> Option<RangeInclusive<u16>> {
+    let s = s.trim();
+    match s.as_bytes() {
+        [d, b'x' | b'X', b'x' | b'X'] if d.is_ascii_digit() => {
+            let base = u16::from(d - b'0') * 100;
+            Some(base..=base + 99)
+        }
+        _ => s.parse::<u16>().ok().map(|n| n..=n),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1142,6 +1265,104 @@ mod tests {
     }
 
     const BASE: &str = "[[listener]]\nname = \"l\"\nudp = \"127.0.0.1:9060\"\n[[destination]]\nname = \"a\"\naddress = \"127.0.0.1:9061\"\n[[destination]]\nname = \"b\"\naddress = \"127.0.0.1:9062\"\ntransport = \"tcp\"\n";
+
+    /// `sip_method` and `sip_status`: known methods (exact case) to a mask, codes and
+    /// classes to ranges; anything else an error at its line and field.
+    #[test]
+    fn sip_first_line_matches() {
+        let route = |m: &str| {
+            format!("{BASE}[[route]]\nname = \"r\"\nmatch = {{ {m} }}\nforward = [\"a\"]\n")
+        };
+        let p = compile_str(&route(
+            r#"sip_method = ["OPTIONS", "NOTIFY"], sip_status = ["4xx", 503, "200"]"#,
+        ))
+        .unwrap();
+        let m = &p.routes[0].matcher;
+        assert_eq!(m.sip_method, Some((1 << 4) | (1 << 8)));
+        assert_eq!(m.sip_status, Some(vec![400..=499, 503..=503, 200..=200]));
+        for (m, field, message) in [
+            (
+                r#"sip_method = ["options"]"#,
+                "route[0].match.sip_method[0]",
+                "is not a SIP method",
+            ),
+            (
+                r#"sip_method = ["INVITE", "FOO"]"#,
+                "route[0].match.sip_method[1]",
+                "is not a SIP method",
+            ),
+            (
+                r#"sip_status = ["7xx"]"#,
+                "route[0].match.sip_status[0]",
+                "is not a SIP status",
+            ),
+            (
+                r#"sip_status = [99]"#,
+                "route[0].match.sip_status[0]",
+                "is not a SIP status",
+            ),
+            (
+                r#"sip_status = ["4x"]"#,
+                "route[0].match.sip_status[0]",
+                "is not a SIP status",
+            ),
+        ] {
+            let e = one_error(&route(m));
+            assert_eq!((e.line, e.field.as_str()), (13, field), "{m}");
+            assert!(e.message.contains(message), "{m}: {}", e.message);
+        }
+    }
+
+    /// Destination addresses: an IP or a host name with a port; not a wildcard, not port 0,
+    /// not a name without a port. `[resolver]`: a hosts file relative to the configuration,
+    /// an interval from 1 s to 1 h.
+    #[test]
+    fn destination_addresses_and_the_resolver() {
+        let dest = |address: &str| {
+            format!(
+                "[[listener]]\nname = \"l\"\nudp = \"127.0.0.1:9060\"\n[[destination]]\nname = \"a\"\naddress = \"{address}\"\n"
+            )
+        };
+        let p = compile(
+            Path::new("/etc/hepfwd/x.toml"),
+            &(dest("Homer.Lab:9060")
+                + "[resolver]\nhosts_file = \"hosts\"\nresolve_interval = \"5s\"\n"),
+        )
+        .unwrap();
+        let d = &p.destinations[0];
+        assert_eq!(
+            d.host.as_ref().map(ToString::to_string).as_deref(),
+            Some("homer.lab:9060")
+        );
+        assert!(!d.resolved());
+        assert_eq!(d.address.port(), 9060);
+        assert_eq!(
+            p.resolver.resolver,
+            crate::resolve::Resolver::HostsFile("/etc/hepfwd/hosts".into())
+        );
+        assert_eq!(p.resolver.interval, Duration::from_secs(5));
+        let p = compile_str(&dest("198.18.2.2:9060")).unwrap();
+        assert!(p.destinations[0].resolved() && p.destinations[0].host.is_none());
+        assert_eq!(p.resolver, ResolverPlan::default());
+        assert_eq!(p.resolver.interval, Duration::from_secs(30));
+        for (address, message) in [
+            ("homer.lab", "is not an IP:port or host:port address"),
+            ("0.0.0.0:9060", "is not a collector's address"),
+            ("198.18.2.2:0", "is not a collector's address"),
+            ("homer.lab:0", "is not an IP:port or host:port address"),
+            ("10.0.0.300:9060", "is not an IP:port or host:port address"),
+        ] {
+            let e = one_error(&dest(address));
+            assert_eq!(
+                (e.line, e.field.as_str()),
+                (6, "destination[0].address"),
+                "{address}"
+            );
+            assert!(e.message.contains(message), "{address}: {}", e.message);
+        }
+        let e = one_error(&(dest("homer:1") + "[resolver]\nresolve_interval = \"100ms\"\n"));
+        assert_eq!((e.line, e.field.as_str()), (8, "resolver.resolve_interval"));
+    }
 
     #[test]
     fn tcp_addresses_overlap_on_the_same_port_and_address_or_a_wildcard() {

@@ -18,6 +18,8 @@ pub struct Plan {
     pub source: PathBuf,
     /// HTTP address for `/metrics`, `/healthz` and `/readyz`.
     pub admin: Option<SocketAddr>,
+    /// `[admin] tap`: the admin server answers `GET /tap` (off by default).
+    pub admin_tap: bool,
     /// Where HEP is received.
     pub listeners: Vec<ListenerPlan>,
     /// Where HEP is sent.
@@ -32,6 +34,30 @@ pub struct Plan {
     pub engine: EngineTuning,
     /// The kernel data plane.
     pub xdp: XdpPlan,
+    /// How destinations' host names are resolved.
+    pub resolver: ResolverPlan,
+}
+
+/// `[resolver]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverPlan {
+    /// Where names are looked up.
+    pub resolver: crate::resolve::Resolver,
+    /// How often names are resolved again (and, while a named destination is down, every
+    /// second).
+    pub interval: Duration,
+}
+
+/// The default of `resolve_interval`.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+impl Default for ResolverPlan {
+    fn default() -> Self {
+        ResolverPlan {
+            resolver: crate::resolve::Resolver::System,
+            interval: DEFAULT_RESOLVE_INTERVAL,
+        }
+    }
 }
 
 /// A listener.
@@ -68,8 +94,11 @@ pub enum Transport {
 pub struct DestinationPlan {
     /// Name (metrics label).
     pub name: String,
-    /// Collector address.
+    /// Collector address: the configured one, or what `host` resolved to; unresolved, the
+    /// unspecified address with the port ([`DestinationPlan::resolved`] is false).
     pub address: SocketAddr,
+    /// The host name of `address = "host:port"` (`None`: an IP address was given).
+    pub host: Option<crate::resolve::HostName>,
     /// UDP or TCP.
     pub transport: Transport,
     /// 3, or 2 for old collectors (UDP only).
@@ -167,6 +196,10 @@ pub struct Matcher {
     pub inner_port: Option<Vec<RangeInclusive<u16>>>,
     /// Correlation key tests.
     pub correlation: Option<CorrelationMatcher>,
+    /// SIP request methods: bit `i` for `hep_common::sip::METHODS[i]`.
+    pub sip_method: Option<u32>,
+    /// SIP response status ranges.
+    pub sip_status: Option<Vec<RangeInclusive<u16>>>,
 }
 
 /// A route.
@@ -257,6 +290,21 @@ pub struct XdpPlan {
     pub interfaces: Vec<String>,
     /// Attach mode.
     pub attach: AttachMode,
+}
+
+impl DestinationPlan {
+    /// Whether `address` is a collector's address (an IP given, or a host name resolved).
+    pub fn resolved(&self) -> bool {
+        !self.address.ip().is_unspecified()
+    }
+
+    /// The address as configured (`host:port` or `IP:port`), for logs and errors.
+    pub fn configured_address(&self) -> String {
+        match &self.host {
+            Some(h) => h.to_string(),
+            None => self.address.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

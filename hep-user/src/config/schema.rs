@@ -240,6 +240,18 @@ pub struct ConfigFile {
     pub engine: Option<Spanned<EngineSection>>,
     /// `[xdp]`: the kernel data plane.
     pub xdp: Option<Spanned<XdpSection>>,
+    /// `[resolver]`: how destinations' host names are resolved.
+    pub resolver: Option<Spanned<ResolverSection>>,
+}
+
+/// `[resolver]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverSection {
+    /// Names come from this `/etc/hosts`-format file only (default: the system resolver).
+    pub hosts_file: Option<Spanned<String>>,
+    /// How often host names are resolved again (`"30s"`).
+    pub resolve_interval: Option<Spanned<String>>,
 }
 
 /// `[admin]`.
@@ -248,6 +260,8 @@ pub struct ConfigFile {
 pub struct AdminSection {
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
     pub listen: Option<Spanned<String>>,
+    /// `GET /tap?route=NAME` (what a route forwards, live): off unless true.
+    pub tap: Option<Spanned<bool>>,
 }
 
 /// `[[listener]]`.
@@ -276,7 +290,7 @@ pub struct ListenerSection {
 pub struct DestinationSection {
     /// Unique name.
     pub name: Spanned<String>,
-    /// `IP:port`.
+    /// `IP:port` or `host:port`.
     pub address: Spanned<String>,
     /// `udp` (default) or `tcp`.
     pub transport: Option<Spanned<String>>,
@@ -376,6 +390,10 @@ pub struct MatchSection {
     pub inner_port: Option<SpannedScalars>,
     /// Correlation key tests.
     pub correlation: Option<Spanned<CorrelationSection>>,
+    /// SIP request methods (`"OPTIONS"`, ...).
+    pub sip_method: Option<SpannedStrings>,
+    /// SIP response statuses: numbers, `"503"` or a class `"4xx"`.
+    pub sip_status: Option<SpannedScalars>,
 }
 
 /// `correlation = { ... }`: each a string or a list of strings.

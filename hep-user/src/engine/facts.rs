@@ -2,14 +2,16 @@
 //! hep-common's [`FactsWalk`], the very code the XDP program runs (protocol type, capture
 //! id, node name, inner addresses and ports, auth key, the correlation key's place). The
 //! engine adds only what the kernel never needs: whole values as slices, the compressed
-//! payload for dedup, and the correlation key's bytes for correlation matches.
+//! payload for dedup, the correlation key's bytes for correlation matches, and the key of a
+//! compressed SIP payload (inflated, bounded: [`super::inflate`]).
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::net::IpAddr;
 
 use hep_common::abi::{addr16, ip_of};
 use hep_common::chunk;
-use hep_common::correlation::key_hash;
+use hep_common::correlation::{flow_key, key_hash};
 use hep_common::facts::{FactsWalk, KeySpan, key_span};
 use hep_common::v3::Hep3;
 
@@ -38,8 +40,10 @@ pub struct Facts<'a> {
     pub auth_key: Option<&'a [u8]>,
     /// The captured payload (0x000f, else 0x0010), for dedup.
     pub payload: &'a [u8],
+    /// The SIP first line (`hep_common::sip`): method or status.
+    pub sip: hep_common::sip::FirstLine,
     key_source: KeySpan,
-    key: OnceCell<Option<&'a [u8]>>,
+    key: OnceCell<Option<Cow<'a, [u8]>>>,
     key_hash: OnceCell<u64>,
 }
 
@@ -69,26 +73,45 @@ impl<'a> Facts<'a> {
             payload: plain
                 .or_else(|| packet.generic(chunk::COMPRESSED_PAYLOAD))
                 .unwrap_or(&[]),
+            sip: walk.sip_first_line(bytes),
             key_source: walk.key_source(),
             key: OnceCell::new(),
             key_hash: OnceCell::new(),
         }
     }
 
-    /// The correlation key (computed on first use).
-    pub fn key(&self) -> Option<&'a [u8]> {
-        *self.key.get_or_init(|| {
-            let bytes = self.packet.as_bytes();
-            key_span(bytes, self.key_source).and_then(|(off, len)| bytes.get(off..off + len))
-        })
+    /// The correlation key (computed on first use; a compressed SIP payload is inflated,
+    /// its first 2 KiB at most).
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key
+            .get_or_init(|| {
+                let bytes = self.packet.as_bytes();
+                match self.key_source {
+                    KeySpan::Compressed { offset, len } => bytes
+                        .get(offset..offset + len)
+                        .and_then(super::inflate::compressed_call_id)
+                        .map(Cow::Owned),
+                    span => key_span(bytes, span)
+                        .and_then(|(off, len)| bytes.get(off..off + len))
+                        .map(Cow::Borrowed),
+                }
+            })
+            .as_deref()
     }
 
     /// The correlation key hash (computed on first use: sampling, dedup and hash mode
-    /// share it); a packet without a key hashes as the empty key.
+    /// share it); a packet without a key hashes as its flow key (the inner endpoints,
+    /// `hep_common::correlation::flow_key`).
     pub fn key_hash(&self) -> u64 {
-        *self
-            .key_hash
-            .get_or_init(|| key_hash(self.key().unwrap_or(&[])))
+        *self.key_hash.get_or_init(|| match self.key() {
+            Some(k) => key_hash(k),
+            None => key_hash(&flow_key(
+                self.inner_src.map(addr16),
+                self.src_port,
+                self.inner_dst.map(addr16),
+                self.dst_port,
+            )),
+        })
     }
 }
 
@@ -177,6 +200,47 @@ mod tests {
         );
         assert_eq!(f.payload, b"zz");
         assert_eq!((f.auth_key, f.node_name), (None, None));
-        assert_eq!((f.key(), f.key_hash()), (None, key_hash(b"")));
+        // No key: the flow key of the inner endpoints (the IPv4-mapped source as IPv4,
+        // whichever chunk carried it, as in the kernel).
+        let mut flow = [0u8; 36];
+        flow[10..16].copy_from_slice(&[0xff, 0xff, 198, 18, 0, 9]);
+        flow[16..18].copy_from_slice(&5060u16.to_be_bytes());
+        flow[18..34].copy_from_slice(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        flow[34..36].copy_from_slice(&5080u16.to_be_bytes());
+        assert_eq!((f.key(), f.key_hash()), (None, key_hash(&flow)));
+    }
+
+    /// A SIP packet whose payload is compressed: the engine inflates it and finds the
+    /// Call-ID (the kernel passes such packets up when the route needs the key).
+    #[test]
+    fn a_compressed_sip_payload_has_its_call_id() {
+        use std::io::Write;
+        let sip = b"INVITE sip:b@x SIP/2.0\r\nCall-ID: zipped-7@h\r\n\r\n";
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(sip).expect("deflate");
+        let z = e.finish().expect("deflate");
+        let m = Hep3Message {
+            ip_proto: 17,
+            src_ip: Ipv4Addr::new(198, 18, 0, 1).into(),
+            dst_ip: Ipv4Addr::new(198, 18, 0, 2).into(),
+            src_port: 5060,
+            dst_port: 5080,
+            ts_sec: 1,
+            ts_usec: 2,
+            proto_type: 1,
+            capture_id: 77,
+            auth_key: None,
+            correlation_id: None,
+            vlan_id: None,
+            node_name: None,
+            extra: &[],
+            payload: Payload::Compressed(&z),
+        };
+        let mut buf = [0u8; 512];
+        let n = m.encode(&mut buf).expect("encode");
+        let p = Hep3::parse(&buf[..n]).expect("parse");
+        let f = Facts::new(p, Ipv4Addr::LOCALHOST.into());
+        assert_eq!(f.key(), Some(&b"zipped-7@h"[..]));
+        assert_eq!(f.key_hash(), key_hash(b"zipped-7@h"));
     }
 }

@@ -62,6 +62,19 @@ pub fn matches(m: &Matcher, f: &Facts<'_>) -> bool {
             return false;
         }
     }
+    if let Some(mask) = m.sip_method
+        && !f.sip.method.is_some_and(|i| mask & (1 << i) != 0)
+    {
+        return false;
+    }
+    if let Some(r) = &m.sip_status
+        && !f
+            .sip
+            .status
+            .is_some_and(|s| r.iter().any(|r| r.contains(&s)))
+    {
+        return false;
+    }
     if let Some(c) = &m.correlation
         && !f.key().is_some_and(|k| correlation_matches(c, k))
     {

@@ -8,6 +8,7 @@
 
 pub mod dedup;
 pub mod facts;
+pub mod inflate;
 pub mod matcher;
 pub mod outbox;
 
@@ -178,8 +179,8 @@ impl Engine {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Whether a destination can take traffic now: TCP connected; UDP without an ICMP
-    /// error within the hold-down.
+    /// Whether a destination can take traffic now: TCP connected; UDP resolved and without
+    /// an ICMP error within the hold-down.
     pub fn healthy(&self, dest: usize) -> bool {
         let Some(d) = self.destinations.get(dest) else {
             return false;
@@ -188,9 +189,10 @@ impl Engine {
             Transport::Tcp => d.stats.connected.load(Relaxed),
             Transport::Udp => {
                 let last = d.stats.last_error_ms.load(Relaxed);
-                last == 0
-                    || self.clock_ms().saturating_sub(last)
-                        >= self.plan.engine.udp_error_holddown.as_millis() as u64
+                d.plan.resolved()
+                    && (last == 0
+                        || self.clock_ms().saturating_sub(last)
+                            >= self.plan.engine.udp_error_holddown.as_millis() as u64)
             }
         }
     }
@@ -318,30 +320,38 @@ impl Engine {
                 }
             }
         };
-        match mode {
-            ForwardMode::All => {
-                for t in targets {
-                    self.emit(*t, &packet, out);
-                }
-            }
-            ForwardMode::Hash => {
-                if let Some(i) = rendezvous_pick(facts.key_hash(), &r.seeds) {
-                    self.emit(targets[i], &packet, out);
-                }
-            }
+        let chosen: SmallVec<[usize; 8]> = match mode {
+            ForwardMode::All => targets.iter().copied().collect(),
+            ForwardMode::Hash => rendezvous_pick(facts.key_hash(), &r.seeds)
+                .map(|i| targets[i])
+                .into_iter()
+                .collect(),
             ForwardMode::RoundRobin => {
                 let t = targets[*rr % targets.len()];
                 *rr = rr.wrapping_add(1);
-                self.emit(t, &packet, out);
+                std::iter::once(t).collect()
             }
-            ForwardMode::Failover => {
-                let t = targets
+            ForwardMode::Failover => std::iter::once(
+                targets
                     .iter()
                     .copied()
                     .find(|t| self.healthy(*t))
-                    .unwrap_or(targets[0]);
-                self.emit(t, &packet, out);
-            }
+                    .unwrap_or(targets[0]),
+            )
+            .collect(),
+        };
+        for t in &chosen {
+            self.emit(*t, &packet, out);
+        }
+        if r.stats.taps.load(Relaxed) > 0 {
+            let names: SmallVec<[&str; 8]> = chosen
+                .iter()
+                .filter_map(|t| self.destinations.get(*t))
+                .map(|d| d.plan.name.as_str())
+                .collect();
+            self.stats
+                .tap
+                .publish(&r.plan.name, packet.as_bytes(), &names);
         }
     }
 

@@ -39,7 +39,9 @@ impl Flusher {
             .destinations
             .iter()
             .map(|d| {
-                if d.plan.transport != Transport::Udp {
+                // No socket for a host name not resolved yet: its packets are counted
+                // as `unresolved` (connecting to 0.0.0.0 would reach this host).
+                if d.plan.transport != Transport::Udp || !d.plan.resolved() {
                     return None;
                 }
                 match connect_sender(d.plan.address, SEND_TIMEOUT) {
@@ -89,9 +91,12 @@ impl Flusher {
                     let packets: Vec<&[u8]> =
                         idxs.iter().map(|i| out.bytes(&out.items()[*i])).collect();
                     let Some(Some(sock)) = self.udp.get(dest) else {
-                        d.stats
-                            .dropped_send_error
-                            .fetch_add(packets.len() as u64, Relaxed);
+                        let why = if d.plan.resolved() {
+                            &d.stats.dropped_send_error
+                        } else {
+                            &d.stats.dropped_unresolved
+                        };
+                        why.fetch_add(packets.len() as u64, Relaxed);
                         continue;
                     };
                     // A pending ICMP error is about datagrams of the last send on this

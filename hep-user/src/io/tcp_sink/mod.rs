@@ -806,6 +806,12 @@ impl Worker {
                     }
                 }
             }
+            // A host name not resolved yet: no address to try (0.0.0.0 would reach this
+            // host). The daemon starts a new sink once the name resolves.
+            if self.addr.ip().is_unspecified() {
+                self.connect_failed("the host name has not resolved");
+                continue;
+            }
             let error =
                 match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr)).await {
                     Ok(Ok(stream)) => {

@@ -62,6 +62,17 @@ const PORT_RANGES: [&str; 3] = ["5060", "\"5000-5099\"", "7000"];
 const TARGETS: [&str; 4] = ["a", "b", "c", "t"];
 const MODES: [&str; 4] = ["all", "hash", "round-robin", "failover"];
 const SAMPLES: [Option<&str>; 4] = [None, None, Some("0.5"), Some("0.25")];
+const SIP_METHODS: [&str; 3] = ["OPTIONS", "INVITE", "BYE"];
+const SIP_STATUSES: [&str; 3] = ["\"4xx\"", "200", "\"503\""];
+/// The first lines of the generated SIP payloads.
+const FIRST_LINES: [&str; 6] = [
+    "INVITE sip:b SIP/2.0",
+    "OPTIONS sip:b SIP/2.0",
+    "BYE sip:b SIP/2.0",
+    "SIP/2.0 200 OK",
+    "SIP/2.0 503 Service Unavailable",
+    "SIP/2.0 404 Not Found",
+];
 
 /// One generated route: indices into the pools (a list of indices for each key given).
 #[derive(Debug, Clone)]
@@ -74,6 +85,8 @@ struct RouteSpec {
     inner_dst: Option<Vec<usize>>,
     port: Option<Vec<usize>>,
     correlation: bool,
+    sip_method: Option<Vec<usize>>,
+    sip_status: Option<Vec<usize>>,
     /// `None`: drop; else target indices and a mode.
     forward: Option<(Vec<usize>, usize)>,
     sample: usize,
@@ -104,11 +117,18 @@ fn route_spec() -> impl Strategy<Value = RouteSpec> {
             1 => Just(None),
             4 => (proptest::collection::vec(0..TARGETS.len(), 1..=3), 0..MODES.len()).prop_map(Some),
         ],
-        0..SAMPLES.len(),
+        (0..SAMPLES.len(), some_of(SIP_METHODS.len()), some_of(SIP_STATUSES.len())),
     )
         .prop_map(
-            |((proto, capture, node, source), (inner_src, inner_dst, port, correlation), forward, sample)| {
+            |(
+                (proto, capture, node, source),
+                (inner_src, inner_dst, port, correlation),
+                forward,
+                (sample, sip_method, sip_status),
+            )| {
                 RouteSpec {
+                    sip_method,
+                    sip_status,
                     proto,
                     capture,
                     node,
@@ -158,6 +178,8 @@ fn config_text(routes: &[RouteSpec], default: Option<usize>) -> String {
         list(&mut keys, "inner_src", &r.inner_src, &INNER_SRCS);
         list(&mut keys, "inner_dst", &r.inner_dst, &INNER_DSTS);
         raw_list(&mut keys, "inner_port", &r.port, &PORT_RANGES);
+        list(&mut keys, "sip_method", &r.sip_method, &SIP_METHODS);
+        raw_list(&mut keys, "sip_status", &r.sip_status, &SIP_STATUSES);
         if r.correlation {
             keys.push(r#"correlation = { suffix = "@x" }"#.to_string());
         }
@@ -200,15 +222,26 @@ struct PacketSpec {
     inner_dst: usize,
     src_port: usize,
     with_correlation_chunk: bool,
+    /// 0: plain SIP with a Call-ID; 1: the same SIP zlib-compressed (chunk 0x0010: the
+    /// kernel passes it up when the route needs the key); 2: plain without a Call-ID (the
+    /// flow key is hashed).
+    payload: usize,
+    /// Index into [`FIRST_LINES`].
+    first_line: usize,
 }
 
 fn packet_spec() -> impl Strategy<Value = PacketSpec> {
     (
         (0..PROTOS.len(), 0..300u32, 0..4usize, 0..5usize),
         (0..2usize, 0..2usize, 0..2usize, 0..3usize, any::<bool>()),
+        (0..3usize, 0..FIRST_LINES.len()),
     )
         .prop_map(
-            |((proto, call, capture, node), (sender, inner_src, inner_dst, src_port, corr))| {
+            |(
+                (proto, call, capture, node),
+                (sender, inner_src, inner_dst, src_port, corr),
+                (payload, first_line),
+            )| {
                 PacketSpec {
                     proto,
                     call,
@@ -219,6 +252,8 @@ fn packet_spec() -> impl Strategy<Value = PacketSpec> {
                     inner_dst,
                     src_port,
                     with_correlation_chunk: corr,
+                    payload,
+                    first_line,
                 }
             },
         )
@@ -227,7 +262,18 @@ fn packet_spec() -> impl Strategy<Value = PacketSpec> {
 /// Encodes `p` into `buf`; returns its length and sender.
 fn encode(p: &PacketSpec, i: u32, buf: &mut [u8]) -> (usize, SocketAddr) {
     let call = format!("{}@x", p.call);
-    let sip = format!("INVITE sip:b SIP/2.0\r\nCall-ID: {call}\r\n\r\n");
+    let line = FIRST_LINES[p.first_line];
+    let sip = if p.payload == 2 {
+        format!("{line}\r\nVia: v\r\n\r\n")
+    } else {
+        format!("{line}\r\nCall-ID: {call}\r\n\r\n")
+    };
+    let zipped = {
+        use std::io::Write as _;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(sip.as_bytes()).expect("deflate into a Vec");
+        z.finish().expect("deflate into a Vec")
+    };
     let inner_src = [Ipv4Addr::new(198, 18, 1, 1), Ipv4Addr::new(10, 0, 0, 1)][p.inner_src];
     let inner_dst = [Ipv4Addr::new(198, 19, 0, 9), Ipv4Addr::new(10, 0, 0, 2)][p.inner_dst];
     let node = [
@@ -252,7 +298,11 @@ fn encode(p: &PacketSpec, i: u32, buf: &mut [u8]) -> (usize, SocketAddr) {
         vlan_id: None,
         node_name: node,
         extra: &[],
-        payload: Payload::Plain(sip.as_bytes()),
+        payload: if p.payload == 1 {
+            Payload::Compressed(&zipped)
+        } else {
+            Payload::Plain(sip.as_bytes())
+        },
     };
     let n = m.encode(buf).expect("a generated packet encodes");
     let sender = ["127.0.0.1:4000", "127.0.0.2:4000"][p.sender]
@@ -314,8 +364,25 @@ fn check(plan: &Plan, tables: &KernelTables, packets: &[PacketSpec]) -> Result<S
                 sent.iter().map(|s| &s.0).collect::<Vec<_>>()
             ))
         };
+        let decided_by = match verdict {
+            Verdict::Drop { route }
+            | Verdict::SampledOut { route }
+            | Verdict::Steer { route, .. }
+            | Verdict::Mirror { route } => Some(route),
+            Verdict::Pass { .. } => None,
+        };
+        let sip_flags =
+            hep_common::abi::match_flags::SIP_METHOD | hep_common::abi::match_flags::SIP_STATUS;
+        if decided_by.is_some_and(|r| tables.routes[r].flags & sip_flags != 0) {
+            seen.sip_route += 1;
+        }
         match verdict {
-            Verdict::Pass { .. } => seen.pass += 1,
+            Verdict::Pass { reason, .. } => {
+                seen.pass += 1;
+                if reason == hep_common::eval::PassReason::KeyInUserspace {
+                    seen.pass_key += 1;
+                }
+            }
             Verdict::Drop { .. } | Verdict::SampledOut { .. } => {
                 if matches!(verdict, Verdict::Drop { .. }) {
                     seen.drop += 1;
@@ -372,6 +439,10 @@ struct Seen {
     steer_hash: usize,
     steer_round_robin: usize,
     mirror: usize,
+    /// Passes because the key is in a compressed payload.
+    pass_key: usize,
+    /// Decided in the kernel by a route matching on the SIP first line.
+    sip_route: usize,
 }
 
 impl Seen {
@@ -383,6 +454,8 @@ impl Seen {
         self.steer_hash += o.steer_hash;
         self.steer_round_robin += o.steer_round_robin;
         self.mirror += o.mirror;
+        self.pass_key += o.pass_key;
+        self.sip_route += o.sip_route;
     }
 
     fn decided(&self) -> usize {
@@ -460,7 +533,9 @@ fn kernel_and_engine_agree_on_generated_configurations() {
             && seen.steer_hash > 0
             && seen.steer_round_robin > 0
             && seen.mirror > 0
-            && seen.pass > 0,
+            && seen.pass > 0
+            && seen.pass_key > 0
+            && seen.sip_route > 0,
         "the generated cases miss a kind of decision: {seen:?}"
     );
 }

@@ -160,6 +160,9 @@ fn dest_blocker(d: &DestinationPlan) -> Option<String> {
     if d.transport == Transport::Tcp {
         return Some(format!("{} is TCP", d.name));
     }
+    if !d.resolved() {
+        return Some(format!("{}'s host name has not resolved", d.name));
+    }
     if d.hep_version != 3 {
         return Some(format!("{} takes HEPv{}", d.name, d.hep_version));
     }
@@ -214,6 +217,18 @@ fn kernel_match(m: &Matcher, r: &mut KernelRoute) -> Result<(), String> {
             r.ports[i] = [*range.start(), *range.end()];
         }
         r.n_ports = p.len() as u8;
+    }
+    if let Some(mask) = m.sip_method {
+        r.flags |= match_flags::SIP_METHOD;
+        r.sip_methods = mask;
+    }
+    if let Some(s) = &m.sip_status {
+        too_many(s.len(), "sip_status")?;
+        r.flags |= match_flags::SIP_STATUS;
+        for (i, range) in s.iter().enumerate() {
+            r.status[i] = [*range.start(), *range.end()];
+        }
+        r.n_status = s.len() as u8;
     }
     for (list, flag, key) in [
         (&m.source, match_flags::SOURCE, "source"),
