@@ -153,8 +153,8 @@ fn family(name: &str) -> &str {
         .unwrap_or(name)
 }
 
-#[test]
-fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
+/// The metric names the dashboard and the rules use, and their expressions.
+fn used_names() -> (BTreeSet<String>, Vec<String>) {
     let (dash_path, dash_text) = asset(DASHBOARD);
     let dash: serde_json::Value = serde_json::from_str(&dash_text)
         .unwrap_or_else(|e| panic!("{} is not JSON: {e}", dash_path.display()));
@@ -179,6 +179,13 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     for e in dash_exprs.iter().chain(&rules) {
         metric_names(e, &mut used);
     }
+    let exprs = dash_exprs.into_iter().chain(rules).collect();
+    (used, exprs)
+}
+
+#[test]
+fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
+    let (used, exprs) = used_names();
 
     // A daemon with every kind of counter: UDP and TCP on one listener, a UDP and a TCP
     // destination, a drop route and a sampled one.
@@ -226,9 +233,83 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
 
     let (status, text) = http_get(d.admin, "/metrics").unwrap();
     assert_eq!(status, 200, "{text}");
+    let scrape = d.metrics();
+    check_exported(&used, &exprs, &text, &scrape, false);
+    // The assets cover the main families.
+    for want in [
+        "hepfwd_received_total",
+        "hepfwd_destination_sent_total",
+        "hepfwd_route_matches_total",
+        "hepfwd_destination_dropped_total",
+        "hepfwd_destination_queue_depth",
+        "hepfwd_destination_reconnects_total",
+        "hepfwd_destination_connected",
+        "hepfwd_xdp_packets_total",
+    ] {
+        assert!(used.contains(want), "{want} is not used; used: {used:?}");
+    }
+}
+
+/// The same in `--mode xdp` (in a namespace topology, XDP attached to `in0`): there the
+/// kernel-only families (`hepfwd_xdp_*`) must be on `/metrics` too, not just declared.
+#[test]
+fn every_metric_the_dashboard_and_the_alerts_use_is_exported_in_xdp_mode() {
+    use hepfwd_tests::daemon::Mode;
+    use hepfwd_tests::netns::{COL_A, COL_B, IF_IN, LISTEN, Ns, SND, Topology, TopologyPeers};
+    const NAME: &str = "every_metric_the_dashboard_and_the_alerts_use_is_exported_in_xdp_mode";
+    if !privileged::available(NAME) {
+        return;
+    }
+    let (used, exprs) = used_names();
+    let topo = Topology::new("deploy-x");
+    let udp_col = topo.udp_collector("udp-col", COL_A, 9061);
+    let tcp_col = topo.tcp_collector("tcp-col", COL_B, 9062);
+    topo.warm_neighbours();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:9100\"\n[xdp]\ninterfaces = [\"in0\"]\nattach = \"native\"\n\n[[listener]]\nname = \"agents\"\nudp = \"{LISTEN}\"\n"
+    ) + &udp_destination("udp-col", (COL_A, 9061).into())
+        + &tcp_destination("tcp-col", (COL_B, 9062).into(), Some(1000))
+        + "\n[[route]]\nname = \"no-logs\"\nmatch = { proto = [100] }\naction = \"drop\"\n"
+        + "\n[[route]]\nname = \"sip\"\nmatch = { proto = [1] }\nforward = [\"tcp-col\"]\nsample = 0.5\n"
+        + "\n[default]\nforward = [\"udp-col\"]\n";
+    let d = topo.hepfwd(Mode::Xdp, &config);
+    assert!(topo.xdp_attached(Ns::Fwd, IF_IN), "XDP is not attached");
+    let agent = topo.agent(SND);
+    for i in 0..4 {
+        agent.send_all(
+            LISTEN,
+            &[
+                Pkt::log("l", i).encode(),
+                Pkt::rtcp("r@deploy.test", i).encode(),
+                Pkt::sip(&format!("c-{i}@deploy.test"), i).encode(),
+            ],
+        );
+    }
+    agent.send_all(LISTEN, &[b"HEP3".to_vec()]);
+    udp_col.expect(4, WAIT);
+    d.wait_for("the kernel counted", Duration::from_secs(5), |m| {
+        m.get("hepfwd_xdp_packets_total", &[("counter", "route_drop")]) == 4
+    });
+    let (status, text) = d.admin_get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    let scrape = d.metrics();
+    check_exported(&used, &exprs, &text, &scrape, true);
+    drop(tcp_col);
+}
+
+/// Every name in `used` is a family `/metrics` (`text`) declares with the right type and a
+/// HELP line, and every label the expressions name is on one of their samples. Without
+/// `xdp`, the kernel-only families may be absent but must be ones stats.rs writes.
+fn check_exported(
+    used: &BTreeSet<String>,
+    exprs: &[String],
+    text: &str,
+    scrape: &hepfwd_tests::metrics::Metrics,
+    xdp: bool,
+) {
     let (_, stats_rs) = asset(STATS_RS);
-    let mut missing = Vec::new();
-    for name in &used {
+    let mut missing: Vec<String> = Vec::new();
+    for name in used {
         let fam = family(name);
         let declared = text
             .lines()
@@ -250,7 +331,7 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
             }
             // Only with the kernel data plane: the family must still be one stats.rs writes,
             // read as a counter.
-            None if fam.starts_with("hepfwd_xdp_") => {
+            None if !xdp && fam.starts_with("hepfwd_xdp_") => {
                 if !(stats_rs.contains(&format!("\"{fam}\"")) && name.ends_with("_total")) {
                     missing.push(name.clone());
                 }
@@ -260,8 +341,7 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     }
     // Every label an expression names is on one of its metrics (or is `instance`, which
     // Prometheus adds; or is `counter`/`outcome` of the kernel-only families).
-    let scrape = d.metrics();
-    for e in dash_exprs.iter().chain(&rules) {
+    for e in exprs {
         let mut names = BTreeSet::new();
         metric_names(e, &mut names);
         for label in label_names(e) {
@@ -271,7 +351,8 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
                         .samples
                         .iter()
                         .any(|s| &s.name == n && s.labels.contains_key(&label))
-                        || (n.starts_with("hepfwd_xdp_")
+                        || (!xdp
+                            && n.starts_with("hepfwd_xdp_")
                             && ["counter", "outcome", "route", "destination", "path"]
                                 .contains(&label.as_str()))
                 });
@@ -283,21 +364,8 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     }
     assert!(
         missing.is_empty(),
-        "metrics used in {DASHBOARD} or {RULES} that hepfwd does not export: {missing:?}\n/metrics:\n{text}"
+        "metrics used in {DASHBOARD} or {RULES} that hepfwd (xdp: {xdp}) does not export: {missing:?}\n/metrics:\n{text}"
     );
-    // The assets cover the main families.
-    for want in [
-        "hepfwd_received_total",
-        "hepfwd_destination_sent_total",
-        "hepfwd_route_matches_total",
-        "hepfwd_destination_dropped_total",
-        "hepfwd_destination_queue_depth",
-        "hepfwd_destination_reconnects_total",
-        "hepfwd_destination_connected",
-        "hepfwd_xdp_packets_total",
-    ] {
-        assert!(used.contains(want), "{want} is not used; used: {used:?}");
-    }
 }
 
 /// `promtool check rules FILE`: (success, stdout + stderr), `None` when promtool is missing.

@@ -943,3 +943,74 @@ fn a_destination_by_host_name_follows_the_name() {
     let (code, health) = d.health();
     assert_eq!(code, 200, "{health}");
 }
+
+/// A slowloris client that is never idle (a frame header, then a byte every 200 ms) is
+/// closed once its frame has taken `frame_timeout` (1 s here, idle 60 s), counted as
+/// `reason="frame_timeout"`; an agent whose frames each arrive whole in time, slowly and
+/// split across writes, stays connected and loses nothing.
+#[test]
+fn a_frame_that_does_not_arrive_in_time_closes_its_connection() {
+    let u = UdpCollector::new("udp");
+    let d = Daemon::start("frame-timeout", |p| {
+        format!(
+            "\n[[listener]]\nname = \"l\"\ntcp = \"127.0.0.1:{}\"\nidle_timeout = \"60s\"\nframe_timeout = \"1s\"\n",
+            p.listen
+        ) + &udp_destination("u", u.addr)
+            + "\n[default]\nforward = [\"u\"]\n"
+    });
+    let to = d.listen();
+    let mut slow = TcpAgent::connect(to);
+    let mut agent = TcpAgent::connect(to);
+    let slow_thread = std::thread::spawn(move || {
+        let mut header = b"HEP3".to_vec();
+        header.extend_from_slice(&1_000u16.to_be_bytes());
+        slow.write(&header);
+        let t0 = Instant::now();
+        // Never idle; bounded at 10 s.
+        while t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(200));
+            if slow.stream.write_all(b"x").is_err() {
+                break;
+            }
+        }
+        (slow, t0.elapsed())
+    });
+    // The agent: 8 frames over ~2.4 s, each in two writes 300 ms apart.
+    let frames: Vec<Vec<u8>> = (0..8)
+        .map(|i| Pkt::sip(&format!("whole-{i}@x"), i).encode())
+        .collect();
+    for f in &frames {
+        let (a, b) = f.split_at(f.len() / 2);
+        agent.write(a);
+        std::thread::sleep(Duration::from_millis(300));
+        agent.write(b);
+    }
+    let (mut slow, _) = slow_thread.join().expect("the slowloris thread");
+    assert!(
+        slow.closed_by_peer(Duration::from_secs(1)),
+        "the slowloris connection was kept open"
+    );
+    assert_eq!(
+        d.counter(
+            "hepfwd_tcp_connections_closed_total",
+            &[("listener", "l"), ("reason", "frame_timeout")]
+        ),
+        1
+    );
+    assert_eq!(
+        sorted(u.take(8, WAIT)),
+        sorted(frames),
+        "the agent's frames"
+    );
+    assert!(
+        !agent.closed_by_peer(Duration::from_millis(100)),
+        "the agent was closed"
+    );
+    assert_eq!(
+        d.counter(
+            "hepfwd_tcp_connections_closed_total",
+            &[("listener", "l"), ("reason", "idle_timeout")]
+        ),
+        0
+    );
+}

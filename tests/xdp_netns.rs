@@ -103,6 +103,8 @@ fn routes_userspace() {
         m.require("hepfwd_route_dropped_total", &[("route", "drop-logs")]),
         s.count("log")
     );
+    assert_eq!(route("keepalives"), s.count("options"));
+    assert_eq!(route("sip-errors"), s.count("sip-error"));
     assert_eq!(m.get("hepfwd_unrouted_total", &[]), s.count("unrouted"));
 }
 
@@ -119,11 +121,15 @@ fn routes_xdp() {
     // Everything but the unrouted packets is the kernel's.
     assert_eq!(
         k.get("steered"),
-        s.count("sip") + s.count("rtcp") + s.count("rtcp-flow"),
+        s.count("sip") + s.count("rtcp") + s.count("rtcp-flow") + s.count("sip-error"),
         "{k:?}"
     );
     assert_eq!(k.get("mirrored"), s.count("mirror"), "{k:?}");
-    assert_eq!(k.get("route_drop"), s.count("log"), "{k:?}");
+    assert_eq!(
+        k.get("route_drop"),
+        s.count("log") + s.count("options"),
+        "{k:?}"
+    );
     assert_eq!(k.get("pass_no_route"), s.count("unrouted"), "{k:?}");
     assert_eq!(k.passed_up(), s.count("unrouted"), "{k:?}");
     let m = &run.metrics;
@@ -135,6 +141,8 @@ fn routes_xdp() {
     };
     assert_eq!(xroute("rtcp-hash"), s.count("rtcp") + s.count("rtcp-flow"));
     assert_eq!(xroute("sip-to-a"), s.count("sip"));
+    assert_eq!(xroute("keepalives"), s.count("options"));
+    assert_eq!(xroute("sip-errors"), s.count("sip-error"));
     assert_eq!(xroute("mirror"), s.count("mirror"));
     // The daemon routed only what the kernel passed up.
     let uroute = |name| {
@@ -372,6 +380,16 @@ match = { proto = [100] }
 action = "drop"
 
 [[route]]
+name = "keepalives"
+match = { sip_method = ["OPTIONS"] }
+action = "drop"
+
+[[route]]
+name = "sip-errors"
+match = { sip_status = ["5xx"] }
+forward = ["homer-b"]
+
+[[route]]
 name = "sip-to-a"
 match = { proto = ["sip"] }
 forward = ["homer-a"]
@@ -385,7 +403,8 @@ mode = "hash"
 
 /// Steer (SIP → homer-a), hash (20 RTCP calls × 3 over homer-a and homer-b, and 8 RTCP
 /// flows without a key × 2 directions by their flow key), drop (logs), mirror (capture id
-/// 3000 → both), unrouted (protocol type 32): 105 packets, interleaved.
+/// 3000 → both), unrouted (protocol type 32), the SIP first line (4 OPTIONS dropped, 4
+/// 5xx responses to homer-b, a 200 to homer-a): 114 packets, interleaved.
 fn routes_scenario() -> Scenario {
     let mut s = Scenario::new(
         ROUTES_CONFIG.to_string(),
@@ -455,6 +474,25 @@ fn routes_scenario() -> Scenario {
             }
         }
         if round == 2 {
+            // The SIP first line: OPTIONS dropped, 5xx responses to homer-b, a 200 on to
+            // sip-to-a.
+            for i in 0..4u32 {
+                let mut options = Pkt::sip(&format!("ka-{i}@lab"), next());
+                options.payload = format!(
+                    "OPTIONS sip:probe@lab SIP/2.0\r\nCall-ID: ka-{i}@lab\r\nCSeq: {i} OPTIONS\r\n\r\n"
+                )
+                .into_bytes();
+                s.send(SND, "options", options.encode(), &[]);
+                let mut error = Pkt::sip(&format!("err-{i}@lab"), next());
+                error.payload = format!(
+                    "SIP/2.0 50{i} Server Error\r\nCall-ID: err-{i}@lab\r\nCSeq: {i} INVITE\r\n\r\n"
+                )
+                .into_bytes();
+                s.send(SND, "sip-error", error.encode(), &["homer-b"]);
+            }
+            let mut ok = Pkt::sip("ok@lab", next());
+            ok.payload = b"SIP/2.0 200 OK\r\nCall-ID: ok@lab\r\nCSeq: 1 INVITE\r\n\r\n".to_vec();
+            s.send(SND, "sip", ok.encode(), &["homer-a"]);
             for i in 0..5 {
                 let m = Pkt::sip(&format!("mirror-{i}@lab"), next()).capture_id(3000);
                 s.send(SND, "mirror", m.encode(), &ab);
@@ -465,7 +503,7 @@ fn routes_scenario() -> Scenario {
             }
         }
     }
-    assert_eq!(s.sends.len(), 105);
+    assert_eq!(s.sends.len(), 114);
     s
 }
 

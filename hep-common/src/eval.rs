@@ -151,13 +151,15 @@ impl KernelRoute {
             return false;
         }
         if self.flags & SIP_METHOD != 0 {
-            let Some(m) = f.sip.method else { return false };
+            let Some(m) = f.sip.method() else {
+                return false;
+            };
             if self.sip_methods & (1u32 << (m & 31)) == 0 {
                 return false;
             }
         }
         if self.flags & SIP_STATUS != 0 {
-            let Some(code) = f.sip.status else {
+            let Some(code) = f.sip.status() else {
                 return false;
             };
             let mut hit = false;

@@ -15,7 +15,7 @@ use crate::admin::stats::{DestinationHealth, HealthSource, Phase, Stats};
 use crate::config::plan::{DestinationPlan, EngineTuning, Plan, Transport};
 use crate::engine::{DestinationHandle, Engine, FrameQueue};
 use crate::io::tcp_listener::TcpListener;
-use crate::io::tcp_sink::{SinkOptions, TcpSink};
+use crate::io::tcp_sink::{SinkOptions, SinkTls, TcpSink};
 use crate::io::udp_listener::UdpListener;
 use crate::notify::Notifier;
 pub use crate::xdp::dataplane::DataPath;
@@ -28,6 +28,9 @@ struct SinkKey {
     name: String,
     address: SocketAddr,
     options: SinkOptions,
+    /// TLS or plain TCP (a TLS sink's files and server name change without a new sink:
+    /// the next connection uses them).
+    tls: bool,
 }
 
 impl SinkKey {
@@ -40,6 +43,7 @@ impl SinkKey {
                 queue_bytes: d.queue_bytes,
                 stall_timeout: d.stall_timeout,
             },
+            tls: d.tls.is_some(),
         }
     }
 }
@@ -294,12 +298,23 @@ impl Daemon {
                 }
                 Transport::Tcp => {
                     let key = SinkKey::of(d);
+                    let tls = d.tls.as_ref().map(|t| SinkTls {
+                        config: t.config.clone(),
+                        server_name: t.server_name.clone(),
+                    });
                     let sink = match self.sinks.remove(&key) {
-                        Some(s) => s,
-                        None => TcpSink::spawn_with(
+                        Some(s) => {
+                            if let Some(tls) = tls {
+                                // Re-read files: the next connection uses them.
+                                s.set_tls(tls);
+                            }
+                            s
+                        }
+                        None => TcpSink::spawn_tls(
                             d.name.clone(),
                             d.address,
                             key.options,
+                            tls,
                             stats.clone(),
                             &handle,
                         ),
@@ -542,9 +557,14 @@ impl HealthSource for EngineHealth {
             .map(|(i, d)| {
                 let last = d.stats.last_error_ms.load(Relaxed);
                 let udp = d.plan.transport == Transport::Udp;
+                let transport = match (udp, d.plan.tls.is_some()) {
+                    (true, _) => "udp",
+                    (false, true) => "tls",
+                    (false, false) => "tcp",
+                };
                 DestinationHealth {
                     name: d.plan.name.clone(),
-                    transport: if udp { "udp" } else { "tcp" },
+                    transport,
                     up: engine.healthy(i),
                     since_error_ms: (udp && last != 0).then(|| now.saturating_sub(last)),
                     stats: d.stats.clone(),
@@ -572,7 +592,13 @@ impl WantedListeners {
     fn of(plan: &Plan) -> Self {
         WantedListeners {
             udp: plan.listeners.iter().filter_map(|l| l.udp).collect(),
-            tcp: plan.listeners.iter().filter_map(|l| l.tcp).collect(),
+            // A `tls` address is a TCP listener that does the handshake first.
+            tcp: plan
+                .listeners
+                .iter()
+                .flat_map(|l| [l.tcp, l.tls])
+                .flatten()
+                .collect(),
         }
     }
 }

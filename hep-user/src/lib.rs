@@ -8,6 +8,7 @@
 //! - [`admin`]: counters, process metrics, `/metrics`, `/healthz` and `/readyz`.
 //! - [`decode`]: HEP → JSON (`hepfwd decode`).
 //! - [`cli`]: the `hepfwd` subcommands, one file each.
+//! - [`tls`]: certificates, keys and CAs for TLS listeners and destinations.
 
 pub mod admin;
 pub mod cli;
@@ -18,4 +19,5 @@ pub mod engine;
 pub mod io;
 pub mod notify;
 pub mod resolve;
+pub mod tls;
 pub mod xdp;

@@ -119,6 +119,14 @@ mode = "all"
 name = "to-tcp"
 match = { capture_id = [7001] }
 forward = ["tcp"]
+[[route]]
+name = "keepalives"
+match = { sip_method = ["OPTIONS", "NOTIFY"] }
+action = "drop"
+[[route]]
+name = "server-errors"
+match = { sip_status = ["5xx", 486] }
+forward = ["b"]
 OPAQUE
 [default]
 forward = ["a"]
@@ -806,6 +814,61 @@ fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> V
         steer_counters("calls", name),
     ));
 
+    // The SIP first line: keep-alive requests dropped, server errors (and 486) to b, other
+    // responses on to the default route; the kernel reads 12 bytes of the payload.
+    let sip_line = |first_line: &str| {
+        let payload = format!("{first_line}\r\nCall-ID: line@lab\r\nContent-Length: 0\r\n\r\n");
+        let bytes = TestMessage::with_payload(payload.into_bytes())
+            .timestamp(1_700_000_000, 7)
+            .auth_key(Some(b"s3cret"))
+            .encode();
+        frame(parts.sender, parts.me, &bytes, false)
+    };
+    for method in ["OPTIONS sip:probe@lab SIP/2.0", "NOTIFY sip:x@lab SIP/2.0"] {
+        cases.push(Case::untouched(
+            format!("sip_method {method}"),
+            sip_line(method),
+            XDP_DROP,
+            hep3_counters(&[
+                "route_drop=1",
+                "dropped=1",
+                "route/keepalives/matched=1",
+                "route/keepalives/dropped=1",
+            ]),
+        ));
+    }
+    for status in [
+        "SIP/2.0 503 Service Unavailable",
+        "SIP/2.0 500 Oops",
+        "SIP/2.0 486 Busy Here",
+    ] {
+        let f = sip_line(status);
+        let want = parts.steered_out(&f, "198.18.2.4", 9062);
+        cases.push(Case::new(
+            format!("sip_status {status}"),
+            f,
+            XDP_REDIRECT,
+            Some(want),
+            steer_counters("server-errors", "b"),
+        ));
+    }
+    for other in [
+        "SIP/2.0 200 OK",
+        "SIP/2.0 487 Request Terminated",
+        "options sip:x SIP/2.0",
+        "SUBSCRIBE sip:x SIP/2.0",
+    ] {
+        let f = sip_line(other);
+        let want = parts.steered_out(&f, "198.18.2.2", 9061);
+        cases.push(Case::new(
+            format!("no SIP-line route: {other}"),
+            f,
+            XDP_REDIRECT,
+            Some(want),
+            steer_counters("default", "a"),
+        ));
+    }
+
     // Drop route.
     let f = parts.frame(Hep { proto: 100, ..SIP });
     cases.push(Case::untouched(
@@ -1133,9 +1196,9 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
             format!("round robin uses both: a {to_a}, b {to_b}"),
         );
         report.check(
-            "12 routes installed",
-            t.routes.len() == 12,
-            format!("{} routes installed, want 12", t.routes.len()),
+            "14 routes installed",
+            t.routes.len() == 14,
+            format!("{} routes installed, want 14", t.routes.len()),
         );
         install(xdp, &mut slots, true, false);
         run_cases(xdp, &slots, &opaque_table(), &mut report);

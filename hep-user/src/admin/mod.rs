@@ -58,7 +58,7 @@ pub fn health(stats: &Stats) -> (StatusCode, String) {
             "up": d.up,
             "transport": d.transport,
         });
-        if d.transport == "tcp" {
+        if d.transport != "udp" {
             v["queue_depth"] = d.stats.queue_depth.load(Relaxed).into();
             v["stalls"] = d.stats.stalls.load(Relaxed).into();
             v["reconnects"] = d.stats.reconnects.load(Relaxed).into();

@@ -68,6 +68,12 @@ pub struct ListenerStats {
     pub tcp_refused_allow: AtomicU64,
     /// TCP connections closed because they sent nothing for `idle_timeout`.
     pub tcp_closed_idle: AtomicU64,
+    /// TCP connections closed because a frame did not arrive whole within `frame_timeout`.
+    pub tcp_closed_frame_timeout: AtomicU64,
+    /// TLS handshakes completed on the `tls` address.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed, by reason ([`crate::tls::HANDSHAKE_FAILURES`]).
+    pub tls_handshakes_failed: [AtomicU64; 4],
 }
 
 /// Counters of one route.
@@ -125,8 +131,10 @@ pub struct DestinationStats {
     pub connected: AtomicBool,
     /// TCP connections made after the first.
     pub reconnects: AtomicU64,
-    /// TCP connection attempts that failed.
+    /// TCP connection attempts that failed (TLS handshake failures included).
     pub connect_failures: AtomicU64,
+    /// TLS: handshakes that failed, by reason ([`crate::tls::HANDSHAKE_FAILURES`]).
+    pub tls_handshakes_failed: [AtomicU64; 4],
     /// UDP: milliseconds since daemon start of the last ICMP error (0: none).
     pub last_error_ms: AtomicU64,
 }
@@ -424,8 +432,27 @@ impl Collector for StatsCollector {
             "TCP connections the daemon closed, by reason",
             Counter,
         );
+        let mut tls_ok = Family::new(
+            "hepfwd_tls_handshakes",
+            "TLS handshakes completed by a listener",
+            Counter,
+        );
+        let mut tls_failed = Family::new(
+            "hepfwd_tls_handshakes_failed",
+            "TLS handshakes a listener saw fail, by reason",
+            Counter,
+        );
         for (name, l) in snapshot(&s.listeners) {
             let base = || vec![("listener", name.clone()), path()];
+            tls_ok.add(base(), l.tls_handshakes.load(Relaxed));
+            for (reason, v) in crate::tls::HANDSHAKE_FAILURES
+                .iter()
+                .zip(&l.tls_handshakes_failed)
+            {
+                let mut lb = base();
+                lb.push(("reason", reason.to_string()));
+                tls_failed.add(lb, v.load(Relaxed));
+            }
             for (t, v) in [("udp", &l.received_udp), ("tcp", &l.received_tcp)] {
                 let mut lb = base();
                 lb.push(("transport", t.to_string()));
@@ -454,9 +481,14 @@ impl Collector for StatsCollector {
                 lb.push(("reason", reason.to_string()));
                 conns_refused.add(lb, v.load(Relaxed));
             }
-            let mut lb = base();
-            lb.push(("reason", "idle_timeout".to_string()));
-            conns_closed.add(lb, l.tcp_closed_idle.load(Relaxed));
+            for (reason, v) in [
+                ("idle_timeout", &l.tcp_closed_idle),
+                ("frame_timeout", &l.tcp_closed_frame_timeout),
+            ] {
+                let mut lb = base();
+                lb.push(("reason", reason.to_string()));
+                conns_closed.add(lb, v.load(Relaxed));
+            }
         }
         let mut matched = Family::new("hepfwd_route_matches", "Packets a route took", Counter);
         let mut dropped = Family::new(
@@ -538,8 +570,21 @@ impl Collector for StatsCollector {
             "Failed lookups of a destination's host name (the last address stays)",
             Counter,
         );
+        let mut dtls_failed = Family::new(
+            "hepfwd_destination_tls_handshakes_failed",
+            "TLS handshakes with a destination that failed, by reason",
+            Counter,
+        );
         for (name, d) in snapshot(&s.destinations) {
             let lb = || vec![("destination", name.clone()), path()];
+            for (reason, v) in crate::tls::HANDSHAKE_FAILURES
+                .iter()
+                .zip(&d.tls_handshakes_failed)
+            {
+                let mut l = lb();
+                l.push(("reason", reason.to_string()));
+                dtls_failed.add(l, v.load(Relaxed));
+            }
             sent.add(lb(), d.sent.load(Relaxed));
             for (reason, v) in [
                 ("queue_full", &d.dropped_queue_full),
@@ -631,6 +676,8 @@ impl Collector for StatsCollector {
             conns_open,
             conns_refused,
             conns_closed,
+            tls_ok,
+            tls_failed,
             matched,
             dropped,
             sampled,
@@ -646,6 +693,7 @@ impl Collector for StatsCollector {
             reconn,
             cfail,
             rfail,
+            dtls_failed,
             unrouted,
             reloads,
             xdp_packets,

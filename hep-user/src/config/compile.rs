@@ -45,6 +45,11 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 1024;
     /// TCP listener: idle connections are closed after this many milliseconds.
     pub const IDLE_TIMEOUT_MS: u64 = 300_000;
+    /// TCP listener: a frame must arrive whole within this many milliseconds of its first
+    /// byte (a slowloris client trickling one frame is closed).
+    pub const FRAME_TIMEOUT_MS: u64 = 30_000;
+    /// TLS listener: a handshake not finished after this many milliseconds fails.
+    pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 }
 
 /// Reads, validates and compiles a configuration file.
@@ -272,23 +277,24 @@ impl Compiler<'_> {
     ) {
         for (index, listener) in listeners.iter().enumerate() {
             let listener = listener.get_ref();
-            let Some(tcp) = listener
-                .tcp
-                .as_ref()
-                .and_then(|t| SocketAddr::from_str(t.get_ref()).ok())
-            else {
-                continue;
-            };
-            if tcp_addresses_overlap(admin, tcp) {
-                self.r.error(
-                    span.clone(),
-                    "admin.listen",
-                    format!(
-                        "{admin} is also the address of listener[{index}].tcp ({:?}: {tcp})",
-                        listener.name.get_ref()
-                    ),
-                    Some("give the admin server a port of its own".into()),
-                );
+            for (kind, address) in [("tcp", &listener.tcp), ("tls", &listener.tls)] {
+                let Some(tcp) = address
+                    .as_ref()
+                    .and_then(|t| SocketAddr::from_str(t.get_ref()).ok())
+                else {
+                    continue;
+                };
+                if tcp_addresses_overlap(admin, tcp) {
+                    self.r.error(
+                        span.clone(),
+                        "admin.listen",
+                        format!(
+                            "{admin} is also the address of listener[{index}].{kind} ({:?}: {tcp})",
+                            listener.name.get_ref()
+                        ),
+                        Some("give the admin server a port of its own".into()),
+                    );
+                }
             }
         }
     }
@@ -414,17 +420,27 @@ impl Compiler<'_> {
                 .tcp
                 .as_ref()
                 .and_then(|a| self.socket_addr(a, &format!("{field}.tcp")));
-            if ls.udp.is_none() && ls.tcp.is_none() {
+            let tls = ls
+                .tls
+                .as_ref()
+                .and_then(|a| self.socket_addr(a, &format!("{field}.tls")));
+            if ls.udp.is_none() && ls.tcp.is_none() && ls.tls.is_none() {
                 self.r.error(
                     span_of(l),
                     field.clone(),
-                    "a listener needs udp or tcp (or both)",
+                    "a listener needs udp, tcp or tls (or several)",
                     Some("add udp = \"0.0.0.0:9060\"".into()),
                 );
             }
-            for (kind, a, s) in [("udp", udp, &ls.udp), ("tcp", tcp, &ls.tcp)] {
+            for (kind, a, s) in [
+                ("udp", udp, &ls.udp),
+                ("tcp", tcp, &ls.tcp),
+                ("tls", tls, &ls.tls),
+            ] {
+                // A TLS listener binds a TCP socket: it clashes with TCP addresses.
+                let socket = if kind == "udp" { "udp" } else { "tcp" };
                 if let (Some(a), Some(s)) = (a, s)
-                    && !addrs.insert((kind, a))
+                    && !addrs.insert((socket, a))
                 {
                     self.r.error(
                         span_of(s),
@@ -449,10 +465,16 @@ impl Compiler<'_> {
                 .as_ref()
                 .and_then(|d| self.duration(d, &format!("{field}.idle_timeout"), 100, 86_400_000))
                 .unwrap_or(Duration::from_millis(defaults::IDLE_TIMEOUT_MS));
-            if ls.tcp.is_none() {
+            let frame_timeout = ls
+                .frame_timeout
+                .as_ref()
+                .and_then(|d| self.duration(d, &format!("{field}.frame_timeout"), 100, 3_600_000))
+                .unwrap_or(Duration::from_millis(defaults::FRAME_TIMEOUT_MS));
+            if ls.tcp.is_none() && ls.tls.is_none() {
                 for (key, span) in [
                     ("max_connections", ls.max_connections.as_ref().map(span_of)),
                     ("idle_timeout", ls.idle_timeout.as_ref().map(span_of)),
+                    ("frame_timeout", ls.frame_timeout.as_ref().map(span_of)),
                 ] {
                     if let Some(span) = span {
                         self.r.error(
@@ -464,6 +486,7 @@ impl Compiler<'_> {
                     }
                 }
             }
+            let tls_config = self.listener_tls(ls, &field);
             out.push(ListenerPlan {
                 name: ls.name.get_ref().clone(),
                 udp,
@@ -475,6 +498,9 @@ impl Compiler<'_> {
                 allow,
                 max_connections,
                 idle_timeout,
+                frame_timeout,
+                tls,
+                tls_config,
             });
         }
         out
@@ -498,14 +524,14 @@ impl Compiler<'_> {
             let address = self.destination_address(&ds.address, &format!("{field}.address"));
             let transport = match ds.transport.as_ref().map(|t| t.get_ref().as_str()) {
                 None | Some("udp") => Transport::Udp,
-                Some("tcp") => Transport::Tcp,
+                Some("tcp" | "tls") => Transport::Tcp,
                 Some(other) => {
                     let s = ds.transport.as_ref().map_or(0..0, span_of);
                     self.r.error(
                         s,
                         format!("{field}.transport"),
                         format!("unknown transport {other:?}"),
-                        Some("use \"udp\" or \"tcp\"".into()),
+                        Some("use \"udp\", \"tcp\" or \"tls\"".into()),
                     );
                     Transport::Udp
                 }
@@ -603,6 +629,8 @@ impl Compiler<'_> {
                     }
                 }
             }
+            let wants_tls = ds.transport.as_ref().is_some_and(|t| t.get_ref() == "tls");
+            let tls = self.destination_tls(ds, &field, wants_tls, address.as_ref());
             if let Some((address, host)) = address {
                 out.push(DestinationPlan {
                     hash_seed: seed_of(&name),
@@ -618,10 +646,210 @@ impl Compiler<'_> {
                     queue,
                     queue_bytes,
                     stall_timeout,
+                    tls,
                 });
             }
         }
         out
+    }
+
+    /// Records a TLS file error at the field that names the file (the first field when
+    /// none does).
+    fn tls_error(
+        &mut self,
+        error: &crate::tls::TlsFileError,
+        fields: &[(&Spanned<String>, String)],
+    ) {
+        let blamed = error
+            .path()
+            .and_then(|path| fields.iter().find(|(s, _)| Path::new(s.get_ref()) == path))
+            .or_else(|| fields.first());
+        let (span, field) = blamed.map_or((0..0, String::new()), |(s, f)| (span_of(s), f.clone()));
+        let hint = error.hint();
+        self.r
+            .error(span, field, error.to_string(), Some(hint.into()));
+    }
+
+    /// The TLS side of a listener: `tls_cert` and `tls_key` read and checked (and
+    /// `tls_client_ca`), when `tls` is given; the TLS keys are errors without it.
+    fn listener_tls(&mut self, ls: &ListenerSection, field: &str) -> Option<ListenerTls> {
+        let given = [
+            ("tls_cert", ls.tls_cert.as_ref()),
+            ("tls_key", ls.tls_key.as_ref()),
+            ("tls_client_ca", ls.tls_client_ca.as_ref()),
+            ("tls_handshake_timeout", ls.tls_handshake_timeout.as_ref()),
+        ];
+        let Some(tls) = ls.tls.as_ref() else {
+            for (key, value) in given {
+                if let Some(value) = value {
+                    self.r.error(
+                        span_of(value),
+                        format!("{field}.{key}"),
+                        format!("{key} applies to TLS listeners only"),
+                        Some("add tls = \"IP:port\" or remove it".into()),
+                    );
+                }
+            }
+            return None;
+        };
+        let handshake_timeout = ls
+            .tls_handshake_timeout
+            .as_ref()
+            .and_then(|d| self.duration(d, &format!("{field}.tls_handshake_timeout"), 100, 300_000))
+            .unwrap_or(Duration::from_millis(defaults::TLS_HANDSHAKE_TIMEOUT_MS));
+        let (Some(cert), Some(key)) = (ls.tls_cert.as_ref(), ls.tls_key.as_ref()) else {
+            let missing = if ls.tls_cert.is_none() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            };
+            self.r.error(
+                span_of(tls),
+                format!("{field}.{missing}"),
+                format!("a TLS listener needs tls_cert and tls_key; {missing} is missing"),
+                Some(format!(
+                    "add {missing} = \"/etc/hepfwd/{}.pem\"",
+                    &missing[4..]
+                )),
+            );
+            return None;
+        };
+        let client_ca = ls.tls_client_ca.as_ref();
+        let mut fields = vec![
+            (cert, format!("{field}.tls_cert")),
+            (key, format!("{field}.tls_key")),
+        ];
+        if let Some(ca) = client_ca {
+            fields.push((ca, format!("{field}.tls_client_ca")));
+        }
+        let files: Vec<std::path::PathBuf> = fields
+            .iter()
+            .map(|(s, _)| std::path::PathBuf::from(s.get_ref()))
+            .collect();
+        match crate::tls::server_config(
+            Path::new(cert.get_ref()),
+            Path::new(key.get_ref()),
+            client_ca.map(|ca| Path::new(ca.get_ref())),
+        ) {
+            Ok(config) => Some(ListenerTls {
+                config,
+                client_auth: client_ca.is_some(),
+                handshake_timeout,
+                files,
+            }),
+            Err(e) => {
+                self.tls_error(&e, &fields);
+                None
+            }
+        }
+    }
+
+    /// The TLS side of a destination with `transport = "tls"`: its CA (or the system's),
+    /// server name and client certificate; the TLS keys are errors on another transport.
+    fn destination_tls(
+        &mut self,
+        ds: &DestinationSection,
+        field: &str,
+        wants_tls: bool,
+        address: Option<&(SocketAddr, Option<crate::resolve::HostName>)>,
+    ) -> Option<DestinationTls> {
+        let given = [
+            ("tls_ca", ds.tls_ca.as_ref()),
+            ("tls_server_name", ds.tls_server_name.as_ref()),
+            ("tls_cert", ds.tls_cert.as_ref()),
+            ("tls_key", ds.tls_key.as_ref()),
+        ];
+        if !wants_tls {
+            for (key, value) in given {
+                if let Some(value) = value {
+                    self.r.error(
+                        span_of(value),
+                        format!("{field}.{key}"),
+                        format!("{key} applies to TLS destinations only"),
+                        Some("remove it, or use transport = \"tls\"".into()),
+                    );
+                }
+            }
+            return None;
+        }
+        let server_name = match ds.tls_server_name.as_ref() {
+            Some(name) => match rustls::pki_types::ServerName::try_from(name.get_ref().clone()) {
+                Ok(server_name) => Some(server_name),
+                Err(e) => {
+                    self.r.error(
+                        span_of(name),
+                        format!("{field}.tls_server_name"),
+                        format!("{:?} is not a server name: {e}", name.get_ref()),
+                        Some("write a DNS name (\"homer.example.com\") or an IP address".into()),
+                    );
+                    None
+                }
+            },
+            // The host of `address`: its name when it is one, else its IP address.
+            None => address.and_then(|(a, host)| match host {
+                Some(h) => rustls::pki_types::ServerName::try_from(h.name.clone()).ok(),
+                None => Some(rustls::pki_types::ServerName::IpAddress(a.ip().into())),
+            }),
+        };
+        let client = match (ds.tls_cert.as_ref(), ds.tls_key.as_ref()) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(given), None) | (None, Some(given)) => {
+                let missing = if ds.tls_cert.is_none() {
+                    "tls_cert"
+                } else {
+                    "tls_key"
+                };
+                self.r.error(
+                    span_of(given),
+                    format!("{field}.{missing}"),
+                    format!(
+                        "a client certificate needs tls_cert and tls_key; {missing} is missing"
+                    ),
+                    Some(format!(
+                        "add {missing}, or remove both for no client certificate"
+                    )),
+                );
+                return None;
+            }
+        };
+        let mut fields = Vec::new();
+        if let Some(ca) = ds.tls_ca.as_ref() {
+            fields.push((ca, format!("{field}.tls_ca")));
+        }
+        if let Some((cert, key)) = client {
+            fields.push((cert, format!("{field}.tls_cert")));
+            fields.push((key, format!("{field}.tls_key")));
+        }
+        let files: Vec<std::path::PathBuf> = fields
+            .iter()
+            .map(|(s, _)| std::path::PathBuf::from(s.get_ref()))
+            .collect();
+        let config = crate::tls::client_config(
+            ds.tls_ca.as_ref().map(|ca| Path::new(ca.get_ref())),
+            client.map(|(cert, key)| (Path::new(cert.get_ref()), Path::new(key.get_ref()))),
+        );
+        match config {
+            Ok(config) => server_name.map(|server_name| DestinationTls {
+                config,
+                server_name,
+                files,
+            }),
+            Err(e) => {
+                if fields.is_empty() {
+                    let span = ds.transport.as_ref().map_or(0..0, span_of);
+                    self.r.error(
+                        span,
+                        format!("{field}.transport"),
+                        e.to_string(),
+                        Some("give tls_ca = \"/etc/hepfwd/collector-ca.pem\"".into()),
+                    );
+                } else {
+                    self.tls_error(&e, &fields);
+                }
+                None
+            }
+        }
     }
 
     fn targets(&mut self, list: &SpannedStrings, names: &[String], field: &str) -> Vec<usize> {
@@ -1777,7 +2005,7 @@ mod tests {
             assert!(e.message.contains(msg), "{body}: {e}");
         }
         let e = one_error("[[listener]]\nname = \"l\"\n");
-        assert!(e.message.contains("needs udp or tcp"));
+        assert!(e.message.contains("needs udp, tcp or tls"));
         let e = one_error(&format!(
             "{BASE}[[destination]]\nname = \"v2\"\naddress = \"127.0.0.1:1\"\ntransport = \"tcp\"\nhep_version = 2\n"
         ));
@@ -1787,9 +2015,9 @@ mod tests {
         ));
         assert_eq!(e.field, "destination[2].name");
         let e = one_error(&format!(
-            "{BASE}[[destination]]\nname = \"c\"\naddress = \"collector:9060\"\n"
+            "{BASE}[[destination]]\nname = \"c\"\naddress = \"collector\"\n"
         ));
-        assert!(e.hint.unwrap().contains("no host names"));
+        assert!(e.hint.unwrap().contains("homer.example.net:9060"));
     }
 
     #[test]
@@ -1803,5 +2031,136 @@ mod tests {
             fields,
             ["route[0].forward[0]", "route[0].mode", "route[1].name"]
         );
+    }
+
+    /// A self-signed certificate and its key for `localhost`, valid until `until` (year),
+    /// written in `dir` as `<name>.pem` and `<name>.key`.
+    fn certificate(dir: &Path, name: &str, until: i32) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        )
+    }
+
+    #[test]
+    fn tls_keys_compile_and_each_file_error_names_the_field_its_line_and_the_file() {
+        let dir = std::env::temp_dir().join(format!("hepfwd-compile-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = certificate(&dir, "good", 2100);
+        let (_, other_key) = certificate(&dir, "other", 2100);
+        let (expired, expired_key) = certificate(&dir, "expired", 2020);
+        let listener = |cert: &str, key: &str| {
+            format!(
+                "[[listener]]\nname = \"t\"\ntls = \"127.0.0.1:9070\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"
+            )
+        };
+        // After BASE (10 lines): [[listener]] 11, name 12, tls 13, tls_cert 14, tls_key 15.
+        let p = compile_str(&format!("{BASE}{}", listener(&cert, &key)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let l = &p.listeners[1];
+        assert_eq!(l.tls, Some("127.0.0.1:9070".parse().unwrap()));
+        let tls = l.tls_config.as_ref().unwrap();
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+        assert!(!tls.client_auth);
+
+        let missing = dir.join("missing.pem").display().to_string();
+        let e = one_error(&format!("{BASE}{}", listener(&missing, &key)));
+        assert_eq!(
+            (e.line, e.column, e.field.as_str()),
+            (14, 12, "listener[1].tls_cert")
+        );
+        assert_eq!(
+            e.message,
+            format!("{missing}: cannot read: No such file or directory (os error 2)")
+        );
+
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not PEM\n").unwrap();
+        let garbage = garbage.display().to_string();
+        let e = one_error(&format!("{BASE}{}", listener(&cert, &garbage)));
+        assert_eq!((e.line, e.field.as_str()), (15, "listener[1].tls_key"));
+        assert_eq!(
+            e.message,
+            format!("{garbage}: no private key in the PEM file")
+        );
+
+        let e = one_error(&format!("{BASE}{}", listener(&cert, &other_key)));
+        assert_eq!((e.line, e.field.as_str()), (15, "listener[1].tls_key"));
+        assert_eq!(
+            e.message,
+            format!("{other_key}: the private key does not match the certificate in {cert}")
+        );
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("give the key the certificate was issued for")
+        );
+
+        let e = one_error(&format!("{BASE}{}", listener(&expired, &expired_key)));
+        assert_eq!((e.line, e.field.as_str()), (14, "listener[1].tls_cert"));
+        assert_eq!(
+            e.message,
+            format!(
+                "{expired}: certificate 0 (CN=rcgen self signed cert) expired on Jan  1 00:00:00 2020 +00:00"
+            )
+        );
+
+        // The CA of mutual TLS, the handshake timeout, and keys without `tls`.
+        let e = one_error(&format!(
+            "{BASE}{}tls_client_ca = \"{expired}\"\n",
+            listener(&cert, &key)
+        ));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (16, "listener[1].tls_client_ca")
+        );
+        let e = one_error(&format!(
+            "{BASE}{}tls_handshake_timeout = \"1ms\"\n",
+            listener(&cert, &key)
+        ));
+        assert_eq!(e.field, "listener[1].tls_handshake_timeout");
+        let e = one_error(&format!(
+            "{BASE}[[listener]]\nname = \"u\"\nudp = \"127.0.0.1:9071\"\ntls_cert = \"{cert}\"\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (14, "listener[1].tls_cert"));
+        assert_eq!(e.message, "tls_cert applies to TLS listeners only");
+
+        // Destinations: transport = "tls" with a CA, a server name, a client certificate.
+        let dest = format!(
+            "[[destination]]\nname = \"s\"\naddress = \"127.0.0.1:9443\"\ntransport = \"tls\"\ntls_ca = \"{cert}\"\n"
+        );
+        let p = compile_str(&format!("{BASE}{dest}")).unwrap_or_else(|e| panic!("{e}"));
+        let d = &p.destinations[2];
+        assert_eq!(d.transport, Transport::Tcp);
+        let tls = d.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.server_name,
+            rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into())
+        );
+        let p = compile_str(&format!(
+            "{BASE}{dest}tls_server_name = \"homer.example\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            p.destinations[2].tls.as_ref().unwrap().server_name,
+            rustls::pki_types::ServerName::try_from("homer.example").unwrap()
+        );
+        let e = one_error(&format!(
+            "{BASE}{dest}tls_cert = \"{cert}\"\ntls_key = \"{other_key}\"\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (17, "destination[2].tls_key"));
+        let e = one_error(&format!(
+            "{BASE}[[destination]]\nname = \"s\"\naddress = \"127.0.0.1:9443\"\ntransport = \"tcp\"\ntls_ca = \"{cert}\"\n"
+        ));
+        assert_eq!(e.message, "tls_ca applies to TLS destinations only");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

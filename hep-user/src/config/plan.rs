@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hep_common::chunk::ChunkId;
@@ -78,14 +79,84 @@ pub struct ListenerPlan {
     pub max_connections: usize,
     /// TCP: a connection that sends nothing for this long is closed and counted.
     pub idle_timeout: Duration,
+    /// TCP: how long one frame may take to arrive whole (slowloris), from its first byte.
+    pub frame_timeout: Duration,
+    /// TLS address: the same guards as `tcp`, behind a TLS handshake.
+    pub tls: Option<SocketAddr>,
+    /// The TLS configuration of `tls` (present exactly when `tls` is).
+    pub tls_config: Option<ListenerTls>,
 }
+
+/// The TLS side of a listener: what its files held when the configuration was compiled.
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// The rustls configuration (certificate, key, client verifier).
+    pub config: Arc<rustls::ServerConfig>,
+    /// Whether a client certificate is required (`tls_client_ca`).
+    pub client_auth: bool,
+    /// How long a handshake may take.
+    pub handshake_timeout: Duration,
+    /// The files it was read from (certificate, key, client CA).
+    pub files: Vec<PathBuf>,
+}
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("client_auth", &self.client_auth)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Equal when configured alike (the same files, not necessarily the same contents).
+impl PartialEq for ListenerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.client_auth == other.client_auth
+            && self.handshake_timeout == other.handshake_timeout
+            && self.files == other.files
+    }
+}
+
+impl Eq for ListenerTls {}
+
+/// The TLS side of a destination (`transport = "tls"`): what its files held when the
+/// configuration was compiled.
+#[derive(Clone)]
+pub struct DestinationTls {
+    /// The rustls configuration (trust anchors, client certificate).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the collector's certificate must carry.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// The files it was read from (CA, certificate, key).
+    pub files: Vec<PathBuf>,
+}
+
+impl fmt::Debug for DestinationTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DestinationTls")
+            .field("server_name", &self.server_name)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Equal when configured alike (the same files, not necessarily the same contents).
+impl PartialEq for DestinationTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.server_name == other.server_name && self.files == other.files
+    }
+}
+
+impl Eq for DestinationTls {}
 
 /// Transport of a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     /// One HEP packet per datagram.
     Udp,
-    /// A stream of HEPv3 packets.
+    /// A stream of HEPv3 packets (over TLS when the destination has `tls`).
     Tcp,
 }
 
@@ -114,6 +185,8 @@ pub struct DestinationPlan {
     pub stall_timeout: Duration,
     /// Stable seed of this destination in call-sticky hashing (from its name).
     pub hash_seed: u64,
+    /// `transport = "tls"`: a TCP destination whose stream is TLS.
+    pub tls: Option<DestinationTls>,
 }
 
 /// How a route spreads packets over its destinations.

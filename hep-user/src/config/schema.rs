@@ -282,6 +282,18 @@ pub struct ListenerSection {
     pub max_connections: Option<Spanned<i64>>,
     /// TCP: how long a connection may send nothing before it is closed.
     pub idle_timeout: Option<Spanned<String>>,
+    /// TCP: how long one frame may take to arrive whole, from its first byte.
+    pub frame_timeout: Option<Spanned<String>>,
+    /// TLS address (HEPv3 over TLS over TCP).
+    pub tls: Option<Spanned<String>>,
+    /// TLS: the certificate chain file (PEM).
+    pub tls_cert: Option<Spanned<String>>,
+    /// TLS: the private key file (PEM).
+    pub tls_key: Option<Spanned<String>>,
+    /// TLS: the CA file client certificates must chain to (mutual TLS).
+    pub tls_client_ca: Option<Spanned<String>>,
+    /// TLS: how long a handshake may take (`"10s"`).
+    pub tls_handshake_timeout: Option<Spanned<String>>,
 }
 
 /// `[[destination]]`.
@@ -292,7 +304,7 @@ pub struct DestinationSection {
     pub name: Spanned<String>,
     /// `IP:port` or `host:port`.
     pub address: Spanned<String>,
-    /// `udp` (default) or `tcp`.
+    /// `udp` (default), `tcp` or `tls`.
     pub transport: Option<Spanned<String>>,
     /// 3 (default) or 2.
     pub hep_version: Option<Spanned<i64>>,
@@ -305,6 +317,14 @@ pub struct DestinationSection {
     /// TCP: how long written bytes may stay unacknowledged before the connection counts as
     /// stalled (`"10s"`).
     pub stall_timeout: Option<Spanned<String>>,
+    /// TLS: the CA file the collector's certificate must chain to (default: system roots).
+    pub tls_ca: Option<Spanned<String>>,
+    /// TLS: the name the collector's certificate must carry (default: the address's host).
+    pub tls_server_name: Option<Spanned<String>>,
+    /// TLS: a client certificate chain file (PEM), for mutual TLS.
+    pub tls_cert: Option<Spanned<String>>,
+    /// TLS: the client certificate's private key file (PEM).
+    pub tls_key: Option<Spanned<String>>,
 }
 
 /// A size in bytes: a number, or a string with a unit (`"64MiB"`, `"512KiB"`, `"1GiB"`,

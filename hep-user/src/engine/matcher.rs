@@ -63,14 +63,14 @@ pub fn matches(m: &Matcher, f: &Facts<'_>) -> bool {
         }
     }
     if let Some(mask) = m.sip_method
-        && !f.sip.method.is_some_and(|i| mask & (1 << i) != 0)
+        && f.sip.method().is_none_or(|i| mask & (1 << i) == 0)
     {
         return false;
     }
     if let Some(r) = &m.sip_status
         && !f
             .sip
-            .status
+            .status()
             .is_some_and(|s| r.iter().any(|r| r.contains(&s)))
     {
         return false;

@@ -10,8 +10,16 @@
 //!
 //! Guards, from the listener's configuration: at accept, a sender outside `allow` and a
 //! connection beyond `max_connections` are refused (closed at once) and counted; a
-//! connection that sends nothing for `idle_timeout` is closed and counted; accepted
+//! connection that sends nothing for `idle_timeout`, or whose frame has not arrived whole
+//! `frame_timeout` after its first byte (a slowloris client), is closed and counted; accepted
 //! sockets have TCP keepalive on, so a peer that vanished is noticed.
+//!
+//! A listener's `tls` address is served by the same code: after the guards above, the
+//! connection's task runs the TLS handshake (bounded by `tls_handshake_timeout`, with the
+//! certificate of the configuration current at accept, so a reload's new files serve new
+//! connections), counts it (completed, or failed by reason), then reads the decrypted
+//! stream exactly as a TCP one ([`connection`] is generic over the stream). A connection
+//! in its handshake holds its place in `max_connections`; rustls bounds what it buffers.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -23,13 +31,16 @@ use arc_swap::ArcSwap;
 use bytes::{Buf as _, BytesMut};
 use hep_common::chunk::HEADER_LEN;
 use hep_common::framing::{MAX_FRAME_LEN, frame_len};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
 use super::accept::AcceptLoop;
 use super::output::Flusher;
 use crate::admin::stats::{ListenerStats, parse_error_index};
+use crate::config::plan::ListenerTls;
 use crate::engine::{Engine, Outbox, WorkerCtx};
+use crate::tls::HandshakeFailure;
 
 /// The smallest read buffer a connection allocates when bytes arrive: enough for a typical
 /// SIP frame; a larger frame grows it to its own length.
@@ -138,7 +149,9 @@ enum Admission {
     /// Serve it, closing it after this much silence.
     Accept {
         stats: Arc<ListenerStats>,
-        idle_timeout: Duration,
+        deadlines: Deadlines,
+        /// The TLS configuration, when this is the listener's `tls` address.
+        tls: Option<ListenerTls>,
     },
     /// Close it at once (counted already).
     Refuse,
@@ -168,9 +181,21 @@ impl Shared {
             tracing::debug!(%from, listener = %plan.name, open, "TCP connection refused: max_connections reached");
             return Admission::Refuse;
         }
+        let tls = if plan.tls == Some(self.configured) {
+            let Some(tls) = plan.tls_config.clone() else {
+                return Admission::Refuse;
+            };
+            Some(tls)
+        } else {
+            None
+        };
         Admission::Accept {
             stats: stats.clone(),
-            idle_timeout: plan.idle_timeout,
+            deadlines: Deadlines {
+                idle: plan.idle_timeout,
+                frame: plan.frame_timeout,
+            },
+            tls,
         }
     }
 }
@@ -214,11 +239,12 @@ impl TcpListener {
         let task = tokio::spawn(async move {
             loop {
                 let (stream, from) = accepts.accept().await;
-                let (stats, idle_timeout) = match shared.admit(from) {
+                let (stats, deadlines, tls) = match shared.admit(from) {
                     Admission::Accept {
                         stats,
-                        idle_timeout,
-                    } => (stats, idle_timeout),
+                        deadlines,
+                        tls,
+                    } => (stats, deadlines, tls),
                     Admission::Refuse => continue,
                 };
                 let _ = stream.set_nodelay(true);
@@ -226,7 +252,14 @@ impl TcpListener {
                     tracing::debug!(%from, error = %e, "cannot turn TCP keepalive on");
                 }
                 let open = OpenConnection::new(shared.clone(), stats);
-                tokio::spawn(connection(open, stream, from, idle_timeout));
+                match tls {
+                    None => {
+                        tokio::spawn(connection(open, stream, from, deadlines));
+                    }
+                    Some(tls) => {
+                        tokio::spawn(tls_connection(open, stream, from, deadlines, tls));
+                    }
+                }
             }
         });
         Ok(TcpListener { addr: bound, task })
@@ -243,7 +276,7 @@ fn listener_index(eng: &Engine, configured: SocketAddr) -> Option<usize> {
     eng.plan
         .listeners
         .iter()
-        .position(|l| l.tcp == Some(configured))
+        .position(|l| l.tcp == Some(configured) || l.tls == Some(configured))
 }
 
 /// How many bytes the buffer must hold for the frame it starts with to be whole (a header
@@ -264,28 +297,61 @@ enum End {
     Garbage,
 }
 
-async fn connection(
+/// Runs the TLS handshake of an accepted connection (at most the configured timeout),
+/// counts how it went, and serves the connection when it succeeded. The connection's place
+/// in `max_connections` is held until it ends, handshake included.
+async fn tls_connection(
     open: OpenConnection,
     stream: tokio::net::TcpStream,
     from: SocketAddr,
-    idle_timeout: Duration,
+    deadlines: Deadlines,
+    tls: ListenerTls,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+    let failure = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            open.stats.tls_handshakes.fetch_add(1, Relaxed);
+            tracing::debug!(%from, "TLS handshake completed");
+            connection(open, stream, from, deadlines).await;
+            return;
+        }
+        Ok(Err(error)) => {
+            let failure = HandshakeFailure::of(&error);
+            tracing::info!(%from, reason = failure.as_str(), %error, "TLS handshake failed");
+            failure
+        }
+        Err(_) => {
+            tracing::info!(%from, timeout = ?tls.handshake_timeout, "TLS handshake timed out");
+            HandshakeFailure::Timeout
+        }
+    };
+    open.stats.tls_handshakes_failed[failure.index()].fetch_add(1, Relaxed);
+}
+
+/// How long a connection may be silent, and how long one frame may take.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    /// Nothing received for this long: closed (`idle_timeout`).
+    idle: Duration,
+    /// A frame not whole this long after its first byte: closed (`frame_timeout`).
+    frame: Duration,
+}
+
+/// Reads HEPv3 frames from one connection (TCP, or the plaintext of a TLS one) until it
+/// ends, is idle for `deadlines.idle`, takes longer than `deadlines.frame` to complete a
+/// frame, or sends garbage.
+async fn connection<S: AsyncRead + Unpin>(
+    open: OpenConnection,
+    mut stream: S,
+    from: SocketAddr,
+    deadlines: Deadlines,
 ) {
     let shared = &open.shared;
     // Allocated when bytes arrive; empty (no allocation) while nothing is pending.
     let mut buf = BytesMut::new();
+    // When the first byte of the pending (incomplete) frame arrived.
+    let mut frame_started: Option<tokio::time::Instant> = None;
     loop {
-        match tokio::time::timeout(idle_timeout, stream.readable()).await {
-            Err(_) => {
-                open.stats.tcp_closed_idle.fetch_add(1, Relaxed);
-                tracing::debug!(%from, ?idle_timeout, "closing an idle TCP connection");
-                break;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%from, error = %e, "TCP connection failed");
-                break;
-            }
-            Ok(Ok(())) => {}
-        }
         let need = bytes_needed(&buf).max(INITIAL_READ_BUFFER);
         if buf.capacity() < need {
             // Exactly what the frame needs: never more than the largest frame.
@@ -293,27 +359,49 @@ async fn connection(
             bigger.extend_from_slice(&buf);
             buf = bigger;
         }
-        match stream.try_read_buf(&mut buf) {
-            Ok(0) => {
+        // `read_buf` fills the spare capacity only (there is some: the buffer holds less
+        // than the frame it needs), so the buffer never grows here. Cancelling it (the
+        // idle timeout) loses nothing: a TCP read is atomic, and rustls keeps what it
+        // decrypted.
+        let idle_deadline = tokio::time::Instant::now() + deadlines.idle;
+        let deadline = match frame_started {
+            Some(t) => idle_deadline.min(t + deadlines.frame),
+            None => idle_deadline,
+        };
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) if deadline < idle_deadline => {
+                open.stats.tcp_closed_frame_timeout.fetch_add(1, Relaxed);
+                tracing::info!(%from, frame_timeout = ?deadlines.frame, pending = buf.len(), "closing a TCP connection whose frame does not arrive");
+                break;
+            }
+            Err(_) => {
+                open.stats.tcp_closed_idle.fetch_add(1, Relaxed);
+                tracing::debug!(%from, idle_timeout = ?deadlines.idle, "closing an idle TCP connection");
+                break;
+            }
+            Ok(Ok(0)) => {
                 count_cut_off(&open.stats, from, &buf);
                 break;
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
                 tracing::debug!(%from, error = %e, "TCP connection failed");
                 count_cut_off(&open.stats, from, &buf);
                 break;
             }
         }
-        match process_whole_frames(shared, from, &mut buf) {
-            Ok(()) => {}
+        let completed = match process_whole_frames(shared, from, &mut buf) {
+            Ok(n) => n,
             Err(End::Closed) => return,
             Err(End::Garbage) => break,
-        }
+        };
         if buf.is_empty() {
             // Nothing pending: give the buffer back.
             buf = BytesMut::new();
+            frame_started = None;
+        } else if completed > 0 || frame_started.is_none() {
+            // A new frame began in what just arrived: its clock starts now.
+            frame_started = Some(tokio::time::Instant::now());
         }
     }
 }
@@ -328,8 +416,13 @@ fn count_cut_off(stats: &ListenerStats, from: SocketAddr, pending: &[u8]) {
     tracing::info!(%from, pending = pending.len(), "a TCP connection ended in the middle of a frame");
 }
 
-/// Processes and sends every whole frame at the start of `buf`, and removes them.
-fn process_whole_frames(shared: &Shared, from: SocketAddr, buf: &mut BytesMut) -> Result<(), End> {
+/// Processes and sends every whole frame at the start of `buf`, and removes them; how many
+/// there were.
+fn process_whole_frames(
+    shared: &Shared,
+    from: SocketAddr,
+    buf: &mut BytesMut,
+) -> Result<usize, End> {
     let eng = shared.engine.load_full();
     let Some(idx) = listener_index(&eng, shared.configured) else {
         return Err(End::Closed);
@@ -338,6 +431,7 @@ fn process_whole_frames(shared: &Shared, from: SocketAddr, buf: &mut BytesMut) -
         return Err(End::Closed);
     };
     let mut used = 0;
+    let mut frames = 0;
     let mut result = Ok(());
     shared.slots.with(|slot| {
         loop {
@@ -352,6 +446,7 @@ fn process_whole_frames(shared: &Shared, from: SocketAddr, buf: &mut BytesMut) -
                         &mut slot.out,
                     );
                     used += n;
+                    frames += 1;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -365,7 +460,7 @@ fn process_whole_frames(shared: &Shared, from: SocketAddr, buf: &mut BytesMut) -
         slot.flusher.flush(&eng, &mut slot.out);
     });
     buf.advance(used);
-    result
+    result.map(|()| frames)
 }
 
 #[cfg(test)]

@@ -70,6 +70,14 @@
 //! written again (the kernel cannot be asked once the connection is reset): delivery is
 //! at least once, with a bounded overlap of whole frames at a reconnect.
 //!
+//! # TLS
+//!
+//! A sink made with [`TcpSink::spawn_tls`] runs a TLS handshake on every new connection
+//! (a failure counts as a failed connection attempt, and by reason in
+//! `tls_handshakes_failed`) and writes each frame as TLS records; acknowledgements are
+//! counted in wire bytes, so "sent" keeps its meaning (see `tls.rs`).
+//! [`TcpSink::set_tls`] (a reload) changes the configuration of the next connections.
+//!
 //! # Shutdown
 //!
 //! [`TcpSink::drain`] asks the task to write what is queued, wait for its
@@ -91,12 +99,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hep_common::framing::{MAX_FRAME_LEN, frame_len};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
+
+mod tls;
+use tls::Wire;
+pub use tls::{HANDSHAKE_TIMEOUT, SinkTls};
 
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -180,6 +193,8 @@ struct Inner {
     ctl: watch::Sender<Phase>,
     /// `Some(everything written)` once the task has ended.
     done: watch::Receiver<Option<bool>>,
+    /// TLS: what the next connection uses.
+    tls: Option<Arc<ArcSwap<SinkTls>>>,
 }
 
 /// Handle to the connection of one TCP destination. Cheap to clone; every clone feeds the
@@ -220,6 +235,20 @@ impl TcpSink {
         stats: Arc<SinkStats>,
         handle: &tokio::runtime::Handle,
     ) -> TcpSink {
+        Self::spawn_tls(name, addr, options, None, stats, handle)
+    }
+
+    /// Starts the connection task of destination `name` at `addr` on `handle`, with the
+    /// limits of `options`, over TLS when `tls` is given.
+    pub fn spawn_tls(
+        name: String,
+        addr: SocketAddr,
+        options: SinkOptions,
+        tls: Option<SinkTls>,
+        stats: Arc<SinkStats>,
+        handle: &tokio::runtime::Handle,
+    ) -> TcpSink {
+        let tls = tls.map(|t| Arc::new(ArcSwap::from_pointee(t)));
         let (tx, rx) = mpsc::channel(options.queue.clamp(1, Semaphore::MAX_PERMITS));
         let (ctl, ctl_rx) = watch::channel(Phase::Run);
         let (done_tx, done) = watch::channel(None);
@@ -237,6 +266,7 @@ impl TcpSink {
             suspect: false,
             backoff: Backoff::new(seed(addr)),
             outage: Outage::default(),
+            tls: tls.clone(),
         };
         handle.spawn(worker.task(ctl_rx, done_tx));
         TcpSink {
@@ -249,7 +279,16 @@ impl TcpSink {
                 stats,
                 ctl,
                 done,
+                tls,
             }),
+        }
+    }
+
+    /// TLS: the configuration the next connections use (open ones keep their session).
+    /// Ignored by a plain TCP sink.
+    pub fn set_tls(&self, tls: SinkTls) {
+        if let Some(current) = &self.inner.tls {
+            current.store(Arc::new(tls));
         }
     }
 
@@ -409,25 +448,44 @@ impl Batch {
 
     /// Starts a batch with `first`, then takes frames from `next` up to the limits; calls
     /// `took` with each frame taken (`first` included).
+    #[cfg(test)]
     fn fill(
         &mut self,
         first: Bytes,
-        mut next: impl FnMut() -> Option<Bytes>,
+        next: impl FnMut() -> Option<Bytes>,
         mut took: impl FnMut(&Bytes),
     ) {
+        let filled = self.fill_on(&mut Wire::Plain, first, next, |frame, _| took(frame));
+        assert!(filled.is_ok(), "plain frames always encode");
+    }
+
+    /// Starts a batch with `first`, then takes frames from `next` up to the limits, each
+    /// encoded by `wire`; calls `took` with each frame taken and its length on the wire.
+    /// A frame `wire` cannot encode is handed back with the error (the batch keeps the
+    /// frames before it).
+    fn fill_on(
+        &mut self,
+        wire: &mut Wire,
+        first: Bytes,
+        mut next: impl FnMut() -> Option<Bytes>,
+        mut took: impl FnMut(&Bytes, u64),
+    ) -> Result<(), (Bytes, io::Error)> {
         self.bytes.clear();
-        self.bytes.extend_from_slice(&first);
-        took(&first);
-        self.frames = 1;
+        self.frames = 0;
         self.written = 0;
-        while (self.frames as usize) < BATCH_FRAMES && self.bytes.len() < BATCH_BYTES {
+        let mut frame = first;
+        loop {
+            match wire.encode(&frame, &mut self.bytes) {
+                Ok(n) => took(&frame, n as u64),
+                Err(e) => return Err((frame, e)),
+            }
+            self.frames += 1;
+            if (self.frames as usize) >= BATCH_FRAMES || self.bytes.len() >= BATCH_BYTES {
+                return Ok(());
+            }
             match next() {
-                Some(frame) => {
-                    self.bytes.extend_from_slice(&frame);
-                    took(&frame);
-                    self.frames += 1;
-                }
-                None => break,
+                Some(more) => frame = more,
+                None => return Ok(()),
             }
         }
     }
@@ -465,12 +523,19 @@ impl Retransmit {
     }
 
     /// Hands `frame` to the connection.
+    #[cfg(test)]
     fn push(&mut self, frame: &Bytes) {
+        self.push_on_wire(frame, frame.len() as u64);
+    }
+
+    /// Hands `frame` to the connection, where it takes `wire_len` bytes (its length, or
+    /// that of its TLS records).
+    fn push_on_wire(&mut self, frame: &Bytes, wire_len: u64) {
         if self.end == self.acked {
             // Nothing was outstanding: the stall clock starts now.
             self.last_progress = Some(Instant::now());
         }
-        self.end += frame.len() as u64;
+        self.end += wire_len;
         self.frames.push_back((frame.clone(), self.end));
     }
 
@@ -701,6 +766,8 @@ struct Worker {
     backoff: Backoff,
     /// The state of the current outage, for the logs.
     outage: Outage,
+    /// TLS: what each new connection uses (`None`: plain TCP).
+    tls: Option<Arc<ArcSwap<SinkTls>>>,
 }
 
 impl Worker {
@@ -772,10 +839,10 @@ impl Worker {
 
     async fn run(&mut self) {
         loop {
-            let Some(stream) = self.connect().await else {
+            let Some((stream, wire)) = self.connect().await else {
                 return;
             };
-            match self.serve(stream).await {
+            match self.serve(stream, wire).await {
                 Served::Broken => {}
                 Served::Finished => return,
             }
@@ -783,7 +850,7 @@ impl Worker {
     }
 
     /// Connects, retrying with backoff. `None`: finished, or every handle is gone.
-    async fn connect(&mut self) -> Option<TcpStream> {
+    async fn connect(&mut self) -> Option<(TcpStream, Wire)> {
         loop {
             if self.finished() {
                 return None;
@@ -814,15 +881,31 @@ impl Worker {
             }
             let error =
                 match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr)).await {
-                    Ok(Ok(stream)) => {
-                        self.connected(&stream);
-                        return Some(stream);
-                    }
+                    Ok(Ok(stream)) => match self.secure(stream).await {
+                        Ok((stream, wire)) => {
+                            self.connected(&stream);
+                            return Some((stream, wire));
+                        }
+                        Err(error) => error,
+                    },
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => format!("timed out after {CONNECT_TIMEOUT:?}"),
                 };
             self.connect_failed(&error);
         }
+    }
+
+    /// A TLS sink's handshake on a new connection (counted by reason when it fails); a
+    /// plain sink's connection as it is.
+    async fn secure(&mut self, stream: TcpStream) -> Result<(TcpStream, Wire), String> {
+        let Some(tls) = &self.tls else {
+            return Ok((stream, Wire::Plain));
+        };
+        let tls = tls.load_full();
+        tls::handshake(stream, &tls).await.map_err(|e| {
+            self.stats.tls_handshakes_failed[e.failure.index()].fetch_add(1, Relaxed);
+            e.message
+        })
     }
 
     fn connected(&mut self, stream: &TcpStream) {
@@ -975,21 +1058,28 @@ impl Worker {
     }
 
     /// Fills the batch with `first` (if any), then frames to replay, then queued frames,
-    /// handing each to the retransmit buffer.
-    fn fill_batch(&mut self, first: Option<Bytes>) {
+    /// encoded by `wire`, handing each to the retransmit buffer. A frame the session cannot
+    /// encode goes back to the front of the replay queue, and the error is returned: the
+    /// connection is to be dropped.
+    fn fill_batch(&mut self, first: Option<Bytes>, wire: &mut Wire) -> Result<(), String> {
         let Some(first) = first.or_else(|| self.replay.pop_front()) else {
-            return;
+            return Ok(());
         };
         let (replay, rx, retransmit) = (&mut self.replay, &mut self.rx, &mut self.retransmit);
-        self.batch.fill(
+        let filled = self.batch.fill_on(
+            wire,
             first,
             || replay.pop_front().or_else(|| rx.try_recv().ok()),
-            |frame| retransmit.push(frame),
+            |frame, wire_len| retransmit.push_on_wire(frame, wire_len),
         );
+        filled.map_err(|(frame, error)| {
+            self.replay.push_front(frame);
+            format!("TLS encoding failed: {error}")
+        })
     }
 
     /// Writes batches on `stream` until it breaks, stalls, or the sink is finished.
-    async fn serve(&mut self, mut stream: TcpStream) -> Served {
+    async fn serve(&mut self, mut stream: TcpStream, mut wire: Wire) -> Served {
         let mut scratch = [0u8; 512];
         let mut poll = tokio::time::interval(ACK_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1002,11 +1092,15 @@ impl Worker {
             }
             if self.batch.is_empty() {
                 if self.finished() {
+                    wire.close(&stream);
                     let _ = SockRef::from(&stream).shutdown(Shutdown::Write);
                     return Served::Finished;
                 }
                 if !self.replay.is_empty() {
-                    self.fill_batch(None);
+                    if let Err(reason) = self.fill_batch(None, &mut wire) {
+                        self.disconnected(&stream, &reason, false);
+                        return Served::Broken;
+                    }
                 } else {
                     let waiting = !self.retransmit.is_empty();
                     tokio::select! {
@@ -1024,7 +1118,12 @@ impl Worker {
                         }
                         _ = poll.tick(), if waiting => continue,
                         frame = self.rx.recv(), if !self.queue_closed => match frame {
-                            Some(frame) => self.fill_batch(Some(frame)),
+                            Some(frame) => {
+                                if let Err(reason) = self.fill_batch(Some(frame), &mut wire) {
+                                    self.disconnected(&stream, &reason, false);
+                                    return Served::Broken;
+                                }
+                            }
                             None => {
                                 self.queue_closed = true;
                                 continue;
