@@ -191,12 +191,16 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     // destination, a drop route and a sampled one.
     let udp_col = UdpCollector::new("udp-col");
     let tcp_col = TcpCollector::new("tcp-col");
+    // A spool on the TCP destination: its families are exported only where one is set.
+    let spool = hepfwd_tests::peers::TestDir::new("deploy-spool").unwrap();
+    let spool_dir = spool.join("spool").display().to_string();
     let d = Daemon::start("deploy-assets", |p| {
         format!(
             "\n[[listener]]\nname = \"agents\"\nudp = \"127.0.0.1:{0}\"\ntcp = \"127.0.0.1:{0}\"\n",
             p.listen
         ) + &udp_destination("udp-col", udp_col.addr)
             + &tcp_destination("tcp-col", tcp_col.addr, Some(1000))
+            + &format!("spool = {{ dir = \"{spool_dir}\" }}\n")
             + "\n[[route]]\nname = \"no-logs\"\nmatch = { proto = [100] }\naction = \"drop\"\n"
             + "\n[[route]]\nname = \"sip\"\nmatch = { proto = [1] }\nforward = [\"tcp-col\"]\nsample = 0.5\n"
             + "\n[default]\nforward = [\"udp-col\"]\n"
@@ -245,6 +249,10 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
         "hepfwd_destination_reconnects_total",
         "hepfwd_destination_connected",
         "hepfwd_xdp_packets_total",
+        "hepfwd_destination_spool_frames",
+        "hepfwd_destination_spool_bytes",
+        "hepfwd_destination_spool_max_bytes",
+        "hepfwd_destination_spooling",
     ] {
         assert!(used.contains(want), "{want} is not used; used: {used:?}");
     }
@@ -262,6 +270,8 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported_in_xdp_mode() {
     }
     let (used, exprs) = used_names();
     let topo = Topology::new("deploy-x");
+    let spool = hepfwd_tests::peers::TestDir::new("deploy-x-spool").unwrap();
+    let spool_dir = spool.join("spool").display().to_string();
     let udp_col = topo.udp_collector("udp-col", COL_A, 9061);
     let tcp_col = topo.tcp_collector("tcp-col", COL_B, 9062);
     topo.warm_neighbours();
@@ -269,6 +279,7 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported_in_xdp_mode() {
         "[admin]\nlisten = \"127.0.0.1:9100\"\n[xdp]\ninterfaces = [\"in0\"]\nattach = \"native\"\n\n[[listener]]\nname = \"agents\"\nudp = \"{LISTEN}\"\n"
     ) + &udp_destination("udp-col", (COL_A, 9061).into())
         + &tcp_destination("tcp-col", (COL_B, 9062).into(), Some(1000))
+        + &format!("spool = {{ dir = \"{spool_dir}\" }}\n")
         + "\n[[route]]\nname = \"no-logs\"\nmatch = { proto = [100] }\naction = \"drop\"\n"
         + "\n[[route]]\nname = \"sip\"\nmatch = { proto = [1] }\nforward = [\"tcp-col\"]\nsample = 0.5\n"
         + "\n[default]\nforward = [\"udp-col\"]\n";

@@ -433,9 +433,9 @@ fn check_config_names_file_line_column_field_and_hint() {
         ),
         (
             "bad-address.toml",
-            "\n[[destination]]\nname = \"b\"\naddress = \"collector:9060\"\n",
-            ":11:11: destination[1].address: \"collector:9060\" is not an IP:port address",
-            "hint: write e.g. \"0.0.0.0:9060\"",
+            "\n[[destination]]\nname = \"b\"\naddress = \"collector\"\n",
+            ":11:11: destination[1].address: \"collector\" is not an IP:port or host:port address",
+            "hint: write e.g. \"198.18.2.2:9060\"",
         ),
     ];
     for (name, tail, error, hint) in cases {

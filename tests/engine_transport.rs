@@ -1014,3 +1014,86 @@ fn a_frame_that_does_not_arrive_in_time_closes_its_connection() {
         0
     );
 }
+
+/// A TCP destination by host name: while the name does not resolve its frames wait in the
+/// queue (none dropped, the daemon never tries 0.0.0.0: a collector on this host's port
+/// gets nothing); once the name appears they are all delivered; when the name moves to
+/// another address mid-stream, the sink (its queue kept) reconnects there and the rest
+/// arrives at the new collector, nothing lost.
+#[test]
+fn a_tcp_destination_by_host_name_keeps_its_queue_across_resolution() {
+    let a = TcpCollector::new("homer@127.0.0.1");
+    let port = a.addr.port();
+    let b = TcpCollector::bind("homer@127.0.0.2", SocketAddr::from(([127, 0, 0, 2], port)));
+    let hosts = hepfwd_tests::peers::TestDir::new("hosts-tcp").unwrap();
+    let hosts_file = hosts.join("hosts");
+    std::fs::write(&hosts_file, "127.0.0.9 someone.else\n").unwrap();
+    let hf = hosts_file.display().to_string();
+    let d = Daemon::start("by-name-tcp", move |p| {
+        udp_listener(p)
+            + &format!(
+                "\n[[destination]]\nname = \"homer\"\naddress = \"homer.lab:{port}\"\ntransport = \"tcp\"\n\n[resolver]\nhosts_file = \"{hf}\"\nresolve_interval = \"1s\"\n"
+            )
+            + "\n[default]\nforward = [\"homer\"]\n"
+            + ONE_WORKER
+    });
+    let (to, agent) = (d.listen(), Agent::new());
+    let waiting: Vec<Vec<u8>> = (0..50).map(|i| Pkt::rtcp("w", i).encode()).collect();
+    for p in &waiting {
+        agent.send(to, p);
+    }
+    d.wait_counter(
+        "hepfwd_destination_queue_depth",
+        &[("destination", "homer")],
+        50,
+        WAIT,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        a.accepted.load(Relaxed),
+        0,
+        "the daemon connected while the name did not resolve"
+    );
+    assert_eq!(
+        d.counter(
+            "hepfwd_destination_dropped_total",
+            &[("destination", "homer")]
+        ),
+        0
+    );
+    // The name appears: everything waiting arrives.
+    std::fs::write(&hosts_file, "127.0.0.1 homer.lab\n").unwrap();
+    assert_eq!(sorted(a.take(50, Duration::from_secs(10))), sorted(waiting));
+    // The name moves while packets flow (one every 20 ms).
+    std::fs::write(&hosts_file, "127.0.0.2 homer.lab\n").unwrap();
+    let mut sent = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let first_at_b = loop {
+        let p = Pkt::rtcp("m", 1000 + sent.len() as u32).encode();
+        agent.send(to, &p);
+        sent.push(p);
+        if let Some(p) = b.recv(Duration::from_millis(20)) {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the name moved, the frames did not"
+        );
+    };
+    let mut at_b = vec![first_at_b];
+    at_b.extend(b.drain(QUIET));
+    let at_a = a.drain(QUIET);
+    for p in &sent {
+        assert!(
+            at_a.contains(p) || at_b.contains(p),
+            "a frame sent around the move was lost"
+        );
+    }
+    assert_eq!(
+        d.counter(
+            "hepfwd_destination_dropped_total",
+            &[("destination", "homer")]
+        ),
+        0
+    );
+}

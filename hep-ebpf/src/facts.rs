@@ -11,8 +11,8 @@ use core::ptr;
 use aya_ebpf::helpers::bpf_loop;
 use hep_common::abi::Addr16;
 use hep_common::chunk::{HEADER_LEN, MAX_CHUNKS};
-use hep_common::correlation::{CALLID_SCAN_LIMIT, CallIdScanner, KEY_HASH_LIMIT, KeyHasher};
-use hep_common::facts::{FactsWalk, KeySpan};
+use hep_common::correlation::{CALLID_SCAN_LIMIT, CallIdScanner, KeyHasher};
+use hep_common::facts::{FactsWalk, KeySpan, hash_range_blocks};
 use hep_common::walker::{check_header, read_chunk};
 
 use crate::scratch::{Entry, WALK_DONE, WALK_FAILED, WALKING};
@@ -85,37 +85,6 @@ unsafe extern "C" fn scan_step(_i: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Up to 8 bytes of the key into the hasher (`correlation::KeyHasher`, byte by byte as
-/// `facts::hash_range` feeds it).
-unsafe extern "C" fn hash_step(_i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = Entry::get() else { return 1 };
-    let (bytes, h) = (s.bytes(), s.hash());
-    if h.left == 0 {
-        return 1;
-    }
-    use hep_common::bytes::ByteSource as _;
-    if h.left >= 8 {
-        let Some(block) = bytes.load::<8>(h.offset) else {
-            return 1;
-        };
-        let mut i = 0;
-        while i < 8 {
-            h.hasher.write_byte(block[i]);
-            i += 1;
-        }
-        h.offset += 8;
-        h.left -= 8;
-    } else {
-        let Some([b]) = bytes.load::<1>(h.offset) else {
-            return 1;
-        };
-        h.hasher.write_byte(b);
-        h.offset += 1;
-        h.left -= 1;
-    }
-    0
-}
-
 /// Walks the payload in the scratch entry `s` (validating it by the walker's rules) and
 /// stores its facts in `s.facts`, all but the key hash ([`key`]); `false` when it is not
 /// valid HEPv3. Not inlined: its
@@ -157,8 +126,8 @@ pub fn compute(s: Entry, sender: &Addr16) -> bool {
 }
 
 /// Computes the correlation key hash of the packet whose facts `compute` left in `s` and
-/// stores it in `s.facts.key_hash`: the Call-ID scan (for SIP without a 0x0011 chunk) and
-/// the hash, in `bpf_loop` callbacks. Called only when the route that matched needs the key
+/// stores it in `s.facts.key_hash`: the Call-ID scan (for SIP without a 0x0011 chunk) in
+/// `bpf_loop` callbacks, then the hash inline. Called only when the route that matched needs the key
 /// (`eval::needs_key`): most routes never read it. Not inlined: its locals stay out of
 /// its caller's frame.
 #[inline(never)]
@@ -197,28 +166,26 @@ pub fn key(s: Entry) {
         }
     };
     // No correlation key: the flow key (inner endpoints), from the walk's facts.
-    let Some((off, len)) = span else {
-        s.facts().key_hash = s.walk().facts.flow_key_hash();
-        return;
-    };
-    {
-        let h = s.hash();
-        h.hasher = KeyHasher::new();
-        h.offset = off;
-        h.left = if len < KEY_HASH_LIMIT {
-            len
-        } else {
-            KEY_HASH_LIMIT
-        };
+    match span {
+        Some((off, len)) => hash_key(s, off, len),
+        None => hash_flow(s),
     }
-    // SAFETY: as above. Blocks of 8, then up to 7 single bytes.
-    unsafe {
-        bpf_loop(
-            (KEY_HASH_LIMIT / 8 + 8) as u32,
-            hash_step as *mut c_void,
-            ptr::null_mut(),
-            0,
-        )
-    };
-    s.facts().key_hash = s.hash().hasher.finish();
+}
+
+/// The hash of the key at `[off, off + len)` of the scratch copy, into `s.facts.key_hash`:
+/// inline, bounded loops over at most KEY_HASH_LIMIT bytes, 8 at a time (hep-common's
+/// `hash_range_blocks`, shown equal to `hash_range`), not a `bpf_loop` callback per 8
+/// bytes (each ~8 ns of call/return here). Not inlined: its frame is not `key`'s.
+#[inline(never)]
+fn hash_key(s: Entry, off: usize, len: usize) {
+    let mut h = KeyHasher::new();
+    hash_range_blocks(&s.bytes(), off, len, &mut h);
+    s.facts().key_hash = h.finish();
+}
+
+/// The hash of the packet's flow key (no correlation key), into `s.facts.key_hash`. Not
+/// inlined: the key's 36 bytes and their halves stay out of `key`'s frame.
+#[inline(never)]
+fn hash_flow(s: Entry) {
+    s.facts().key_hash = s.walk().facts.flow_key_hash();
 }

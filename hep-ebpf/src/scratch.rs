@@ -11,7 +11,7 @@
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, macros::map, maps::PerCpuArray, programs::XdpContext};
 use hep_common::abi::{MAX_TARGETS, SCRATCH_LEN};
 use hep_common::bytes::ByteSource;
-use hep_common::correlation::{CallIdScanner, KeyHasher};
+use hep_common::correlation::CallIdScanner;
 use hep_common::eval::{PassReason, Verdict};
 use hep_common::facts::{FactsWalk, KernelFacts};
 
@@ -59,17 +59,6 @@ pub struct Scan {
     pub scanner: CallIdScanner,
 }
 
-/// The key hash's state.
-#[repr(C)]
-pub struct Hash {
-    /// Next key byte.
-    pub offset: usize,
-    /// Key bytes left to hash (at most `KEY_HASH_LIMIT`).
-    pub left: usize,
-    /// The shared hasher.
-    pub hasher: KeyHasher,
-}
-
 /// The route evaluation's state.
 #[repr(C)]
 pub struct Eval {
@@ -97,8 +86,6 @@ pub struct Scratch {
     pub walk: Walk,
     /// Call-ID scan.
     pub scan: Scan,
-    /// Key hash.
-    pub hash: Hash,
     /// The packet's facts, once computed.
     pub facts: KernelFacts,
     /// Route evaluation.
@@ -119,7 +106,7 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// # Ownership of the fields
 /// The entry is per CPU and a program runs to completion on its CPU, so only the current
 /// packet's code reaches it. Within one packet the steps run one after another (parse,
-/// copy, walk, scan, hash, gate, evaluate, steer or mirror), and each accessor below hands
+/// copy, walk, scan, gate, evaluate, steer or mirror), and each accessor below hands
 /// out a reference to one field only, taken through the entry's raw pointer (`&mut (*p).field`): no
 /// reference to the whole entry ever exists, so a step holding one field (`hep_xdp` keeps
 /// the datagram for the whole packet) never aliases a callee's. Each field has one writer
@@ -164,13 +151,6 @@ impl Entry {
     pub fn scan(self) -> &'static mut Scan {
         // SAFETY: a reference to the `scan` field only; one user at a time (see the type).
         unsafe { &mut (*self.0).scan }
-    }
-
-    /// The key hash's state: `facts::compute` and `facts::hash_step`.
-    #[inline(always)]
-    pub fn hash(self) -> &'static mut Hash {
-        // SAFETY: a reference to the `hash` field only; one user at a time (see the type).
-        unsafe { &mut (*self.0).hash }
     }
 
     /// The packet's facts: written by `facts::compute` (and the key hash by `facts::key`,

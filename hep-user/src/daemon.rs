@@ -26,7 +26,9 @@ use crate::xdp::dataplane::{Choice, DataPlane, SharedDataPlane, choose};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SinkKey {
     name: String,
-    address: SocketAddr,
+    /// As configured: a host name's sink stays when the name resolves anew (it is told the
+    /// new address).
+    address: String,
     options: SinkOptions,
     /// TLS or plain TCP (a TLS sink's files and server name change without a new sink:
     /// the next connection uses them).
@@ -37,11 +39,12 @@ impl SinkKey {
     fn of(d: &DestinationPlan) -> Self {
         SinkKey {
             name: d.name.clone(),
-            address: d.address,
+            address: d.configured_address(),
             options: SinkOptions {
                 queue: d.queue,
                 queue_bytes: d.queue_bytes,
                 stall_timeout: d.stall_timeout,
+                spool: d.spool.clone(),
             },
             tls: d.tls.is_some(),
         }
@@ -304,6 +307,7 @@ impl Daemon {
                     });
                     let sink = match self.sinks.remove(&key) {
                         Some(s) => {
+                            s.set_address(d.address);
                             if let Some(tls) = tls {
                                 // Re-read files: the next connection uses them.
                                 s.set_tls(tls);
@@ -313,7 +317,7 @@ impl Daemon {
                         None => TcpSink::spawn_tls(
                             d.name.clone(),
                             d.address,
-                            key.options,
+                            key.options.clone(),
                             tls,
                             stats.clone(),
                             &handle,

@@ -46,7 +46,8 @@ pub fn metrics_text(registry: &Registry) -> String {
 
 /// `/healthz`: 200 and `"status": "ok"` when the daemon runs and every destination of the
 /// running configuration is up; 503 and `"degraded"` when one is down (a TCP destination
-/// disconnected or stalled, a UDP one in its ICMP hold-down), or `"starting"` /
+/// disconnected or stalled, a UDP one in its ICMP hold-down) or spooling (new packets go to
+/// its disk spool: `"spooling": true`), or `"starting"` /
 /// `"stopping"` when the daemon is not ready. The body names each destination and its
 /// state.
 pub fn health(stats: &Stats) -> (StatusCode, String) {
@@ -64,6 +65,10 @@ pub fn health(stats: &Stats) -> (StatusCode, String) {
             v["reconnects"] = d.stats.reconnects.load(Relaxed).into();
             v["connect_failures"] = d.stats.connect_failures.load(Relaxed).into();
         }
+        if d.stats.has_spool.load(Relaxed) {
+            v["spooling"] = d.stats.spooling.load(Relaxed).into();
+            v["spool_frames"] = d.stats.spool_frames.load(Relaxed).into();
+        }
         if let Some(ms) = d.since_error_ms {
             v["ms_since_icmp_error"] = ms.into();
         }
@@ -73,7 +78,10 @@ pub fn health(stats: &Stats) -> (StatusCode, String) {
     let phase = stats.phase();
     let status = if phase != Phase::Ready {
         phase.name()
-    } else if dests.iter().all(|d| d.up) {
+    } else if dests
+        .iter()
+        .all(|d| d.up && !d.stats.spooling.load(Relaxed))
+    {
         "ok"
     } else {
         "degraded"

@@ -137,6 +137,35 @@ pub struct DestinationStats {
     pub tls_handshakes_failed: [AtomicU64; 4],
     /// UDP: milliseconds since daemon start of the last ICMP error (0: none).
     pub last_error_ms: AtomicU64,
+    /// Spool: frames written to it (from the producers, or moved from the memory queue).
+    pub spooled: AtomicU64,
+    /// Spool: the bytes of those frames (payloads).
+    pub spooled_bytes: AtomicU64,
+    /// Spool: frames replayed and acknowledged by the collector's TCP (also in `sent`).
+    pub replayed: AtomicU64,
+    /// Spool: frames dropped because it was full (`max_bytes` or the disk): the oldest
+    /// segment's (`drop-oldest`) or the new frame (`drop-newest`).
+    pub dropped_spool_full: AtomicU64,
+    /// Spool: frames refused because it could not be written (an I/O error other than a
+    /// full disk).
+    pub dropped_spool_error: AtomicU64,
+    /// Spool: runs of corrupt bytes skipped when it was opened.
+    pub spool_corrupt: AtomicU64,
+    /// Spool: frames found in it when it was opened (spooled by an earlier run).
+    pub spool_recovered: AtomicU64,
+    /// Spool: frames in it not yet replayed and acknowledged (a gauge).
+    pub spool_frames: AtomicU64,
+    /// Spool: bytes of its segment files (a gauge).
+    pub spool_bytes: AtomicU64,
+    /// Spool: when its oldest frame was spooled, ms since the Unix epoch (0: empty).
+    pub spool_oldest_ms: AtomicU64,
+    /// Spool: new frames go to the spool (the destination is unreachable, its memory
+    /// queue filled, or the spool is being replayed).
+    pub spooling: AtomicBool,
+    /// Whether the destination has a spool.
+    pub has_spool: AtomicBool,
+    /// The spool's `max_bytes`.
+    pub spool_max_bytes: AtomicU64,
 }
 
 /// Daemon-wide counters.
@@ -565,6 +594,56 @@ impl Collector for StatsCollector {
             "Failed TCP connection attempts",
             Counter,
         );
+        let mut spooled = Family::new(
+            "hepfwd_destination_spooled",
+            "Packets written to a destination's disk spool",
+            Counter,
+        );
+        let mut spooled_bytes = Family::new(
+            "hepfwd_destination_spooled_bytes",
+            "Bytes of the packets written to a destination's disk spool",
+            Counter,
+        );
+        let mut replayed = Family::new(
+            "hepfwd_destination_spool_replayed",
+            "Packets replayed from a destination's spool and acknowledged by the collector",
+            Counter,
+        );
+        let mut corrupt = Family::new(
+            "hepfwd_destination_spool_corrupt_records",
+            "Runs of corrupt bytes skipped in a destination's spool when it was opened",
+            Counter,
+        );
+        let mut recovered = Family::new(
+            "hepfwd_destination_spool_recovered",
+            "Packets found in a destination's spool when it was opened",
+            Counter,
+        );
+        let mut spool_frames = Family::new(
+            "hepfwd_destination_spool_frames",
+            "Packets in a destination's spool not yet replayed and acknowledged",
+            Gauge,
+        );
+        let mut spool_bytes = Family::new(
+            "hepfwd_destination_spool_bytes",
+            "Bytes of a destination's spool segment files",
+            Gauge,
+        );
+        let mut spool_age = Family::new(
+            "hepfwd_destination_spool_oldest_age_seconds",
+            "Age of the oldest packet in a destination's spool (0 when empty)",
+            Gauge,
+        );
+        let mut spooling = Family::new(
+            "hepfwd_destination_spooling",
+            "1 while new packets for a destination go to its spool",
+            Gauge,
+        );
+        let mut spool_max = Family::new(
+            "hepfwd_destination_spool_max_bytes",
+            "A destination's spool `max_bytes`",
+            Gauge,
+        );
         let mut rfail = Family::new(
             "hepfwd_destination_resolve_failures",
             "Failed lookups of a destination's host name (the last address stays)",
@@ -594,7 +673,16 @@ impl Collector for StatsCollector {
                 ("shutdown", &d.dropped_shutdown),
                 ("invalid_frame", &d.dropped_invalid),
                 ("connection_lost", &d.dropped_connection_lost),
-            ] {
+            ]
+            .into_iter()
+            .chain(
+                [
+                    ("spool_full", &d.dropped_spool_full),
+                    ("spool_error", &d.dropped_spool_error),
+                ]
+                .into_iter()
+                .filter(|_| d.has_spool.load(Relaxed)),
+            ) {
                 let mut l = lb();
                 l.push(("reason", reason.to_string()));
                 ddrop.add(l, v.load(Relaxed));
@@ -605,6 +693,24 @@ impl Collector for StatsCollector {
             up.add(lb(), u64::from(d.connected.load(Relaxed)));
             reconn.add(lb(), d.reconnects.load(Relaxed));
             cfail.add(lb(), d.connect_failures.load(Relaxed));
+            if d.has_spool.load(Relaxed) {
+                spooled.add(lb(), d.spooled.load(Relaxed));
+                spooled_bytes.add(lb(), d.spooled_bytes.load(Relaxed));
+                replayed.add(lb(), d.replayed.load(Relaxed));
+                corrupt.add(lb(), d.spool_corrupt.load(Relaxed));
+                recovered.add(lb(), d.spool_recovered.load(Relaxed));
+                spool_frames.add(lb(), d.spool_frames.load(Relaxed));
+                spool_bytes.add(lb(), d.spool_bytes.load(Relaxed));
+                let oldest = d.spool_oldest_ms.load(Relaxed);
+                let age = if oldest == 0 {
+                    0
+                } else {
+                    crate::io::spool::now_ms().saturating_sub(oldest) / 1000
+                };
+                spool_age.add(lb(), age);
+                spooling.add(lb(), u64::from(d.spooling.load(Relaxed)));
+                spool_max.add(lb(), d.spool_max_bytes.load(Relaxed));
+            }
             rfail.add(lb(), d.resolve_failures.load(Relaxed));
         }
         let mut unrouted = Family::new(
@@ -692,6 +798,16 @@ impl Collector for StatsCollector {
             up,
             reconn,
             cfail,
+            spooled,
+            spooled_bytes,
+            replayed,
+            corrupt,
+            recovered,
+            spool_frames,
+            spool_bytes,
+            spool_age,
+            spooling,
+            spool_max,
             rfail,
             dtls_failed,
             unrouted,

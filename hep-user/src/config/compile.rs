@@ -14,6 +14,7 @@ use toml::Spanned;
 use super::error::{ConfigErrors, Reporter, field_path};
 use super::plan::*;
 use super::schema::*;
+use crate::io::spool::{OnFull, SpoolOptions};
 
 /// Defaults that are not spelled out in the file.
 pub mod defaults {
@@ -508,6 +509,8 @@ impl Compiler<'_> {
 
     fn destinations(&mut self, list: &[Spanned<DestinationSection>]) -> Vec<DestinationPlan> {
         let mut out = Vec::new();
+        // The spool directories taken, resolved, so two destinations never share one.
+        let mut spool_dirs: Vec<(PathBuf, String)> = Vec::new();
         let mut names = HashSet::new();
         for (i, d) in list.iter().enumerate() {
             let field = format!("destination[{i}]");
@@ -629,6 +632,10 @@ impl Compiler<'_> {
                     }
                 }
             }
+            let spool = ds
+                .spool
+                .as_ref()
+                .and_then(|sp| self.spool(sp, &name, transport, &field, &mut spool_dirs));
             let wants_tls = ds.transport.as_ref().is_some_and(|t| t.get_ref() == "tls");
             let tls = self.destination_tls(ds, &field, wants_tls, address.as_ref());
             if let Some((address, host)) = address {
@@ -646,11 +653,125 @@ impl Compiler<'_> {
                     queue,
                     queue_bytes,
                     stall_timeout,
+                    spool,
                     tls,
                 });
             }
         }
         out
+    }
+
+    /// The spool of destination `name` (`field`): its keys checked, its directory
+    /// (`<dir>/<name>`) created and written to once, so that `check-config` finds a
+    /// directory the daemon could not use.
+    fn spool(
+        &mut self,
+        sp: &Spanned<SpoolSection>,
+        name: &str,
+        transport: Transport,
+        field: &str,
+        taken: &mut Vec<(PathBuf, String)>,
+    ) -> Option<SpoolOptions> {
+        let section = sp.get_ref();
+        let field = format!("{field}.spool");
+        if !transport.is_stream() {
+            self.r.error(
+                span_of(sp),
+                field,
+                "a spool applies to stream destinations only",
+                Some("remove it, or use transport = \"tcp\" or \"tls\"".into()),
+            );
+            return None;
+        }
+        let max_bytes = match section.max_bytes.as_ref() {
+            None => crate::io::spool::DEFAULT_MAX_BYTES,
+            Some(m) => match m.get_ref().bytes() {
+                Some(n) if n >= crate::io::spool::MIN_MAX_BYTES as i64 => n as u64,
+                parsed => {
+                    let what = match parsed {
+                        Some(n) => format!("max_bytes {n} is out of range"),
+                        None => match m.get_ref() {
+                            ByteSize::Text(t) => format!("{t:?} is not a size"),
+                            ByteSize::Number(n) => format!("{n} is not a size"),
+                        },
+                    };
+                    self.r.error(
+                        span_of(m),
+                        format!("{field}.max_bytes"),
+                        what,
+                        Some("use \"1MiB\" or more (B, KiB, MiB, GiB, KB, MB, GB)".into()),
+                    );
+                    return None;
+                }
+            },
+        };
+        let sync = match section.sync.as_ref() {
+            None => crate::io::spool::DEFAULT_SYNC,
+            Some(d) => self.duration(d, &format!("{field}.sync"), 10, 3_600_000)?,
+        };
+        let on_full = match section.on_full.as_ref().map(|o| o.get_ref().as_str()) {
+            None | Some("drop-oldest") => OnFull::DropOldest,
+            Some("drop-newest") => OnFull::DropNewest,
+            Some(other) => {
+                let s = section.on_full.as_ref().map_or(0..0, span_of);
+                self.r.error(
+                    s,
+                    format!("{field}.on_full"),
+                    format!("unknown policy {other:?}"),
+                    Some("use \"drop-oldest\" or \"drop-newest\"".into()),
+                );
+                return None;
+            }
+        };
+        let safe_name = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !safe_name {
+            self.r.error(
+                span_of(&section.dir),
+                format!("{field}.dir"),
+                format!("destination name {name:?} cannot name a spool directory"),
+                Some("name the destination with letters, digits, '-', '_' and '.'".into()),
+            );
+            return None;
+        }
+        if section.dir.get_ref().is_empty() {
+            self.r.error(
+                span_of(&section.dir),
+                format!("{field}.dir"),
+                "the spool directory is empty",
+                Some("write e.g. dir = \"/var/lib/hepfwd/spool\"".into()),
+            );
+            return None;
+        }
+        let dir = Path::new(section.dir.get_ref()).join(name);
+        if let Err(reason) = crate::io::spool::probe_dir(&dir) {
+            self.r.error(
+                span_of(&section.dir),
+                format!("{field}.dir"),
+                reason,
+                Some("create the directory, writable by hepfwd's user, or choose another".into()),
+            );
+            return None;
+        }
+        let resolved = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        if let Some((_, other)) = taken.iter().find(|(d, _)| *d == resolved) {
+            self.r.error(
+                span_of(&section.dir),
+                format!("{field}.dir"),
+                format!(
+                    "spool directory {} is also destination {other:?}'s",
+                    resolved.display()
+                ),
+                Some("give each destination its own spool directory".into()),
+            );
+            return None;
+        }
+        taken.push((resolved, name.to_string()));
+        Some(SpoolOptions::new(dir, max_bytes, sync, on_full))
     }
 
     /// Records a TLS file error at the field that names the file (the first field when
@@ -1718,6 +1839,97 @@ mod tests {
                 targets: vec![0],
                 mode: ForwardMode::All
             }
+        );
+    }
+
+    #[test]
+    fn spool_parses_defaults_and_gets_a_directory_per_destination() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().display().to_string();
+        let p = compile_str(&format!("{BASE}spool = {{ dir = \"{base}\" }}\n")).unwrap();
+        let spool = p.destinations[1].spool.clone().unwrap();
+        assert_eq!(spool.dir, tmp.path().join("b"));
+        assert_eq!(spool.max_bytes, 1 << 30);
+        assert_eq!(spool.sync, Duration::from_secs(1));
+        assert_eq!(spool.on_full, OnFull::DropOldest);
+        assert!(tmp.path().join("b").is_dir(), "created by the check");
+        assert_eq!(p.destinations[0].spool, None);
+
+        let src = format!(
+            "{BASE}spool = {{ dir = \"{base}\", max_bytes = \"64MiB\", sync = \"250ms\", on_full = \"drop-newest\" }}\n"
+        );
+        let spool = compile_str(&src).unwrap().destinations[1]
+            .spool
+            .clone()
+            .unwrap();
+        assert_eq!(spool.max_bytes, 64 << 20);
+        assert_eq!(spool.sync, Duration::from_millis(250));
+        assert_eq!(spool.on_full, OnFull::DropNewest);
+    }
+
+    #[test]
+    fn spool_errors_name_line_field_and_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().display().to_string();
+        // A directory under a regular file cannot be created: the OS says why.
+        let file = tmp.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = one_error(&format!(
+            "{BASE}spool = {{ dir = \"{}\" }}\n",
+            file.display()
+        ));
+        assert_eq!((e.line, e.field.as_str()), (11, "destination[1].spool.dir"));
+        assert!(e.message.contains("Not a directory"), "{}", e.message);
+
+        let e = one_error(&format!(
+            "{BASE}spool = {{ dir = \"{base}\", on_full = \"panic\" }}\n"
+        ));
+        assert_eq!(e.field, "destination[1].spool.on_full");
+        let e = one_error(&format!(
+            "{BASE}spool = {{ dir = \"{base}\", max_bytes = \"1KiB\" }}\n"
+        ));
+        assert_eq!(e.field, "destination[1].spool.max_bytes");
+        assert!(e.message.contains("out of range"), "{}", e.message);
+        let e = one_error(&format!(
+            "{BASE}spool = {{ dir = \"{base}\", sync = \"soon\" }}\n"
+        ));
+        assert_eq!(e.field, "destination[1].spool.sync");
+        let e = one_error(&format!("{BASE}spool = {{ dir = \"{base}\", size = 1 }}\n"));
+        assert!(e.field.starts_with("destination[1].spool"), "{}", e.field);
+
+        // A datagram destination has no spool.
+        let src = BASE.replace(
+            "address = \"127.0.0.1:9061\"\n",
+            &format!("address = \"127.0.0.1:9061\"\nspool = {{ dir = \"{base}\" }}\n"),
+        );
+        let e = one_error(&src);
+        assert_eq!(e.field, "destination[0].spool");
+        assert!(
+            e.message.contains("stream destinations only"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn two_destinations_never_share_a_spool_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+        std::fs::create_dir_all(one.join("b")).unwrap();
+        std::fs::create_dir_all(&two).unwrap();
+        // two/c is one/b under another name.
+        std::os::unix::fs::symlink(one.join("b"), two.join("c")).unwrap();
+        let src = format!(
+            "{BASE}spool = {{ dir = \"{}\" }}\n[[destination]]\nname = \"c\"\naddress = \"127.0.0.1:9063\"\ntransport = \"tcp\"\nspool = {{ dir = \"{}\" }}\n",
+            one.display(),
+            two.display()
+        );
+        let e = one_error(&src);
+        assert_eq!(e.field, "destination[2].spool.dir");
+        assert!(
+            e.message.contains("also destination \"b\""),
+            "{}",
+            e.message
         );
     }
 

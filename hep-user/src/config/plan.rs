@@ -160,6 +160,14 @@ pub enum Transport {
     Tcp,
 }
 
+impl Transport {
+    /// Whether frames go over a byte stream (a TCP connection, with or without TLS):
+    /// the transports a spool can serve.
+    pub fn is_stream(self) -> bool {
+        matches!(self, Transport::Tcp)
+    }
+}
+
 /// A destination (collector).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationPlan {
@@ -183,6 +191,9 @@ pub struct DestinationPlan {
     /// TCP: a connection whose written bytes see no acknowledgement this long is stalled:
     /// reported down and replaced.
     pub stall_timeout: Duration,
+    /// Stream transports: the disk spool, if configured (its `dir` is the destination's
+    /// own subdirectory).
+    pub spool: Option<crate::io::spool::SpoolOptions>,
     /// Stable seed of this destination in call-sticky hashing (from its name).
     pub hash_seed: u64,
     /// `transport = "tls"`: a TCP destination whose stream is TLS.

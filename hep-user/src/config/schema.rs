@@ -325,6 +325,23 @@ pub struct DestinationSection {
     pub tls_cert: Option<Spanned<String>>,
     /// TLS: the client certificate's private key file (PEM).
     pub tls_key: Option<Spanned<String>>,
+    /// Stream transports: the disk spool (store and forward).
+    pub spool: Option<Spanned<SpoolSection>>,
+}
+
+/// `spool = { dir = "...", max_bytes = "1GiB", sync = "1s", on_full = "drop-oldest" }` of a
+/// `[[destination]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    /// The directory; the destination's spool is its subdirectory named after it.
+    pub dir: Spanned<String>,
+    /// The most bytes of segment files (`"1GiB"` or a number).
+    pub max_bytes: Option<Spanned<ByteSize>>,
+    /// `fdatasync` at most this often (`"1s"`).
+    pub sync: Option<Spanned<String>>,
+    /// `drop-oldest` (default) or `drop-newest`.
+    pub on_full: Option<Spanned<String>>,
 }
 
 /// A size in bytes: a number, or a string with a unit (`"64MiB"`, `"512KiB"`, `"1GiB"`,

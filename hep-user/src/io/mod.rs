@@ -4,6 +4,7 @@ pub mod accept;
 pub mod capture;
 pub mod framer;
 pub mod output;
+pub mod spool;
 pub mod tcp_listener;
 pub mod tcp_sink;
 pub mod udp_batch;

@@ -89,14 +89,45 @@
 //! drain (a reload removed the destination) drains on its own: the task keeps writing
 //! what is queued for at most [`ORPHAN_DRAIN`], then stops, counting what is left the
 //! same way.
+//!
+//! # Spool
+//!
+//! With a spool ([`SinkOptions::spool`], see [`crate::io::spool`]) frames the sink cannot
+//! hold in memory go to disk instead of being dropped, and are written later in the order
+//! they were accepted:
+//!
+//! - The sink is *spilling* (new frames go to the spool, [`SinkStats::spooling`]) from
+//!   the moment the destination is unreachable (a failed connection attempt, a broken or
+//!   stalled connection) or the memory queue refuses a frame, and at start when the spool
+//!   holds frames. [`TcpSink::try_send`] decides between the memory queue and the spool
+//!   under the spool's lock, so a frame never overtakes one already spooled.
+//! - When an outage starts, the frames held in memory (to replay, then queued) move to the
+//!   spool if the spool has nothing left to read and none of them precedes a frame read
+//!   from the spool (that is, when appending them keeps the order); otherwise they stay in
+//!   memory and are written first.
+//! - Connected, the task writes what it holds in memory (older), then reads the spool
+//!   oldest first (in a blocking task). When the spool has nothing left to read, it stops
+//!   spilling under the same lock: later frames take the memory queue and follow on the
+//!   same connection.
+//! - A frame read from the spool stays in it (counted in [`SinkStats::spool_frames`])
+//!   until the collector's TCP acknowledged it: then it is consumed there and counted
+//!   [`SinkStats::sent`] and [`SinkStats::replayed`]. A broken connection writes the
+//!   unacknowledged ones again, like memory frames; a process killed before they were
+//!   consumed (and the position synced) replays them at the next start.
+//! - Another task `fdatasync`s the spool every `sync`; the task syncs it a last time when
+//!   it stops. At a stop, frames held in memory move to the spool when the order allows
+//!   (else they are counted [`SinkStats::dropped_shutdown`] as without a spool).
+//!
+//! So sent + dropped + `queue_depth` + `spool_frames` = frames routed to the sink + frames
+//! found in the spool at start ([`SinkStats::spool_recovered`]).
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -105,7 +136,9 @@ use hep_common::framing::{MAX_FRAME_LEN, frame_len};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+
+use crate::io::spool::{Appended, Spool, SpoolError, SpoolOptions};
 
 mod tls;
 use tls::Wire;
@@ -143,7 +176,7 @@ pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The limits of one sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SinkOptions {
     /// Most frames held (at least 1).
     pub queue: usize,
@@ -152,6 +185,8 @@ pub struct SinkOptions {
     /// How long a connection with unacknowledged bytes may see none acknowledged before
     /// it counts as stalled.
     pub stall_timeout: Duration,
+    /// The disk spool, if any (see the module documentation, "Spool").
+    pub spool: Option<SpoolOptions>,
 }
 
 impl SinkOptions {
@@ -161,6 +196,7 @@ impl SinkOptions {
             queue,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            spool: None,
         }
     }
 }
@@ -183,13 +219,16 @@ enum Phase {
 
 struct Inner {
     name: String,
-    addr: SocketAddr,
+    /// The collector's address now (a destination's host name may resolve anew).
+    target: watch::Sender<SocketAddr>,
     tx: mpsc::Sender<Bytes>,
     /// The most frames held.
     queue: u64,
     /// The most bytes held.
     queue_bytes: u64,
     stats: Arc<SinkStats>,
+    /// The disk spool, once configured and opened.
+    spool: Arc<SpoolSlot>,
     ctl: watch::Sender<Phase>,
     /// `Some(everything written)` once the task has ended.
     done: watch::Receiver<Option<bool>>,
@@ -208,7 +247,7 @@ impl fmt::Debug for TcpSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpSink")
             .field("name", &self.inner.name)
-            .field("addr", &self.inner.addr)
+            .field("addr", &*self.inner.target.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -252,9 +291,46 @@ impl TcpSink {
         let (tx, rx) = mpsc::channel(options.queue.clamp(1, Semaphore::MAX_PERMITS));
         let (ctl, ctl_rx) = watch::channel(Phase::Run);
         let (done_tx, done) = watch::channel(None);
+        let spool = Arc::new(SpoolSlot::default());
+        if let Some(o) = options.spool.as_ref() {
+            // Opening reads every segment: on a worker of a multi-threaded runtime, tell
+            // it so that its other tasks move elsewhere meanwhile.
+            let open = || SpoolShared::open(&name, o, &stats);
+            let opened = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(open),
+                _ => open(),
+            };
+            match opened {
+                Ok(shared) => {
+                    spool.current.store(Some(Arc::clone(&shared)));
+                    handle.spawn(sync_task(shared, done.clone()));
+                }
+                Err(SpoolError::Locked(dir)) => {
+                    tracing::warn!(
+                        destination = %name,
+                        dir = %dir.display(),
+                        "spool directory in use (by the sink this one replaces?); opening it once released"
+                    );
+                    handle.spawn(open_later(
+                        name.clone(),
+                        o.clone(),
+                        Arc::clone(&stats),
+                        Arc::clone(&spool),
+                        done.clone(),
+                    ));
+                }
+                Err(e) => tracing::error!(
+                    destination = %name,
+                    error = %e,
+                    "cannot open the spool; the destination runs without it"
+                ),
+            }
+        }
+        let (target, target_rx) = watch::channel(addr);
         let worker = Worker {
             name: name.clone(),
             addr,
+            target: target_rx,
             rx,
             ctl: ctl_rx.clone(),
             stats: Arc::clone(&stats),
@@ -262,6 +338,7 @@ impl TcpSink {
             batch: Batch::default(),
             retransmit: Retransmit::default(),
             replay: VecDeque::new(),
+            spool: Arc::clone(&spool),
             queue_closed: false,
             suspect: false,
             backoff: Backoff::new(seed(addr)),
@@ -272,11 +349,12 @@ impl TcpSink {
         TcpSink {
             inner: Arc::new(Inner {
                 name,
-                addr,
+                target,
                 tx,
                 queue: options.queue.clamp(1, Semaphore::MAX_PERMITS) as u64,
                 queue_bytes: options.queue_bytes as u64,
                 stats,
+                spool,
                 ctl,
                 done,
                 tls,
@@ -301,35 +379,72 @@ impl TcpSink {
             stats.dropped_invalid.fetch_add(1, Relaxed);
             return false;
         }
+        let Some(shared) = self.inner.spool.get() else {
+            return match self.enqueue(frame) {
+                Ok(()) => true,
+                Err(Refused::Full(_)) => {
+                    stats.dropped_queue_full.fetch_add(1, Relaxed);
+                    false
+                }
+                Err(Refused::Closed) => {
+                    stats.dropped_shutdown.fetch_add(1, Relaxed);
+                    false
+                }
+            };
+        };
+        if self.inner.tx.is_closed() {
+            stats.dropped_shutdown.fetch_add(1, Relaxed);
+            return false;
+        }
+        // One lock decides between the memory queue and the spool, so no frame overtakes
+        // one already spooled.
+        let mut state = shared.lock();
+        let frame = if state.spilling {
+            frame
+        } else {
+            match self.enqueue(frame) {
+                Ok(()) => return true,
+                Err(Refused::Closed) => {
+                    stats.dropped_shutdown.fetch_add(1, Relaxed);
+                    return false;
+                }
+                Err(Refused::Full(frame)) => {
+                    state.start_spilling(&self.inner.name, "memory queue full", stats);
+                    frame
+                }
+            }
+        };
+        let stored = state.append(&frame, stats);
+        drop(state);
+        self.inner.spool.notify.notify_one();
+        stored
+    }
+
+    /// Puts `frame` in the memory queue, counting it held.
+    fn enqueue(&self, frame: Bytes) -> Result<(), Refused> {
+        let stats = &self.inner.stats;
         let len = frame.len() as u64;
         // Counted before the send so the task's decrement can never come first.
         let held = stats.queue_bytes.fetch_add(len, Relaxed);
         // An empty sink always takes a frame, whatever the byte bound.
         if held > 0 && held + len > self.inner.queue_bytes {
             stats.queue_bytes.fetch_sub(len, Relaxed);
-            stats.dropped_queue_full.fetch_add(1, Relaxed);
-            return false;
+            return Err(Refused::Full(frame));
         }
         if stats.queue_depth.fetch_add(1, Relaxed) >= self.inner.queue {
             stats.queue_depth.fetch_sub(1, Relaxed);
             stats.queue_bytes.fetch_sub(len, Relaxed);
-            stats.dropped_queue_full.fetch_add(1, Relaxed);
-            return false;
+            return Err(Refused::Full(frame));
         }
         match self.inner.tx.try_send(frame) {
-            Ok(()) => true,
+            Ok(()) => Ok(()),
             Err(e) => {
                 stats.queue_depth.fetch_sub(1, Relaxed);
                 stats.queue_bytes.fetch_sub(len, Relaxed);
                 match e {
-                    mpsc::error::TrySendError::Full(_) => {
-                        stats.dropped_queue_full.fetch_add(1, Relaxed)
-                    }
-                    mpsc::error::TrySendError::Closed(_) => {
-                        stats.dropped_shutdown.fetch_add(1, Relaxed)
-                    }
-                };
-                false
+                    mpsc::error::TrySendError::Full(frame) => Err(Refused::Full(frame)),
+                    mpsc::error::TrySendError::Closed(_) => Err(Refused::Closed),
+                }
             }
         }
     }
@@ -367,7 +482,19 @@ impl TcpSink {
 
     /// The collector's address.
     pub fn addr(&self) -> SocketAddr {
-        self.inner.addr
+        *self.inner.target.borrow()
+    }
+
+    /// A new address for the collector (its host name resolved anew): an open connection
+    /// to the old one ends at the next moment the sink is idle (what it had not
+    /// acknowledged is written again first), and the next connection goes to `addr`. The
+    /// queue and the spool stay: nothing is dropped for the change.
+    pub fn set_address(&self, addr: SocketAddr) {
+        self.inner.target.send_if_modified(|current| {
+            let changed = *current != addr;
+            *current = addr;
+            changed
+        });
     }
 
     /// The counters.
@@ -390,6 +517,269 @@ async fn wait_done(rx: &mut watch::Receiver<Option<bool>>) -> bool {
         if rx.changed().await.is_err() {
             // The task is gone without a word (runtime shut down).
             return rx.borrow().unwrap_or(false);
+        }
+    }
+}
+
+/// Why the memory queue refused a frame.
+enum Refused {
+    /// Full (in frames or bytes): the frame, for the spool.
+    Full(Bytes),
+    /// The sink stopped.
+    Closed,
+}
+
+/// Where a frame the task holds comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The memory queue: counted in `queue_depth` until acknowledged.
+    Memory,
+    /// The spool: read from it, consumed there once acknowledged.
+    Spool,
+}
+
+/// A frame the task holds, and where it came from.
+#[derive(Debug, Clone)]
+struct Tagged {
+    frame: Bytes,
+    origin: Origin,
+}
+
+impl Tagged {
+    fn memory(frame: Bytes) -> Self {
+        Tagged {
+            frame,
+            origin: Origin::Memory,
+        }
+    }
+}
+
+impl AsRef<[u8]> for Tagged {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
+/// The spool of a sink and whether new frames go to it, under one lock (taken by
+/// [`TcpSink::try_send`] and by the task).
+#[derive(Debug)]
+struct SpoolShared {
+    state: Mutex<SpoolState>,
+}
+
+/// Where a sink's spool is: opened when the sink starts, or later when its directory was
+/// still locked by the sink this one replaces (a reload that changed the destination):
+/// see [`open_later`].
+#[derive(Debug, Default)]
+struct SpoolSlot {
+    current: arc_swap::ArcSwapOption<SpoolShared>,
+    /// Wakes the task when a frame was spooled or the spool was opened.
+    notify: Notify,
+}
+
+impl SpoolSlot {
+    fn get(&self) -> Option<Arc<SpoolShared>> {
+        self.current.load_full()
+    }
+}
+
+/// While a replaced sink holds the spool directory, the new one tries again this often...
+const SPOOL_OPEN_RETRY: Duration = Duration::from_millis(200);
+/// ...for at most this long (the old sink drains for at most [`ORPHAN_DRAIN`]).
+const SPOOL_OPEN_FOR: Duration = Duration::from_secs(30);
+
+/// Opens the spool of `name` once the sink this one replaces released it. Frames taken in
+/// the meantime went to the memory queue: they may reach the collector before the older
+/// frames the old sink left in the spool (the order holds again from then on).
+async fn open_later(
+    name: String,
+    options: SpoolOptions,
+    stats: Arc<SinkStats>,
+    slot: Arc<SpoolSlot>,
+    mut done: watch::Receiver<Option<bool>>,
+) {
+    let until = Instant::now() + SPOOL_OPEN_FOR;
+    while Instant::now() < until {
+        tokio::select! {
+            _ = tokio::time::sleep(SPOOL_OPEN_RETRY) => {}
+            changed = done.changed() => {
+                if changed.is_err() || done.borrow().is_some() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let (n, o, st) = (name.clone(), options.clone(), Arc::clone(&stats));
+        match tokio::task::spawn_blocking(move || SpoolShared::open(&n, &o, &st)).await {
+            Ok(Ok(shared)) => {
+                tracing::info!(destination = %name, "spool opened after the replaced sink released it");
+                slot.current.store(Some(Arc::clone(&shared)));
+                slot.notify.notify_one();
+                sync_task(shared, done).await;
+                return;
+            }
+            Ok(Err(SpoolError::Locked(_))) => {}
+            Ok(Err(e)) => {
+                tracing::error!(destination = %name, error = %e, "cannot open the spool; the destination runs without it");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(destination = %name, error = %e, "spool open task failed; the destination runs without it");
+                return;
+            }
+        }
+    }
+    tracing::error!(
+        destination = %name,
+        "spool directory still in use; the destination runs without it until a restart"
+    );
+}
+
+#[derive(Debug)]
+struct SpoolState {
+    spool: Spool,
+    /// New frames go to the spool, not the memory queue. Set when the destination is
+    /// unreachable or its memory queue is full, cleared by the task only when it has
+    /// handed every spooled frame to the connection.
+    spilling: bool,
+    /// Destination name, for the logs.
+    name: String,
+    /// When an append error was last logged.
+    last_error_log: Option<Instant>,
+}
+
+/// While the spool cannot be written, an error is logged at most this often.
+const SPOOL_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+/// After an error reading the spool, the task waits this long before trying again.
+const SPOOL_READ_RETRY: Duration = Duration::from_secs(1);
+
+impl SpoolShared {
+    /// Opens the spool of destination `name`.
+    fn open(
+        name: &str,
+        options: &SpoolOptions,
+        stats: &SinkStats,
+    ) -> Result<Arc<SpoolShared>, SpoolError> {
+        match Spool::open(options.clone()) {
+            Ok((spool, recovery)) => {
+                stats.has_spool.store(true, Relaxed);
+                stats.spool_max_bytes.store(options.max_bytes, Relaxed);
+                stats.spool_recovered.fetch_add(recovery.frames, Relaxed);
+                stats
+                    .spool_corrupt
+                    .fetch_add(recovery.corrupt_skipped, Relaxed);
+                let spilling = !spool.is_empty();
+                if spilling || recovery.corrupt_skipped > 0 || recovery.truncated_bytes > 0 {
+                    tracing::info!(
+                        destination = %name,
+                        dir = %spool.dir().display(),
+                        frames = recovery.frames,
+                        corrupt_skipped = recovery.corrupt_skipped,
+                        truncated_bytes = recovery.truncated_bytes,
+                        "spool opened with frames to replay"
+                    );
+                }
+                let state = SpoolState {
+                    spool,
+                    spilling,
+                    name: name.to_string(),
+                    last_error_log: None,
+                };
+                state.publish(stats);
+                Ok(Arc::new(SpoolShared {
+                    state: Mutex::new(state),
+                }))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SpoolState> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// `fdatasync`s the spool and saves its position (blocking).
+    fn sync(&self) {
+        let mut state = self.lock();
+        if let Err(e) = state.spool.sync() {
+            tracing::warn!(destination = %state.name, error = %e, "spool sync failed");
+        }
+    }
+}
+
+impl SpoolState {
+    /// New frames go to the spool from now on.
+    fn start_spilling(&mut self, name: &str, why: &str, stats: &SinkStats) {
+        if !self.spilling {
+            self.spilling = true;
+            stats.spooling.store(true, Relaxed);
+            tracing::info!(destination = %name, reason = why, "spooling to disk");
+        }
+    }
+
+    /// Appends `frame`, counting the outcome; whether it was stored.
+    fn append(&mut self, frame: &[u8], stats: &SinkStats) -> bool {
+        let stored = match self.spool.append(frame) {
+            Ok(Appended::Stored { dropped_oldest }) => {
+                stats.dropped_spool_full.fetch_add(dropped_oldest, Relaxed);
+                stats.spooled.fetch_add(1, Relaxed);
+                stats.spooled_bytes.fetch_add(frame.len() as u64, Relaxed);
+                true
+            }
+            Ok(Appended::Refused { dropped_oldest }) => {
+                stats
+                    .dropped_spool_full
+                    .fetch_add(dropped_oldest + 1, Relaxed);
+                false
+            }
+            Err(e) => {
+                stats.dropped_spool_error.fetch_add(1, Relaxed);
+                let now = Instant::now();
+                if self
+                    .last_error_log
+                    .is_none_or(|t| now.duration_since(t) >= SPOOL_ERROR_LOG_EVERY)
+                {
+                    self.last_error_log = Some(now);
+                    tracing::warn!(destination = %self.name, error = %e, "cannot write to the spool; frame dropped");
+                }
+                false
+            }
+        };
+        self.publish(stats);
+        stats.spooling.store(self.spilling, Relaxed);
+        stored
+    }
+
+    /// The gauges.
+    fn publish(&self, stats: &SinkStats) {
+        stats.spool_frames.store(self.spool.frames(), Relaxed);
+        stats.spool_bytes.store(self.spool.bytes(), Relaxed);
+        stats
+            .spool_oldest_ms
+            .store(self.spool.oldest_ms().unwrap_or(0), Relaxed);
+        stats.spooling.store(self.spilling, Relaxed);
+    }
+}
+
+/// `fdatasync`s the spool every `sync` until the sink's task ends (it syncs a last time).
+async fn sync_task(shared: Arc<SpoolShared>, mut done: watch::Receiver<Option<bool>>) {
+    let every = shared.lock().spool.sync_every();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let s = Arc::clone(&shared);
+                let _ = tokio::task::spawn_blocking(move || s.sync()).await;
+            }
+            changed = done.changed() => {
+                if changed.is_err() || done.borrow().is_some() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -463,19 +853,19 @@ impl Batch {
     /// encoded by `wire`; calls `took` with each frame taken and its length on the wire.
     /// A frame `wire` cannot encode is handed back with the error (the batch keeps the
     /// frames before it).
-    fn fill_on(
+    fn fill_on<T: AsRef<[u8]>>(
         &mut self,
         wire: &mut Wire,
-        first: Bytes,
-        mut next: impl FnMut() -> Option<Bytes>,
-        mut took: impl FnMut(&Bytes, u64),
-    ) -> Result<(), (Bytes, io::Error)> {
+        first: T,
+        mut next: impl FnMut() -> Option<T>,
+        mut took: impl FnMut(&T, u64),
+    ) -> Result<(), (T, io::Error)> {
         self.bytes.clear();
         self.frames = 0;
         self.written = 0;
         let mut frame = first;
         loop {
-            match wire.encode(&frame, &mut self.bytes) {
+            match wire.encode(frame.as_ref(), &mut self.bytes) {
                 Ok(n) => took(&frame, n as u64),
                 Err(e) => return Err((frame, e)),
             }
@@ -505,7 +895,9 @@ impl Batch {
 #[derive(Debug, Default)]
 struct Retransmit {
     /// The frames, in connection order, with the offset just past their last byte.
-    frames: VecDeque<(Bytes, u64)>,
+    frames: VecDeque<(Tagged, u64)>,
+    /// Frames from the spool wholly acknowledged, not yet taken by the task.
+    acked_spool: u64,
     /// The offset just past the last frame handed to the connection.
     end: u64,
     /// Bytes the kernel accepted on this connection.
@@ -522,21 +914,26 @@ impl Retransmit {
         self.frames.is_empty()
     }
 
-    /// Hands `frame` to the connection.
+    /// Hands `frame` (from the memory queue) to the connection.
     #[cfg(test)]
     fn push(&mut self, frame: &Bytes) {
-        self.push_on_wire(frame, frame.len() as u64);
+        self.push_on_wire(&Tagged::memory(frame.clone()), frame.len() as u64);
     }
 
-    /// Hands `frame` to the connection, where it takes `wire_len` bytes (its length, or
+    /// Hands `item` to the connection, where it takes `wire_len` bytes (its length, or
     /// that of its TLS records).
-    fn push_on_wire(&mut self, frame: &Bytes, wire_len: u64) {
+    fn push_on_wire(&mut self, item: &Tagged, wire_len: u64) {
         if self.end == self.acked {
             // Nothing was outstanding: the stall clock starts now.
             self.last_progress = Some(Instant::now());
         }
         self.end += wire_len;
-        self.frames.push_back((frame.clone(), self.end));
+        self.frames.push_back((item.clone(), self.end));
+    }
+
+    /// The frames from the spool acknowledged since the last call.
+    fn take_acked_spool(&mut self) -> u64 {
+        std::mem::take(&mut self.acked_spool)
     }
 
     /// The kernel accepted `n` more bytes.
@@ -545,7 +942,8 @@ impl Retransmit {
     }
 
     /// The kernel says `outstanding` written bytes are unacknowledged: takes out the frames
-    /// now wholly acknowledged, returning how many and their bytes.
+    /// now wholly acknowledged, returning how many from the memory queue and their bytes
+    /// (those from the spool: [`Retransmit::take_acked_spool`]).
     fn acknowledge(&mut self, outstanding: u64) -> (u64, u64) {
         let acked = self.written.saturating_sub(outstanding);
         if acked > self.acked {
@@ -553,12 +951,17 @@ impl Retransmit {
             self.last_progress = Some(Instant::now());
         }
         let (mut frames, mut bytes) = (0, 0);
-        while let Some((frame, end)) = self.frames.front() {
+        while let Some((item, end)) = self.frames.front() {
             if *end > self.acked {
                 break;
             }
-            frames += 1;
-            bytes += frame.len() as u64;
+            match item.origin {
+                Origin::Memory => {
+                    frames += 1;
+                    bytes += item.frame.len() as u64;
+                }
+                Origin::Spool => self.acked_spool += 1,
+            }
             self.frames.pop_front();
         }
         (frames, bytes)
@@ -572,10 +975,13 @@ impl Retransmit {
 
     /// The connection is gone: the frames not wholly acknowledged, in order, and a fresh
     /// state for the next connection.
-    fn reset(&mut self) -> VecDeque<(Bytes, u64)> {
+    fn reset(&mut self) -> VecDeque<(Bytes, Origin)> {
         let frames = std::mem::take(&mut self.frames);
         *self = Retransmit::default();
         frames
+            .into_iter()
+            .map(|(item, _)| (item.frame, item.origin))
+            .collect()
     }
 }
 
@@ -746,7 +1152,10 @@ impl Outage {
 /// them.
 struct Worker {
     name: String,
+    /// The address of the connection (being) made.
     addr: SocketAddr,
+    /// The address to use: [`TcpSink::set_address`].
+    target: watch::Receiver<SocketAddr>,
     rx: mpsc::Receiver<Bytes>,
     ctl: watch::Receiver<Phase>,
     stats: Arc<SinkStats>,
@@ -756,8 +1165,11 @@ struct Worker {
     batch: Batch,
     /// The frames handed to the current connection, not yet acknowledged.
     retransmit: Retransmit,
-    /// Frames a broken connection did not deliver, written first on the next one.
-    replay: VecDeque<Bytes>,
+    /// Frames a broken connection did not deliver, written first on the next one (and
+    /// frames read from the spool that did not fit in a batch).
+    replay: VecDeque<Tagged>,
+    /// The disk spool, if any.
+    spool: Arc<SpoolSlot>,
     /// Every handle is gone and the queue is empty.
     queue_closed: bool,
     /// The last connection stalled: reported down until the next one catches up.
@@ -779,6 +1191,9 @@ impl Worker {
         }
         self.stats.connected.store(false, Relaxed);
         let left = self.abandon();
+        if let Some(shared) = self.spool.get() {
+            let _ = tokio::task::spawn_blocking(move || shared.sync()).await;
+        }
         if left > 0 {
             tracing::warn!(
                 destination = %self.name,
@@ -792,26 +1207,152 @@ impl Worker {
         done.send_replace(Some(left == 0));
     }
 
-    /// Closes the queue and counts every frame not acknowledged as dropped at shutdown.
+    /// Closes the queue; moves the frames not acknowledged to the spool when that keeps
+    /// the order (see [`Worker::spill`]), and counts the others as dropped at shutdown
+    /// (frames read from the spool stay in it).
     fn abandon(&mut self) -> u64 {
         self.rx.close();
         self.batch.take();
-        let (mut left, mut bytes) = (0u64, 0u64);
-        let unacked = self.retransmit.reset().into_iter().map(|(frame, _)| frame);
-        let replay = std::mem::take(&mut self.replay);
-        for frame in unacked.chain(replay) {
-            left += 1;
-            bytes += frame.len() as u64;
-        }
+        let mut pipeline: Vec<Tagged> = self
+            .retransmit
+            .reset()
+            .into_iter()
+            .map(|(frame, origin)| Tagged { frame, origin })
+            .collect();
+        pipeline.extend(std::mem::take(&mut self.replay));
         while let Ok(frame) = self.rx.try_recv() {
+            pipeline.push(Tagged::memory(frame));
+        }
+        let kept = self.spill(pipeline, "stopping");
+        let (mut left, mut bytes) = (0u64, 0u64);
+        for item in kept.iter().filter(|t| t.origin == Origin::Memory) {
             left += 1;
-            bytes += frame.len() as u64;
+            bytes += item.frame.len() as u64;
         }
         if left > 0 {
             self.stats.dropped_shutdown.fetch_add(left, Relaxed);
             self.release(left, bytes);
         }
         left
+    }
+
+    /// New frames go to the spool from now on (`why`: the destination is unreachable, or
+    /// the task stops), and the frames of `pipeline` (held in memory, oldest first) move
+    /// to the spool where that keeps the order: the memory frames after the last one read
+    /// from the spool, when the spool has nothing left to read. Returns the frames kept in
+    /// memory, in order (all of them without a spool).
+    fn spill(&mut self, pipeline: Vec<Tagged>, why: &str) -> VecDeque<Tagged> {
+        let Some(shared) = self.spool.get() else {
+            return pipeline.into();
+        };
+        let mut state = shared.lock();
+        state.start_spilling(&self.name, why, &self.stats);
+        let movable_from = if state.spool.unread_frames() == 0 {
+            pipeline
+                .iter()
+                .rposition(|t| t.origin == Origin::Spool)
+                .map_or(0, |i| i + 1)
+        } else {
+            pipeline.len()
+        };
+        let mut kept = VecDeque::new();
+        let (mut moved, mut moved_bytes) = (0u64, 0u64);
+        for (index, item) in pipeline.into_iter().enumerate() {
+            if index >= movable_from {
+                moved += 1;
+                moved_bytes += item.frame.len() as u64;
+                state.append(&item.frame, &self.stats);
+            } else {
+                kept.push_back(item);
+            }
+        }
+        drop(state);
+        if moved > 0 {
+            self.release(moved, moved_bytes);
+            tracing::debug!(destination = %self.name, frames = moved, "memory queue moved to the spool");
+        }
+        kept
+    }
+
+    /// The frames held in memory (the replay list, then the queue) go to the spool where
+    /// the order allows; the rest stays in the replay list.
+    fn spill_held(&mut self, why: &str) {
+        if self.spool.current.load().is_none() {
+            return;
+        }
+        let mut pipeline: Vec<Tagged> = std::mem::take(&mut self.replay).into();
+        while let Ok(frame) = self.rx.try_recv() {
+            pipeline.push(Tagged::memory(frame));
+        }
+        self.replay = self.spill(pipeline, why);
+    }
+
+    /// Whether new frames go to the spool (the task replays it before the memory queue's
+    /// newer frames).
+    fn spooling(&self) -> bool {
+        self.spool.current.load().is_some() && self.stats.spooling.load(Relaxed)
+    }
+
+    /// Reads the next frames to replay from the spool (blocking work off the runtime's
+    /// threads). When nothing is left to read, new frames go to the memory queue again
+    /// (decided under the lock producers take, so none slips in between).
+    async fn read_spool(&self) -> Result<Vec<Tagged>, ()> {
+        let Some(shared) = self.spool.get() else {
+            return Ok(Vec::new());
+        };
+        let stats = Arc::clone(&self.stats);
+        let name = self.name.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut state = shared.lock();
+            let read = state.spool.read(BATCH_FRAMES, BATCH_BYTES);
+            let exhausted = match &read {
+                Ok(frames) => frames.is_empty() || state.spool.unread_frames() == 0,
+                Err(_) => false,
+            };
+            if exhausted && state.spilling {
+                if state.spool.unread_frames() > 0 {
+                    tracing::warn!(destination = %name, frames = state.spool.unread_frames(), "spool: frames counted but not readable");
+                }
+                state.spilling = false;
+                tracing::info!(destination = %name, "spool replayed; back to the memory queue");
+            }
+            state.publish(&stats);
+            read
+        })
+        .await;
+        match result {
+            Ok(Ok(frames)) => Ok(frames
+                .into_iter()
+                .map(|frame| Tagged {
+                    frame,
+                    origin: Origin::Spool,
+                })
+                .collect()),
+            Ok(Err(e)) => {
+                tracing::warn!(destination = %self.name, error = %e, "cannot read the spool; retrying");
+                Err(())
+            }
+            Err(e) => {
+                tracing::warn!(destination = %self.name, error = %e, "spool read task failed; retrying");
+                Err(())
+            }
+        }
+    }
+
+    /// `frames` frames read from the spool were acknowledged: consumed there, counted sent.
+    fn consume_spool(&self, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        self.stats.sent.fetch_add(frames, Relaxed);
+        self.stats.replayed.fetch_add(frames, Relaxed);
+        if let Some(shared) = self.spool.get() {
+            let mut state = shared.lock();
+            if let Err(e) = state.spool.consume(frames) {
+                tracing::warn!(destination = %self.name, error = %e, "spool: cannot delete a consumed segment");
+            }
+            state.publish(&self.stats);
+        }
     }
 
     /// `frames` frames of `bytes` bytes left the sink (sent or dropped).
@@ -828,12 +1369,13 @@ impl Worker {
         }
     }
 
-    /// Draining and nothing left to write or to see acknowledged.
+    /// Draining and nothing left to write or to see acknowledged (frames read from the
+    /// spool and waiting to be written again stay in the spool for the next start).
     fn finished(&self) -> bool {
         self.draining()
             && self.batch.is_empty()
             && self.retransmit.is_empty()
-            && self.replay.is_empty()
+            && self.replay.iter().all(|t| t.origin == Origin::Spool)
             && self.rx.is_empty()
     }
 
@@ -860,6 +1402,8 @@ impl Worker {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => break,
+                        // A new address (a name resolved anew): try it now.
+                        Ok(()) = self.target.changed() => break,
                         _ = ctl_changed(&mut self.ctl) => {
                             if self.finished() {
                                 return None;
@@ -873,8 +1417,9 @@ impl Worker {
                     }
                 }
             }
+            self.addr = *self.target.borrow_and_update();
             // A host name not resolved yet: no address to try (0.0.0.0 would reach this
-            // host). The daemon starts a new sink once the name resolves.
+            // host). The daemon gives the sink the address once the name resolves.
             if self.addr.ip().is_unspecified() {
                 self.connect_failed("the host name has not resolved");
                 continue;
@@ -942,6 +1487,7 @@ impl Worker {
 
     fn connect_failed(&mut self, error: &str) {
         self.stats.connect_failures.fetch_add(1, Relaxed);
+        self.spill_held("destination unreachable");
         self.backoff.attempt_failed();
         match self.outage.attempt_failed(error) {
             Report::First => tracing::warn!(
@@ -975,15 +1521,23 @@ impl Worker {
             Ok(outstanding) => {
                 let (frames, bytes) = self.retransmit.acknowledge(outstanding);
                 self.sent(frames, bytes);
+                let acked_spool = self.retransmit.take_acked_spool();
+                self.consume_spool(acked_spool);
                 let kept = self.retransmit.reset();
                 let replayed = kept.len();
-                for (frame, _) in kept.into_iter().rev() {
-                    self.replay.push_front(frame);
+                for (frame, origin) in kept.into_iter().rev() {
+                    self.replay.push_front(Tagged { frame, origin });
                 }
                 replayed
             }
             Err(error) => {
-                let lost = self.retransmit.reset();
+                let all = self.retransmit.reset();
+                // Frames read from the spool are still in it: written again.
+                let (lost, kept): (Vec<_>, Vec<_>) =
+                    all.into_iter().partition(|(_, o)| *o == Origin::Memory);
+                for (frame, origin) in kept.into_iter().rev() {
+                    self.replay.push_front(Tagged { frame, origin });
+                }
                 let frames = lost.len() as u64;
                 let bytes = lost.iter().map(|(frame, _)| frame.len() as u64).sum();
                 self.stats
@@ -1014,6 +1568,7 @@ impl Worker {
             Some(self.backoff.disconnected())
         };
         self.outage.begin();
+        self.spill_held("destination disconnected");
         tracing::warn!(
             destination = %self.name,
             addr = %self.addr,
@@ -1040,6 +1595,8 @@ impl Worker {
                 Ok(outstanding) => {
                     let (frames, bytes) = self.retransmit.acknowledge(outstanding);
                     self.sent(frames, bytes);
+                    let acked_spool = self.retransmit.take_acked_spool();
+                    self.consume_spool(acked_spool);
                 }
                 Err(e) => {
                     tracing::debug!(destination = %self.name, error = %e, "SIOCOUTQ failed");
@@ -1061,7 +1618,7 @@ impl Worker {
     /// encoded by `wire`, handing each to the retransmit buffer. A frame the session cannot
     /// encode goes back to the front of the replay queue, and the error is returned: the
     /// connection is to be dropped.
-    fn fill_batch(&mut self, first: Option<Bytes>, wire: &mut Wire) -> Result<(), String> {
+    fn fill_batch(&mut self, first: Option<Tagged>, wire: &mut Wire) -> Result<(), String> {
         let Some(first) = first.or_else(|| self.replay.pop_front()) else {
             return Ok(());
         };
@@ -1069,8 +1626,12 @@ impl Worker {
         let filled = self.batch.fill_on(
             wire,
             first,
-            || replay.pop_front().or_else(|| rx.try_recv().ok()),
-            |frame, wire_len| retransmit.push_on_wire(frame, wire_len),
+            || {
+                replay
+                    .pop_front()
+                    .or_else(|| rx.try_recv().ok().map(Tagged::memory))
+            },
+            |item, wire_len| retransmit.push_on_wire(item, wire_len),
         );
         filled.map_err(|(frame, error)| {
             self.replay.push_front(frame);
@@ -1101,10 +1662,42 @@ impl Worker {
                         self.disconnected(&stream, &reason, false);
                         return Served::Broken;
                     }
+                } else if self.spooling() {
+                    // The memory queue's frames are older than the spool's: first.
+                    let first = match self.rx.try_recv() {
+                        Ok(frame) => Some(Tagged::memory(frame)),
+                        Err(_) => match self.read_spool().await {
+                            Ok(read) if !read.is_empty() => {
+                                self.replay.extend(read);
+                                None
+                            }
+                            Ok(_) => continue,
+                            Err(()) => {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(SPOOL_READ_RETRY) => {}
+                                    _ = ctl_changed(&mut self.ctl) => {}
+                                }
+                                continue;
+                            }
+                        },
+                    };
+                    if let Err(reason) = self.fill_batch(first, &mut wire) {
+                        self.disconnected(&stream, &reason, false);
+                        return Served::Broken;
+                    }
                 } else {
                     let waiting = !self.retransmit.is_empty();
+                    let slot = Arc::clone(&self.spool);
                     tokio::select! {
                         _ = ctl_changed(&mut self.ctl) => continue,
+                        Ok(()) = self.target.changed() => {
+                            if *self.target.borrow() != self.addr {
+                                self.disconnected(&stream, "the destination's address changed", false);
+                                return Served::Broken;
+                            }
+                            continue;
+                        }
+                        _ = slot.notify.notified() => continue,
                         ready = stream.readable() => {
                             let state = match ready {
                                 Ok(()) => peer_state(|b| stream.try_read(b), &mut scratch),
@@ -1119,7 +1712,8 @@ impl Worker {
                         _ = poll.tick(), if waiting => continue,
                         frame = self.rx.recv(), if !self.queue_closed => match frame {
                             Some(frame) => {
-                                if let Err(reason) = self.fill_batch(Some(frame), &mut wire) {
+                                let first = Some(Tagged::memory(frame));
+                                if let Err(reason) = self.fill_batch(first, &mut wire) {
                                     self.disconnected(&stream, &reason, false);
                                     return Served::Broken;
                                 }

@@ -579,3 +579,177 @@ fn the_retransmit_buffer_gives_back_only_frames_wholly_acknowledged() {
     assert_eq!(r.acknowledge(0), (1, lens[0]));
     assert_eq!(r.frames.len(), 2);
 }
+
+/// The memory queue fills (the collector does not read yet): later frames go to the spool,
+/// and the collector still sees every frame once, in the order they were accepted (the
+/// memory queue's, then the spool's); once the spool is replayed, new frames take the
+/// memory queue again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_memory_queue_spills_to_the_spool_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stats = Arc::new(SinkStats::default());
+    let options = SinkOptions {
+        spool: Some(SpoolOptions::new(
+            tmp.path().join("test"),
+            1 << 30,
+            Duration::from_secs(1),
+            crate::io::spool::OnFull::DropOldest,
+        )),
+        ..SinkOptions::with_queue(20)
+    };
+    let s = TcpSink::spawn_with(
+        "test".into(),
+        l.local_addr().unwrap(),
+        options,
+        Arc::clone(&stats),
+        &tokio::runtime::Handle::current(),
+    );
+    let mut c = accept(&l).await;
+    // About 14 MB: more than the kernel's buffers hold while the collector does not read.
+    let sent = frames(0, 20_000);
+    let producer = {
+        let (s, sent) = (s.clone(), sent.clone());
+        std::thread::spawn(move || sent.into_iter().all(|f| s.try_send(f)))
+    };
+    assert!(producer.join().unwrap(), "a frame was refused");
+    assert!(stats.spooled.load(Relaxed) > 0, "nothing spilled");
+    assert!(stats.spooling.load(Relaxed));
+    assert_eq!(stats.dropped_queue_full.load(Relaxed), 0);
+    let got = read_frames(&mut c, &mut BytesMut::new(), sent.len()).await;
+    assert!(got == sent, "frames differ (order or content)");
+    wait_until("the spool is replayed", || {
+        stats.spool_frames.load(Relaxed) == 0 && !stats.spooling.load(Relaxed)
+    })
+    .await;
+    wait_until("sent == 20000", || stats.sent.load(Relaxed) == 20_000).await;
+    assert_eq!(stats.replayed.load(Relaxed), stats.spooled.load(Relaxed));
+    let spooled = stats.spooled.load(Relaxed);
+    let more = frames(20_000, 10);
+    for f in &more {
+        assert!(s.try_send(f.clone()));
+    }
+    let got = read_frames(&mut c, &mut BytesMut::new(), more.len()).await;
+    assert!(got == more);
+    assert_eq!(
+        stats.spooled.load(Relaxed),
+        spooled,
+        "the memory queue again"
+    );
+}
+
+/// A collector that accepts and never reads: the connection stalls, new frames go to the
+/// spool, and the next connection gets, in order and without a gap, everything from the
+/// first frame the stalled one did not acknowledge to the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_collector_sends_frames_to_the_spool_and_order_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = socket.listen(4).unwrap();
+    let stats = Arc::new(SinkStats::default());
+    let options = SinkOptions {
+        stall_timeout: Duration::from_millis(300),
+        spool: Some(SpoolOptions::new(
+            tmp.path().join("test"),
+            1 << 30,
+            Duration::from_secs(1),
+            crate::io::spool::OnFull::DropOldest,
+        )),
+        ..SinkOptions::with_queue(20)
+    };
+    let s = TcpSink::spawn_with(
+        "test".into(),
+        l.local_addr().unwrap(),
+        options,
+        Arc::clone(&stats),
+        &tokio::runtime::Handle::current(),
+    );
+    let stalled = accept(&l).await;
+    let sent = frames(0, 3000);
+    for f in &sent {
+        assert!(s.try_send(f.clone()), "a frame was refused");
+    }
+    wait_until("the stall", || stats.stalls.load(Relaxed) == 1).await;
+    assert!(stats.spooled.load(Relaxed) > 0, "nothing spilled");
+    let mut c = accept(&l).await;
+    drop(stalled);
+    let mut buf = BytesMut::new();
+    let first = read_frames(&mut c, &mut buf, 1).await.remove(0);
+    let k = sent.iter().position(|f| *f == first).expect("a frame sent");
+    let rest = read_frames(&mut c, &mut buf, sent.len() - k - 1).await;
+    assert!(
+        rest == sent[k + 1..],
+        "the frames after {k} differ (order or content)"
+    );
+    wait_until("the spool is replayed", || {
+        stats.spool_frames.load(Relaxed) == 0 && !stats.spooling.load(Relaxed)
+    })
+    .await;
+    wait_until("everything acknowledged", || {
+        stats.sent.load(Relaxed) == sent.len() as u64
+    })
+    .await;
+    // The frames before k were acknowledged by the stalled connection's TCP: counted sent.
+    assert_eq!(stats.replayed.load(Relaxed), stats.spooled.load(Relaxed));
+    assert_eq!(stats.queue_depth.load(Relaxed), 0);
+}
+
+/// A sink that replaces another (a reload changed the destination) finds the spool
+/// directory locked by the old one: it opens it once the old one released it, and
+/// replays what the old one left there, in order, before its own later frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacing_sink_opens_the_spool_once_the_old_one_released_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let options = SinkOptions {
+        spool: Some(SpoolOptions::new(
+            tmp.path().join("t"),
+            1 << 30,
+            Duration::from_secs(1),
+            crate::io::spool::OnFull::DropOldest,
+        )),
+        ..SinkOptions::with_queue(100)
+    };
+    let handle = tokio::runtime::Handle::current();
+    let old_stats = Arc::new(SinkStats::default());
+    let old = TcpSink::spawn_with(
+        "t".into(),
+        addr,
+        options.clone(),
+        Arc::clone(&old_stats),
+        &handle,
+    );
+    wait_until("a failed attempt", || {
+        old_stats.connect_failures.load(Relaxed) > 0
+    })
+    .await;
+    let sent = frames(0, 60);
+    for f in &sent[..50] {
+        assert!(old.try_send(f.clone()));
+    }
+    assert_eq!(old_stats.spooled.load(Relaxed), 50);
+
+    let stats = Arc::new(SinkStats::default());
+    let new = TcpSink::spawn_with("t".into(), addr, options, Arc::clone(&stats), &handle);
+    assert!(
+        !stats.has_spool.load(Relaxed),
+        "the old sink holds the directory"
+    );
+    assert!(old.drain(WAIT).await);
+    drop(old);
+    wait_until("the spool opened", || stats.has_spool.load(Relaxed)).await;
+    assert_eq!(stats.spool_recovered.load(Relaxed), 50);
+    for f in &sent[50..] {
+        assert!(new.try_send(f.clone()));
+    }
+    let l = TcpListener::bind(addr).await.unwrap();
+    let mut c = accept(&l).await;
+    let got = read_frames(&mut c, &mut BytesMut::new(), sent.len()).await;
+    assert!(got == sent, "frames differ (order or content)");
+    wait_until("the spool is replayed", || {
+        stats.spool_frames.load(Relaxed) == 0
+    })
+    .await;
+}

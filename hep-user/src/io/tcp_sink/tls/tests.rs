@@ -266,3 +266,59 @@ async fn frames_not_acknowledged_before_a_reset_arrive_on_the_next_tls_session()
     assert_eq!(stats.reconnects.load(Relaxed), 1);
     assert!(s.drain(WAIT).await);
 }
+
+/// A TLS destination with a spool: the collector is down, the frames go to the spool;
+/// when it comes up, they arrive over TLS, once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_frames_are_replayed_over_tls_in_order() {
+    let (server_config, sink_tls) = configs();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let stats = Arc::new(SinkStats::default());
+    let options = SinkOptions {
+        spool: Some(crate::io::spool::SpoolOptions::new(
+            tmp.path().join("tls"),
+            1 << 30,
+            Duration::from_secs(1),
+            crate::io::spool::OnFull::DropOldest,
+        )),
+        ..SinkOptions::with_queue(100)
+    };
+    let s = TcpSink::spawn_tls(
+        "tls".into(),
+        addr,
+        options,
+        Some(sink_tls),
+        Arc::clone(&stats),
+        &tokio::runtime::Handle::current(),
+    );
+    wait_until("a failed attempt", || {
+        stats.connect_failures.load(Relaxed) > 0
+    })
+    .await;
+    let total = 1_000u32;
+    for i in 0..total {
+        assert!(s.try_send(frame(i, 300)));
+    }
+    assert_eq!(stats.spooled.load(Relaxed), u64::from(total));
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (tcp, _) = tokio::time::timeout(WAIT, l.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut collector = acceptor.accept(tcp).await.unwrap();
+    let got = read_frames(&mut collector, &mut BytesMut::new(), total as usize).await;
+    for (k, f) in got.iter().enumerate() {
+        assert_eq!(seq(f), k as u32, "gap or reordering");
+    }
+    wait_until("the spool is replayed", || {
+        stats.sent.load(Relaxed) == u64::from(total) && stats.spool_frames.load(Relaxed) == 0
+    })
+    .await;
+    assert_eq!(stats.replayed.load(Relaxed), u64::from(total));
+    assert!(!stats.spooling.load(Relaxed));
+}
