@@ -28,6 +28,7 @@ fn main() -> std::process::ExitCode {
         Command::Sink(a) => cli::sink::run(a),
         Command::Top(a) => cli::top::run(a),
         Command::Tap(a) => cli::tap::run(a),
+        Command::DistDocs(a) => cli::dist_docs::run(a),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

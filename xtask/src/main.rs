@@ -6,11 +6,13 @@
 //!   `hep-user/build.rs`).
 //! - `run`: setup, build, then `hepfwd run --config config/hepfwd.toml`.
 //! - `test`: setup, then `cargo test --workspace --no-fail-fast`.
+//! - `deb`: setup, then the Debian package `target/debian/hepfwd_VERSION_amd64.deb`.
 //! - `bench`: the userspace forwarding benchmark (gen → hepfwd → sink on loopback).
 
 mod bench;
 mod build;
 mod cmd;
+mod deb;
 mod run;
 mod setup;
 mod test;
@@ -38,6 +40,9 @@ enum Command {
     Run(run::RunArgs),
     /// Setup, then run the whole test suite (`cargo test --workspace --no-fail-fast [ARGS...]`).
     Test(test::TestArgs),
+    /// Setup, then build the Debian package `target/debian/hepfwd_VERSION_amd64.deb`
+    /// (release binary, systemd unit, conffile, man pages, completions, monitoring assets).
+    Deb,
     /// The forwarding benchmark: highest rate with at most 0.1% loss.
     Bench(bench::BenchArgs),
 }
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Deb => deb::run(),
         Command::Bench(args) => bench::run(&args),
     };
     match result {

@@ -3,7 +3,8 @@
 //! The steps (`../shared/TOOLCHAIN.md`): Debian packages, Debian's rustc linked as the
 //! rustup toolchain `debian-web` (the only compiler here with the library source that
 //! `-Z build-std=core` needs), bpf-linker 0.13.0 built against LLVM 22, bpffs mounted on
-//! `/sys/fs/bpf`, and the npm packages of the hep-js interop test. Each step prints one
+//! `/sys/fs/bpf`, the npm packages of the hep-js interop test, and cargo-deb (`cargo xtask
+//! deb`). Each step prints one
 //! line: what it did, or that it was already done.
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ const WITHOUT_RECOMMENDS: &[&str] = &["prometheus"];
 /// The rustup toolchain name of Debian's rustc (`rustup toolchain link debian-web /usr`).
 pub const TOOLCHAIN: &str = "debian-web";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-deb, for `cargo xtask deb` (3.8.0 builds with rust 1.95; its MSRV is 1.85).
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPFFS: &str = "/sys/fs/bpf";
 const HEPJS_DIR: &str = "tests/interop/hepjs";
@@ -63,6 +66,7 @@ pub fn run() -> Result<()> {
     step_bpf_linker(&state)?;
     step_bpffs(&state)?;
     step_npm(&root, &state)?;
+    step_cargo_deb(&state)?;
     Ok(())
 }
 
@@ -75,6 +79,8 @@ struct State {
     bpffs_mounted: bool,
     /// `Some(true)` when hep-js needs `npm ci`, `None` when there is no lockfile.
     npm_needed: Option<bool>,
+    /// `cargo deb --version`, `None` when not installed.
+    cargo_deb: Option<String>,
 }
 
 impl State {
@@ -97,7 +103,14 @@ impl State {
             bpf_linker: bpf_linker_version(),
             bpffs_mounted: bpffs_mounted(),
             npm_needed: npm_needed(root),
+            cargo_deb: cargo_deb_version(),
         }
+    }
+
+    fn cargo_deb_ok(&self) -> bool {
+        self.cargo_deb
+            .as_deref()
+            .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_DEB_VERSION))
     }
 
     fn bpf_linker_ok(&self) -> bool {
@@ -142,6 +155,10 @@ impl State {
                 format!(
                     "(cd {HEPJS_DIR} && npm ci)   # only if {HEPJS_DIR}/package-lock.json exists"
                 ),
+            ),
+            (
+                self.cargo_deb_ok(),
+                format!("cargo install --locked cargo-deb@{CARGO_DEB_VERSION}"),
             ),
         ]
     }
@@ -278,6 +295,44 @@ fn step_npm(root: &Path, state: &State) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn step_cargo_deb(state: &State) -> Result<()> {
+    if state.cargo_deb_ok() {
+        println!("[setup] cargo-deb {CARGO_DEB_VERSION}: already installed");
+        return Ok(());
+    }
+    println!("[setup] cargo-deb: installing {CARGO_DEB_VERSION} (a few minutes)");
+    cmd::run(cmd::cargo().args([
+        "install",
+        "--locked",
+        &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+    ]))
+    .context("installing cargo-deb")?;
+    match cargo_deb_version() {
+        Some(v) if v.contains(CARGO_DEB_VERSION) => {
+            println!("[setup] cargo-deb {CARGO_DEB_VERSION}: installed ({v})");
+            Ok(())
+        }
+        other => bail!("cargo-deb was installed but `cargo-deb --version` says {other:?}"),
+    }
+}
+
+/// `cargo-deb --version`, looked up on PATH and in cargo's bin directory.
+fn cargo_deb_version() -> Option<String> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = cmd::find_on_path("cargo-deb") {
+        candidates.push(p);
+    }
+    if let Some(d) = cmd::cargo_bin_dir() {
+        candidates.push(d.join("cargo-deb"));
+    }
+    candidates.into_iter().find_map(|p| {
+        let out = cmd::probe(&p, &["--version"])?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    })
 }
 
 /// Effective uid 0, from `/proc/self/status` (no libc dependency).

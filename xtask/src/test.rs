@@ -1,5 +1,6 @@
 //! `cargo xtask test`: setup, the lints (format, clippy on the host crates and on the eBPF
-//! crate for its real target), then the whole test suite.
+//! crate for its real target), the Debian package (`cargo xtask deb`, for
+//! `tests/deb_package.rs`), then the whole test suite.
 
 use std::time::Instant;
 
@@ -15,12 +16,17 @@ pub struct TestArgs {
     /// never skips them).
     #[arg(long)]
     pub skip_lints: bool,
+    /// Do not build the Debian package first (`tests/deb_package.rs` then uses the one
+    /// already in target/debian, or skips).
+    #[arg(long)]
+    pub skip_deb: bool,
     /// Extra arguments for `cargo test` (e.g. a test name, or `-- --nocapture`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
 }
 
-/// Setup, the lints, then `cargo test --workspace --no-fail-fast ARGS`. Under CI (`CI=true`)
+/// Setup, the lints, the Debian package (its path in `HEPFWD_DEB`), then `cargo test
+/// --workspace --no-fail-fast ARGS`. Under CI (`CI=true`)
 /// as root, exports `HEPFWD_REQUIRE_PRIVILEGED=1` so that a privileged test that would skip
 /// fails.
 pub fn run(args: &TestArgs) -> Result<()> {
@@ -29,7 +35,15 @@ pub fn run(args: &TestArgs) -> Result<()> {
     if !args.skip_lints {
         lints()?;
     }
+    let deb = if args.skip_deb {
+        None
+    } else {
+        Some(crate::deb::build().context("building the Debian package for its test")?)
+    };
     let mut c = cmd::cargo();
+    if let Some(deb) = &deb {
+        c.env("HEPFWD_DEB", deb);
+    }
     c.args(["test", "--workspace", "--no-fail-fast"])
         .args(&args.args)
         .current_dir(cmd::workspace_root())

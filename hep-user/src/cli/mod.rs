@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod check_config;
 pub mod decode;
+pub mod dist_docs;
 pub mod generate;
 pub mod run;
 pub mod sink;
@@ -53,6 +54,9 @@ pub enum Command {
     Top(top::TopArgs),
     /// What one route forwards, live, one JSON object a line (needs `[admin] tap = true`).
     Tap(tap::TapArgs),
+    /// Write the man pages and shell completions (for packaging: `cargo xtask deb`).
+    #[command(hide = true)]
+    DistDocs(dist_docs::DistDocsArgs),
 }
 
 /// When `e` rejects a value that came from an environment variable (the option is not on

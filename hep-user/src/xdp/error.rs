@@ -12,13 +12,17 @@ pub enum XdpError {
     )]
     NotBuilt,
 
-    /// Not root, and no CAP_BPF (or CAP_SYS_ADMIN).
+    /// The kernel refused a BPF load, attach or map operation (EPERM/EACCES), or the
+    /// process is not root and lacks CAP_BPF (and CAP_SYS_ADMIN).
     #[error(
-        "loading the XDP program needs root, or CAP_BPF + CAP_NET_ADMIN (+ CAP_PERFMON): \
+        "the XDP data path needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root); {missing}: \
          {detail}"
     )]
     NotPrivileged {
-        /// What was missing, or the kernel's answer.
+        /// Which of the three the effective set lacks ("missing CAP_NET_ADMIN"), from
+        /// [`missing_capabilities`].
+        missing: String,
+        /// The kernel's answer, or what the check found.
         detail: String,
     },
 
@@ -107,6 +111,60 @@ pub(crate) fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&
     None
 }
 
+/// A capability of the XDP data path: its name and its number (`linux/capability.h`).
+const CAPABILITIES: [(&str, u32); 3] =
+    [("CAP_BPF", 39), ("CAP_NET_ADMIN", 12), ("CAP_PERFMON", 38)];
+/// CAP_SYS_ADMIN, which the kernel also accepts for CAP_BPF and CAP_PERFMON.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// The effective capability set of this process (`CapEff:` of `/proc/self/status`);
+/// `None` when it cannot be read.
+pub(crate) fn effective_capabilities() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// Which of CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON the effective set `effective` lacks
+/// (CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as in the kernel).
+pub(crate) fn missing_from(effective: u64) -> Vec<&'static str> {
+    let has = |bit: u32| effective & (1u64 << bit) != 0;
+    CAPABILITIES
+        .iter()
+        .filter(|(name, bit)| {
+            let implied = *name != "CAP_NET_ADMIN" && has(CAP_SYS_ADMIN);
+            !has(*bit) && !implied
+        })
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+/// The missing capabilities of this process as a phrase for an error: `missing
+/// CAP_NET_ADMIN`, `missing CAP_BPF, CAP_PERFMON`, or what else is known.
+pub(crate) fn missing_capabilities() -> String {
+    match effective_capabilities() {
+        None => "the effective capability set is unreadable".to_string(),
+        Some(effective) => {
+            let missing = missing_from(effective);
+            if missing.is_empty() {
+                format!("none of them is missing (CapEff {effective:#x})")
+            } else {
+                format!("missing {} (CapEff {effective:#x})", missing.join(", "))
+            }
+        }
+    }
+}
+
+/// An [`XdpError::NotPrivileged`] with `detail`, naming what this process lacks.
+pub(crate) fn not_privileged(detail: String) -> XdpError {
+    XdpError::NotPrivileged {
+        missing: missing_capabilities(),
+        detail,
+    }
+}
+
 /// Whether an error is EPERM/EACCES somewhere in its chain.
 pub(crate) fn is_permission(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let io = io_cause(e)?;
@@ -116,7 +174,7 @@ pub(crate) fn is_permission(e: &(dyn std::error::Error + 'static)) -> Option<Str
 impl From<aya::EbpfError> for XdpError {
     fn from(e: aya::EbpfError) -> Self {
         if let Some(detail) = is_permission(&e) {
-            return XdpError::NotPrivileged { detail };
+            return not_privileged(detail);
         }
         XdpError::Load(e)
     }
@@ -130,15 +188,30 @@ impl From<aya::programs::ProgramError> for XdpError {
                 io_error,
                 verifier_log,
             } => {
-                // The verifier also answers EACCES; only without a verifier log is it a
-                // missing privilege.
+                // The verifier also answers EACCES. Without a verifier log it is a missing
+                // privilege; with one, it is too when a capability is missing: without
+                // CAP_PERFMON the verifier forbids the pointer arithmetic the program
+                // does ("prohibited for !root"), so the log's first line is the detail.
                 let log = verifier_log.to_string();
-                if log.trim().is_empty()
-                    && matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES))
-                {
-                    return XdpError::NotPrivileged {
-                        detail: io_error.to_string(),
+                let denied = matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES));
+                // Only CAP_BPF and CAP_PERFMON change what the verifier allows.
+                let lacking = effective_capabilities().is_some_and(|e| {
+                    missing_from(e)
+                        .iter()
+                        .any(|c| matches!(*c, "CAP_BPF" | "CAP_PERFMON"))
+                });
+                if denied && (log.trim().is_empty() || lacking) {
+                    let first = log
+                        .lines()
+                        .find(|l| l.contains("!root"))
+                        .or(log.lines().next());
+                    let detail = match first {
+                        Some(line) if !line.trim().is_empty() => {
+                            format!("{io_error}; the verifier: {}", line.trim())
+                        }
+                        _ => io_error.to_string(),
                     };
+                    return not_privileged(detail);
                 }
                 XdpError::Verifier {
                     source: io_error,
@@ -146,7 +219,7 @@ impl From<aya::programs::ProgramError> for XdpError {
                 }
             }
             e => match is_permission(&e) {
-                Some(detail) => XdpError::NotPrivileged { detail },
+                Some(detail) => not_privileged(detail),
                 None => XdpError::Program(e),
             },
         }
@@ -155,6 +228,38 @@ impl From<aya::programs::ProgramError> for XdpError {
 
 impl From<aya::maps::MapError> for XdpError {
     fn from(e: aya::maps::MapError) -> Self {
+        if let Some(detail) = is_permission(&e) {
+            return not_privileged(detail);
+        }
         XdpError::Map(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_missing_capability_is_named() {
+        let bit = |b: u32| 1u64 << b;
+        let all = bit(39) | bit(12) | bit(38);
+        assert!(missing_from(all).is_empty());
+        assert_eq!(missing_from(all & !bit(39)), ["CAP_BPF"]);
+        assert_eq!(missing_from(all & !bit(12)), ["CAP_NET_ADMIN"]);
+        assert_eq!(missing_from(all & !bit(38)), ["CAP_PERFMON"]);
+        assert_eq!(missing_from(0), ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]);
+        // CAP_SYS_ADMIN covers CAP_BPF and CAP_PERFMON, not CAP_NET_ADMIN.
+        assert_eq!(missing_from(bit(21)), ["CAP_NET_ADMIN"]);
+    }
+
+    #[test]
+    fn the_message_names_what_is_missing() {
+        let e = XdpError::NotPrivileged {
+            missing: "missing CAP_PERFMON (CapEff 0x8000001000)".to_string(),
+            detail: "Permission denied (os error 13)".to_string(),
+        };
+        let text = e.to_string();
+        assert!(text.contains("missing CAP_PERFMON"), "{text}");
+        assert!(text.contains("os error 13"), "{text}");
     }
 }

@@ -78,7 +78,7 @@ impl XdpProgram {
             return Err(XdpError::NotBuilt);
         }
         if let Err(detail) = check_privileges() {
-            return Err(XdpError::NotPrivileged { detail });
+            return Err(super::error::not_privileged(detail));
         }
         let level = aya_level(opts.log_level) as u8;
         let mut ebpf = EbpfLoader::new()
@@ -252,7 +252,7 @@ fn if_index(iface: &str) -> Result<u32, XdpError> {
 
 fn attach_error(iface: &str, mode: AttachMode, e: aya::programs::ProgramError) -> XdpError {
     if let Some(detail) = is_permission(&e) {
-        return XdpError::NotPrivileged { detail };
+        return super::error::not_privileged(detail);
     }
     if let Some(io) = super::error::io_cause(&e) {
         match io.raw_os_error() {
@@ -276,19 +276,12 @@ fn attach_error(iface: &str, mode: AttachMode, e: aya::programs::ProgramError) -
 
 /// Root, or CAP_BPF / CAP_SYS_ADMIN in the effective set (from `/proc/self/status`).
 fn check_privileges() -> Result<(), String> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_BPF: u32 = 39;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return Ok(());
     }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    if eff & (1 << CAP_BPF) != 0 || eff & (1 << CAP_SYS_ADMIN) != 0 {
+    let eff = super::error::effective_capabilities().unwrap_or(0);
+    if !super::error::missing_from(eff).contains(&"CAP_BPF") {
         return Ok(());
     }
     Err("not root, and neither CAP_BPF nor CAP_SYS_ADMIN is in the effective set".to_string())
