@@ -1085,3 +1085,83 @@ fn assert_kernel_accounting(run: &Run, s: &Scenario) -> Kernel {
     );
     k
 }
+
+// ---------------------------------------------------------------------------------------
+// Host names in the kernel path.
+
+/// `--mode xdp` with a destination by host name (`[resolver] hosts_file`): the kernel
+/// steers to the address the name has; when the name moves (COL_A → COL_B) the daemon
+/// re-installs the kernel tables and the kernel steers the rest to the new address,
+/// every packet at one of the two and the later ones at the new one.
+#[test]
+fn a_host_name_that_moves_re_installs_the_kernel_tables() {
+    if !privileged::available("a_host_name_that_moves_re_installs_the_kernel_tables") {
+        return;
+    }
+    let topo = Topology::new("hn-x");
+    let a = topo.udp_collector("homer@a", COL_A, 9061);
+    let b = topo.udp_collector("homer@b", COL_B, 9061);
+    topo.warm_neighbours();
+    let dir = hepfwd_tests::peers::TestDir::new("hn-x-hosts").expect("a test dir");
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, format!("{COL_A} homer.lab\n")).expect("write hosts");
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:9100\"\n\n[[listener]]\nname = \"agents\"\nudp = \"{LISTEN}\"\n\n[xdp]\ninterfaces = [\"in0\"]\nattach = \"native\"\n\n[resolver]\nhosts_file = \"{}\"\nresolve_interval = \"1s\"\n\n[[destination]]\nname = \"homer\"\naddress = \"homer.lab:9061\"\n\n[default]\nforward = [\"homer\"]\n",
+        hosts.display()
+    );
+    let d = topo.hepfwd(Mode::Xdp, &config);
+    assert!(topo.xdp_attached(Ns::Fwd, IF_IN), "XDP is not attached");
+    let agent = topo.agent(SND);
+    let first: Vec<Vec<u8>> = (0..10).map(|i| Pkt::rtcp("hn", i).encode()).collect();
+    agent.send_all(LISTEN, &first);
+    assert_eq!(
+        multiset(a.take(10, Duration::from_secs(5))),
+        multiset(first)
+    );
+    let steered = |d: &hepfwd_tests::daemon::Daemon| {
+        d.metrics()
+            .get("hepfwd_xdp_packets_total", &[("counter", "steered")])
+    };
+    assert_eq!(steered(&d), 10, "the kernel steered the first packets");
+    std::fs::write(&hosts, format!("{COL_B} homer.lab\n")).expect("write hosts");
+    let mut sent = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let moved = loop {
+        let p = Pkt::rtcp("hn", 100 + sent.len() as u32).encode();
+        agent.send_all(LISTEN, std::slice::from_ref(&p));
+        sent.push(p);
+        if let Some(p) = b.recv(Duration::from_millis(50)) {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the name moved, the packets did not"
+        );
+    };
+    let later: Vec<Vec<u8>> = (0..10)
+        .map(|i| Pkt::rtcp("hn", 1000 + i).encode())
+        .collect();
+    agent.send_all(LISTEN, &later);
+    let mut at_b = vec![moved];
+    at_b.extend(b.drain(QUIET));
+    let at_a = a.drain(QUIET);
+    assert_eq!(
+        at_a.len() + at_b.len(),
+        sent.len() + later.len(),
+        "one copy of each"
+    );
+    for p in &later {
+        assert!(
+            at_b.contains(p),
+            "a packet after the move went to the old address"
+        );
+    }
+    // The kernel did it: every packet steered in XDP, none passed up.
+    assert_eq!(steered(&d), 10 + (sent.len() + later.len()) as u64);
+    assert_eq!(
+        d.metrics()
+            .get("hepfwd_received_total", &[("path", "user")]),
+        0,
+        "packets reached the daemon's sockets"
+    );
+}
