@@ -429,11 +429,6 @@ impl Daemon {
         }
     }
 
-    /// Re-reads the configuration; on any error keeps the running one.
-    ///
-    /// The file is read on a blocking thread, and only if it is a regular file of bounded
-    /// size opened without blocking ([`crate::config::file`]): a FIFO or a device put in
-    /// its place cannot stall the signal loop.
     /// Resolves the running configuration's host names again (`all`, or only those of
     /// destinations that are down) and, when one now means another address, re-installs
     /// the configuration with it: new sockets and sinks for that destination, new kernel
@@ -468,6 +463,11 @@ impl Daemon {
         }
     }
 
+    /// Re-reads the configuration; on any error keeps the running one.
+    ///
+    /// The file is read on a blocking thread, and only if it is a regular file of bounded
+    /// size opened without blocking ([`crate::config::file`]): a FIFO or a device put in
+    /// its place cannot stall the signal loop.
     pub async fn reload(&mut self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         let path = self.config.clone();
