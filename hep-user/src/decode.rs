@@ -71,8 +71,12 @@ pub fn packet_json(data: &[u8], origin: &Origin, recv_time: (u32, u32)) -> Value
             // that does not fit (too large once it has the v3 chunks) is an error there,
             // so it is here too.
             let mut v3 = vec![0u8; hep_common::chunk::MAX_PACKET_LEN];
-            match l.to_hep3(recv_time).encode(&mut v3) {
-                Ok(_) => legacy_json(&l, origin, recv_time),
+            let converted = l
+                .to_hep3(recv_time)
+                .encode(&mut v3)
+                .and_then(|n| Hep3::parse(&v3[..n]));
+            match converted {
+                Ok(converted) => legacy_json(&l, converted, origin),
                 Err(e) => hep_error_json(&e, origin),
             }
         }
@@ -169,13 +173,6 @@ fn key_fields(m: &mut Map<String, Value>, p: Hep3<'_>, origin: &Origin) {
     );
 }
 
-/// The key fields of a packet the daemon could not convert (it drops it).
-fn key_fields_absent(m: &mut Map<String, Value>) {
-    m.insert("correlation_id".into(), Value::Null);
-    m.insert("correlation_source".into(), Value::Null);
-    m.insert("correlation_hash".into(), Value::Null);
-}
-
 fn v3_json(p: &Hep3<'_>, origin: &Origin) -> Value {
     let mut m = Map::new();
     m.insert("version".into(), 3.into());
@@ -217,23 +214,18 @@ fn v3_json(p: &Hep3<'_>, origin: &Origin) -> Value {
     Value::Object(m)
 }
 
-fn legacy_json(l: &HepLegacy<'_>, origin: &Origin, recv_time: (u32, u32)) -> Value {
-    let v3 = l.to_hep3(recv_time);
+/// The object of HEPv1/v2 packet `l`, whose HEPv3 conversion (what the daemon routes) is
+/// `converted`.
+fn legacy_json(l: &HepLegacy<'_>, converted: Hep3<'_>, origin: &Origin) -> Value {
     let mut m = Map::new();
     m.insert("version".into(), l.version.into());
-    m.insert("proto_type".into(), v3.proto_type.into());
-    m.insert("proto_name".into(), opt(proto::name(v3.proto_type)));
+    let pt = converted.proto_type();
+    m.insert("proto_type".into(), opt(pt));
+    m.insert("proto_name".into(), opt(pt.and_then(proto::name)));
     m.insert("capture_id".into(), opt(l.time.map(|t| t.capture_id)));
     m.insert("node_name".into(), Value::Null);
     // The key as routes see it: of the HEPv3 packet the daemon converts this one into.
-    let mut buf = vec![0u8; hep_common::chunk::MAX_PACKET_LEN];
-    match v3.encode(&mut buf).ok().and_then(|n| buf.get(..n)) {
-        Some(bytes) => match Hep3::parse(bytes) {
-            Ok(p) => key_fields(&mut m, p, origin),
-            Err(_) => key_fields_absent(&mut m),
-        },
-        None => key_fields_absent(&mut m),
-    }
+    key_fields(&mut m, converted, origin);
     m.insert("auth_key".into(), Value::Null);
     m.insert("src_ip".into(), l.src_ip.to_string().into());
     m.insert("dst_ip".into(), l.dst_ip.to_string().into());

@@ -100,13 +100,7 @@ impl Snapshot {
     /// by the value of label `by` (samples without it are left out).
     fn sum_by(&self, name: &str, by: &str, filter: &[(&str, &str)]) -> BTreeMap<String, f64> {
         let mut m = BTreeMap::new();
-        for s in self.samples.iter().filter(|s| s.name == name) {
-            if !filter
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-            {
-                continue;
-            }
+        for s in self.selected(name, filter) {
             if let Some(key) = s.labels.get(by) {
                 *m.entry(key.clone()).or_insert(0.0) += s.value;
             }
@@ -116,16 +110,21 @@ impl Snapshot {
 
     /// Sum of `name` over the samples whose labels include every pair of `filter`.
     fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| s.name == name)
-            .filter(|s| {
-                filter
+        self.selected(name, filter).map(|s| s.value).sum()
+    }
+
+    /// The samples of `name` whose labels include every pair of `filter`.
+    fn selected<'a>(
+        &'a self,
+        name: &'a str,
+        filter: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a Sample> {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && filter
                     .iter()
                     .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-            })
-            .map(|s| s.value)
-            .sum()
+        })
     }
 }
 
@@ -251,6 +250,18 @@ fn rates(
     v
 }
 
+/// [`rates`] by key, for looking a row's other columns up.
+fn rate_map(
+    a: &Snapshot,
+    b: &Snapshot,
+    name: &str,
+    by: &str,
+    filter: &[(&str, &str)],
+    seconds: f64,
+) -> BTreeMap<String, f64> {
+    rates(a, b, name, by, filter, seconds).into_iter().collect()
+}
+
 fn delta(a: &Snapshot, b: &Snapshot, name: &str, filter: &[(&str, &str)]) -> f64 {
     let (then, now) = (a.sum(name, filter), b.sum(name, filter));
     if now >= then { now - then } else { now }
@@ -299,20 +310,15 @@ pub fn render(a: &Snapshot, b: &Snapshot, admin: SocketAddr, rows: usize) -> Str
         f,
         "\nROUTE                        matched/s    kernel/s   dropped/s"
     );
-    let kernel: BTreeMap<String, f64> = rates(
+    let kernel = rate_map(
         a,
         b,
         "hepfwd_route_matches_total",
         "route",
         &[("path", "xdp")],
         seconds,
-    )
-    .into_iter()
-    .collect();
-    let dropped: BTreeMap<String, f64> =
-        rates(a, b, "hepfwd_route_dropped_total", "route", &[], seconds)
-            .into_iter()
-            .collect();
+    );
+    let dropped = rate_map(a, b, "hepfwd_route_dropped_total", "route", &[], seconds);
     for (name, r) in rates(a, b, "hepfwd_route_matches_total", "route", &[], seconds)
         .into_iter()
         .take(rows)
@@ -326,16 +332,14 @@ pub fn render(a: &Snapshot, b: &Snapshot, admin: SocketAddr, rows: usize) -> Str
         f,
         "\nDESTINATION                     sent/s   dropped/s  queue  up"
     );
-    let dest_dropped: BTreeMap<String, f64> = rates(
+    let dest_dropped = rate_map(
         a,
         b,
         "hepfwd_destination_dropped_total",
         "destination",
         &[],
         seconds,
-    )
-    .into_iter()
-    .collect();
+    );
     let queue = b.sum_by("hepfwd_destination_queue_depth", "destination", &[]);
     let connected = b.sum_by("hepfwd_destination_connected", "destination", &[]);
     for (name, r) in rates(

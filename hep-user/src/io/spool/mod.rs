@@ -557,21 +557,7 @@ impl Spool {
             return Ok(None);
         }
         let (sequence, frames) = (oldest.sequence, oldest.frames);
-        remove(&self.options.dir.join(segment_name(sequence)))?;
-        self.segments.pop_front();
-        if let Some(next) = self.segments.front() {
-            let start = Position {
-                segment: next.sequence,
-                offset: 0,
-            };
-            if self.consumed < start {
-                self.consumed = start;
-                self.position_dirty = true;
-            }
-            if self.read < start {
-                self.read = start;
-            }
-        }
+        self.remove_oldest_segment(sequence)?;
         tracing::warn!(
             segment = sequence,
             frames,
@@ -713,20 +699,28 @@ impl Spool {
                 .iter()
                 .any(|f| f.end.segment == oldest.sequence)
         {
-            remove(&self.options.dir.join(segment_name(oldest.sequence)))?;
-            self.segments.pop_front();
-            if let Some(next) = self.segments.front() {
-                let start = Position {
-                    segment: next.sequence,
-                    offset: 0,
-                };
-                if self.consumed < start {
-                    self.consumed = start;
-                    self.position_dirty = true;
-                }
-                if self.read < start {
-                    self.read = start;
-                }
+            let sequence = oldest.sequence;
+            self.remove_oldest_segment(sequence)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest segment (`sequence`, the front one) and moves the consumed and
+    /// read positions, if they lagged, to the start of the next.
+    fn remove_oldest_segment(&mut self, sequence: u64) -> Result<(), SpoolError> {
+        remove(&self.options.dir.join(segment_name(sequence)))?;
+        self.segments.pop_front();
+        if let Some(next) = self.segments.front() {
+            let start = Position {
+                segment: next.sequence,
+                offset: 0,
+            };
+            if self.consumed < start {
+                self.consumed = start;
+                self.position_dirty = true;
+            }
+            if self.read < start {
+                self.read = start;
             }
         }
         Ok(())
