@@ -211,7 +211,21 @@ fn parity_routes_xdp_vs_userspace() {
     }
     let s = routes_scenario();
     let (_, xdp) = assert_parity("rt", &s);
-    assert_kernel_accounting(&xdp, &s);
+    let k = assert_kernel_accounting(&xdp, &s);
+    // The in-place rewrites ran in the kernel; the others went up.
+    assert_eq!(k.get("pass_rewrite"), s.count("rewrite-up"), "{k:?}");
+    let m = &xdp.metrics;
+    let rewrite_route = |counter: &str| {
+        m.require(
+            "hepfwd_xdp_route_packets_total",
+            &[
+                ("route", "rewrite-node"),
+                ("path", "xdp"),
+                ("outcome", counter),
+            ],
+        )
+    };
+    assert_eq!(rewrite_route("steered"), s.count("rewrite"), "{k:?}");
 }
 
 #[test]
@@ -368,11 +382,22 @@ address = "198.18.2.2:9061"
 name = "homer-b"
 address = "198.18.2.3:9062"
 
+[[destination]]
+name = "homer-k"
+address = "198.18.2.3:9063"
+set_auth_key = "t0psec"
+
 [[route]]
 name = "mirror"
 match = { capture_id = [3000] }
 forward = ["homer-a", "homer-b"]
 mode = "all"
+
+[[route]]
+name = "rewrite-node"
+match = { capture_id = [4000] }
+forward = ["homer-k"]
+rewrite = [ { set = "capture_id", value = 4001 }, { set = "node_name", value = "edge-9" } ]
 
 [[route]]
 name = "drop-logs"
@@ -419,6 +444,12 @@ fn routes_scenario() -> Scenario {
                 name: "homer-b",
                 ip: COL_B,
                 port: 9062,
+                transport: Transport::Udp,
+            },
+            CollectorSpec {
+                name: "homer-k",
+                ip: COL_B,
+                port: 9063,
                 transport: Transport::Udp,
             },
         ],
@@ -501,9 +532,29 @@ fn routes_scenario() -> Scenario {
                 let u = Pkt::log(&format!("unrouted-{i}"), next()).proto(32);
                 s.send(SND, "unrouted", u.encode(), &[]);
             }
+            // Rewrites: capture id and node name by the route, the auth key by homer-k.
+            // Each chunk carried once at the new length: written in place (4); a node
+            // name of another length (2): rewritten by the daemon. Either way the bytes
+            // are those of the packet built with the new values.
+            for (i, node) in ["edge-7", "edge-8", "edge-7", "edge-10", "edge-8", "edge-11"]
+                .into_iter()
+                .enumerate()
+            {
+                let p = Pkt::sip(&format!("rw-{i}@lab"), next())
+                    .capture_id(4000)
+                    .node(node)
+                    .auth("s3cret");
+                let want = p.clone().capture_id(4001).node("edge-9").auth("t0psec");
+                let kind = if node.len() == 6 {
+                    "rewrite"
+                } else {
+                    "rewrite-up"
+                };
+                s.send_expecting(SND, kind, p.encode(), &["homer-k"], &want.encode());
+            }
         }
     }
-    assert_eq!(s.sends.len(), 114);
+    assert_eq!(s.sends.len(), 120);
     s
 }
 

@@ -7,7 +7,7 @@
 //!
 //! - [`version`]: detect HEPv1/v2/v3 and parse any of them.
 //! - [`walker`], [`v3`]: validate and read HEPv3; encode it from typed fields.
-//! - [`rewrite`]: set and delete chunks.
+//! - [`rewrite`]: set and delete chunks; [`inplace`]: the kernel's in-place form of `set`.
 //! - [`legacy`]: HEPv1/v2, and conversion to HEPv3.
 //! - [`framing`]: HEP over TCP.
 //! - [`correlation`]: the correlation key and its hash.
@@ -25,6 +25,7 @@ pub mod error;
 pub mod eval;
 pub mod facts;
 pub mod framing;
+pub mod inplace;
 pub mod legacy;
 pub mod rewrite;
 pub mod select;

@@ -1081,6 +1081,112 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------
+// In-place edits (the kernel's form of `set`)
+// ---------------------------------------------------------------------------------------
+
+/// The route's `set` edits (distinct chunks, up to 4) and the destination's auth key: a
+/// value is either random or, more often, as long as the packet's first occurrence of the
+/// chunk, so that writing in place is often possible.
+/// A packet's chunks, the route's `set` edits, the destination's auth key.
+type InPlaceCase = (Vec<ModelChunk>, Vec<ModelChunk>, Option<Vec<u8>>);
+
+fn in_place_case() -> impl Strategy<Value = InPlaceCase> {
+    (
+        packet_chunks(),
+        prop::collection::vec(
+            (
+                select(POOL),
+                any::<prop::sample::Index>(),
+                bytes(32),
+                prop::bool::weighted(0.8),
+                prop::bool::weighted(0.9),
+                any::<u8>(),
+            ),
+            0..=4,
+        ),
+        prop::option::of((bytes(32), prop::bool::weighted(0.9), any::<u8>())),
+    )
+        .prop_map(|(input, raw, auth)| {
+            let same_len = |id: ChunkId, v: Vec<u8>, same: bool, fill: u8| match input
+                .iter()
+                .find(|(c, _)| *c == id)
+            {
+                Some((_, old)) if same && old.len() <= 32 && !old.is_empty() => {
+                    vec![fill; old.len()]
+                }
+                _ => match fixed_width(id.vendor, id.kind) {
+                    Some(w) => vec![fill; w],
+                    None if v.is_empty() => vec![fill],
+                    None => v,
+                },
+            };
+            let mut edits: Vec<ModelChunk> = Vec::new();
+            for (pool_id, pick, v, carried, same, fill) in raw {
+                // Mostly a chunk the packet carries.
+                let id = if carried && !input.is_empty() {
+                    input[pick.index(input.len())].0
+                } else {
+                    pool_id
+                };
+                if !edits.iter().any(|(e, _)| *e == id) {
+                    let value = same_len(id, v, same, fill);
+                    edits.push((id, value));
+                }
+            }
+            let auth = auth.map(|(v, same, fill)| same_len(g(0x000e), v, same, fill));
+            (input, edits, auth)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Where `EditSites` says the edits fit in place, writing each value at its site gives
+    /// byte for byte what the rewrite gives for the same `set` edits (the route's, then the
+    /// destination's auth key); where it says they do not, nothing is written.
+    #[test]
+    fn in_place_edits_equal_the_rewrite((input, edits, auth) in in_place_case()) {
+        use hep_common::abi::{KernelEdit, MAX_KERNEL_EDITS};
+        use hep_common::inplace::EditSites;
+        use hep_common::walker::ChunkWalker;
+        let bytes = build(&input);
+        let mut route = [KernelEdit::NONE; MAX_KERNEL_EDITS];
+        for (k, (id, v)) in edits.iter().enumerate() {
+            route[k] = KernelEdit::set(*id, v).expect("1 to 32 bytes");
+        }
+        let auth_edit = auth.as_ref().map_or(KernelEdit::NONE, |v| KernelEdit::set(g(0x000e), v).expect("1 to 32 bytes"));
+        let mut sites = EditSites::EMPTY;
+        sites.reset(&route, edits.len() as u8, &auth_edit);
+        let mut walker = ChunkWalker::new(bytes.as_slice()).expect("valid packet");
+        while let Some(c) = walker.next_chunk().expect("valid packet") {
+            sites.on_chunk(&c);
+        }
+        // In place exactly when every edited chunk occurs once with a value of that length.
+        let mut all: Vec<ModelChunk> = edits.iter().filter(|(id, _)| auth.is_none() || *id != g(0x000e)).cloned().collect();
+        if let Some(a) = &auth {
+            all.push((g(0x000e), a.clone()));
+        }
+        let fits = all.iter().all(|(id, v)| {
+            let found: Vec<&Vec<u8>> = input.iter().filter(|(c, _)| c == id).map(|(_, o)| o).collect();
+            found.len() == 1 && found[0].len() == v.len()
+        });
+        prop_assert_eq!(sites.in_place(), fits);
+        let mut out = bytes.clone();
+        let applied = sites.apply(&mut out);
+        prop_assert_eq!(applied, fits);
+        if fits {
+            let mut set: Vec<Edit> = edits.iter().map(|(id, v)| Edit::Set(*id, v.clone())).collect();
+            if let Some(a) = &auth {
+                set.push(Edit::Set(g(0x000e), a.clone()));
+            }
+            prop_assert_eq!(out, run_rewrite(&bytes, &set).expect("same length: inside the limits"));
+        } else {
+            prop_assert_eq!(out, bytes);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Robustness: arbitrary bytes and mutations
 // ---------------------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
+mod edit;
+#[cfg(target_arch = "bpf")]
 mod facts;
 #[cfg(target_arch = "bpf")]
 mod fib;

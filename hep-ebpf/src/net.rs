@@ -74,6 +74,8 @@ pub mod ipv6 {
 
 /// UDP header offsets.
 pub mod udp {
+    /// Header length (the payload starts here).
+    pub const HEADER_LEN: usize = 8;
     /// Destination port.
     pub const DEST: usize = 2;
     /// Length.

@@ -15,6 +15,7 @@ use hep_common::correlation::CallIdScanner;
 use hep_common::eval::{PassReason, Verdict};
 use hep_common::facts::{FactsWalk, KernelFacts};
 
+use crate::edit::EditWalk;
 use crate::fib::NextHop;
 use crate::parse::HepDatagram;
 
@@ -96,6 +97,8 @@ pub struct Scratch {
     pub hops: [NextHop; MAX_TARGETS],
     /// The parsed datagram (see `hep_xdp`).
     pub dgram: HepDatagram,
+    /// The in-place edits of a steered packet.
+    pub edit: EditWalk,
 }
 
 #[map]
@@ -181,6 +184,13 @@ impl Entry {
     pub fn hops(self) -> &'static mut [NextHop; MAX_TARGETS] {
         // SAFETY: a reference to the `hops` field only; one user at a time (see the type).
         unsafe { &mut (*self.0).hops }
+    }
+
+    /// The in-place edits' walk: `edit::locate` and `edit::locate_step`, then `edit::write`.
+    #[inline(always)]
+    pub fn edit(self) -> &'static mut EditWalk {
+        // SAFETY: a reference to the `edit` field only; one user at a time (see the type).
+        unsafe { &mut (*self.0).edit }
     }
 
     /// The parsed datagram: written by `parse::parse`, then read for the rest of the packet.

@@ -17,7 +17,7 @@ use crate::parse::{self, HepDatagram};
 use crate::route::{self, Gate};
 use crate::scratch::{self, Entry};
 use crate::tables::{DESTINATIONS, LISTENERS, ROUTES};
-use crate::{facts, steer};
+use crate::{edit, facts, steer};
 
 /// The HEP UDP destination port (host byte order) used before the loader installed
 /// listeners. Set at load time (`override_global`); `.rodata` is frozen, so the verifier
@@ -200,11 +200,21 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
         }
         Verdict::Steer { route, dest } => {
             let slot = route_slot(route);
-            let Some(dst) =
-                DESTINATIONS.get(bank * MAX_DESTINATIONS as u32 + dest % MAX_DESTINATIONS as u32)
-            else {
+            let (Some(r), Some(dst)) = (
+                ROUTES.get(bank * MAX_ROUTES as u32 + (route % MAX_ROUTES) as u32),
+                DESTINATIONS.get(bank * MAX_DESTINATIONS as u32 + dest % MAX_DESTINATIONS as u32),
+            ) else {
                 return finish(XdpCounter::SteerFallback, xdp_action::XDP_PASS);
             };
+            // In-place edits: located before anything is written; a packet on which one
+            // does not fit goes up untouched.
+            let edited = r.n_edits != 0 || dst.auth.len != 0;
+            if edited && !edit::locate(s, r, &dst.auth) {
+                if let Some(slot) = slot {
+                    count_route(slot, RouteCounter::Passed);
+                }
+                return finish(XdpCounter::PassRewrite, xdp_action::XDP_PASS);
+            }
             match steer::steer(ctx, d, dst) {
                 steer::FALLBACK => {
                     if let Some(slot) = slot {
@@ -214,6 +224,9 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
                     finish(XdpCounter::SteerFallback, xdp_action::XDP_PASS)
                 }
                 action => {
+                    if edited && !edit::write(ctx, s, d.l4, d.payload_offset) {
+                        return finish(XdpCounter::RewriteFailed, xdp_action::XDP_DROP);
+                    }
                     if let Some(slot) = slot {
                         count_route(slot, RouteCounter::Matched);
                         count_route(slot, RouteCounter::Steered);

@@ -69,6 +69,10 @@ address = "[fd00:18:2::2]:9065"
 name = "tcp"
 address = "198.18.2.2:9070"
 transport = "tcp"
+[[destination]]
+name = "a6-keyed"
+address = "[fd00:18:2::2]:9066"
+set_auth_key = "t0psec"
 
 [[route]]
 name = "logs"
@@ -101,6 +105,16 @@ name = "rewrite"
 match = { capture_id = [7000] }
 forward = ["a"]
 rewrite = [ { set = "capture_id", value = 1 } ]
+[[route]]
+name = "rewrite-v6"
+match = { capture_id = [6001] }
+forward = ["a6-keyed"]
+rewrite = [ { set = "node_name", value = "edge-0" }, { set = "node_name", value = "edge-9" } ]
+[[route]]
+name = "strip"
+match = { capture_id = [7002] }
+forward = ["a"]
+rewrite = [ { delete = "auth_key" } ]
 [[route]]
 name = "rr"
 match = { capture_id = [9000] }
@@ -955,9 +969,74 @@ fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> V
         hep3_counters(&["not_allowed=1", "dropped=1"]),
     ));
 
-    // Userspace actions pass untouched: a rewrite, a TCP destination.
+    // A `set` of a chunk the packet carries once, at the same length: written in place
+    // (the capture id, 7000 → 1), so the frame out is the steered frame of a packet
+    // built with capture id 1.
+    let f = parts.frame(Hep {
+        capture: 7000,
+        ..SIP
+    });
+    let want = parts.steered_out(&parts.frame(Hep { capture: 1, ..SIP }), "198.18.2.2", 9061);
+    cases.push(Case::new(
+        "rewrite in place",
+        f,
+        XDP_REDIRECT,
+        Some(want),
+        steer_counters("rewrite", "a"),
+    ));
+
+    // IPv6 (the UDP checksum is adjusted for the edited bytes): the route's node name
+    // (the last of its two edits) and the destination's auth key, both in place.
+    let s6: IpAddr = "fd00:18:1::1".parse().expect("address");
+    let me6: IpAddr = "fd00:18:1::2".parse().expect("address");
+    let node7 = Hep {
+        capture: 6001,
+        node: Some(b"edge-7"),
+        ..SIP
+    };
+    let f = frame(s6, me6, &hep(node7), false);
+    let rewritten = frame(
+        s6,
+        me6,
+        &hep(Hep {
+            node: Some(b"edge-9"),
+            auth: Some(b"t0psec"),
+            ..node7
+        }),
+        false,
+    );
+    let want = steered(
+        &rewritten,
+        "fd00:18:2::1".parse().expect("address"),
+        "fd00:18:2::2".parse().expect("address"),
+        9066,
+        OUT_MAC,
+        neighbour_mac("fd00:18:2::2"),
+    );
+    cases.push(Case::new(
+        "ipv6 rewrite and auth key in place",
+        f,
+        XDP_REDIRECT,
+        Some(want),
+        steer_counters("rewrite-v6", "a6-keyed"),
+    ));
+    // The same route on packets where an edit does not fit in place: no node name (the
+    // rewrite inserts it), a node name of another length. They go up untouched.
+    for (what, node) in [
+        ("rewrite inserts: up", None),
+        ("rewrite changes a length: up", Some(&b"edge-10"[..])),
+    ] {
+        cases.push(Case::untouched(
+            what,
+            frame(s6, me6, &hep(Hep { node, ..node7 }), false),
+            XDP_PASS,
+            hep3_counters(&["pass_rewrite=1", "passed=1", "route/rewrite-v6/passed=1"]),
+        ));
+    }
+
+    // Userspace actions pass untouched: a rewrite that deletes, a TCP destination.
     for (what, capture, route) in [
-        ("rewrite", 7000, "rewrite"),
+        ("rewrite deletes", 7002, "strip"),
         ("tcp destination", 7001, "to-tcp"),
     ] {
         cases.push(Case::untouched(
@@ -1196,9 +1275,9 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
             format!("round robin uses both: a {to_a}, b {to_b}"),
         );
         report.check(
-            "14 routes installed",
-            t.routes.len() == 14,
-            format!("{} routes installed, want 14", t.routes.len()),
+            "16 routes installed",
+            t.routes.len() == 16,
+            format!("{} routes installed, want 16", t.routes.len()),
         );
         install(xdp, &mut slots, true, false);
         run_cases(xdp, &slots, &opaque_table(), &mut report);

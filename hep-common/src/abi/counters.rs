@@ -78,11 +78,18 @@ pub enum XdpCounter {
     /// Decision (pass): the route that matched needs the correlation key, which lies in a
     /// compressed payload (chunk 0x0010) that only userspace inflates.
     PassKey = 26,
+    /// Decision (pass, unmodified): the route (or its destination) rewrites chunks, and
+    /// one of them cannot be written in place in this packet (absent, repeated, or of
+    /// another length); the daemon rewrites and sends it.
+    PassRewrite = 27,
+    /// Decision (drop): writing an in-place edit into the frame failed after its headers
+    /// were rewritten (not expected: the walk found every chunk inside the payload).
+    RewriteFailed = 28,
 }
 
 impl XdpCounter {
     /// Number of counters, the size of [`super::COUNTERS_MAP`].
-    pub const COUNT: usize = 27;
+    pub const COUNT: usize = 29;
 
     /// Every counter, in index order.
     pub const ALL: [XdpCounter; Self::COUNT] = [
@@ -113,6 +120,8 @@ impl XdpCounter {
         XdpCounter::SteerFallback,
         XdpCounter::PassListener,
         XdpCounter::PassKey,
+        XdpCounter::PassRewrite,
+        XdpCounter::RewriteFailed,
     ];
 
     /// The outcomes: exactly one of them per packet.
@@ -138,7 +147,7 @@ impl XdpCounter {
     ];
 
     /// The decisions: exactly one per valid HEPv3 packet.
-    pub const DECISIONS: [XdpCounter; 13] = [
+    pub const DECISIONS: [XdpCounter; 15] = [
         XdpCounter::TooLarge,
         XdpCounter::PassListener,
         XdpCounter::AuthFailed,
@@ -150,6 +159,8 @@ impl XdpCounter {
         XdpCounter::RouteDrop,
         XdpCounter::SampledOut,
         XdpCounter::SteerFallback,
+        XdpCounter::PassRewrite,
+        XdpCounter::RewriteFailed,
         XdpCounter::Steered,
         XdpCounter::Mirrored,
     ];
@@ -198,6 +209,8 @@ impl XdpCounter {
             XdpCounter::SampledOut => "sampled_out",
             XdpCounter::SteerFallback => "steer_fallback",
             XdpCounter::PassListener => "pass_listener",
+            XdpCounter::PassRewrite => "pass_rewrite",
+            XdpCounter::RewriteFailed => "rewrite_failed",
             XdpCounter::PassKey => "pass_key",
         }
     }

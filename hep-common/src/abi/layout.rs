@@ -10,7 +10,8 @@
 use core::mem::{align_of, offset_of, size_of};
 
 use super::{
-    AllowKey, KernelDestination, KernelListener, KernelPrefix, KernelRoute, MirrorMeta, XdpConfig,
+    AllowKey, KernelDestination, KernelEdit, KernelListener, KernelPrefix, KernelRoute, MirrorMeta,
+    XdpConfig,
 };
 
 /// Asserts at compile time: `size_of`, `align_of`, and `offset_of` each listed field.
@@ -35,7 +36,7 @@ pin!(XdpConfig, size = 20, align = 4, {
 
 pin!(KernelPrefix, size = 20, align = 1, { addr = 0, len = 16, _pad = 17 });
 
-pin!(KernelRoute, size = 592, align = 8, {
+pin!(KernelRoute, size = 760, align = 8, {
     kind = 0,
     action = 1,
     mode = 2,
@@ -63,18 +64,24 @@ pin!(KernelRoute, size = 592, align = 8, {
     node_name_lens = 492,
     targets = 496,
     seeds = 528,
+    edits = 592,
+    n_edits = 752,
+    _pad_end = 753,
 });
+
+pin!(KernelEdit, size = 40, align = 2, { vendor = 0, kind = 2, len = 4, _pad = 5, value = 8 });
 
 pin!(MirrorMeta, size = 12, align = 4, { magic = 0, bank = 4, route = 8 });
 
 // `src_addr` right after `addr`: the kernel checksums both (32 bytes) in one helper call.
-pin!(KernelDestination, size = 40, align = 4, {
+pin!(KernelDestination, size = 80, align = 4, {
     addr = 0,
     src_addr = 16,
     port = 32,
     family = 34,
     _pad = 35,
     slot = 36,
+    auth = 40,
 });
 
 pin!(KernelListener, size = 60, align = 4, {

@@ -30,8 +30,8 @@ mod tables;
 
 pub use counters::{DestCounter, RouteCounter, XdpCounter};
 pub use tables::{
-    Addr16, AllowKey, KernelDestination, KernelListener, KernelPrefix, KernelRoute, MirrorMeta,
-    RouteAction, RouteKind, SteerMode, XdpConfig, addr16, ip_of, map_v4, match_flags,
+    Addr16, AllowKey, KernelDestination, KernelEdit, KernelListener, KernelPrefix, KernelRoute,
+    MirrorMeta, RouteAction, RouteKind, SteerMode, XdpConfig, addr16, ip_of, map_v4, match_flags,
 };
 
 /// Name of the XDP program in the object.
@@ -95,6 +95,12 @@ pub const MAX_MATCH_VALUES: usize = 4;
 pub const MAX_AUTH_KEY: usize = 32;
 /// Longest node name (chunk 0x0013) a kernel route can match.
 pub const MAX_NODE_NAME: usize = 32;
+/// In-place chunk edits (`set` rewrites) one kernel route carries.
+pub const MAX_KERNEL_EDITS: usize = 4;
+/// Longest value an in-place edit writes.
+pub const MAX_EDIT_VALUE: usize = 32;
+/// Edits applied to one steered packet: the route's and its destination's auth key.
+pub const MAX_EDIT_SITES: usize = MAX_KERNEL_EDITS + 1;
 /// Counter slots (routes and destinations are given a stable slot by name).
 pub const MAX_SLOTS: usize = 64;
 /// Entries of [`ALLOW_MAP`] (all listeners of both banks).

@@ -3,7 +3,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{MAX_AUTH_KEY, MAX_MATCH_VALUES, MAX_NODE_NAME, MAX_TARGETS, SAMPLE_ALL};
+use super::{
+    MAX_AUTH_KEY, MAX_EDIT_VALUE, MAX_KERNEL_EDITS, MAX_MATCH_VALUES, MAX_NODE_NAME, MAX_TARGETS,
+    SAMPLE_ALL,
+};
+use crate::chunk::ChunkId;
 
 /// The one-entry configuration array.
 #[repr(C)]
@@ -168,6 +172,65 @@ pub struct KernelRoute {
     pub targets: [u32; MAX_TARGETS],
     /// Rendezvous seeds of the targets.
     pub seeds: [u64; MAX_TARGETS],
+    /// The route's `set` rewrites, written in place (`n_edits` used; see
+    /// [`crate::inplace`]). A packet on which one cannot be written in place goes to
+    /// userspace.
+    pub edits: [KernelEdit; MAX_KERNEL_EDITS],
+    /// Number of `edits`.
+    pub n_edits: u8,
+    /// Padding.
+    pub _pad_end: [u8; 7],
+}
+
+/// One `set` rewrite the kernel writes in place: the chunk and its new value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct KernelEdit {
+    /// Vendor id of the chunk.
+    pub vendor: u16,
+    /// Type id of the chunk.
+    pub kind: u16,
+    /// Length of the value (0: no edit).
+    pub len: u8,
+    /// Padding.
+    pub _pad: [u8; 3],
+    /// The new value, `len` bytes used.
+    pub value: [u8; MAX_EDIT_VALUE],
+}
+
+impl KernelEdit {
+    /// No edit.
+    pub const NONE: KernelEdit = KernelEdit {
+        vendor: 0,
+        kind: 0,
+        len: 0,
+        _pad: [0; 3],
+        value: [0; MAX_EDIT_VALUE],
+    };
+
+    /// Sets chunk `id` to `value`; `None` when the value is empty or longer than
+    /// [`MAX_EDIT_VALUE`].
+    pub fn set(id: ChunkId, value: &[u8]) -> Option<KernelEdit> {
+        if value.is_empty() || value.len() > MAX_EDIT_VALUE {
+            return None;
+        }
+        let mut e = KernelEdit {
+            vendor: id.vendor,
+            kind: id.kind,
+            len: value.len() as u8,
+            ..KernelEdit::NONE
+        };
+        e.value[..value.len()].copy_from_slice(value);
+        Some(e)
+    }
+
+    /// The chunk it sets.
+    pub const fn id(&self) -> ChunkId {
+        ChunkId {
+            vendor: self.vendor,
+            kind: self.kind,
+        }
+    }
 }
 
 impl KernelRoute {
@@ -212,6 +275,9 @@ impl KernelRoute {
         node_name_lens: [0; MAX_MATCH_VALUES],
         targets: [0; MAX_TARGETS],
         seeds: [0; MAX_TARGETS],
+        edits: [KernelEdit::NONE; MAX_KERNEL_EDITS],
+        n_edits: 0,
+        _pad_end: [0; 7],
     };
 }
 
@@ -228,7 +294,7 @@ pub struct MirrorMeta {
     pub route: u32,
 }
 
-/// A destination the kernel can steer to: UDP, HEPv3, no chunk rewriting.
+/// A destination the kernel can steer to: UDP, HEPv3, at most an auth key set in place.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct KernelDestination {
@@ -245,6 +311,9 @@ pub struct KernelDestination {
     pub _pad: u8,
     /// Counter slot of the destination.
     pub slot: u32,
+    /// `set_auth_key`: chunk 0x000e written in place in every packet sent here (`len` 0:
+    /// none). Applied after the route's edits.
+    pub auth: KernelEdit,
 }
 
 /// A listener as the kernel sees it: the UDP address it listens on, its auth key, whether

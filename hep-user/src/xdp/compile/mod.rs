@@ -9,10 +9,10 @@
 //! | the route has… | becomes |
 //! | --- | --- |
 //! | a `correlation` key, a `node_name` longer than [`MAX_NODE_NAME`] bytes, or more values in a key than the kernel holds ([`MAX_MATCH_VALUES`]) | opaque: every packet reaching it goes to userspace |
-//! | `continue`, `dedup`, `rewrite`, mode `failover`, more targets than [`MAX_TARGETS`], a target that is TCP, HEPv2 or has `set_auth_key`, or whose source address is unknown | pass: the kernel matches it, userspace acts |
+//! | `continue`, `dedup`, a `rewrite` that deletes, sets more than [`MAX_KERNEL_EDITS`] chunks or a value longer than [`MAX_EDIT_VALUE`] bytes, mode `failover`, more targets than [`MAX_TARGETS`], a target that is TCP, HEPv2, has a `set_auth_key` longer than [`MAX_EDIT_VALUE`] bytes, or whose source address is unknown; a mirror with a rewrite or a `set_auth_key` | pass: the kernel matches it, userspace acts |
 //! | mode `all` with several targets | mirror when the kernel mirrors, else pass |
 //! | `action = "drop"` | drop in the kernel (after sampling) |
-//! | one target, `hash` or `round-robin` over UDP HEPv3 targets | steer in the kernel |
+//! | one target, `hash` or `round-robin` over UDP HEPv3 targets | steer in the kernel; its `set` rewrites and the target's `set_auth_key` are written in place ([`hep_common::inplace`]) when the packet carries each chunk once with a value of the new length, else the packet goes to userspace |
 //!
 //! Listeners: a UDP listener's auth key longer than [`MAX_AUTH_KEY`] makes the kernel pass
 //! every packet of that listener (userspace checks it); allow lists go to the LPM trie.
@@ -21,14 +21,16 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use hep_common::abi::{
-    AUTH_IN_USERSPACE, AllowKey, KernelDestination, KernelListener, KernelPrefix, KernelRoute,
-    MAX_AUTH_KEY, MAX_DESTINATIONS, MAX_LISTENERS, MAX_MATCH_VALUES, MAX_NODE_NAME, MAX_ROUTES,
-    MAX_SLOTS, MAX_TARGETS, RouteAction, RouteKind, SteerMode, addr16, map_v4, match_flags,
+    AUTH_IN_USERSPACE, AllowKey, KernelDestination, KernelEdit, KernelListener, KernelPrefix,
+    KernelRoute, MAX_AUTH_KEY, MAX_DESTINATIONS, MAX_EDIT_VALUE, MAX_KERNEL_EDITS, MAX_LISTENERS,
+    MAX_MATCH_VALUES, MAX_NODE_NAME, MAX_ROUTES, MAX_SLOTS, MAX_TARGETS, RouteAction, RouteKind,
+    SteerMode, addr16, map_v4, match_flags,
 };
+use hep_common::chunk::{self, ChunkId};
 use ipnet::IpNet;
 
 use crate::config::plan::{
-    Action, DestinationPlan, ForwardMode, Matcher, Plan, RoutePlan, Transport,
+    Action, DestinationPlan, Edit, ForwardMode, Matcher, Plan, RoutePlan, Transport,
 };
 
 /// Where a route runs.
@@ -166,10 +168,52 @@ fn dest_blocker(d: &DestinationPlan) -> Option<String> {
     if d.hep_version != 3 {
         return Some(format!("{} takes HEPv{}", d.name, d.hep_version));
     }
-    if d.set_auth_key.is_some() {
-        return Some(format!("{} sets an auth key", d.name));
+    if let Some(key) = &d.set_auth_key
+        && key.len() > MAX_EDIT_VALUE
+    {
+        return Some(format!(
+            "{} sets an auth key longer than {MAX_EDIT_VALUE} bytes",
+            d.name
+        ));
     }
     None
+}
+
+/// The destination's `set_auth_key` as the kernel writes it in place (none: `len` 0).
+fn auth_edit(d: &DestinationPlan) -> KernelEdit {
+    d.set_auth_key
+        .as_deref()
+        .and_then(|key| KernelEdit::set(ChunkId::generic(chunk::AUTH_KEY), key))
+        .unwrap_or(KernelEdit::NONE)
+}
+
+/// The route's rewrite as in-place edits in `r`, or why the kernel cannot write it: for
+/// each chunk the last edit decides (as in the rewrite); every decision must be a `set`
+/// of 1 to [`MAX_EDIT_VALUE`] bytes, and at most [`MAX_KERNEL_EDITS`] chunks.
+fn kernel_edits(rewrite: &[Edit], r: &mut KernelRoute) -> Result<(), String> {
+    let mut decided: Vec<&Edit> = Vec::new();
+    for e in rewrite.iter().rev() {
+        if !decided.iter().any(|d| d.id == e.id) {
+            decided.push(e);
+        }
+    }
+    decided.reverse();
+    if decided.len() > MAX_KERNEL_EDITS {
+        return Err(format!("rewrite of more than {MAX_KERNEL_EDITS} chunks"));
+    }
+    for (k, e) in decided.iter().enumerate() {
+        let Some(value) = &e.value else {
+            return Err("rewrite deletes a chunk".into());
+        };
+        r.edits[k] = KernelEdit::set(e.id, value).ok_or_else(|| {
+            format!(
+                "rewrite sets a value of {} bytes (the kernel writes 1 to {MAX_EDIT_VALUE})",
+                value.len()
+            )
+        })?;
+    }
+    r.n_edits = decided.len() as u8;
+    Ok(())
 }
 
 /// The kernel's match of a route, or why it cannot evaluate it.
@@ -281,6 +325,7 @@ pub fn compile(
                         family: if d.address.is_ipv4() { 4 } else { 6 },
                         _pad: 0,
                         slot,
+                        auth: auth_edit(d),
                     });
                     destination_names.push(d.name.clone());
                     Ok((destinations.len() - 1) as u32)
@@ -402,9 +447,6 @@ fn action(
     if rp.dedup.is_some() {
         return pass("dedup".into());
     }
-    if !rp.rewrite.is_empty() {
-        return pass("rewrite".into());
-    }
     let (targets, mode) = match &rp.action {
         Action::Drop => {
             r.action = RouteAction::Drop as u8;
@@ -412,6 +454,9 @@ fn action(
         }
         Action::Forward { targets, mode } => (targets, *mode),
     };
+    if let Err(why) = kernel_edits(&rp.rewrite, r) {
+        return pass(why);
+    }
     if mode == ForwardMode::Failover {
         return pass("failover needs destination health".into());
     }
@@ -432,7 +477,16 @@ fn action(
     }
     r.n_targets = targets.len() as u8;
     let list = names.join(", ");
+    // Rewritten in place: said in the placement.
+    let edited = r.n_edits > 0
+        || targets
+            .iter()
+            .any(|t| dests.get(*t).is_some_and(|d| d.set_auth_key.is_some()));
+    let in_place = if edited { ", rewritten in place" } else { "" };
     match (mode, targets.len()) {
+        (ForwardMode::All, n) if n > 1 && edited => {
+            pass("mirror with a rewrite or an auth key".into())
+        }
         (ForwardMode::All, n) if n > 1 => {
             if kernel_mirrors {
                 r.action = RouteAction::Mirror as u8;
@@ -444,17 +498,23 @@ fn action(
         (_, 1) => {
             r.action = RouteAction::Steer as u8;
             r.mode = SteerMode::Single as u8;
-            (Runs::Kernel, format!("steer to {list}"))
+            (Runs::Kernel, format!("steer to {list}{in_place}"))
         }
         (ForwardMode::Hash, _) => {
             r.action = RouteAction::Steer as u8;
             r.mode = SteerMode::Hash as u8;
-            (Runs::Kernel, format!("steer call-sticky over {list}"))
+            (
+                Runs::Kernel,
+                format!("steer call-sticky over {list}{in_place}"),
+            )
         }
         (_, _) => {
             r.action = RouteAction::Steer as u8;
             r.mode = SteerMode::RoundRobin as u8;
-            (Runs::Kernel, format!("steer round-robin over {list}"))
+            (
+                Runs::Kernel,
+                format!("steer round-robin over {list}{in_place}"),
+            )
         }
     }
 }

@@ -138,3 +138,105 @@ fn slots_are_stable_by_name() {
 
 // The kernel-vs-engine differential test runs over generated configurations: see
 // `differential.rs`.
+
+#[test]
+fn set_rewrites_and_auth_keys_become_in_place_edits() {
+    let src = r#"
+[[listener]]
+name = "l"
+udp = "127.0.0.1:9060"
+[[destination]]
+name = "a"
+address = "127.0.0.1:1"
+[[destination]]
+name = "keyed"
+address = "127.0.0.1:2"
+set_auth_key = "t0psec"
+[[destination]]
+name = "long-key"
+address = "127.0.0.1:3"
+set_auth_key = "0123456789012345678901234567890123456789"
+[[route]]
+name = "set"
+match = { capture_id = [1] }
+forward = ["a"]
+rewrite = [ { set = "capture_id", value = 7 }, { set = "node_name", value = "x" }, { set = "capture_id", value = 9 } ]
+[[route]]
+name = "delete"
+match = { capture_id = [2] }
+forward = ["a"]
+rewrite = [ { set = "capture_id", value = 7 }, { delete = "node_name" } ]
+[[route]]
+name = "five"
+match = { capture_id = [3] }
+forward = ["a"]
+rewrite = [ { set = { vendor = 9, type = 1 }, value = "1" }, { set = { vendor = 9, type = 2 }, value = "2" }, { set = { vendor = 9, type = 3 }, value = "3" }, { set = { vendor = 9, type = 4 }, value = "4" }, { set = { vendor = 9, type = 5 }, value = "5" } ]
+[[route]]
+name = "long-value"
+match = { capture_id = [4] }
+forward = ["a"]
+rewrite = [ { set = "node_name", value = "a-node-name-longer-than-32-bytes!" } ]
+[[route]]
+name = "mirror"
+match = { capture_id = [5] }
+forward = ["a", "keyed"]
+mode = "all"
+[[route]]
+name = "keyed"
+match = { capture_id = [6] }
+forward = ["keyed"]
+[[route]]
+name = "long-key"
+match = { capture_id = [7] }
+forward = ["long-key"]
+"#;
+    let p = plan(src);
+    let t = compile(&p, &mut Slots::default(), &Net, true);
+    let got: Vec<(&str, Runs, &str)> = t
+        .placements
+        .iter()
+        .map(|p| (p.route.as_str(), p.runs, p.why.as_str()))
+        .collect();
+    use Runs::*;
+    assert_eq!(
+        got,
+        [
+            ("set", Kernel, "steer to a, rewritten in place"),
+            ("delete", UserspaceAction, "rewrite deletes a chunk"),
+            ("five", UserspaceAction, "rewrite of more than 4 chunks"),
+            (
+                "long-value",
+                UserspaceAction,
+                "rewrite sets a value of 33 bytes (the kernel writes 1 to 32)"
+            ),
+            (
+                "mirror",
+                UserspaceAction,
+                "mirror with a rewrite or an auth key"
+            ),
+            ("keyed", Kernel, "steer to keyed, rewritten in place"),
+            (
+                "long-key",
+                UserspaceAction,
+                "long-key sets an auth key longer than 32 bytes"
+            ),
+        ]
+    );
+    // The last edit of a chunk decides; order kept by first decision.
+    let r = &t.routes[0];
+    assert_eq!(r.n_edits, 2);
+    assert_eq!((r.edits[0].kind, r.edits[0].len), (0x0013, 1));
+    assert_eq!(&r.edits[0].value[..1], b"x");
+    assert_eq!((r.edits[1].kind, r.edits[1].len), (0x000c, 4));
+    assert_eq!(&r.edits[1].value[..4], &9u32.to_be_bytes());
+    // The destination's auth key: chunk 0x000e, its bytes.
+    let keyed = t
+        .destination_names
+        .iter()
+        .position(|n| n == "keyed")
+        .expect("keyed");
+    let auth = &t.destinations[keyed].auth;
+    assert_eq!((auth.vendor, auth.kind, auth.len), (0, 0x000e, 6));
+    assert_eq!(&auth.value[..6], b"t0psec");
+    assert_eq!(t.destinations[0].auth.len, 0);
+}
