@@ -63,9 +63,27 @@ pub fn parse(ctx: &XdpContext, out: &mut HepDatagram) -> Result<(), XdpCounter> 
     }
 
     let tagged = l3 != ETH_HLEN;
+    // The addresses come from the IP header as it is read (direct packet access, no
+    // helper copies), IPv4 mapped.
     let (l4, v6) = match proto {
-        ETH_P_IP => (ipv4(ctx, l3)?, false),
-        ETH_P_IPV6 => (ipv6(ctx, l3)?, true),
+        ETH_P_IP => {
+            let (l4, saddr, daddr) = ipv4(ctx, l3)?;
+            out.sender = map_v4(saddr);
+            out.dst = map_v4(daddr);
+            (l4, false)
+        }
+        ETH_P_IPV6 => {
+            let l4 = ipv6(ctx, l3)?;
+            let (Some(saddr), Some(daddr)) = (
+                ctx.load::<16>(l3 + ipv6::SADDR),
+                ctx.load::<16>(l3 + ipv6::DADDR),
+            ) else {
+                return Err(XdpCounter::Truncated);
+            };
+            out.sender = saddr;
+            out.dst = daddr;
+            (l4, true)
+        }
         _ => return Err(XdpCounter::NotIp),
     };
 
@@ -91,40 +109,13 @@ pub fn parse(ctx: &XdpContext, out: &mut HepDatagram) -> Result<(), XdpCounter> 
     out.tagged = tagged;
     out.v6 = v6;
     out.dport = dport;
-    // The addresses straight from the frame into `out` (no stack copies; the header was
-    // bounds-checked above, the helper checks again).
-    let ok = if v6 {
-        copy_out(ctx, l3 + ipv6::SADDR, &mut out.sender)
-            && copy_out(ctx, l3 + ipv6::DADDR, &mut out.dst)
-    } else {
-        out.sender = map_v4([0; 4]);
-        out.dst = map_v4([0; 4]);
-        copy_out(ctx, l3 + ipv4::SADDR, &mut out.sender[12..])
-            && copy_out(ctx, l3 + ipv4::DADDR, &mut out.dst[12..])
-    };
-    if !ok {
-        return Err(XdpCounter::Truncated);
-    }
     Ok(())
 }
 
-/// Copies `to.len()` frame bytes at `off` into `to` (`bpf_xdp_load_bytes`).
+/// IPv4 at `l3`: the offset of the UDP header and the source and destination addresses,
+/// or the outcome.
 #[inline(always)]
-fn copy_out(ctx: &XdpContext, off: usize, to: &mut [u8]) -> bool {
-    // SAFETY: `to` is `to.len()` writable bytes; the helper checks the frame range.
-    unsafe {
-        aya_ebpf::helpers::bpf_xdp_load_bytes(
-            ctx.ctx,
-            off as u32,
-            to.as_mut_ptr().cast(),
-            to.len() as u32,
-        ) == 0
-    }
-}
-
-/// IPv4 at `l3`: the offset of the UDP header, or the outcome.
-#[inline(always)]
-fn ipv4(ctx: &XdpContext, l3: usize) -> Result<usize, XdpCounter> {
+fn ipv4(ctx: &XdpContext, l3: usize) -> Result<(usize, [u8; 4], [u8; 4]), XdpCounter> {
     let Some(h) = ctx.load::<IPV4_HLEN>(l3) else {
         return Err(XdpCounter::Truncated);
     };
@@ -145,7 +136,8 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<usize, XdpCounter> {
     if u16::from_be_bytes([h[ipv4::FRAG_OFF], h[ipv4::FRAG_OFF + 1]]) & IP_MF_OFFSET_MASK != 0 {
         return Err(XdpCounter::Fragment);
     }
-    Ok(l3 + ihl)
+    let at = |i: usize| [h[i], h[i + 1], h[i + 2], h[i + 3]];
+    Ok((l3 + ihl, at(ipv4::SADDR), at(ipv4::DADDR)))
 }
 
 /// IPv6 at `l3`: the offset of the UDP header, or the outcome. Extension headers are not
