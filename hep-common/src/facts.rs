@@ -328,7 +328,8 @@ impl FactsWalk {
     /// ports, after the last chunk.
     #[inline(always)]
     pub fn flow_key_hash(&self) -> u64 {
-        let f = self.f;
+        // A reference: a copy of the facts would take the kernel's stack.
+        let f = &self.f;
         let key = crate::correlation::flow_key(
             f.inner_src.or(self.src6),
             f.src_port,

@@ -9,13 +9,12 @@ use core::ptr;
 
 use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
 use hep_common::abi::{
-    ALLOW_KEY_BITS, AUTH_IN_USERSPACE, Addr16, AllowKey, KernelListener, MAX_AUTH_KEY,
+    ALLOW_KEY_BITS, AUTH_IN_USERSPACE, Addr16, AllowKey, KernelListener, KernelRoute, MAX_AUTH_KEY,
     MAX_LISTENERS, MAX_ROUTES, MAX_SLOTS, RouteKind, SteerMode, XdpConfig,
 };
 use hep_common::bytes::ByteSource as _;
 use hep_common::eval::{PassReason, Verdict, decide, needs_key};
 
-use crate::facts;
 use crate::scratch::{Entry, NO_MATCH, NO_ROUTE};
 use crate::tables::{ALLOW, LISTENERS, ROUTES, RR, XDP_CONFIG};
 
@@ -134,11 +133,14 @@ unsafe extern "C" fn route_step(i: u64, _ctx: *mut c_void) -> i64 {
     1
 }
 
-/// Evaluates the routes of `cfg`'s active bank over `s.facts`: the first that matches, then
-/// (with the key hash computed if that route needs it) its decision, left in
-/// `s.eval.verdict`. Not inlined: its locals stay out of `hep_xdp`'s frame.
+/// Matches the routes of `cfg`'s active bank over `s.facts`: the first that matches is
+/// left in `s.eval` (an opaque route first leaves its pass verdict). Returns whether that
+/// route needs the correlation key hash, which the caller then computes (`facts::key`)
+/// before [`conclude`]: not from here, so the key's frames are not stacked on this one
+/// (the verifier's 512 bytes for the deepest call chain). Not inlined: its locals stay
+/// out of `hep_xdp`'s frame.
 #[inline(never)]
-pub fn evaluate(cfg: &XdpConfig, s: Entry) {
+pub fn evaluate(cfg: &XdpConfig, s: Entry) -> bool {
     let bank = cfg.bank & 1;
     {
         let e = s.eval();
@@ -156,21 +158,36 @@ pub fn evaluate(cfg: &XdpConfig, s: Entry) {
             0,
         )
     };
+    let Some(r) = matched_route(s) else {
+        return false;
+    };
+    // Only if this route reads it: the Call-ID scan and the key hash. (A key in a
+    // compressed payload is userspace's: `decide` passes the packet up.)
+    needs_key(r) && !s.facts().key_in_userspace
+}
+
+/// The route [`evaluate`] found, if one matched.
+#[inline(always)]
+fn matched_route(s: Entry) -> Option<&'static KernelRoute> {
     let (base, matched) = {
         let e = s.eval();
         (e.base, e.matched)
     };
     if matched >= MAX_ROUTES as u32 {
-        return;
+        return None;
     }
-    let Some(r) = ROUTES.get(base + matched) else {
+    ROUTES.get(base + matched)
+}
+
+/// The decision of the route [`evaluate`] found (with the key hash, if it needs one,
+/// computed in between), left in `s.eval.verdict`. Not inlined: its locals stay out of
+/// `hep_xdp`'s frame.
+#[inline(never)]
+pub fn conclude(s: Entry) {
+    let Some(r) = matched_route(s) else {
         return;
     };
-    // Only now, and only if this route reads it: the Call-ID scan and the key hash.
-    // (A key in a compressed payload is userspace's: `decide` passes the packet up.)
-    if needs_key(r) && !s.facts().key_in_userspace {
-        facts::key(s);
-    }
+    let matched = s.eval().matched;
     let mut rr = 0u32;
     if r.mode == SteerMode::RoundRobin as u8
         && let Some(p) = RR.get_ptr_mut(r.slot % MAX_SLOTS as u32)

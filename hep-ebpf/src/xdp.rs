@@ -164,7 +164,10 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
         }
     }
     let bank = cfg.bank & 1;
-    route::evaluate(cfg, s);
+    if route::evaluate(cfg, s) {
+        facts::key(s);
+    }
+    route::conclude(s);
     let verdict = s.eval().verdict;
     let route_slot = |i: usize| {
         ROUTES
