@@ -253,13 +253,16 @@ impl Default for CallIdScanner {
 
 const CALL_ID: &[u8; 7] = b"call-id";
 
-/// Whether one of the 8 bytes of `w` is `\n` (the classic zero-byte test on `w ^ 0x0a…0a`).
+/// The bytes of `w` that are `\n`: 0x80 in each such byte, 0 elsewhere (exact: no carry
+/// crosses bytes, unlike the classic `(x - 0x01…) & !x & 0x80…` test, which can also mark
+/// the byte after a match).
 #[inline(always)]
-const fn has_line_feed(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let x = w ^ (ONES * b'\n' as u64);
-    x.wrapping_sub(ONES) & !x & HIGHS != 0
+const fn line_feed_bytes(w: u64) -> u64 {
+    const LOWS: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let x = w ^ (0x0101_0101_0101_0101 * b'\n' as u64);
+    // A byte's high bit ends up set iff the byte is non-zero: its low 7 bits plus 0x7f
+    // carry into bit 7 (never beyond), or bit 7 was set.
+    !(((x & LOWS) + LOWS) | x | LOWS)
 }
 
 #[inline(always)]
@@ -362,15 +365,30 @@ impl CallIdScanner {
     }
 
     /// Feeds the 8 bytes at payload positions `pos .. pos + 8`: the same as eight
-    /// [`CallIdScanner::feed`]s, but a block without a line feed is skipped whole while the
-    /// scanner is skipping a line (feeding such bytes there changes nothing).
+    /// [`CallIdScanner::feed`]s, faster. While the scanner skips a line, the bytes before
+    /// the next line feed change nothing, so it jumps to that line feed (or past the
+    /// block when there is none); after the search is over nothing changes at all.
     #[inline(always)]
     pub fn feed_block(&mut self, block: [u8; 8], pos: usize) {
-        if self.state == State::SkipLine && !has_line_feed(u64::from_le_bytes(block)) {
-            return;
-        }
+        let line_feeds = line_feed_bytes(u64::from_le_bytes(block));
         let mut i = 0;
         while i < 8 {
+            match self.state {
+                State::Done => return,
+                State::SkipLine => {
+                    // The first line feed at or after `i`, by its high bit (byte j of the
+                    // block is bits 8j .. 8j + 8: little endian).
+                    let rest = line_feeds >> (8 * i);
+                    if rest == 0 {
+                        return;
+                    }
+                    i += (rest.trailing_zeros() / 8) as usize;
+                    if i >= 8 {
+                        return;
+                    }
+                }
+                _ => {}
+            }
             self.feed(block[i], pos + i);
             i += 1;
         }

@@ -555,6 +555,49 @@ fn noisy_payload() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(token, 0..40).prop_map(|t| t.concat())
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// `feed_block` (which jumps over the bytes of a skipped line) leaves the scanner as
+    /// eight `feed`s do, from any state a payload prefix leads to, at any position, with
+    /// any suffix after it.
+    #[test]
+    fn feed_block_equals_eight_feeds(
+        payload in noisy_payload(),
+        cut in any::<prop::sample::Index>(),
+        any_block in any::<[u8; 8]>(),
+        from_payload in any::<bool>(),
+    ) {
+        let mut padded = payload.clone();
+        padded.extend_from_slice(&any_block);
+        let at = if payload.is_empty() { 0 } else { cut.index(payload.len()) };
+        let block: [u8; 8] = if from_payload {
+            padded[at..at + 8].try_into().expect("8 bytes")
+        } else {
+            any_block
+        };
+        let mut by_block = CallIdScanner::new();
+        for (i, b) in payload[..at].iter().enumerate() {
+            by_block.feed(*b, i);
+        }
+        let mut by_byte = by_block;
+        by_block.feed_block(block, at);
+        for (i, b) in block.iter().enumerate() {
+            by_byte.feed(*b, at + i);
+        }
+        prop_assert_eq!(by_block.result(), by_byte.result());
+        prop_assert_eq!(by_block.is_done(), by_byte.is_done());
+        // And the same from there on.
+        let rest = padded.get(at + 8..).unwrap_or(&[]);
+        for (i, b) in rest.iter().enumerate() {
+            by_block.feed(*b, at + 8 + i);
+            by_byte.feed(*b, at + 8 + i);
+        }
+        prop_assert_eq!(by_block.result(), by_byte.result());
+        prop_assert_eq!(by_block.is_done(), by_byte.is_done());
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // HEPv3 round trip
 // ---------------------------------------------------------------------------------------
