@@ -78,11 +78,17 @@ pub enum XdpCounter {
     /// Decision (pass): the route that matched needs the correlation key, which lies in a
     /// compressed payload (chunk 0x0010) that only userspace inflates.
     PassKey = 26,
+    /// A next hop answered by the next-hop cache (no `bpf_fib_lookup`); per steered packet
+    /// or mirror copy, not an outcome, action or decision.
+    NextHopHit = 27,
+    /// A next hop looked up with `bpf_fib_lookup` (the cache had no fresh entry for it, or
+    /// is off); per steered packet or mirror copy, whatever the lookup answered.
+    NextHopMiss = 28,
 }
 
 impl XdpCounter {
     /// Number of counters, the size of [`super::COUNTERS_MAP`].
-    pub const COUNT: usize = 27;
+    pub const COUNT: usize = 29;
 
     /// Every counter, in index order.
     pub const ALL: [XdpCounter; Self::COUNT] = [
@@ -113,6 +119,8 @@ impl XdpCounter {
         XdpCounter::SteerFallback,
         XdpCounter::PassListener,
         XdpCounter::PassKey,
+        XdpCounter::NextHopHit,
+        XdpCounter::NextHopMiss,
     ];
 
     /// The outcomes: exactly one of them per packet.
@@ -199,6 +207,8 @@ impl XdpCounter {
             XdpCounter::SteerFallback => "steer_fallback",
             XdpCounter::PassListener => "pass_listener",
             XdpCounter::PassKey => "pass_key",
+            XdpCounter::NextHopHit => "next_hop_hit",
+            XdpCounter::NextHopMiss => "next_hop_miss",
         }
     }
 }

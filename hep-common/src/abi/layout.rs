@@ -10,7 +10,8 @@
 use core::mem::{align_of, offset_of, size_of};
 
 use super::{
-    AllowKey, KernelDestination, KernelListener, KernelPrefix, KernelRoute, MirrorMeta, XdpConfig,
+    AllowKey, KernelDestination, KernelListener, KernelPrefix, KernelRoute, MirrorMeta,
+    NextHopEntry, XdpConfig,
 };
 
 /// Asserts at compile time: `size_of`, `align_of`, and `offset_of` each listed field.
@@ -89,3 +90,19 @@ pin!(KernelListener, size = 60, align = 4, {
 });
 
 pin!(AllowKey, size = 20, align = 1, { listener = 0, addr = 4 });
+
+pin!(NextHopEntry, size = 72, align = 8, {
+    generation = 0,
+    addr = 8,
+    src_addr = 24,
+    ifindex = 40,
+    in_ifindex = 44,
+    max_tot_len_ok = 48,
+    sport = 50,
+    dport = 52,
+    tos = 54,
+    valid = 55,
+    dmac = 56,
+    smac = 62,
+    _pad = 68,
+});
