@@ -117,6 +117,14 @@ fn scenario(name: &str, route: &str) {
             .expect("config");
         let t = compile(&plan, &mut Slots::default(), &HostNet, true);
         xdp.install(&t).expect("install");
+        // The next-hop cache on, as the daemon runs it (nothing changes routes here);
+        // `HEPFWD_BENCH_NEXT_HOP_CACHE=off` measures every packet looked up instead.
+        if std::env::var("HEPFWD_BENCH_NEXT_HOP_CACHE").as_deref() != Ok("off") {
+            xdp.next_hops()
+                .expect("next hops")
+                .enable()
+                .expect("cache on");
+        }
         // Warm up: the neighbour entries are permanent; one frame loads the caches.
         let c0 = xdp.counters().expect("counters");
         let x0 = stats(&xdp.program_info().expect("info"));
@@ -192,7 +200,7 @@ fn scenario(name: &str, route: &str) {
             _ => "-".into(),
         };
         format!(
-            "| {name} | {} | {} B | {:.2} s | {:.0} | {:.0} | {non_live} | {mirror_ns} | steered {} mirrored {} dropped {} passed {} | {verified} / {jited} |",
+            "| {name} | {} | {} B | {:.2} s | {:.0} | {:.0} | {non_live} | {mirror_ns} | steered {} mirrored {} dropped {} passed {} next_hop_hit {} next_hop_miss {} | {verified} / {jited} |",
             FRAMES,
             frame.len(),
             wall.as_secs_f64(),
@@ -202,6 +210,8 @@ fn scenario(name: &str, route: &str) {
             c.get(XdpCounter::Mirrored),
             c.get(XdpCounter::Dropped),
             c.get(XdpCounter::Passed),
+            c.get(XdpCounter::NextHopHit),
+            c.get(XdpCounter::NextHopMiss),
         )
     });
     println!("{row}");
