@@ -279,6 +279,9 @@ fn route_move(mode: Mode) -> Vec<Vec<u8>> {
             "the cache answered most ({hit})"
         );
         assert!(miss >= 2, "a miss before and after the change ({miss})");
+        let reason = |r| m.get("hepfwd_xdp_next_hop_invalidations_total", &[("reason", r)]);
+        assert_eq!(reason("install"), 1, "the start's install");
+        assert!(reason("netlink") >= 1, "the route change");
         assert_eq!(
             m.get("hepfwd_received_total", &[("path", "user")]),
             0,

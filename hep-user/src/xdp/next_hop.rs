@@ -176,7 +176,12 @@ impl NextHops {
         let me = self.clone();
         let task = tokio::spawn(
             async move {
-                let Err(e) = me.listen(fd).await;
+                let Err(e) = listen(fd, |why| {
+                    me.invalidate(why)
+                        .map(drop)
+                        .map_err(NextHopError::Generation)
+                })
+                .await;
                 tracing::error!(error = %e, "the netlink listener stopped: the next-hop cache is off, every packet is looked up");
                 if let Err(e) = me.disable() {
                     tracing::error!(error = %e, "turning the next-hop cache off failed");
@@ -187,42 +192,43 @@ impl NextHops {
         Ok(Watch(task))
     }
 
-    /// Reads the socket until it fails; one invalidation per wake-up that read anything
-    /// (or overflowed), at most [`BATCH`] messages each.
-    async fn listen(&self, fd: AsyncFd<OwnedFd>) -> Result<std::convert::Infallible, NextHopError> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let mut guard = fd.readable().await.map_err(NextHopError::Read)?;
-            let mut why = None;
-            for _ in 0..BATCH {
-                match guard.try_io(|inner| recv(inner.get_ref(), &mut buf)) {
-                    Ok(Ok(_)) => {
-                        why = why.or(Some(Invalidation::Netlink));
-                    }
-                    Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        tracing::warn!(
-                            "the netlink socket overflowed: invalidating every next hop"
-                        );
-                        why = Some(Invalidation::Overflow);
-                    }
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Ok(Err(e)) => return Err(NextHopError::Read(e)),
-                    // Drained: readiness cleared.
-                    Err(_would_block) => break,
-                }
-            }
-            if let Some(why) = why {
-                self.invalidate(why).map_err(NextHopError::Generation)?;
-            }
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         match self.state.lock() {
             Ok(g) => g,
             // A panic while holding it cannot leave the state half-written (two plain
             // fields, the map written first).
             Err(p) => p.into_inner(),
+        }
+    }
+}
+
+/// Reads `fd` until it fails; calls `invalidate` once per wake-up that read anything (or
+/// found the socket overflowed), after at most [`BATCH`] messages.
+async fn listen(
+    fd: AsyncFd<OwnedFd>,
+    mut invalidate: impl FnMut(Invalidation) -> Result<(), NextHopError>,
+) -> Result<std::convert::Infallible, NextHopError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut guard = fd.readable().await.map_err(NextHopError::Read)?;
+        let mut why = None;
+        for _ in 0..BATCH {
+            match guard.try_io(|inner| recv(inner.get_ref(), &mut buf)) {
+                Ok(Ok(_)) => {
+                    why = why.or(Some(Invalidation::Netlink));
+                }
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    tracing::warn!("the netlink socket overflowed: invalidating every next hop");
+                    why = Some(Invalidation::Overflow);
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(NextHopError::Read(e)),
+                // Drained: readiness cleared.
+                Err(_would_block) => break,
+            }
+        }
+        if let Some(why) = why {
+            invalidate(why)?;
         }
     }
 }
@@ -350,6 +356,62 @@ mod tests {
             // A change on the host may have come in meanwhile: that is a message too.
             Ok(n) => assert!(n >= 16, "a netlink header at least, got {n} bytes"),
         }
+    }
+
+    /// Changes in a namespace of its own (routes added on `lo`) reach the listener as one
+    /// `netlink` invalidation; a storm of them into a socket with the smallest receive
+    /// buffer overflows it, and that is an `overflow` invalidation.
+    #[test]
+    fn changes_invalidate_and_an_overflow_does_too() {
+        use hepfwd_harness::netns::Netns;
+        let test = "changes_invalidate_and_an_overflow_does_too";
+        if !hepfwd_harness::privileged::available(test) {
+            return;
+        }
+        let ns = Netns::create(format!("hfnh-ovf-{}", std::process::id()));
+        ns.set_up(&["lo"]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let first = |fd: OwnedFd, routes: std::ops::Range<u32>| -> Invalidation {
+            let batch: String = routes
+                .map(|i| {
+                    format!(
+                        "route add 198.18.{}.{}/32 dev lo\n",
+                        100 + i / 250,
+                        i % 250 + 1
+                    )
+                })
+                .collect();
+            let file = std::env::temp_dir().join(format!("{}.batch", ns.name()));
+            std::fs::write(&file, batch).expect("write the batch");
+            ns.ip(&["-batch", &file.display().to_string()]);
+            let _ = std::fs::remove_file(&file);
+            rt.block_on(async {
+                // SAFETY: `fd` is moved into the `AsyncFd`, which owns it from here on.
+                let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                    .expect("register");
+                let mut got = None;
+                let r = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    listen(fd, |why| {
+                        got = Some(why);
+                        // Stop at the first invalidation.
+                        Err(NextHopError::Read(io::Error::other("done")))
+                    }),
+                )
+                .await;
+                assert!(r.is_ok(), "no invalidation within 5 s");
+                got.expect("an invalidation")
+            })
+        };
+        let fd = ns.within(|| open_socket().expect("a netlink socket"));
+        assert_eq!(first(fd, 0..3), Invalidation::Netlink);
+        let fd = ns.within(|| open_socket().expect("a netlink socket"));
+        // The kernel rounds up to its minimum (a few KiB): far less than the storm.
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 1 as libc::c_int).expect("rcvbuf");
+        assert_eq!(first(fd, 3..2003), Invalidation::Overflow);
     }
 
     #[test]
