@@ -4,7 +4,8 @@
 //! it; here, for each target of that route, the outer headers are rewritten (as a steer
 //! would: source = the node, source port = the listener port, destination = the collector,
 //! TTL − 1, checksums updated from the *original* headers) with `bpf_skb_store_bytes`, and
-//! `bpf_clone_redirect` sends a copy out of the egress interface `bpf_fib_lookup` names.
+//! `bpf_clone_redirect` sends a copy out of the egress interface `bpf_fib_lookup` names
+//! (through the next-hop cache, `next_hop.rs`, shared with `hep_xdp`).
 //! Then the original is dropped.
 //!
 //! All next hops are looked up before the first copy: if one cannot be resolved (no
@@ -24,11 +25,12 @@ use hep_common::abi::{
 };
 
 use crate::counters::count_dest;
-use crate::fib::{self, NextHop, Query};
+use crate::fib::{NextHop, Query};
 use crate::net::{
     Csum, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Frame, IPV4_HLEN, IPV6_HLEN, Skb, UDP_HLEN, ipv4, ipv6,
     udp,
 };
+use crate::next_hop;
 use crate::scratch::Entry;
 use crate::tables::{DESTINATIONS, ROUTES};
 
@@ -172,7 +174,7 @@ fn lookup(skb: Skb, o: &Original, dest: &KernelDestination, s: Entry) -> Option<
         tos: o.tos,
         sport: u16::from_be_bytes(o.dport),
     };
-    fib::lookup(skb.0.cast(), s.fib(), &q, dest)
+    next_hop::resolve(skb.0.cast(), s.fib(), &q, dest)
 }
 
 /// Rewrites the headers for `dest`. Checksums are updated incrementally from the headers

@@ -2,7 +2,8 @@
 //! are rewritten (source = the node's address toward the collector, source port = the
 //! listener port, destination = the collector), the TTL / hop limit decremented, the
 //! checksums updated incrementally (RFC 1624; the IPv4 UDP checksum is set to 0), the MACs
-//! taken from `bpf_fib_lookup`, then `XDP_TX` (same interface) or a redirect.
+//! taken from the next-hop cache or `bpf_fib_lookup` (`next_hop.rs`), then `XDP_TX` (same
+//! interface) or a redirect.
 //!
 //! The lookup happens before anything is written: when it cannot answer (no neighbour entry
 //! yet, forwarding disabled on the ingress interface, no route, MTU) the packet is passed up
@@ -15,8 +16,9 @@ use aya_ebpf::{
 };
 use hep_common::abi::KernelDestination;
 
-use crate::fib::{self, Query};
+use crate::fib::Query;
 use crate::net::{Csum, ETH_DEST, ETH_SOURCE, Frame, IPV6_HLEN, ipv4, ipv6, udp};
+use crate::next_hop;
 use crate::parse::HepDatagram;
 use crate::scratch::Entry;
 
@@ -74,7 +76,7 @@ pub fn steer(ctx: &XdpContext, d: &HepDatagram, dest: &KernelDestination) -> u32
             sport: d.dport,
         }
     };
-    let Some(hop) = fib::lookup(ctx.ctx.cast(), s.fib(), &q, dest) else {
+    let Some(hop) = next_hop::resolve(ctx.ctx.cast(), s.fib(), &q, dest) else {
         return FALLBACK;
     };
     let done = if d.v6 {

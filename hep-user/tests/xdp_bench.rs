@@ -117,6 +117,14 @@ fn scenario(name: &str, route: &str) {
             .expect("config");
         let t = compile(&plan, &mut Slots::default(), &HostNet, true);
         xdp.install(&t).expect("install");
+        // The next-hop cache on, as the daemon runs it (nothing changes routes here);
+        // `HEPFWD_BENCH_NEXT_HOP_CACHE=off` measures every packet looked up instead.
+        if std::env::var("HEPFWD_BENCH_NEXT_HOP_CACHE").as_deref() != Ok("off") {
+            xdp.next_hops()
+                .expect("next hops")
+                .enable()
+                .expect("cache on");
+        }
         // Warm up: the neighbour entries are permanent; one frame loads the caches.
         let c0 = xdp.counters().expect("counters");
         let x0 = stats(&xdp.program_info().expect("info"));
@@ -192,7 +200,7 @@ fn scenario(name: &str, route: &str) {
             _ => "-".into(),
         };
         format!(
-            "| {name} | {} | {} B | {:.2} s | {:.0} | {:.0} | {non_live} | {mirror_ns} | steered {} mirrored {} dropped {} passed {} | {verified} / {jited} |",
+            "| {name} | {} | {} B | {:.2} s | {:.0} | {:.0} | {non_live} | {mirror_ns} | steered {} mirrored {} dropped {} passed {} next_hop_hit {} next_hop_miss {} | {verified} / {jited} |",
             FRAMES,
             frame.len(),
             wall.as_secs_f64(),
@@ -202,6 +210,8 @@ fn scenario(name: &str, route: &str) {
             c.get(XdpCounter::Mirrored),
             c.get(XdpCounter::Dropped),
             c.get(XdpCounter::Passed),
+            c.get(XdpCounter::NextHopHit),
+            c.get(XdpCounter::NextHopMiss),
         )
     });
     println!("{row}");
@@ -238,4 +248,70 @@ fn xdp_bench() {
         "[[route]]\nname = \"drop\"\nmatch = { proto = [\"sip\"] }\naction = \"drop\"\n",
     );
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
+}
+
+/// Steer with and without the next-hop cache, the program alone: non-live
+/// `BPF_PROG_TEST_RUN` with one repeat per call (a steer rewrites its frame, so each call
+/// starts from the original), the kernel's time per run averaged over [`AB_CALLS`] calls,
+/// on and off interleaved in blocks so both see the same machine. Prints ns per run.
+#[test]
+#[ignore = "benchmark: cargo test --release -p hep-user --test xdp_bench -- --ignored"]
+fn next_hop_cache_on_against_off() {
+    const AB_CALLS: u32 = 20_000;
+    const BLOCKS: u32 = 10;
+    let Some(mut xdp) = common::load_or_skip("xdp_bench", &LoadOptions::default()) else {
+        return;
+    };
+    let lab = Lab::new("bench-nh");
+    let frame = frame();
+    let (on, off) = lab.within(|| {
+        let plan = hep_user::config::compile(
+            Path::new("bench.toml"),
+            &config("[default]\nforward = [\"a\"]\n"),
+        )
+        .expect("config");
+        let t = compile(&plan, &mut Slots::default(), &HostNet, false);
+        xdp.install(&t).expect("install");
+        let next_hops = xdp.next_hops().expect("next hops");
+        let mut ctx = Vec::new();
+        for v in [0, frame.len() as u32, 0, IN_IFINDEX, 0, 0] {
+            ctx.extend_from_slice(&v.to_ne_bytes());
+        }
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut block = |xdp: &mut XdpProgram| -> u128 {
+            let c0 = xdp.counters().expect("counters");
+            let mut total = 0u128;
+            for _ in 0..AB_CALLS {
+                total += xdp
+                    .program_mut()
+                    .expect("program")
+                    .test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        data_out: Some(&mut out),
+                        ctx_in: Some(&ctx),
+                        ..TestRunOptions::default()
+                    })
+                    .expect("test run")
+                    .duration
+                    .as_nanos();
+            }
+            let c = xdp.counters().expect("counters").delta(&c0);
+            assert_eq!(c.get(XdpCounter::Steered), u64::from(AB_CALLS));
+            total
+        };
+        let (mut on, mut off) = (0u128, 0u128);
+        for _ in 0..BLOCKS {
+            next_hops.enable().expect("cache on");
+            on += block(&mut xdp);
+            next_hops.disable().expect("cache off");
+            off += block(&mut xdp);
+        }
+        let runs = u128::from(AB_CALLS * BLOCKS);
+        (on as f64 / runs as f64, off as f64 / runs as f64)
+    });
+    println!(
+        "steer, non-live, one run per call, {} runs each: cache on {on:.0} ns, off {off:.0} ns, saved {:.0} ns",
+        AB_CALLS * BLOCKS,
+        off - on
+    );
 }

@@ -428,10 +428,13 @@ fn hep3_counters(extra: &[&str]) -> Vec<String> {
     counters
 }
 
-/// The counter changes of a frame steered by route `route` to destination `destination`.
+/// The counter changes of a frame steered by route `route` to destination `destination`
+/// (its next hop looked up: these tables run with the next-hop cache off, the loader's
+/// initial generation).
 fn steer_counters(route: &str, destination: &str) -> Vec<String> {
     hep3_counters(&[
         "steered=1",
+        "next_hop_miss=1",
         &format!("route/{route}/matched=1"),
         &format!("route/{route}/steered=1"),
         &format!("dest/{destination}/sent=1"),
@@ -1138,6 +1141,7 @@ fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> V
         XDP_PASS,
         hep3_counters(&[
             "steer_fallback=1",
+            "next_hop_miss=1",
             "passed=1",
             "route/unresolved/passed=1",
             "dest/no-neighbour/fallback=1",
@@ -1281,6 +1285,262 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
         );
         install(xdp, &mut slots, true, false);
         run_cases(xdp, &slots, &opaque_table(), &mut report);
+        report
+    });
+    report.finish(test);
+}
+
+/// `counters` with the next hop answered by the cache instead of looked up.
+fn from_cache(counters: Vec<String>) -> Vec<String> {
+    counters
+        .into_iter()
+        .map(|c| {
+            if c == "next_hop_miss=1" {
+                "next_hop_hit=1".to_string()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// The next-hop cache, row by row (each row runs after the previous one, on the same
+/// CPU's cache): a first packet looks its next hop up and fills the entry, the same packet
+/// again is answered from it with byte-identical output; a longer packet than any the
+/// lookup accepted looks up (and raises the bound); after the generation moves everything
+/// looks up again. The rows in between show what the generation is for: a neighbour or
+/// MTU change the daemon has not yet announced is not seen (the entry still answers), and
+/// once the generation moves the new MAC is used and a packet over the new MTU falls back
+/// to userspace untouched.
+#[test]
+fn xdp_caches_next_hops_until_the_generation_moves() {
+    use hep_user::xdp::next_hop::Invalidation;
+    let test = "xdp_caches_next_hops_until_the_generation_moves";
+    let Some(mut xdp) = common::load_or_skip(test, &LoadOptions::default()) else {
+        return;
+    };
+    let lab = Lab::new("nexthop");
+    let report = lab.within(|| {
+        let xdp = &mut xdp;
+        let mut report = Report::new();
+        let mut slots = Slots::default();
+        install(xdp, &mut slots, false, true);
+        let next_hops = xdp.next_hops().expect("the generation map");
+        assert_eq!(next_hops.generation(), 0, "the loader leaves the cache off");
+        let g = next_hops.enable().expect("cache on");
+        assert_ne!(g, 0);
+        let parts = Parts {
+            sender: v4("198.18.1.1"),
+            me: v4("198.18.1.2"),
+            out_source: v4("198.18.2.1"),
+        };
+        let long_id = format!("call-1-{}@lab", "x".repeat(400));
+        let short = parts.frame(SIP);
+        let long = parts.frame(Hep {
+            call_id: &long_id,
+            ..SIP
+        });
+        let ip_len = |f: &[u8]| f.len() - 14;
+        assert!(ip_len(&long) > ip_len(&short) + 300);
+        let short_out = parts.steered_out(&short, "198.18.2.2", 9061);
+        let long_out = parts.steered_out(&long, "198.18.2.2", 9061);
+        let looked_up = || steer_counters("default", "a");
+        let steer = |name: &str, f: &[u8], out: &[u8], counters: Vec<String>| {
+            Case::new(name, f.to_vec(), XDP_REDIRECT, Some(out.to_vec()), counters)
+        };
+        let run = |xdp: &mut XdpProgram, report: &mut Report, cases: Vec<Case>| {
+            run_cases(xdp, &slots, &cases, report);
+        };
+
+        run(
+            xdp,
+            &mut report,
+            vec![
+                steer(
+                    "first packet: lookup, fills",
+                    &short,
+                    &short_out,
+                    looked_up(),
+                ),
+                steer(
+                    "second packet: from the cache, the same bytes",
+                    &short,
+                    &short_out,
+                    from_cache(looked_up()),
+                ),
+                steer(
+                    "longer than any accepted: lookup",
+                    &long,
+                    &long_out,
+                    looked_up(),
+                ),
+                steer(
+                    "the longer one again: from the cache",
+                    &long,
+                    &long_out,
+                    from_cache(looked_up()),
+                ),
+                steer(
+                    "the short one: still from the cache",
+                    &short,
+                    &short_out,
+                    from_cache(looked_up()),
+                ),
+            ],
+        );
+        next_hops
+            .invalidate(Invalidation::Install)
+            .expect("invalidate");
+        run(
+            xdp,
+            &mut report,
+            vec![
+                steer(
+                    "after the generation moved: lookup",
+                    &short,
+                    &short_out,
+                    looked_up(),
+                ),
+                steer(
+                    "then from the cache",
+                    &short,
+                    &short_out,
+                    from_cache(looked_up()),
+                ),
+            ],
+        );
+
+        // The collector's MAC changes; until the generation moves the entry answers.
+        let new_mac = [0x02, 0, 0, 0, 0x02, 0x99];
+        lab.ip(&[
+            "neigh",
+            "replace",
+            "198.18.2.2",
+            "lladdr",
+            "02:00:00:00:02:99",
+            "dev",
+            "out0",
+            "nud",
+            "permanent",
+        ]);
+        let new_mac_out = steered(
+            &short,
+            parts.out_source,
+            v4("198.18.2.2"),
+            9061,
+            OUT_MAC,
+            new_mac,
+        );
+        run(
+            xdp,
+            &mut report,
+            vec![steer(
+                "neighbour changed, not yet announced: the cached MAC",
+                &short,
+                &short_out,
+                from_cache(looked_up()),
+            )],
+        );
+        next_hops
+            .invalidate(Invalidation::Netlink)
+            .expect("invalidate");
+        run(
+            xdp,
+            &mut report,
+            vec![
+                steer(
+                    "after the generation moved: the new MAC",
+                    &short,
+                    &new_mac_out,
+                    looked_up(),
+                ),
+                steer(
+                    "the new MAC from the cache",
+                    &short,
+                    &new_mac_out,
+                    from_cache(looked_up()),
+                ),
+            ],
+        );
+        let mac = neighbour_mac("198.18.2.2");
+        let mac_text = mac.map(|b| format!("{b:02x}")).join(":");
+        lab.ip(&[
+            "neigh",
+            "replace",
+            "198.18.2.2",
+            "lladdr",
+            &mac_text,
+            "dev",
+            "out0",
+            "nud",
+            "permanent",
+        ]);
+        next_hops
+            .invalidate(Invalidation::Netlink)
+            .expect("invalidate");
+
+        // The egress MTU drops between the two sizes: the long packet is too big.
+        let fallback = hep3_counters(&[
+            "steer_fallback=1",
+            "next_hop_miss=1",
+            "passed=1",
+            "route/default/passed=1",
+            "dest/a/fallback=1",
+        ]);
+        run(
+            xdp,
+            &mut report,
+            vec![
+                steer("the long one: lookup", &long, &long_out, looked_up()),
+                steer(
+                    "the short one: from the cache (shorter than accepted)",
+                    &short,
+                    &short_out,
+                    from_cache(looked_up()),
+                ),
+            ],
+        );
+        let mtu = ((ip_len(&short) + ip_len(&long)) / 2).to_string();
+        lab.ip(&["link", "set", "dev", "out0", "mtu", &mtu]);
+        next_hops
+            .invalidate(Invalidation::Netlink)
+            .expect("invalidate");
+        run(
+            xdp,
+            &mut report,
+            vec![
+                Case::untouched(
+                    "over the new MTU: lookup fails, passed untouched",
+                    long.clone(),
+                    XDP_PASS,
+                    fallback.clone(),
+                ),
+                steer(
+                    "the short one: lookup (a failed lookup fills nothing)",
+                    &short,
+                    &short_out,
+                    looked_up(),
+                ),
+                steer(
+                    "the short one: from the cache",
+                    &short,
+                    &short_out,
+                    from_cache(looked_up()),
+                ),
+                Case::untouched(
+                    "longer than the entry accepted: lookup, fails again",
+                    long.clone(),
+                    XDP_PASS,
+                    fallback.clone(),
+                ),
+            ],
+        );
+        next_hops.disable().expect("cache off");
+        run(
+            xdp,
+            &mut report,
+            vec![steer("cache off: lookup", &short, &short_out, looked_up())],
+        );
         report
     });
     report.finish(test);

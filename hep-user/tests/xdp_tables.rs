@@ -157,4 +157,10 @@ fn the_object_declares_the_abi_maps_with_the_abi_layouts() {
         .expect("KernelDestination's size");
     Array::<&MapData, KernelListener>::try_from(map(LISTENERS_MAP)).expect("KernelListener's size");
     LpmTrie::<&MapData, AllowKey, u8>::try_from(map(ALLOW_MAP)).expect("AllowKey's size");
+    aya::maps::PerCpuArray::<&MapData, hep_common::abi::NextHopEntry>::try_from(map(
+        hep_common::abi::NEXT_HOP_MAP,
+    ))
+    .expect("NextHopEntry's size");
+    Array::<&MapData, u64>::try_from(map(hep_common::abi::NEXT_HOP_GENERATION_MAP))
+        .expect("the generation's size");
 }

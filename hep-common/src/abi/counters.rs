@@ -78,18 +78,24 @@ pub enum XdpCounter {
     /// Decision (pass): the route that matched needs the correlation key, which lies in a
     /// compressed payload (chunk 0x0010) that only userspace inflates.
     PassKey = 26,
+    /// A next hop answered by the next-hop cache (no `bpf_fib_lookup`); per steered packet
+    /// or mirror copy, not an outcome, action or decision.
+    NextHopHit = 27,
+    /// A next hop looked up with `bpf_fib_lookup` (the cache had no fresh entry for it, or
+    /// is off); per steered packet or mirror copy, whatever the lookup answered.
+    NextHopMiss = 28,
     /// Decision (pass, unmodified): the route (or its destination) rewrites chunks, and
     /// one of them cannot be written in place in this packet (absent, repeated, or of
     /// another length); the daemon rewrites and sends it.
-    PassRewrite = 27,
+    PassRewrite = 29,
     /// Decision (drop): writing an in-place edit into the frame failed after its headers
     /// were rewritten (not expected: the walk found every chunk inside the payload).
-    RewriteFailed = 28,
+    RewriteFailed = 30,
 }
 
 impl XdpCounter {
     /// Number of counters, the size of [`super::COUNTERS_MAP`].
-    pub const COUNT: usize = 29;
+    pub const COUNT: usize = 31;
 
     /// Every counter, in index order.
     pub const ALL: [XdpCounter; Self::COUNT] = [
@@ -120,6 +126,8 @@ impl XdpCounter {
         XdpCounter::SteerFallback,
         XdpCounter::PassListener,
         XdpCounter::PassKey,
+        XdpCounter::NextHopHit,
+        XdpCounter::NextHopMiss,
         XdpCounter::PassRewrite,
         XdpCounter::RewriteFailed,
     ];
@@ -212,6 +220,8 @@ impl XdpCounter {
             XdpCounter::PassRewrite => "pass_rewrite",
             XdpCounter::RewriteFailed => "rewrite_failed",
             XdpCounter::PassKey => "pass_key",
+            XdpCounter::NextHopHit => "next_hop_hit",
+            XdpCounter::NextHopMiss => "next_hop_miss",
         }
     }
 }

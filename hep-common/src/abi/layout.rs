@@ -11,7 +11,7 @@ use core::mem::{align_of, offset_of, size_of};
 
 use super::{
     AllowKey, KernelDestination, KernelEdit, KernelListener, KernelPrefix, KernelRoute, MirrorMeta,
-    XdpConfig,
+    NextHopEntry, XdpConfig,
 };
 
 /// Asserts at compile time: `size_of`, `align_of`, and `offset_of` each listed field.
@@ -96,3 +96,19 @@ pin!(KernelListener, size = 60, align = 4, {
 });
 
 pin!(AllowKey, size = 20, align = 1, { listener = 0, addr = 4 });
+
+pin!(NextHopEntry, size = 72, align = 8, {
+    generation = 0,
+    addr = 8,
+    src_addr = 24,
+    ifindex = 40,
+    in_ifindex = 44,
+    max_tot_len_ok = 48,
+    sport = 50,
+    dport = 52,
+    tos = 54,
+    valid = 55,
+    dmac = 56,
+    smac = 62,
+    _pad = 68,
+});

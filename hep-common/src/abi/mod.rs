@@ -26,9 +26,11 @@
 
 mod counters;
 pub mod layout;
+mod next_hop;
 mod tables;
 
 pub use counters::{DestCounter, RouteCounter, XdpCounter};
+pub use next_hop::{NEXT_HOP_OFF, NextHopEntry, next_generation};
 pub use tables::{
     Addr16, AllowKey, KernelDestination, KernelEdit, KernelListener, KernelPrefix, KernelRoute,
     MirrorMeta, RouteAction, RouteKind, SteerMode, XdpConfig, addr16, ip_of, map_v4, match_flags,
@@ -59,13 +61,19 @@ pub const DEST_COUNTERS_MAP: &str = "DEST_COUNTERS";
 pub const RR_MAP: &str = "RR";
 /// Name of the program's per-CPU scratch entry (`PerCpuArray`, one entry; kernel only).
 pub const SCRATCH_MAP: &str = "SCRATCH";
+/// Name of the per-CPU next-hop cache (`PerCpuArray<NextHopEntry>`, by destination slot;
+/// kernel only).
+pub const NEXT_HOP_MAP: &str = "NEXT_HOP";
+/// Name of the `Array<u64>` (one entry) holding the next-hop cache's generation, written
+/// by the daemon (see [`NextHopEntry`]).
+pub const NEXT_HOP_GENERATION_MAP: &str = "NEXT_HOP_GENERATION";
 /// Name of the `Global<u16>` holding the HEP UDP port (host byte order) in the XDP object.
 pub const HEP_PORT_GLOBAL: &str = "HEP_PORT";
 
 /// Every map the object declares for the loader (the aya-log map aside). The `#[map]`
 /// statics in `hep-ebpf` take their names from their identifiers, so they cannot name these
 /// constants; a privileged test loads the object and checks the two lists are equal.
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 12] = [
     CONFIG_MAP,
     ROUTES_MAP,
     DESTINATIONS_MAP,
@@ -76,6 +84,8 @@ pub const MAP_NAMES: [&str; 10] = [
     DEST_COUNTERS_MAP,
     RR_MAP,
     SCRATCH_MAP,
+    NEXT_HOP_MAP,
+    NEXT_HOP_GENERATION_MAP,
 ];
 
 /// The default HEP port (`HEP_PORT` when userspace does not override it).
@@ -137,4 +147,6 @@ mod aya_pod {
     unsafe impl aya::Pod for super::AllowKey {}
     // SAFETY: `MirrorMeta: bytemuck::Pod` (no padding, every bit pattern valid).
     unsafe impl aya::Pod for super::MirrorMeta {}
+    // SAFETY: `NextHopEntry: bytemuck::Pod` (no padding, every bit pattern valid).
+    unsafe impl aya::Pod for super::NextHopEntry {}
 }

@@ -250,6 +250,8 @@ pub struct XdpReading {
     pub routes: Vec<(String, [u64; RouteCounter::COUNT])>,
     /// Per kernel destination: `hep_common::abi::DestCounter` values.
     pub destinations: Vec<(String, [u64; DestCounter::COUNT])>,
+    /// The daemon's invalidations of the kernel's next-hop cache, by reason.
+    pub next_hop_invalidations: Vec<(&'static str, u64)>,
 }
 
 /// Where [`XdpReading`]s come from (the running data plane).
@@ -747,7 +749,15 @@ impl Collector for StatsCollector {
             "Packets the kernel sent to a destination, or passed up because it could not",
             Counter,
         );
+        let mut xdp_invalidations = Family::new(
+            "hepfwd_xdp_next_hop_invalidations",
+            "Invalidations of the kernel's next-hop cache, by reason (install, netlink, overflow)",
+            Counter,
+        );
         if let Some(x) = s.xdp_reading() {
+            for (reason, v) in &x.next_hop_invalidations {
+                xdp_invalidations.add(vec![("reason", reason.to_string()), xdp_path()], *v);
+            }
             for (name, v) in &x.global {
                 xdp_packets.add(vec![("counter", name.to_string()), xdp_path()], *v);
             }
@@ -815,6 +825,7 @@ impl Collector for StatsCollector {
             xdp_packets,
             xdp_routes,
             xdp_dests,
+            xdp_invalidations,
         ] {
             if !f.samples.is_empty() || !f.name.starts_with("hepfwd_xdp_") {
                 f.encode(&mut encoder)?;
@@ -865,6 +876,7 @@ mod tests {
             global: vec![("received", 11), ("steered", 6)],
             routes: vec![("calls".into(), routes)],
             destinations: vec![("a".into(), dests)],
+            next_hop_invalidations: vec![("install", 1), ("netlink", 3), ("overflow", 0)],
         }))));
         let text = render(stats.clone());
         for line in [
@@ -876,6 +888,7 @@ mod tests {
             "hepfwd_xdp_packets_total{counter=\"steered\",path=\"xdp\"} 6",
             "hepfwd_xdp_route_packets_total{route=\"calls\",path=\"xdp\",outcome=\"steered\"} 6",
             "hepfwd_xdp_destination_packets_total{destination=\"a\",path=\"xdp\",outcome=\"fallback\"} 2",
+            "hepfwd_xdp_next_hop_invalidations_total{reason=\"netlink\",path=\"xdp\"} 3",
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }

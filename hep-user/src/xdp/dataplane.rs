@@ -12,6 +12,7 @@ use hep_common::abi::{DEFAULT_HEP_PORT, XdpCounter};
 use hep_common::abi::{DEST_COUNTERS_MAP, DestCounter, ROUTE_COUNTERS_MAP, RouteCounter};
 
 use super::compile::{HostNet, Slots, compile, describe};
+use super::next_hop::{Invalidation, NextHops, Watch};
 use super::{LoadOptions, XdpError, XdpProgram};
 use crate::admin::stats::{XdpReading, XdpSource};
 use crate::config::plan::Plan;
@@ -67,6 +68,10 @@ pub struct DataPlane {
     slots: Slots,
     routes: Vec<String>,
     destinations: Vec<String>,
+    /// The next-hop cache's generation (moved on every install and by `_watch`).
+    next_hops: NextHops,
+    /// The netlink listener that invalidates the next-hop cache (`None`: the cache is off).
+    _watch: Option<Watch>,
     _log_drain: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -111,6 +116,15 @@ impl DataPlane {
             }
         }
         let log_drain = program.spawn_log_drain()?;
+        // The listener before the tables: from the first steer on, every change counts.
+        let next_hops = program.next_hops()?;
+        let watch = match next_hops.watch() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "the next-hop cache stays off: every steered packet is looked up");
+                None
+            }
+        };
         let mut dp = DataPlane {
             program,
             mirrors,
@@ -119,6 +133,8 @@ impl DataPlane {
             slots: Slots::default(),
             routes: Vec::new(),
             destinations: Vec::new(),
+            next_hops,
+            _watch: watch,
             _log_drain: log_drain,
         };
         dp.install(plan)?;
@@ -137,6 +153,7 @@ impl DataPlane {
         }
         let t = compile(plan, &mut self.slots, &HostNet, self.kernel_mirrors);
         let bank = self.program.install(&t)?;
+        self.invalidate_next_hops();
         tracing::info!(
             bank,
             mirrors_in_kernel = self.kernel_mirrors,
@@ -153,9 +170,19 @@ impl DataPlane {
     pub fn pass_all(&mut self) -> Result<(), XdpError> {
         self.program
             .install(&super::compile::KernelTables::default())?;
+        self.invalidate_next_hops();
         self.routes.clear();
         self.destinations.clear();
         Ok(())
+    }
+
+    /// After a bank flip: the destinations may have changed, so may their next hops.
+    /// (Each cached entry also names the exact query it answers, so a failure here cannot
+    /// send a packet to another destination's next hop.)
+    fn invalidate_next_hops(&mut self) {
+        if let Err(e) = self.next_hops.invalidate(Invalidation::Install) {
+            tracing::error!(error = %e, "invalidating the next-hop cache failed");
+        }
     }
 
     /// The interfaces the XDP program is attached to.
@@ -218,6 +245,7 @@ impl DataPlane {
             global,
             routes,
             destinations,
+            next_hop_invalidations: self.next_hops.invalidations(),
         })
     }
 }

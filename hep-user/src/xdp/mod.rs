@@ -8,6 +8,8 @@
 //! - [`counters`]: [`XdpCounters`] — the per-CPU counters summed.
 //! - [`tables`]: install compiled tables (one bank flip per configuration).
 //! - [`mirror`]: the TC program that copies marked packets to every mirror target.
+//! - [`next_hop`]: the next-hop cache's generation and the netlink listener that
+//!   invalidates it.
 //! - [`dataplane`]: [`dataplane::DataPlane`] — all of it as the daemon runs it, and the
 //!   choice of data path for `--mode`.
 //! - [`error`]: [`XdpError`] — what went wrong, in words an operator can act on.
@@ -33,6 +35,7 @@ pub mod dataplane;
 pub mod error;
 pub mod loader;
 pub mod mirror;
+pub mod next_hop;
 pub mod tables;
 
 pub use counters::XdpCounters;
