@@ -7,6 +7,13 @@
 //!   byte-at-a-time `memset` (a call costs ~8 ns on the project's machines,
 //!   `../shared/XDP-COST.md` §1).
 //!
+//! Tried and left out (2026-11-30): a newer instruction set. `--cpu` cannot be given here
+//! (rustc already passes `--cpu generic` from the target, and aya-build owns the
+//! rustflags that could change it); `--cpu-features=+alu32` without jmp32 miscompiled a
+//! comparison with `u32::MAX` (the `BPF_PROG_TEST_RUN` rows of `xdp_routes` caught it), and
+//! `+allows-misaligned-mem-access` makes LLVM emit misaligned stack accesses, which the
+//! verifier rejects (`hep_mirror`).
+//!
 //! These are link arguments, not rustflags: aya-build sets `CARGO_ENCODED_RUSTFLAGS` for
 //! the nested build, which replaces any rustflags we could configure.
 
