@@ -90,6 +90,16 @@ pub enum XdpError {
     #[error("XDP map: {0}")]
     Map(#[source] aya::maps::MapError),
 
+    /// Duplicating a map's file descriptor (for a handle of its own).
+    #[error("duplicating the descriptor of XDP map {map}: {source}")]
+    MapFd {
+        /// The map.
+        map: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+
     /// Starting the aya-log drain.
     #[error("XDP log drain: {0}")]
     Log(#[source] aya_log::Error),

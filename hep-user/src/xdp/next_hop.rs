@@ -10,7 +10,7 @@
 //! runs, the generation stays at `NEXT_HOP_OFF` and the kernel caches nothing.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -95,11 +95,16 @@ impl XdpProgram {
     /// The cache stays off until [`NextHops::watch`] (or [`NextHops::enable`]) turns it on.
     pub fn next_hops(&self) -> Result<NextHops, XdpError> {
         let missing = || XdpError::MissingItem(format!("map {NEXT_HOP_GENERATION_MAP}"));
-        let id = match self.ebpf().map(NEXT_HOP_GENERATION_MAP) {
-            Some(Map::Array(data)) => data.info()?.id(),
+        // A duplicate of the program's descriptor, not a lookup by id: getting a map's
+        // descriptor by id needs CAP_SYS_ADMIN, which the unit does not grant
+        // (tests/capabilities.rs).
+        let fd = match self.ebpf().map(NEXT_HOP_GENERATION_MAP) {
+            Some(Map::Array(data)) => data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+                XdpError::MissingItem(format!("map {NEXT_HOP_GENERATION_MAP}: {e}"))
+            })?,
             _ => return Err(missing()),
         };
-        let map = Array::try_from(Map::Array(MapData::from_id(id)?))?;
+        let map = Array::try_from(Map::Array(MapData::from_fd(fd)?))?;
         let generation = map.get(&0, 0)?;
         Ok(NextHops {
             state: Arc::new(Mutex::new(State { map, generation })),
