@@ -53,7 +53,7 @@ pub struct BenchArgs {
     /// non-live, and the ratios to the minimal steer and to Kamailio.
     #[arg(long)]
     pub all: bool,
-    /// With `--all`: 2 s steps, fewer rates, 1e5 non-live runs (under 5 minutes).
+    /// With `--all`: 2 s steps, 5 rates (25k to 300k packets/s), 1e5 non-live runs (about 5 minutes).
     #[arg(long, requires = "all")]
     pub quick: bool,
 }
