@@ -8,6 +8,9 @@
 //! checksum incrementally, set the UDP checksum to 0, take the MACs from `bpf_fib_lookup`,
 //! then `XDP_TX` or `bpf_redirect`. Everything else, and a packet whose next hop the kernel
 //! cannot answer, is `XDP_PASS`ed untouched.
+//!
+//! The map names are `hep_common::abi::BENCH_MAP_NAMES` (a `#[map]` static's name is its
+//! identifier, so it cannot name the constant; `hep-user/tests/xdp_tables.rs` checks them).
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use aya::Ebpf;
 use aya::maps::{Array, PerCpuArray};
 use aya::programs::{ProgramInfo, Xdp, XdpMode, xdp::XdpLinkId};
+use hep_common::abi::{BENCH_COUNTERS_MAP, BENCH_DEST_MAP};
 
 /// The program's name in the object.
 pub const PROGRAM: &str = "hep_steer_min";
@@ -45,7 +46,7 @@ impl SteerMin {
         v[8..10].copy_from_slice(&collector.port().to_be_bytes());
         v[10..12].copy_from_slice(&listen_port.to_be_bytes());
         let mut m: Array<_, [u8; 12]> =
-            Array::try_from(self.ebpf.map_mut("MIN_DEST").expect("MIN_DEST")).expect("array");
+            Array::try_from(self.ebpf.map_mut(BENCH_DEST_MAP).expect("MIN_DEST")).expect("array");
         m.set(0, v, 0).expect("set MIN_DEST");
     }
 
@@ -73,7 +74,7 @@ impl SteerMin {
     /// The per-CPU counters summed: [steered, passed, fallback].
     pub fn counters(&self) -> [u64; 3] {
         let m: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("MIN_COUNTERS").expect("MIN_COUNTERS"))
+            PerCpuArray::try_from(self.ebpf.map(BENCH_COUNTERS_MAP).expect("MIN_COUNTERS"))
                 .expect("per-CPU array");
         [0u32, 1, 2].map(|i| m.get(&i, 0).expect("counter").iter().sum())
     }
