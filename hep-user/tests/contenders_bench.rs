@@ -467,7 +467,9 @@ fn step(topo: &Topology, fwd: &mut Forwarder, c: &Contender, rate: u64, seconds:
                 "--idle",
                 "1",
                 "--duration",
-                &(seconds + 20).to_string(),
+                // The generator stops by seconds + 2; a sink that receives nothing (the drop
+                // route) ends here instead of at its idle timeout.
+                &(seconds + 4).to_string(),
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -502,7 +504,7 @@ fn step(topo: &Topology, fwd: &mut Forwarder, c: &Contender, rate: u64, seconds:
         .as_u64()
         .unwrap_or(0);
     // The sink ends 1 s after the last packet.
-    let deadline = Instant::now() + Duration::from_secs(seconds + 25);
+    let deadline = Instant::now() + Duration::from_secs(seconds + 15);
     let sink_out = loop {
         if sink.0.try_wait().expect("wait").is_some() {
             let mut s = String::new();
