@@ -3,11 +3,16 @@
 //! the configuration, then steer, drop, mark for mirroring or pass to the daemon; count
 //! every outcome per CPU.
 //!
+//! The object also holds `hep_steer_min` (`bench_min`), a minimal steer with no HEP parsing:
+//! the yardstick of `cargo xtask bench --all`, never loaded by the daemon.
+//!
 //! Built for `bpfel-unknown-none` by `hep-user/build.rs`. On the host this crate is a stub
 //! binary, so that `cargo build --workspace` and `cargo test --workspace` work.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod bench_min;
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]

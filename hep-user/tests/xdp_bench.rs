@@ -12,8 +12,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 mod common;
+#[path = "common/steer_min.rs"]
+mod steer_min;
 
-use std::net::UdpSocket;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use hep_user::xdp::compile::{HostNet, Slots, compile};
 use hep_user::xdp::{AttachMode, LoadOptions, XdpProgram};
 use hepfwd_harness::lab::{IN_IFINDEX, IN_MAC, Lab};
 use hepfwd_harness::message::TestMessage;
+use steer_min::{ipv4_udp_frame, xdp_ctx};
 
 const FRAMES: u32 = 1_000_192;
 /// Frames per BPF_PROG_TEST_RUN call (the kernel's largest live-frames batch).
@@ -51,29 +54,15 @@ fn frame() -> Vec<u8> {
     let hep = TestMessage::with_payload(sip)
         .timestamp(1_700_000_000, 1)
         .encode();
-    let mut udp = Vec::new();
-    udp.extend_from_slice(&5070u16.to_be_bytes());
-    udp.extend_from_slice(&9060u16.to_be_bytes());
-    udp.extend_from_slice(&((8 + hep.len()) as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(&hep);
-    let mut ip = vec![
-        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 198, 18, 1, 1, 198, 18, 1, 2,
-    ];
-    ip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
-    let sum: u32 = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    let mut f = Vec::new();
-    f.extend_from_slice(&IN_MAC);
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0xa1, 0x08, 0x00]);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&udp);
-    f
+    ipv4_udp_frame(
+        IN_MAC,
+        [0x02, 0, 0, 0, 0, 0xa1],
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 5070),
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 9060),
+        64,
+        &hep,
+        [0, 0],
+    )
 }
 
 fn stats(info: &ProgramInfo) -> (Duration, u64) {
@@ -129,10 +118,7 @@ fn scenario(name: &str, route: &str) {
         let c0 = xdp.counters().expect("counters");
         let x0 = stats(&xdp.program_info().expect("info"));
         let m0 = mirror_info(&xdp).map(|i| stats(&i));
-        let mut ctx = Vec::new();
-        for v in [0, frame.len() as u32, 0, IN_IFINDEX, 0, 0] {
-            ctx.extend_from_slice(&v.to_ne_bytes());
-        }
+        let ctx = xdp_ctx(frame.len(), IN_IFINDEX);
         let t0 = Instant::now();
         // The kernel initialises each live frame's page once per call and the programs
         // rewrite frames in place, so every call sends one batch: each page once.

@@ -45,6 +45,17 @@ pub struct BenchArgs {
     /// namespace topology; reports packets/s and ns/packet from `kernel.bpf_stats_enabled`.
     #[arg(long)]
     pub xdp: bool,
+    /// Every contender, one after another, on the same namespace topology, generator
+    /// (`hepfwd gen`'s mix) and sink (root): the minimal steer `hep_steer_min`, `hepfwd
+    /// --mode xdp` (single destination, hash on SIP, mirror x2, drop, sampling), `hepfwd
+    /// --mode userspace` and Kamailio's sipcapture (`bench/kamailio.cfg`); one table with
+    /// max packets/s at ≤ 0.1% loss, CPU per packet, program ns per packet live and
+    /// non-live, and the ratios to the minimal steer and to Kamailio.
+    #[arg(long)]
+    pub all: bool,
+    /// With `--all`: 2 s steps, 5 rates (25k to 300k packets/s), 1e5 non-live runs (about 5 minutes).
+    #[arg(long, requires = "all")]
+    pub quick: bool,
 }
 
 /// Kills the child on drop (by its PID: only processes this benchmark started).
@@ -193,8 +204,11 @@ fn step(
 
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.all {
+        return run_ignored_test(args, "contenders_bench");
+    }
     if args.xdp {
-        return run_xdp(args);
+        return run_ignored_test(args, "xdp_bench");
     }
     if !args.no_build {
         setup::run()?;
@@ -252,22 +266,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench --xdp`: the kernel benchmark, an ignored test of hep-user
-/// (`tests/xdp_bench.rs`) that builds its own namespaces; it prints the table.
-fn run_xdp(args: &BenchArgs) -> Result<()> {
+/// `cargo xtask bench --xdp` and `--all`: the kernel and contenders benchmarks, ignored
+/// tests of hep-user (`tests/xdp_bench.rs`, `tests/contenders_bench.rs`) that build their
+/// own namespaces; each prints its table. `--quick` reaches the test as
+/// `HEPFWD_BENCH_QUICK=1`.
+fn run_ignored_test(args: &BenchArgs, test: &str) -> Result<()> {
     if !args.no_build {
         setup::run()?;
     }
     cmd::run(
         Command::new("cargo")
             .current_dir(cmd::workspace_root())
+            .env("HEPFWD_BENCH_QUICK", if args.quick { "1" } else { "0" })
             .args([
                 "test",
                 "--release",
                 "-p",
                 "hep-user",
                 "--test",
-                "xdp_bench",
+                test,
                 "--",
                 "--ignored",
                 "--nocapture",

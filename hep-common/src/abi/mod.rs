@@ -88,6 +88,14 @@ pub const MAP_NAMES: [&str; 12] = [
     NEXT_HOP_GENERATION_MAP,
 ];
 
+/// The one-entry collector map of `hep_steer_min`, the benchmark's minimal steer (hep-ebpf
+/// `bench_min.rs`, in the same object; the daemon never loads it nor uses its maps).
+pub const BENCH_DEST_MAP: &str = "MIN_DEST";
+/// `hep_steer_min`'s per-CPU outcome counters.
+pub const BENCH_COUNTERS_MAP: &str = "MIN_COUNTERS";
+/// The maps of `hep_steer_min`, declared by the object beside [`MAP_NAMES`].
+pub const BENCH_MAP_NAMES: [&str; 2] = [BENCH_DEST_MAP, BENCH_COUNTERS_MAP];
+
 /// The default HEP port (`HEP_PORT` when userspace does not override it).
 pub const DEFAULT_HEP_PORT: u16 = 9060;
 

@@ -50,8 +50,11 @@ pub enum GenTransport {
     Tcp,
 }
 
-/// The three packet kinds of the benchmark mix.
-fn build(i: u32) -> Result<Vec<u8>> {
+/// Packet `i` of the benchmark mix: `i % 10` in 0..=5 a SIP INVITE with SDP (no
+/// correlation chunk: the Call-ID is in the payload), 6..=8 RTCP JSON, 9 a log line (both
+/// with a 0x0011 correlation chunk). Public for the benchmarks that test-run the XDP
+/// program on the same packets (`hep-user/tests/contenders_bench.rs`).
+pub fn build(i: u32) -> Result<Vec<u8>> {
     let call_id = format!("{i:08x}-bench@carrier.example");
     let (proto_type, payload, corr): (u8, Vec<u8>, Option<Vec<u8>>) = match i % 10 {
         0..=5 => {
