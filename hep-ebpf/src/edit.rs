@@ -17,10 +17,10 @@ use hep_common::abi::{KernelEdit, KernelRoute, MAX_EDIT_SITES, MAX_EDIT_VALUE};
 use hep_common::bytes::ByteSource as _;
 use hep_common::chunk::{HEADER_LEN, MAX_CHUNKS};
 use hep_common::inplace::{EditSites, UdpChecksum};
-use hep_common::walker::read_chunk;
 
+use crate::facts::walk_chunks;
 use crate::net::{Frame as _, udp};
-use crate::scratch::{Entry, WALK_DONE, WALK_FAILED, WALKING};
+use crate::scratch::{Entry, WALK_DONE, WALKING};
 
 /// The edit walk's state.
 #[repr(C)]
@@ -42,29 +42,16 @@ const EDIT_WALK_CHUNKS: u64 = 4;
 unsafe extern "C" fn locate_step(i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = Entry::get() else { return 1 };
     let (bytes, w) = (s.bytes(), s.edit());
-    let mut k = 0;
-    while k < EDIT_WALK_CHUNKS {
-        if w.offset >= w.end {
-            w.status = WALK_DONE;
-            return 1;
+    let sites = &mut w.sites;
+    match walk_chunks(&bytes, &mut w.offset, w.end, i, EDIT_WALK_CHUNKS, |c| {
+        sites.on_chunk(c)
+    }) {
+        Some(status) => {
+            w.status = status;
+            1
         }
-        if i * EDIT_WALK_CHUNKS + k >= MAX_CHUNKS as u64 {
-            w.status = WALK_FAILED;
-            return 1;
-        }
-        match read_chunk(&bytes, w.offset, w.end) {
-            Ok(c) => {
-                w.sites.on_chunk(&c);
-                w.offset = c.end();
-            }
-            Err(_) => {
-                w.status = WALK_FAILED;
-                return 1;
-            }
-        }
-        k += 1;
+        None => 0,
     }
-    0
 }
 
 /// Finds the chunks the edits of `route` and the destination's `auth` name in the payload

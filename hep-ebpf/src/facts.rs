@@ -10,44 +10,66 @@ use core::ptr;
 
 use aya_ebpf::helpers::bpf_loop;
 use hep_common::abi::Addr16;
+use hep_common::bytes::ByteSource;
 use hep_common::chunk::{HEADER_LEN, MAX_CHUNKS};
 use hep_common::correlation::{CALLID_SCAN_LIMIT, CallIdScanner, KeyHasher};
 use hep_common::facts::{FactsWalk, KeySpan, hash_range_blocks};
-use hep_common::walker::{check_header, read_chunk};
+use hep_common::walker::{ChunkHeader, check_header, read_chunk};
 
 use crate::scratch::{Entry, WALK_DONE, WALK_FAILED, WALKING};
 
 /// Chunks read per callback (fewer callbacks: each costs a call).
 const WALK_CHUNKS: u64 = 4;
 
-/// Up to [`WALK_CHUNKS`] chunks of the walk; callback `i` reads chunks `i * WALK_CHUNKS ..`.
-unsafe extern "C" fn walk_step(i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = Entry::get() else { return 1 };
-    let (bytes, w) = (s.bytes(), s.walk());
+/// Up to `per_call` chunks of a chunk walk over `bytes`, callback `i` of a `bpf_loop`
+/// (chunks `i * per_call ..`): the walker's step (`read_chunk`) from `*offset` to `end`,
+/// the walker's 64-chunk rule, `visit` for each chunk. `Some(WALK_DONE | WALK_FAILED)`
+/// when the walk ended, `None` to go on. The one loop of both walks (the facts and the
+/// in-place edits' sites).
+#[inline(always)]
+pub fn walk_chunks<S: ByteSource + ?Sized>(
+    bytes: &S,
+    offset: &mut usize,
+    end: usize,
+    i: u64,
+    per_call: u64,
+    mut visit: impl FnMut(&ChunkHeader),
+) -> Option<u32> {
     let mut k = 0;
-    while k < WALK_CHUNKS {
-        if w.offset >= w.end {
-            w.status = WALK_DONE;
-            return 1;
+    while k < per_call {
+        if *offset >= end {
+            return Some(WALK_DONE);
         }
         // The walker's rule: at most MAX_CHUNKS chunks.
-        if i * WALK_CHUNKS + k >= MAX_CHUNKS as u64 {
-            w.status = WALK_FAILED;
-            return 1;
+        if i * per_call + k >= MAX_CHUNKS as u64 {
+            return Some(WALK_FAILED);
         }
-        match read_chunk(&bytes, w.offset, w.end) {
+        match read_chunk(bytes, *offset, end) {
             Ok(c) => {
-                w.facts.on_chunk(&bytes, &c);
-                w.offset = c.end();
+                visit(&c);
+                *offset = c.end();
             }
-            Err(_) => {
-                w.status = WALK_FAILED;
-                return 1;
-            }
+            Err(_) => return Some(WALK_FAILED),
         }
         k += 1;
     }
-    0
+    None
+}
+
+/// Up to [`WALK_CHUNKS`] chunks of the facts walk.
+unsafe extern "C" fn walk_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = Entry::get() else { return 1 };
+    let (bytes, w) = (s.bytes(), s.walk());
+    let facts = &mut w.facts;
+    match walk_chunks(&bytes, &mut w.offset, w.end, i, WALK_CHUNKS, |c| {
+        facts.on_chunk(&bytes, c)
+    }) {
+        Some(status) => {
+            w.status = status;
+            1
+        }
+        None => 0,
+    }
 }
 
 /// Blocks of the Call-ID scan fed per callback (fewer callbacks: each costs a call).

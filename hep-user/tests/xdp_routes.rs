@@ -297,6 +297,19 @@ fn steered(
     f
 }
 
+/// `input` (IPv6) steered out of `out0` to the lab's IPv6 collector `fd00:18:2::2` at
+/// `port`, from `fd00:18:2::1`.
+fn steered_out6(input: &[u8], port: u16) -> Vec<u8> {
+    steered(
+        input,
+        "fd00:18:2::1".parse().expect("address"),
+        "fd00:18:2::2".parse().expect("address"),
+        port,
+        OUT_MAC,
+        neighbour_mac("fd00:18:2::2"),
+    )
+}
+
 /// Test-runs `frame` as received on `in0` (call from inside the lab); returns the action
 /// and the frame as the program left it.
 fn run(xdp: &mut XdpProgram, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -715,14 +728,7 @@ fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> V
         }),
         false,
     );
-    let want = steered(
-        &f,
-        "fd00:18:2::1".parse().expect("address"),
-        "fd00:18:2::2".parse().expect("address"),
-        9065,
-        OUT_MAC,
-        neighbour_mac("fd00:18:2::2"),
-    );
+    let want = steered_out6(&f, 9065);
     cases.push(Case::new(
         "ipv6 steer",
         f,
@@ -1008,14 +1014,7 @@ fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> V
         }),
         false,
     );
-    let want = steered(
-        &rewritten,
-        "fd00:18:2::1".parse().expect("address"),
-        "fd00:18:2::2".parse().expect("address"),
-        9066,
-        OUT_MAC,
-        neighbour_mac("fd00:18:2::2"),
-    );
+    let want = steered_out6(&rewritten, 9066);
     cases.push(Case::new(
         "ipv6 rewrite and auth key in place",
         f,
