@@ -351,7 +351,8 @@ fn check_exported(
         }
     }
     // Every label an expression names is on one of its metrics (or is `instance`, which
-    // Prometheus adds; or is `counter`/`outcome` of the kernel-only families).
+    // Prometheus adds; or is a label of the kernel-only families, `counter`, `outcome`,
+    // `reason`, ...: checked on a live `/metrics` in xdp mode).
     for e in exprs {
         let mut names = BTreeSet::new();
         metric_names(e, &mut names);
@@ -364,8 +365,15 @@ fn check_exported(
                         .any(|s| &s.name == n && s.labels.contains_key(&label))
                         || (!xdp
                             && n.starts_with("hepfwd_xdp_")
-                            && ["counter", "outcome", "route", "destination", "path"]
-                                .contains(&label.as_str()))
+                            && [
+                                "counter",
+                                "outcome",
+                                "reason",
+                                "route",
+                                "destination",
+                                "path",
+                            ]
+                            .contains(&label.as_str()))
                 });
             // Template variables and annotation templates are not labels.
             if !known && !label.starts_with('$') {
