@@ -202,27 +202,24 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
             finish(XdpCounter::SampledOut, xdp_action::XDP_DROP)
         }
         Verdict::Steer { route, dest } => {
-            let slot = route_slot(route);
+            // The route's entry once: its counter slot and its in-place edits.
             let (Some(r), Some(dst)) = (
                 ROUTES.get(bank * MAX_ROUTES as u32 + (route % MAX_ROUTES) as u32),
                 DESTINATIONS.get(bank * MAX_DESTINATIONS as u32 + dest % MAX_DESTINATIONS as u32),
             ) else {
                 return finish(XdpCounter::SteerFallback, xdp_action::XDP_PASS);
             };
+            let slot = r.slot;
             // In-place edits: located before anything is written; a packet on which one
             // does not fit goes up untouched.
             let edited = r.n_edits != 0 || dst.auth.len != 0;
             if edited && !edit::locate(s, r, &dst.auth) {
-                if let Some(slot) = slot {
-                    count_route(slot, RouteCounter::Passed);
-                }
+                count_route(slot, RouteCounter::Passed);
                 return finish(XdpCounter::PassRewrite, xdp_action::XDP_PASS);
             }
             match steer::steer(ctx, d, dst) {
                 steer::FALLBACK => {
-                    if let Some(slot) = slot {
-                        count_route(slot, RouteCounter::Passed);
-                    }
+                    count_route(slot, RouteCounter::Passed);
                     count_dest(dst.slot, DestCounter::Fallback);
                     finish(XdpCounter::SteerFallback, xdp_action::XDP_PASS)
                 }
@@ -230,10 +227,8 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
                     if edited && !edit::write(ctx, s, d.l4, d.payload_offset) {
                         return finish(XdpCounter::RewriteFailed, xdp_action::XDP_DROP);
                     }
-                    if let Some(slot) = slot {
-                        count_route(slot, RouteCounter::Matched);
-                        count_route(slot, RouteCounter::Steered);
-                    }
+                    count_route(slot, RouteCounter::Matched);
+                    count_route(slot, RouteCounter::Steered);
                     count_dest(dst.slot, DestCounter::Sent);
                     finish(XdpCounter::Steered, action)
                 }

@@ -996,8 +996,6 @@ fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> V
 
     // IPv6 (the UDP checksum is adjusted for the edited bytes): the route's node name
     // (the last of its two edits) and the destination's auth key, both in place.
-    let s6: IpAddr = "fd00:18:1::1".parse().expect("address");
-    let me6: IpAddr = "fd00:18:1::2".parse().expect("address");
     let node7 = Hep {
         capture: 6001,
         node: Some(b"edge-7"),
@@ -1311,6 +1309,29 @@ fn from_cache(counters: Vec<String>) -> Vec<String> {
 /// MTU change the daemon has not yet announced is not seen (the entry still answers), and
 /// once the generation moves the new MAC is used and a packet over the new MTU falls back
 /// to userspace untouched.
+/// Pins the calling thread to the CPU it runs on now (BPF_PROG_TEST_RUN runs the program
+/// on the caller's CPU).
+fn pin_to_this_cpu() {
+    // SAFETY: sched_getcpu has no preconditions; `set` is a zeroed cpu_set_t on our stack,
+    // passed with its size, for this thread (pid 0).
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 #[test]
 fn xdp_caches_next_hops_until_the_generation_moves() {
     use hep_user::xdp::next_hop::Invalidation;
@@ -1320,6 +1341,9 @@ fn xdp_caches_next_hops_until_the_generation_moves() {
     };
     let lab = Lab::new("nexthop");
     let report = lab.within(|| {
+        // The cache is per CPU: every test run of the rows must run on one CPU, or a row
+        // expecting a hit can land on a CPU whose entry was never filled.
+        pin_to_this_cpu();
         let xdp = &mut xdp;
         let mut report = Report::new();
         let mut slots = Slots::default();
