@@ -1,12 +1,16 @@
 //! `hep_mirror`: the TC (TCX ingress) half of mirroring, after `../shared/XDP.md` §4.3.
 //!
 //! `hep_xdp` marks a packet to mirror with a [`MirrorMeta`] in the XDP metadata and passes
-//! it; here, for each target of that route, the outer headers are rewritten (as a steer
-//! would: source = the node, source port = the listener port, destination = the collector,
-//! TTL − 1, checksums updated from the *original* headers) with `bpf_skb_store_bytes`, and
-//! `bpf_clone_redirect` sends a copy out of the egress interface `bpf_fib_lookup` names
-//! (through the next-hop cache, `next_hop.rs`, shared with `hep_xdp`).
-//! Then the original is dropped.
+//! it; here, for each target of that route, the outer headers are rewritten as a steer
+//! would (source = the node, source port = the listener port, destination = the collector,
+//! TTL − 1, checksums updated incrementally) and `bpf_clone_redirect` sends a copy out of
+//! the egress interface `bpf_fib_lookup` names (through the next-hop cache, `next_hop.rs`,
+//! shared with `hep_xdp`). Then the original is dropped.
+//!
+//! The rewrite is a header template: the original's headers are read once, with what every
+//! copy shares already written and the checksum prepared; per copy the MACs, addresses and
+//! port are filled in, the checksum gets one addition (the destination's `address_sum`,
+//! prepared by the daemon), and the whole header goes out in one `bpf_skb_store_bytes`.
 //!
 //! All next hops are looked up before the first copy: if one cannot be resolved (no
 //! neighbour yet, ...) no copy is made and the packet goes on to the daemon untouched (the
@@ -15,7 +19,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_clone_redirect, bpf_csum_diff},
+    helpers::bpf_clone_redirect,
     macros::classifier,
     programs::TcContext,
 };
@@ -31,7 +35,7 @@ use crate::net::{
     udp,
 };
 use crate::next_hop;
-use crate::scratch::Entry;
+use crate::scratch::{Entry, TEMPLATE_LEN, Template};
 use crate::tables::{DESTINATIONS, ROUTES};
 
 /// Target `i` of `route` (in `bank`).
@@ -40,15 +44,33 @@ fn target(bank: u32, route: &KernelRoute, i: usize) -> Option<&'static KernelDes
     DESTINATIONS.get(bank * MAX_DESTINATIONS as u32 + route.targets[i] % MAX_DESTINATIONS as u32)
 }
 
-/// What the copies need of the original headers, read before the first copy rewrites them.
+/// The longest header template (Ethernet, IPv6 and UDP headers).
+const HEAD: usize = TEMPLATE_LEN;
+const _: () = assert!(HEAD == ETH_HLEN + IPV6_HLEN + UDP_HLEN);
+/// Where UDP starts in an IPv4 template (the original's options are not in it).
+const V4_UDP: usize = ETH_HLEN + IPV4_HLEN;
+/// Where UDP starts in an IPv6 template.
+const V6_UDP: usize = ETH_HLEN + IPV6_HLEN;
+
+/// The original packet as every copy starts from it, read once before the first copy.
 struct Original {
     v6: bool,
-    /// Offset of the UDP header.
+    /// Offset of the UDP header in the packet.
     l4: usize,
-    /// TTL (IPv4: with the protocol byte, the checksummed word; IPv6: hop limit, 0).
-    ttl: [u8; 2],
+    /// The header template (`Template::head` in the scratch entry): the original's
+    /// Ethernet, IP (IPv4 without its options, which stay in the packet as they are) and
+    /// UDP headers, with what is the same in every copy already written (TTL − 1, source
+    /// port = the listener port, IPv4 UDP checksum 0). A copy fills in the MACs, the
+    /// addresses, the destination port and one checksum.
+    t: &'static mut Template,
+    /// That checksum (IPv4: the header's; IPv6: UDP's, over the pseudo-header) with the
+    /// TTL change counted and the original's addresses (IPv6: and destination port) taken
+    /// out: a copy adds its destination's `address_sum` (IPv6: and port). RFC 1624.
+    sum: Csum,
+    /// TTL or hop limit as received.
+    ttl: u8,
     /// UDP destination port: the listener's, the copies' source port.
-    dport: [u8; 2],
+    dport: u16,
     tot_len: u16,
     tos: u8,
 }
@@ -80,8 +102,8 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
     if route.action != RouteAction::Mirror as u8 {
         return None;
     }
-    let o = original(skb)?;
     let s = Entry::get()?;
+    let mut o = original(skb, s.template())?;
     let hops = s.hops();
     let n = (route.n_targets as usize).min(MAX_TARGETS);
 
@@ -109,7 +131,7 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         }
         let dest = target(bank, route, i)?;
         let h = hops[i];
-        if rewrite(skb, &o, dest, &h) {
+        if rewrite(skb, &mut o, dest, &h) {
             // SAFETY: plain helper call on our skb; 0 = egress of `h.ifindex`.
             if unsafe { bpf_clone_redirect(skb.0, h.ifindex, 0) } == 0 {
                 count_dest(dest.slot, DestCounter::Sent);
@@ -124,33 +146,71 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
     Some(TC_ACT_SHOT)
 }
 
-/// Reads the original headers (untagged Ethernet, IPv4 or IPv6, UDP).
+/// Reads the original headers (untagged Ethernet, IPv4 or IPv6, UDP) into the template.
 #[inline(always)]
-fn original(skb: Skb) -> Option<Original> {
+fn original(skb: Skb, t: &'static mut Template) -> Option<Original> {
     let eth = skb.load::<ETH_HLEN>(0)?;
+    let head = &mut t.head;
+    head[..ETH_HLEN].copy_from_slice(&eth);
     match u16::from_be_bytes([eth[ETH_HLEN - 2], eth[ETH_HLEN - 1]]) {
         ETH_P_IP => {
             let h = skb.load::<IPV4_HLEN>(ETH_HLEN)?;
             let l4 = ETH_HLEN + (h[0] & 0x0f) as usize * 4;
             let u = skb.load::<UDP_HLEN>(l4)?;
+            let ttl = h[ipv4::TTL];
+            let new_ttl = [ttl.saturating_sub(1), h[ipv4::PROTOCOL]];
+            let mut sum = Csum::of([h[ipv4::CHECK], h[ipv4::CHECK + 1]]);
+            sum.replace([ttl, h[ipv4::PROTOCOL]], new_ttl);
+            let mut i = ipv4::SADDR;
+            while i < ipv4::DADDR + 4 {
+                sum.replace([h[i], h[i + 1]], [0, 0]);
+                i += 2;
+            }
+            head[ETH_HLEN..V4_UDP].copy_from_slice(&h);
+            head[V4_UDP..V4_UDP + UDP_HLEN].copy_from_slice(&u);
+            head[ETH_HLEN + ipv4::TTL] = new_ttl[0];
+            head[V4_UDP] = u[udp::DEST];
+            head[V4_UDP + 1] = u[udp::DEST + 1];
+            head[V4_UDP + udp::CHECK] = 0;
+            head[V4_UDP + udp::CHECK + 1] = 0;
             Some(Original {
                 v6: false,
                 l4,
-                ttl: [h[ipv4::TTL], h[ipv4::TTL + 1]],
-                dport: [u[udp::DEST], u[udp::DEST + 1]],
+                t,
+                sum,
+                ttl,
+                dport: u16::from_be_bytes([u[udp::DEST], u[udp::DEST + 1]]),
                 tot_len: u16::from_be_bytes([h[ipv4::TOT_LEN], h[ipv4::TOT_LEN + 1]]),
                 tos: h[ipv4::TOS],
             })
         }
         ETH_P_IPV6 => {
-            let h = skb.load::<8>(ETH_HLEN)?;
-            let l4 = ETH_HLEN + IPV6_HLEN;
-            let u = skb.load::<UDP_HLEN>(l4)?;
+            let h = skb.load::<IPV6_HLEN>(ETH_HLEN)?;
+            let u = skb.load::<UDP_HLEN>(V6_UDP)?;
+            let hop = h[ipv6::HOP_LIMIT];
+            let dport = [u[udp::DEST], u[udp::DEST + 1]];
+            let mut sum = Csum::of([u[udp::CHECK], u[udp::CHECK + 1]]);
+            let mut i = ipv6::SADDR;
+            while i < ipv6::DADDR + 16 {
+                sum.replace([h[i], h[i + 1]], [0, 0]);
+                i += 2;
+            }
+            // Source port: the listener's (the old destination port); the destination
+            // port is the copy's.
+            sum.replace([u[0], u[1]], dport);
+            sum.replace(dport, [0, 0]);
+            head[ETH_HLEN..V6_UDP].copy_from_slice(&h);
+            head[V6_UDP..].copy_from_slice(&u);
+            head[ETH_HLEN + ipv6::HOP_LIMIT] = hop.saturating_sub(1);
+            head[V6_UDP] = dport[0];
+            head[V6_UDP + 1] = dport[1];
             Some(Original {
                 v6: true,
-                l4,
-                ttl: [h[ipv6::HOP_LIMIT], 0],
-                dport: [u[udp::DEST], u[udp::DEST + 1]],
+                l4: V6_UDP,
+                t,
+                sum,
+                ttl: hop,
+                dport: u16::from_be_bytes(dport),
                 tot_len: u16::from_be_bytes([h[ipv6::PAYLOAD_LEN], h[ipv6::PAYLOAD_LEN + 1]])
                     .wrapping_add(IPV6_HLEN as u16),
                 tos: 0,
@@ -163,7 +223,7 @@ fn original(skb: Skb) -> Option<Original> {
 /// The next hop toward `dest`, `None` when the kernel has no complete answer.
 #[inline(always)]
 fn lookup(skb: Skb, o: &Original, dest: &KernelDestination, s: Entry) -> Option<NextHop> {
-    if (dest.family == 6) != o.v6 || o.ttl[0] <= 1 {
+    if (dest.family == 6) != o.v6 || o.ttl <= 1 {
         return None;
     }
     let q = Query {
@@ -172,77 +232,55 @@ fn lookup(skb: Skb, o: &Original, dest: &KernelDestination, s: Entry) -> Option<
         ifindex: unsafe { (*skb.0).ingress_ifindex },
         tot_len: o.tot_len,
         tos: o.tos,
-        sport: u16::from_be_bytes(o.dport),
+        sport: o.dport,
     };
     next_hop::resolve(skb.0.cast(), s.fib(), &q, dest)
 }
 
-/// Rewrites the headers for `dest`. Checksums are updated incrementally from the headers
-/// as they are now (the previous copy's), the TTL is the original's minus one.
+/// Writes the copy for `dest` from the template: the MACs, the addresses, the destination
+/// port and the checksum filled in, then one `bpf_skb_store_bytes` of the whole header
+/// (two when IPv4 options sit between the IP and UDP headers).
 #[inline(always)]
-fn rewrite(skb: Skb, o: &Original, dest: &KernelDestination, h: &NextHop) -> bool {
-    let mut eth = [0u8; 12];
-    eth[..6].copy_from_slice(&h.dmac);
-    eth[6..].copy_from_slice(&h.smac);
-    let Some(u) = skb.load::<UDP_HLEN>(o.l4) else {
-        return false;
-    };
-    // New ports: from the listener port (the original destination port) to the collector.
-    let [p0, p1] = o.dport;
-    let [q0, q1] = dest.port.to_be_bytes();
+fn rewrite(skb: Skb, o: &mut Original, dest: &KernelDestination, h: &NextHop) -> bool {
+    let Template { head, copy: b } = &mut *o.t;
+    b.copy_from_slice(head);
+    b[..6].copy_from_slice(&h.dmac);
+    b[6..12].copy_from_slice(&h.smac);
+    let mut sum = o.sum;
+    sum.add_partial(dest.address_sum);
+    let port = dest.port.to_be_bytes();
     if o.v6 {
-        let Some(cur) = skb.load::<33>(ETH_HLEN + ipv6::HOP_LIMIT) else {
-            return false;
-        };
-        let mut old = [0u8; 32];
-        old.copy_from_slice(&cur[1..]);
-        // SAFETY: 32 readable bytes each (our stack copy; the two adjacent address fields,
-        // pinned by abi::layout); the helper only reads them.
-        let partial = unsafe {
-            bpf_csum_diff(
-                old.as_mut_ptr().cast(),
-                32,
-                dest.addr.as_ptr() as *mut u32,
-                32,
-                0,
-            )
-        };
-        if partial < 0 {
-            return false;
-        }
-        let mut c = Csum::of([u[udp::CHECK], u[udp::CHECK + 1]]);
-        c.add_partial(partial as u32);
-        c.replace([u[0], u[1]], [p0, p1]);
-        c.replace([u[2], u[3]], [q0, q1]);
-        let sum = c.done_udp();
-        skb.store(0, &eth)
-            && skb.store(ETH_HLEN + ipv6::HOP_LIMIT, &[o.ttl[0] - 1])
-            && skb.store(ETH_HLEN + ipv6::SADDR, &dest.src_addr)
-            && skb.store(ETH_HLEN + ipv6::DADDR, &dest.addr)
-            && skb.store(o.l4, &[p0, p1, q0, q1])
-            && skb.store(o.l4 + udp::CHECK, &sum)
+        b[ETH_HLEN + ipv6::SADDR..ETH_HLEN + ipv6::SADDR + 16].copy_from_slice(&dest.src_addr);
+        b[ETH_HLEN + ipv6::DADDR..ETH_HLEN + ipv6::DADDR + 16].copy_from_slice(&dest.addr);
+        b[V6_UDP + udp::DEST] = port[0];
+        b[V6_UDP + udp::DEST + 1] = port[1];
+        sum.replace([0, 0], port);
+        let check = sum.done_udp();
+        b[V6_UDP + udp::CHECK] = check[0];
+        b[V6_UDP + udp::CHECK + 1] = check[1];
+        skb.store(0, b)
     } else {
-        // ttl, proto, checksum, saddr, daddr as they are now.
-        let Some(cur) = skb.load::<12>(ETH_HLEN + ipv4::TTL) else {
+        let (sa, da) = (&dest.src_addr, &dest.addr);
+        b[ETH_HLEN + ipv4::SADDR..ETH_HLEN + ipv4::SADDR + 4].copy_from_slice(&sa[12..]);
+        b[ETH_HLEN + ipv4::DADDR..ETH_HLEN + ipv4::DADDR + 4].copy_from_slice(&da[12..]);
+        let check = sum.done();
+        b[ETH_HLEN + ipv4::CHECK] = check[0];
+        b[ETH_HLEN + ipv4::CHECK + 1] = check[1];
+        b[V4_UDP + udp::DEST] = port[0];
+        b[V4_UDP + udp::DEST + 1] = port[1];
+        let Some((whole, _)) = b.split_first_chunk::<{ V4_UDP + UDP_HLEN }>() else {
             return false;
         };
-        let (sa, da) = (&dest.src_addr, &dest.addr);
-        let new_ttl = [o.ttl[0] - 1, o.ttl[1]];
-        let new_addrs = [
-            sa[12], sa[13], sa[14], sa[15], da[12], da[13], da[14], da[15],
-        ];
-        let mut c = Csum::of([cur[2], cur[3]]);
-        c.replace([cur[0], cur[1]], new_ttl);
-        c.replace([cur[4], cur[5]], [new_addrs[0], new_addrs[1]]);
-        c.replace([cur[6], cur[7]], [new_addrs[2], new_addrs[3]]);
-        c.replace([cur[8], cur[9]], [new_addrs[4], new_addrs[5]]);
-        c.replace([cur[10], cur[11]], [new_addrs[6], new_addrs[7]]);
-        let csum = c.done();
-        skb.store(0, &eth)
-            && skb.store(ETH_HLEN + ipv4::TTL, &new_ttl)
-            && skb.store(ETH_HLEN + ipv4::CHECK, &csum)
-            && skb.store(ETH_HLEN + ipv4::SADDR, &new_addrs)
-            && skb.store(o.l4, &[p0, p1, q0, q1])
-            && skb.store(o.l4 + udp::CHECK, &[0u8, 0])
+        if o.l4 == V4_UDP {
+            return skb.store(0, whole);
+        }
+        // Options: the IP header up to them, then UDP where it is.
+        let (Some((ip, _)), Some((udp, _))) = (
+            b.split_first_chunk::<V4_UDP>(),
+            b[V4_UDP..].split_first_chunk::<UDP_HLEN>(),
+        ) else {
+            return false;
+        };
+        skb.store(0, ip) && skb.store(o.l4, udp)
     }
 }

@@ -172,6 +172,7 @@ impl Frame for Skb {
 /// A one's complement sum being updated word by word (RFC 1624: `HC' = ~(~HC + ~m + m')`).
 /// Words are taken in memory order (native endianness), which one's complement arithmetic
 /// allows (RFC 1071 §2(B)) and which matches what `bpf_csum_diff` returns.
+#[derive(Clone, Copy)]
 pub struct Csum(u32);
 
 impl Csum {

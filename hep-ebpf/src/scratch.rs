@@ -73,6 +73,19 @@ pub struct Eval {
     pub verdict: Verdict,
 }
 
+/// The mirror's headers (Ethernet, IPv6 and UDP at most: 62 bytes), in map memory: two
+/// copies would not fit the TC program's stack beside its loads.
+#[repr(C)]
+pub struct Template {
+    /// What every copy starts from (`mirror::original`).
+    pub head: [u8; TEMPLATE_LEN],
+    /// The copy for one target, written to the packet with one helper call.
+    pub copy: [u8; TEMPLATE_LEN],
+}
+
+/// The longest header template: Ethernet, IPv6 and UDP headers.
+pub const TEMPLATE_LEN: usize = 14 + 40 + 8;
+
 /// [`Eval::matched`]: no route matched (yet).
 pub const NO_MATCH: u32 = u32::MAX;
 
@@ -95,6 +108,8 @@ pub struct Scratch {
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
     /// The mirror's next hops, one per target.
     pub hops: [NextHop; MAX_TARGETS],
+    /// The mirror's header template and the copy being written from it.
+    pub template: Template,
     /// The parsed datagram (see `hep_xdp`).
     pub dgram: HepDatagram,
     /// The in-place edits of a steered packet.
@@ -184,6 +199,14 @@ impl Entry {
     pub fn hops(self) -> &'static mut [NextHop; MAX_TARGETS] {
         // SAFETY: a reference to the `hops` field only; one user at a time (see the type).
         unsafe { &mut (*self.0).hops }
+    }
+
+    /// The mirror's header template (`hep_mirror` only, after `hep_xdp` finished on this
+    /// CPU): `mirror::original` writes `head`, `mirror::rewrite` each copy.
+    #[inline(always)]
+    pub fn template(self) -> &'static mut Template {
+        // SAFETY: a reference to the `template` field only; one user at a time (see the type).
+        unsafe { &mut (*self.0).template }
     }
 
     /// The in-place edits' walk: `edit::locate` and `edit::locate_step`, then `edit::write`.

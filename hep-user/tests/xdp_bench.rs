@@ -84,7 +84,14 @@ fn mirror_info(xdp: &XdpProgram) -> Option<ProgramInfo> {
 }
 
 /// One scenario: a fresh lab, the programs attached, `route` installed, FRAMES frames.
+/// `HEPFWD_BENCH_SCENARIO=<text>` runs only the scenarios whose name contains it (for A/B
+/// runs of one change).
 fn scenario(name: &str, route: &str) {
+    if let Ok(only) = std::env::var("HEPFWD_BENCH_SCENARIO")
+        && !name.contains(only.as_str())
+    {
+        return;
+    }
     let Some(mut xdp) = common::load_or_skip("xdp_bench", &LoadOptions::default()) else {
         return;
     };

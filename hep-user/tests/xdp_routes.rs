@@ -73,6 +73,9 @@ transport = "tcp"
 name = "a6-keyed"
 address = "[fd00:18:2::2]:9066"
 set_auth_key = "t0psec"
+[[destination]]
+name = "a6-other"
+address = "[fd00:18:2::2]:9067"
 
 [[route]]
 name = "logs"
@@ -128,6 +131,11 @@ forward = ["b"]
 name = "mirror"
 match = { capture_id = [8000] }
 forward = ["a", "b"]
+mode = "all"
+[[route]]
+name = "mirror6"
+match = { capture_id = [8001] }
+forward = ["a6", "a6-other"]
 mode = "all"
 [[route]]
 name = "to-tcp"
@@ -258,6 +266,20 @@ fn v4(a: &str) -> IpAddr {
     a.parse().expect("address")
 }
 
+fn ip6(a: &str) -> IpAddr {
+    a.parse().expect("address")
+}
+
+/// The `xdp_md` of a frame of `len` bytes received on `in0`: struct xdp_md { data,
+/// data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }.
+fn ctx_in0(len: usize) -> Vec<u8> {
+    let mut ctx = Vec::new();
+    for v in [0, len as u32, 0, IN_IFINDEX, 0, 0] {
+        ctx.extend_from_slice(&v.to_ne_bytes());
+    }
+    ctx
+}
+
 /// What the kernel must make of `input` when it steers it to `collector:port` from
 /// `source`, with next hop MAC `dmac` out of an interface with MAC `smac`: computed in
 /// full here.
@@ -274,14 +296,16 @@ fn steered(
     f[6..12].copy_from_slice(&smac);
     match (source, collector) {
         (IpAddr::V4(s), IpAddr::V4(c)) => {
+            // The header length from IHL: options stay as they are.
+            let l4 = 14 + usize::from(f[14] & 0x0f) * 4;
             f[14 + 8] -= 1;
             f[14 + 12..14 + 16].copy_from_slice(&s.octets());
             f[14 + 16..14 + 20].copy_from_slice(&c.octets());
-            let csum = ipv4_csum(&f[14..34]);
+            let csum = ipv4_csum(&f[14..l4]);
             f[14 + 10..14 + 12].copy_from_slice(&csum.to_be_bytes());
-            f[34..36].copy_from_slice(&9060u16.to_be_bytes());
-            f[36..38].copy_from_slice(&port.to_be_bytes());
-            f[40..42].copy_from_slice(&[0, 0]);
+            f[l4..l4 + 2].copy_from_slice(&9060u16.to_be_bytes());
+            f[l4 + 2..l4 + 4].copy_from_slice(&port.to_be_bytes());
+            f[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
         }
         (IpAddr::V6(s), IpAddr::V6(c)) => {
             f[14 + 7] -= 1;
@@ -313,12 +337,7 @@ fn steered_out6(input: &[u8], port: u16) -> Vec<u8> {
 /// Test-runs `frame` as received on `in0` (call from inside the lab); returns the action
 /// and the frame as the program left it.
 fn run(xdp: &mut XdpProgram, frame: &[u8]) -> (u32, Vec<u8>) {
-    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-    // egress_ifindex }.
-    let mut ctx = Vec::new();
-    for v in [0, frame.len() as u32, 0, IN_IFINDEX, 0, 0] {
-        ctx.extend_from_slice(&v.to_ne_bytes());
-    }
+    let ctx = ctx_in0(frame.len());
     let mut out = vec![0u8; frame.len() + 256];
     let r = xdp
         .program_mut()
@@ -1276,9 +1295,9 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
             format!("round robin uses both: a {to_a}, b {to_b}"),
         );
         report.check(
-            "16 routes installed",
-            t.routes.len() == 16,
-            format!("{} routes installed, want 16", t.routes.len()),
+            "17 routes installed",
+            t.routes.len() == 17,
+            format!("{} routes installed, want 17", t.routes.len()),
         );
         install(xdp, &mut slots, true, false);
         run_cases(xdp, &slots, &opaque_table(), &mut report);
@@ -1564,6 +1583,264 @@ fn xdp_caches_next_hops_until_the_generation_moves() {
             &mut report,
             vec![steer("cache off: lookup", &short, &short_out, looked_up())],
         );
+        report
+    });
+    report.finish(test);
+}
+
+/// A raw packet socket on `out1` in the collector namespace: the frames the mirror's copies
+/// arrive as, Ethernet header included.
+struct Capture(std::os::fd::OwnedFd);
+
+impl Capture {
+    /// Opens it (from a thread inside the collector namespace: the socket belongs to it).
+    fn open(lab: &Lab) -> Capture {
+        use std::os::fd::FromRawFd as _;
+        lab.in_collector(|| {
+            let protocol = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket(2); the descriptor is owned right after the check.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            let name = std::ffi::CString::new("out1").expect("name");
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            assert_ne!(ifindex, 0, "out1 in the collector namespace");
+            // SAFETY: a zeroed sockaddr_ll is valid; we fill family, protocol, ifindex.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = protocol;
+            addr.sll_ifindex = ifindex as i32;
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: `addr` is a sockaddr_ll of the size we pass.
+            let r = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(r, 0, "bind to out1: {}", std::io::Error::last_os_error());
+            let timeout = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            // SAFETY: a timeval of the size we pass.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&raw const timeout).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            };
+            assert_eq!(r, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+            Capture(fd)
+        })
+    }
+
+    /// The UDP frames (IPv4 or IPv6) that arrived at `out1` within `window` (the
+    /// collector's own frames and anything else, such as neighbour discovery, left out).
+    fn udp_frames(&self, window: std::time::Duration) -> Vec<Vec<u8>> {
+        use std::os::fd::AsRawFd as _;
+        let end = std::time::Instant::now() + window;
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        while std::time::Instant::now() < end {
+            // SAFETY: zeroed sockaddr_ll; recvfrom writes at most its size.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            // SAFETY: `buf` is writable for its length; `from` as above.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut from).cast(),
+                    &mut from_len,
+                )
+            };
+            if n < 0 {
+                continue; // the timeout: look at the clock again
+            }
+            let f = &buf[..n as usize];
+            let udp = match f.get(12..14) {
+                Some([0x08, 0x00]) => f.get(14 + 9) == Some(&17),
+                Some([0x86, 0xdd]) => f.get(14 + 6) == Some(&17),
+                _ => false,
+            };
+            if from.sll_pkttype != libc::PACKET_OUTGOING as u8 && udp {
+                frames.push(f.to_vec());
+            }
+        }
+        frames
+    }
+}
+
+/// `frame` with 4 bytes of IPv4 options (NOP, NOP, NOP, end of list): IHL 6, lengths and
+/// header checksum made right.
+fn with_ipv4_options(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame[..34].to_vec();
+    f.extend_from_slice(&[1, 1, 1, 0]);
+    f.extend_from_slice(&frame[34..]);
+    f[14] = 0x46;
+    let total = u16::from_be_bytes([f[16], f[17]]) + 4;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    let c = ipv4_csum(&f[14..38]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The TC half of mirroring, end to end, byte for byte: each row's frame is run by
+/// `hep_xdp` as live frames received on `in0` (BPF_PROG_TEST_RUN, as `xdp_bench` does),
+/// so the stack takes what it passes through `hep_mirror` at TCX ingress, which sends the
+/// copies out of `out0`; a raw socket on `out1` in the collector namespace captures them.
+/// Every copy must be exactly the steered frame computed from scratch here (MACs from the
+/// lab's neighbours, TTL − 1, addresses, ports, checksums summed in full; IPv4 options kept),
+/// no other frame may arrive, and the counters must move by exactly what the row says.
+#[test]
+fn tc_mirror_copies_are_steered_frames_byte_for_byte() {
+    use aya::TestRunAttrs;
+    use hepfwd_harness::lab::COLLECTOR_MAC;
+    let test = "tc_mirror_copies_are_steered_frames_byte_for_byte";
+    let Some(mut xdp) = common::load_or_skip(test, &LoadOptions::default()) else {
+        return;
+    };
+    let lab = Lab::with_ends("mirror-tc");
+    let capture = Capture::open(&lab);
+    let report = lab.within(|| {
+        let xdp = &mut xdp;
+        let _link = xdp.attach_mirror("in0").expect("attach hep_mirror at in0");
+        let mut slots = Slots::default();
+        install(xdp, &mut slots, false, true);
+        let (sender, me) = (v4("198.18.1.1"), v4("198.18.1.2"));
+        let (sender6, me6) = (ip6("fd00:18:1::1"), ip6("fd00:18:1::2"));
+        let out_source = v4("198.18.2.1");
+        let mirror_hep = hep(Hep {
+            capture: 8000,
+            ..SIP
+        });
+        let plain = frame(sender, me, &mirror_hep, false);
+        let options = with_ipv4_options(&plain);
+        let v6 = frame(
+            sender6,
+            me6,
+            &hep(Hep {
+                capture: 8001,
+                ..SIP
+            }),
+            false,
+        );
+        let mut last_hop = plain.clone();
+        last_hop[14 + 8] = 1;
+        let c = ipv4_csum(&last_hop[14..34]);
+        last_hop[24..26].copy_from_slice(&c.to_be_bytes());
+        let to_ab = |f: &[u8]| {
+            vec![
+                steered(
+                    f,
+                    out_source,
+                    v4("198.18.2.2"),
+                    9061,
+                    OUT_MAC,
+                    COLLECTOR_MAC,
+                ),
+                steered(
+                    f,
+                    out_source,
+                    v4("198.18.2.4"),
+                    9062,
+                    OUT_MAC,
+                    COLLECTOR_MAC,
+                ),
+            ]
+        };
+        let mirrored = |route: &str, a: &str, b: &str| {
+            hep3_counters(&[
+                "mirrored=1",
+                "next_hop_miss=2",
+                &format!("route/{route}/matched=1"),
+                &format!("route/{route}/mirrored=1"),
+                &format!("dest/{a}/sent=1"),
+                &format!("dest/{b}/sent=1"),
+            ])
+        };
+        // (name, input, the copies at out1, the counter changes)
+        let rows: Vec<(&str, Vec<u8>, Vec<Vec<u8>>, Vec<String>)> = vec![
+            (
+                "IPv4: a copy to a and to b",
+                plain.clone(),
+                to_ab(&plain),
+                mirrored("mirror", "a", "b"),
+            ),
+            (
+                "IPv4 with options: kept in each copy",
+                options.clone(),
+                to_ab(&options),
+                mirrored("mirror", "a", "b"),
+            ),
+            (
+                "IPv6: a copy to each port, the UDP checksum over the new pseudo-header",
+                v6.clone(),
+                vec![steered_out6(&v6, 9065), steered_out6(&v6, 9067)],
+                mirrored("mirror6", "a6", "a6-other"),
+            ),
+            (
+                "TTL 1: no copy at all, the packet goes on to the daemon",
+                last_hop,
+                vec![],
+                hep3_counters(&[
+                    "mirrored=1",
+                    "route/mirror/matched=1",
+                    "route/mirror/mirrored=1",
+                    "dest/a/fallback=1",
+                ]),
+            ),
+        ];
+        let mut report = Report::new();
+        // Whatever the namespaces sent while coming up.
+        capture.udp_frames(std::time::Duration::from_millis(200));
+        for (name, input, want_copies, want_counters) in rows {
+            let before = read(xdp, &slots);
+            xdp.program_mut()
+                .expect("program")
+                .test_run(TestRunOptions {
+                    data_in: Some(&input),
+                    ctx_in: Some(&ctx_in0(input.len())),
+                    repeat: 1,
+                    attrs: TestRunAttrs::new().xdp_live_frames(1),
+                    ..TestRunOptions::default()
+                })
+                .expect("live frame");
+            let mut got = capture.udp_frames(std::time::Duration::from_millis(300));
+            let after = read(xdp, &slots);
+            let counters = changes(&before, &after);
+            let mut want = want_copies.clone();
+            got.sort();
+            want.sort();
+            let mut why = Vec::new();
+            if got != want {
+                why.push(format!(
+                    "copies at out1: got {} frames, want {}\n got  {got:02x?}\n want {want:02x?}",
+                    got.len(),
+                    want.len()
+                ));
+            }
+            why.extend(mismatches(&input, &input, &counters, None, &want_counters));
+            let result = if why.is_empty() {
+                Ok(Matched::First)
+            } else {
+                Err(why.join("\n"))
+            };
+            report.rows.push((name.to_string(), result));
+        }
         report
     });
     report.finish(test);

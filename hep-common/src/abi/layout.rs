@@ -74,7 +74,7 @@ pin!(KernelEdit, size = 40, align = 2, { vendor = 0, kind = 2, len = 4, _pad = 5
 pin!(MirrorMeta, size = 12, align = 4, { magic = 0, bank = 4, route = 8 });
 
 // `src_addr` right after `addr`: the kernel checksums both (32 bytes) in one helper call.
-pin!(KernelDestination, size = 80, align = 4, {
+pin!(KernelDestination, size = 84, align = 4, {
     addr = 0,
     src_addr = 16,
     port = 32,
@@ -82,6 +82,7 @@ pin!(KernelDestination, size = 80, align = 4, {
     _pad = 35,
     slot = 36,
     auth = 40,
+    address_sum = 80,
 });
 
 pin!(KernelListener, size = 60, align = 4, {

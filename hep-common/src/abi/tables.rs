@@ -314,6 +314,34 @@ pub struct KernelDestination {
     /// `set_auth_key`: chunk 0x000e written in place in every packet sent here (`len` 0:
     /// none). Applied after the route's edits.
     pub auth: KernelEdit,
+    /// The checksum part of the header template a copy to this destination is written
+    /// from: [`KernelDestination::address_sum`] of `src_addr` and `addr`, prepared by the
+    /// daemon so that the mirror's copies fix their checksums with one addition.
+    pub address_sum: u32,
+}
+
+impl KernelDestination {
+    /// The one's complement sum (RFC 1071), folded to 16 bits, of the new addresses a
+    /// packet to this destination carries, `src_addr` then `addr` (IPv4: their last four
+    /// bytes; IPv6: all sixteen), taken as 16-bit words in memory order (native
+    /// endianness, as the kernel's incremental checksum code and `bpf_csum_diff` take
+    /// them: RFC 1071 §2(B)). Both the IPv4 header checksum and the UDP pseudo-header
+    /// cover exactly these bytes.
+    pub fn address_sum(family: u8, src_addr: &Addr16, addr: &Addr16) -> u32 {
+        let from = if family == 6 { 0 } else { 12 };
+        let mut sum = 0u32;
+        for a in [src_addr, addr] {
+            let mut i = from;
+            while i + 1 < a.len() {
+                sum += u32::from(u16::from_ne_bytes([a[i], a[i + 1]]));
+                i += 2;
+            }
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum
+    }
 }
 
 /// A listener as the kernel sees it: the UDP address it listens on, its auth key, whether
@@ -350,4 +378,43 @@ pub struct AllowKey {
     pub listener: [u8; 4],
     /// Address.
     pub addr: Addr16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 1071 over big-endian words, folded: the textbook definition.
+    fn be_sum(bytes: &[u8]) -> u16 {
+        let mut sum: u32 = bytes
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    #[test]
+    fn the_address_sum_is_the_rfc_1071_sum_of_the_new_addresses() {
+        // 198.18.2.1 → 198.18.2.2: c612 + 0201 + c612 + 0202 = 0x19027, folded 0x9028.
+        let (src, dst) = (map_v4([198, 18, 2, 1]), map_v4([198, 18, 2, 2]));
+        let sum = KernelDestination::address_sum(4, &src, &dst);
+        assert_eq!((sum as u16).to_ne_bytes(), 0x9028u16.to_be_bytes());
+        let v6 = |last: u8| {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[0xfd, 0x00, 0x00, 0x18]);
+            a[4..6].copy_from_slice(&[0x00, 0x02]);
+            a[15] = last;
+            a
+        };
+        let (src6, dst6) = (v6(1), v6(2));
+        let mut both = src6.to_vec();
+        both.extend_from_slice(&dst6);
+        let sum6 = KernelDestination::address_sum(6, &src6, &dst6);
+        assert_eq!((sum6 as u16).to_ne_bytes(), be_sum(&both).to_be_bytes());
+        // fd00*2 + 0018*2 + 0002*2 + 0001 + 0002 = 0x1fa37, folded 0xfa38.
+        assert_eq!(be_sum(&both), 0xfa38);
+    }
 }

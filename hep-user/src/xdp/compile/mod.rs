@@ -318,14 +318,17 @@ pub fn compile(
                 (None, _) => Err(format!("no route to {} ({})", d.name, d.address)),
                 (_, None) => Err(format!("more than {MAX_SLOTS} destination slots")),
                 (Some(src), Some(slot)) if src.is_ipv4() == d.address.is_ipv4() => {
+                    let (addr, src_addr) = (addr16(d.address.ip()), addr16(src));
+                    let family = if d.address.is_ipv4() { 4 } else { 6 };
                     destinations.push(KernelDestination {
-                        addr: addr16(d.address.ip()),
-                        src_addr: addr16(src),
+                        addr,
+                        src_addr,
                         port: d.address.port(),
-                        family: if d.address.is_ipv4() { 4 } else { 6 },
+                        family,
                         _pad: 0,
                         slot,
                         auth: auth_edit(d),
+                        address_sum: KernelDestination::address_sum(family, &src_addr, &addr),
                     });
                     destination_names.push(d.name.clone());
                     Ok((destinations.len() - 1) as u32)
