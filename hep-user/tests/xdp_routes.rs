@@ -1676,7 +1676,7 @@ impl Capture {
                 Some([0x86, 0xdd]) => f.get(14 + 6) == Some(&17),
                 _ => false,
             };
-            if from.sll_pkttype != libc::PACKET_OUTGOING as u8 && udp {
+            if from.sll_pkttype != libc::PACKET_OUTGOING && udp {
                 frames.push(f.to_vec());
             }
         }
@@ -1697,6 +1697,10 @@ fn with_ipv4_options(frame: &[u8]) -> Vec<u8> {
     f[24..26].copy_from_slice(&c.to_be_bytes());
     f
 }
+
+/// A row of the TC mirror table: name, input frame, the copies that must arrive at `out1`,
+/// the counter changes.
+type MirrorRow = (&'static str, Vec<u8>, Vec<Vec<u8>>, Vec<String>);
 
 /// The TC half of mirroring, end to end, byte for byte: each row's frame is run by
 /// `hep_xdp` as live frames received on `in0` (BPF_PROG_TEST_RUN, as `xdp_bench` does),
@@ -1773,7 +1777,7 @@ fn tc_mirror_copies_are_steered_frames_byte_for_byte() {
             ])
         };
         // (name, input, the copies at out1, the counter changes)
-        let rows: Vec<(&str, Vec<u8>, Vec<Vec<u8>>, Vec<String>)> = vec![
+        let rows: Vec<MirrorRow> = vec![
             (
                 "IPv4: a copy to a and to b",
                 plain.clone(),
