@@ -5,7 +5,8 @@
 //! would (source = the node, source port = the listener port, destination = the collector,
 //! TTL − 1, checksums updated incrementally) and `bpf_clone_redirect` sends a copy out of
 //! the egress interface `bpf_fib_lookup` names (through the next-hop cache, `next_hop.rs`,
-//! shared with `hep_xdp`). Then the original is dropped.
+//! shared with `hep_xdp`), except for the last target, which gets the original itself
+//! (`bpf_redirect`: one clone fewer per packet).
 //!
 //! The rewrite is a header template: the original's headers are read once, with what every
 //! copy shares already written and the checksum prepared; per copy the MACs, addresses and
@@ -18,8 +19,8 @@
 //! A packet without the metadata is none of this program's business: `TC_ACT_OK`.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_clone_redirect,
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::{bpf_clone_redirect, bpf_redirect},
     macros::classifier,
     programs::TcContext,
 };
@@ -123,7 +124,8 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         }
         i += 1;
     }
-    // Pass 2: rewrite and clone, one copy per target.
+    // Pass 2: rewrite and clone, one copy per target; the original itself becomes the last
+    // copy (one clone fewer).
     let mut i = 0;
     while i < MAX_TARGETS {
         if i >= n {
@@ -131,13 +133,20 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         }
         let dest = target(bank, route, i)?;
         let h = hops[i];
-        if rewrite(skb, &mut o, dest, &h) {
-            // SAFETY: plain helper call on our skb; 0 = egress of `h.ifindex`.
-            if unsafe { bpf_clone_redirect(skb.0, h.ifindex, 0) } == 0 {
+        if !rewrite(skb, &mut o, dest, &h) {
+            count_dest(dest.slot, DestCounter::Fallback);
+        } else if i + 1 == n {
+            // SAFETY: plain helper call; 0 = egress of `h.ifindex`. It returns
+            // TC_ACT_REDIRECT (TC_ACT_SHOT only for invalid flags).
+            let action = unsafe { bpf_redirect(h.ifindex, 0) } as i32;
+            if action == TC_ACT_REDIRECT {
                 count_dest(dest.slot, DestCounter::Sent);
-            } else {
-                count_dest(dest.slot, DestCounter::Fallback);
+                return Some(action);
             }
+            count_dest(dest.slot, DestCounter::Fallback);
+        // SAFETY: plain helper call on our skb; 0 = egress of `h.ifindex`.
+        } else if unsafe { bpf_clone_redirect(skb.0, h.ifindex, 0) } == 0 {
+            count_dest(dest.slot, DestCounter::Sent);
         } else {
             count_dest(dest.slot, DestCounter::Fallback);
         }
