@@ -15,6 +15,15 @@ pub trait ByteSource {
 
     /// `N` bytes at `offset`, or `None` if they are not all inside the source.
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+
+    /// The 8 bytes at `8 * index` as a native-endian word, or `None` if they are not all
+    /// inside the source. A source whose storage is 8-byte aligned reads it with one load
+    /// (the kernel's payload copy); the others assemble it from bytes.
+    #[inline(always)]
+    fn load_word(&self, index: usize) -> Option<u64> {
+        self.load::<8>(index.checked_mul(8)?)
+            .map(u64::from_ne_bytes)
+    }
 }
 
 impl ByteSource for [u8] {

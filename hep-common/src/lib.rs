@@ -14,7 +14,8 @@
 //! - [`select`]: call-sticky destination choice and call sampling.
 //! - [`abi`]: the kernel ABI (map and program names, limits, the `repr(C)` tables and
 //!   counters), with its layout pinned at compile time.
-//! - [`facts`]: a packet's route facts; [`eval`]: route evaluation over the tables.
+//! - [`facts`]: a packet's route facts ([`prefix`]: the common agents' first ten chunks
+//!   recognised at once); [`eval`]: route evaluation over the tables.
 //! - [`chunk`]: chunk ids, value types, protocol type names.
 
 pub mod abi;
@@ -27,6 +28,7 @@ pub mod facts;
 pub mod framing;
 pub mod inplace;
 pub mod legacy;
+pub mod prefix;
 pub mod rewrite;
 pub mod select;
 pub mod sip;

@@ -1422,6 +1422,45 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// The kernel's shortcut over the common agents' first ten chunks
+    /// (`prefix::facts_with_prefix`) gives the facts (or the error) of the chunk-by-chunk
+    /// walk (`facts::facts`) on every input: encoded packets (which start with a prefix:
+    /// checked), the same with a few mutations (near misses, broken lengths, truncation),
+    /// and arbitrary HEPv3-shaped bytes.
+    #[test]
+    fn the_prefix_shortcut_gives_the_facts_of_the_walk(
+        spec in msg_spec(),
+        mutations in prop::collection::vec(mutation(), 0..4),
+        shaped in hep3_shaped(),
+        use_shaped in prop::bool::weighted(0.1),
+        short_length in prop::option::weighted(0.2, any::<prop::sample::Index>()),
+        sender in any::<[u8; 16]>(),
+    ) {
+        use hep_common::facts::{FactsWalk, facts};
+        use hep_common::prefix::{apply, facts_with_prefix};
+        let mut buf = if use_shaped { shaped } else { spec.encode().expect("encodes") };
+        if !use_shaped && mutations.is_empty() {
+            // What the agents send starts with a prefix, and the shortcut takes it.
+            let end = buf.len();
+            prop_assert!(apply(&buf[..], end, &mut FactsWalk::new(sender)).is_some());
+        }
+        for m in &mutations {
+            mutate(&mut buf, m);
+        }
+        // A header length short of the bytes: the chunks must end where it says.
+        if let Some(at) = short_length
+            && buf.len() > 6
+        {
+            let n = (6 + at.index(buf.len() - 6)) as u16;
+            buf[4..6].copy_from_slice(&n.to_be_bytes());
+        }
+        prop_assert_eq!(facts_with_prefix(&buf[..], sender), facts(&buf[..], sender));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // TCP framing
 // ---------------------------------------------------------------------------------------

@@ -43,9 +43,14 @@ unsafe extern "C" fn locate_step(i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = Entry::get() else { return 1 };
     let (bytes, w) = (s.bytes(), s.edit());
     let sites = &mut w.sites;
-    match walk_chunks(&bytes, &mut w.offset, w.end, i, EDIT_WALK_CHUNKS, |c| {
-        sites.on_chunk(c)
-    }) {
+    match walk_chunks(
+        &bytes,
+        &mut w.offset,
+        w.end,
+        (0, i),
+        EDIT_WALK_CHUNKS,
+        |c| sites.on_chunk(c),
+    ) {
         Some(status) => {
             w.status = status;
             1

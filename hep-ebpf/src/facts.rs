@@ -14,6 +14,7 @@ use hep_common::bytes::ByteSource;
 use hep_common::chunk::{HEADER_LEN, MAX_CHUNKS};
 use hep_common::correlation::{CALLID_SCAN_LIMIT, CallIdScanner, KeyHasher};
 use hep_common::facts::{FactsWalk, KeySpan, hash_range_blocks};
+use hep_common::prefix;
 use hep_common::walker::{ChunkHeader, check_header, read_chunk};
 
 use crate::scratch::{Entry, WALK_DONE, WALK_FAILED, WALKING};
@@ -22,16 +23,16 @@ use crate::scratch::{Entry, WALK_DONE, WALK_FAILED, WALKING};
 const WALK_CHUNKS: u64 = 4;
 
 /// Up to `per_call` chunks of a chunk walk over `bytes`, callback `i` of a `bpf_loop`
-/// (chunks `i * per_call ..`): the walker's step (`read_chunk`) from `*offset` to `end`,
-/// the walker's 64-chunk rule, `visit` for each chunk. `Some(WALK_DONE | WALK_FAILED)`
-/// when the walk ended, `None` to go on. The one loop of both walks (the facts and the
-/// in-place edits' sites).
+/// (chunks `before + i * per_call ..`, `before` read already): the walker's step
+/// (`read_chunk`) from `*offset` to `end`, the walker's 64-chunk rule, `visit` for each
+/// chunk. `Some(WALK_DONE | WALK_FAILED)` when the walk ended, `None` to go on. The one
+/// loop of both walks (the facts and the in-place edits' sites).
 #[inline(always)]
 pub fn walk_chunks<S: ByteSource + ?Sized>(
     bytes: &S,
     offset: &mut usize,
     end: usize,
-    i: u64,
+    (before, i): (u64, u64),
     per_call: u64,
     mut visit: impl FnMut(&ChunkHeader),
 ) -> Option<u32> {
@@ -41,7 +42,7 @@ pub fn walk_chunks<S: ByteSource + ?Sized>(
             return Some(WALK_DONE);
         }
         // The walker's rule: at most MAX_CHUNKS chunks.
-        if i * per_call + k >= MAX_CHUNKS as u64 {
+        if before + i * per_call + k >= MAX_CHUNKS as u64 {
             return Some(WALK_FAILED);
         }
         match read_chunk(bytes, *offset, end) {
@@ -61,9 +62,14 @@ unsafe extern "C" fn walk_step(i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = Entry::get() else { return 1 };
     let (bytes, w) = (s.bytes(), s.walk());
     let facts = &mut w.facts;
-    match walk_chunks(&bytes, &mut w.offset, w.end, i, WALK_CHUNKS, |c| {
-        facts.on_chunk(&bytes, c)
-    }) {
+    match walk_chunks(
+        &bytes,
+        &mut w.offset,
+        w.end,
+        (w.before, i),
+        WALK_CHUNKS,
+        |c| facts.on_chunk(&bytes, c),
+    ) {
         Some(status) => {
             w.status = status;
             1
@@ -119,11 +125,16 @@ pub fn compute(s: Entry, sender: &Addr16) -> bool {
     };
     {
         let w = s.walk();
-        w.offset = HEADER_LEN;
         w.end = end;
         w.status = WALKING;
         // SAFETY: a plain write of a `Copy` value into map memory (no drop of the old one).
         unsafe { ptr::write(&raw mut w.facts, FactsWalk::new(*sender)) };
+        // The common agents' first ten chunks at once (hep-common `prefix`), when the
+        // packet starts with them; the walk goes on after them.
+        let (offset, before) =
+            prefix::apply(&s.bytes(), end, &mut w.facts).unwrap_or((HEADER_LEN, 0));
+        w.offset = offset;
+        w.before = before as u64;
     }
     // Enough callbacks for MAX_CHUNKS chunks and one more step, to see the end (or one
     // chunk too many).

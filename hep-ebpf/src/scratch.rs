@@ -34,6 +34,8 @@ pub struct Walk {
     pub offset: usize,
     /// End of the packet (its length).
     pub end: usize,
+    /// Chunks read before the `bpf_loop` walk (a recognised prefix), for the 64-chunk rule.
+    pub before: u64,
     /// [`WALKING`], [`WALK_DONE`] or [`WALK_FAILED`].
     pub status: u32,
     /// What the facts need, chunk by chunk.
@@ -290,4 +292,25 @@ impl ByteSource for Bytes<'_> {
         // SAFETY: at + N ≤ SCRATCH_LEN + PAD, inside `buf`; unaligned read of plain bytes.
         Some(unsafe { core::ptr::read_unaligned(self.buf.as_ptr().add(at).cast::<[u8; N]>()) })
     }
+
+    /// One aligned 8-byte load (the byte-wise `load::<8>` is eight loads on this ISA).
+    #[inline(always)]
+    fn load_word(&self, index: usize) -> Option<u64> {
+        let end = index.checked_mul(8)?.checked_add(8)?;
+        if end > self.len {
+            return None;
+        }
+        // Masked into the buffer for the verifier, as in `load` (a no-op here).
+        // SAFETY: reading a local.
+        let at = unsafe { core::ptr::read_volatile(&index) } & (MASK / 8);
+        // SAFETY: word `at` lies inside `buf` (at * 8 + 8 ≤ SCRATCH_LEN); `buf` starts the
+        // map value (offset 0 of the `repr(C)` Scratch, pinned below) and map values are
+        // 8-byte aligned, so the read is aligned.
+        Some(unsafe { core::ptr::read(self.buf.as_ptr().cast::<u64>().add(at)) })
+    }
 }
+
+const _: () = assert!(
+    core::mem::offset_of!(Scratch, buf) == 0 && core::mem::align_of::<Scratch>() >= 8,
+    "the payload copy starts the (8-byte aligned) map value: Bytes::load_word reads words"
+);
