@@ -405,6 +405,76 @@ impl CallIdScanner {
     }
 }
 
+impl CallIdScanner {
+    /// Whether the scanner is skipping a line: until the next line feed, no byte changes
+    /// it.
+    #[inline(always)]
+    pub fn skipping_line(&self) -> bool {
+        self.state == State::SkipLine
+    }
+
+    /// Ends the search without a result (the bytes could not be read).
+    #[inline(always)]
+    pub fn fail(&mut self) {
+        self.state = State::Done;
+        self.found = false;
+    }
+}
+
+/// One step of the word-wise scan of the window `[base, base + window)` of `src`, at
+/// window position `*pos`; `false` once the scan is over (done, or the window ended).
+///
+/// While the scanner skips a line it is handed only the next line feed: the aligned word
+/// of `src` holding position `*pos` is loaded with [`ByteSource::load_word`] (one load in
+/// the kernel's payload copy) and searched with a mask, bytes before `*pos` masked off; a
+/// word without one moves `*pos` to the next word. Otherwise (at a line start, in a header
+/// name, in the value) the byte at `*pos` is fed. Skipped bytes are ones [`CallIdScanner::feed`]
+/// would have ignored, so the scanner ends as [`find_call_id`]'s does (property-tested)
+/// when the window lies inside `src`, as a payload chunk's does; a word that cannot be
+/// loaded (the source's last bytes) is fed byte by byte, and a byte that cannot be read
+/// ends the search without a result.
+#[inline(always)]
+pub fn scan_word_step<S: ByteSource + ?Sized>(
+    src: &S,
+    sc: &mut CallIdScanner,
+    base: usize,
+    pos: &mut usize,
+    window: usize,
+) -> bool {
+    if *pos >= window || sc.is_done() {
+        return false;
+    }
+    let at = base + *pos;
+    if sc.skipping_line()
+        && let Some(word) = src.load_word(at / 8)
+    {
+        // Byte j of the word is bits 8j .. 8j + 8 once read as little endian.
+        let word = u64::from_le_bytes(word.to_ne_bytes());
+        let skip = at % 8;
+        let line_feeds = line_feed_bytes(word) & (u64::MAX << (8 * skip));
+        if line_feeds == 0 {
+            *pos += 8 - skip;
+            return true;
+        }
+        let lf = (line_feeds.trailing_zeros() / 8) as usize;
+        let lf_pos = *pos + (lf - skip);
+        if lf_pos >= window {
+            *pos = window;
+            return false;
+        }
+        sc.feed(b'\n', lf_pos);
+        *pos = lf_pos + 1;
+        return true;
+    }
+    let Some([b]) = src.load::<1>(at) else {
+        sc.fail();
+        return false;
+    };
+    sc.feed(b, *pos);
+    *pos += 1;
+    true
+}
+
 /// Finds the `Call-ID` value in the SIP payload at `[offset, offset + len)` of `src`;
 /// returns `[start, end)` relative to `offset`.
 #[inline(always)]

@@ -596,6 +596,35 @@ proptest! {
         prop_assert_eq!(by_block.result(), by_byte.result());
         prop_assert_eq!(by_block.is_done(), by_byte.is_done());
     }
+
+    /// The word-wise scan (`scan_word_step`, the kernel's: aligned words of the whole
+    /// packet while a line is skipped, bytes elsewhere) finds what `find_call_id` finds,
+    /// for a payload at any alignment in its packet, any window inside it, any bytes
+    /// around it.
+    #[test]
+    fn the_word_scan_finds_what_find_call_id_finds(
+        payload in noisy_payload(),
+        before in bytes(23),
+        after in bytes(23),
+        cut in any::<prop::sample::Index>(),
+        whole in any::<bool>(),
+    ) {
+        use hep_common::correlation::scan_word_step;
+        let mut packet = before.clone();
+        packet.extend_from_slice(&payload);
+        packet.extend_from_slice(&after);
+        let base = before.len();
+        let len = if whole || payload.is_empty() { payload.len() } else { cut.index(payload.len() + 1) };
+        let mut sc = CallIdScanner::new();
+        let mut pos = 0;
+        let window = len.min(CALLID_SCAN_LIMIT);
+        let mut steps = 0;
+        while scan_word_step(&packet[..], &mut sc, base, &mut pos, window) {
+            steps += 1;
+            prop_assert!(steps <= window, "a step advances at least one byte");
+        }
+        prop_assert_eq!(sc.result(), find_call_id(&packet[..], base, len));
+    }
 }
 
 // ---------------------------------------------------------------------------------------

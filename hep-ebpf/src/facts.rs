@@ -1,9 +1,9 @@
-//! The route facts of a HEPv3 packet, with hep-common's definitions: the walker's step
-//! (`walker::read_chunk`), `facts::FactsWalk`, `correlation::CallIdScanner` and the
-//! byte-by-byte `KeyHasher` of `facts::hash_range` — the same code the daemon runs. `bpf_loop` drives the chunk
-//! walk (one chunk per callback), the Call-ID scan and the key hash (one 8-byte block per
-//! callback); their
-//! state lives in the scratch entry (see [`crate::scratch`]).
+//! The route facts of a HEPv3 packet, with hep-common's definitions: the common agents'
+//! chunk prefix (`prefix`), the walker's step (`walker::read_chunk`), `facts::FactsWalk`,
+//! `correlation::CallIdScanner` (driven word-wise by `correlation::scan_word_step`) and the
+//! `KeyHasher` of `facts::hash_range` — the same code the daemon runs. `bpf_loop` drives
+//! the chunk walk after the prefix (four chunks per callback) and the Call-ID scan (sixteen
+//! steps per callback); their state lives in the scratch entry (see [`crate::scratch`]).
 
 use core::ffi::c_void;
 use core::ptr;
@@ -12,7 +12,7 @@ use aya_ebpf::helpers::bpf_loop;
 use hep_common::abi::Addr16;
 use hep_common::bytes::ByteSource;
 use hep_common::chunk::{HEADER_LEN, MAX_CHUNKS};
-use hep_common::correlation::{CALLID_SCAN_LIMIT, CallIdScanner, KeyHasher};
+use hep_common::correlation::{CALLID_SCAN_LIMIT, CallIdScanner, KeyHasher, scan_word_step};
 use hep_common::facts::{FactsWalk, KeySpan, hash_range_blocks};
 use hep_common::prefix;
 use hep_common::walker::{ChunkHeader, check_header, read_chunk};
@@ -78,38 +78,22 @@ unsafe extern "C" fn walk_step(i: u64, _ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Blocks of the Call-ID scan fed per callback (fewer callbacks: each costs a call).
-const SCAN_BLOCKS: usize = 4;
+/// Steps of the Call-ID scan per callback (fewer callbacks: each costs a call).
+const SCAN_STEPS: usize = 16;
 
-/// Up to [`SCAN_BLOCKS`] 8-byte blocks (or, at the end of the window, one byte) of the
-/// Call-ID scan.
+/// Up to [`SCAN_STEPS`] steps of the word-wise Call-ID scan (hep-common's
+/// `scan_word_step`: an aligned word of the payload copy per step while a line is skipped,
+/// a byte elsewhere).
 unsafe extern "C" fn scan_step(_i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = Entry::get() else { return 1 };
     let (bytes, sc) = (s.bytes(), s.scan());
-    use hep_common::bytes::ByteSource as _;
     let mut k = 0;
-    while k < SCAN_BLOCKS {
-        if sc.pos >= sc.window || sc.scanner.is_done() {
+    while k < SCAN_STEPS {
+        if !scan_word_step(&bytes, &mut sc.scanner, sc.base, &mut sc.pos, sc.window) {
             return 1;
         }
-        if sc.pos + 8 > sc.window {
-            break;
-        }
-        let Some(block) = bytes.load::<8>(sc.base + sc.pos) else {
-            return 1;
-        };
-        sc.scanner.feed_block(block, sc.pos);
-        sc.pos += 8;
         k += 1;
     }
-    if k == SCAN_BLOCKS {
-        return 0;
-    }
-    let Some([b]) = bytes.load::<1>(sc.base + sc.pos) else {
-        return 1;
-    };
-    sc.scanner.feed(b, sc.pos);
-    sc.pos += 1;
     0
 }
 
@@ -183,10 +167,10 @@ pub fn key(s: Entry) {
                 sc.scanner = CallIdScanner::new();
             }
             // SAFETY: a static callback of the right signature; it takes its state from the
-            // map. Blocks of 8 (SCAN_BLOCKS per call), then up to 7 bytes.
+            // map. Every step advances at least one byte of the window.
             unsafe {
                 bpf_loop(
-                    (CALLID_SCAN_LIMIT / 8 / SCAN_BLOCKS + 8) as u32,
+                    (CALLID_SCAN_LIMIT / SCAN_STEPS + 1) as u32,
                     scan_step as *mut c_void,
                     ptr::null_mut(),
                     0,

@@ -237,6 +237,10 @@ fn xdp_bench() {
         "[default]\nforward = [\"a\", \"b\"]\nmode = \"all\"\n",
     );
     scenario(
+        "sampled out (Call-ID scan + hash, then drop: the non-live figure is clean)",
+        "[[route]]\nname = \"sampled\"\nforward = [\"a\"]\nsample = 0.000001\n",
+    );
+    scenario(
         "drop",
         "[[route]]\nname = \"drop\"\nmatch = { proto = [\"sip\"] }\naction = \"drop\"\n",
     );
