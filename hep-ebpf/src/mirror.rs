@@ -133,22 +133,24 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         }
         let dest = target(bank, route, i)?;
         let h = hops[i];
+        // A copy that cannot go out now is lost (the others may have gone): `Failed`.
         if !rewrite(skb, &mut o, dest, &h) {
-            count_dest(dest.slot, DestCounter::Fallback);
+            count_dest(dest.slot, DestCounter::Failed);
         } else if i + 1 == n {
             // SAFETY: plain helper call; 0 = egress of `h.ifindex`. It returns
-            // TC_ACT_REDIRECT (TC_ACT_SHOT only for invalid flags).
+            // TC_ACT_REDIRECT (TC_ACT_SHOT only for invalid flags). The copy is sent after
+            // the program returns; the interface counts a refusal then.
             let action = unsafe { bpf_redirect(h.ifindex, 0) } as i32;
             if action == TC_ACT_REDIRECT {
                 count_dest(dest.slot, DestCounter::Sent);
                 return Some(action);
             }
-            count_dest(dest.slot, DestCounter::Fallback);
+            count_dest(dest.slot, DestCounter::Failed);
         // SAFETY: plain helper call on our skb; 0 = egress of `h.ifindex`.
         } else if unsafe { bpf_clone_redirect(skb.0, h.ifindex, 0) } == 0 {
             count_dest(dest.slot, DestCounter::Sent);
         } else {
-            count_dest(dest.slot, DestCounter::Fallback);
+            count_dest(dest.slot, DestCounter::Failed);
         }
         i += 1;
     }

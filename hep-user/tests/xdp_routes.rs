@@ -427,7 +427,7 @@ fn changes(before: &Reading, after: &Reading) -> Vec<String> {
             }
         }
     }
-    const DC: [&str; DestCounter::COUNT] = ["sent", "fallback"];
+    const DC: [&str; DestCounter::COUNT] = ["sent", "fallback", "failed"];
     for ((name, a), (_, b)) in after.dest.iter().zip(&before.dest) {
         for i in 0..DestCounter::COUNT {
             if a[i] != b[i] {
@@ -1320,14 +1320,6 @@ fn from_cache(counters: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-/// The next-hop cache, row by row (each row runs after the previous one, on the same
-/// CPU's cache): a first packet looks its next hop up and fills the entry, the same packet
-/// again is answered from it with byte-identical output; a longer packet than any the
-/// lookup accepted looks up (and raises the bound); after the generation moves everything
-/// looks up again. The rows in between show what the generation is for: a neighbour or
-/// MTU change the daemon has not yet announced is not seen (the entry still answers), and
-/// once the generation moves the new MAC is used and a packet over the new MTU falls back
-/// to userspace untouched.
 /// Pins the calling thread to the CPU it runs on now (BPF_PROG_TEST_RUN runs the program
 /// on the caller's CPU).
 fn pin_to_this_cpu() {
@@ -1351,6 +1343,14 @@ fn pin_to_this_cpu() {
     }
 }
 
+/// The next-hop cache, row by row (each row runs after the previous one, on the same
+/// CPU's cache): a first packet looks its next hop up and fills the entry, the same packet
+/// again is answered from it with byte-identical output; a longer packet than any the
+/// lookup accepted looks up (and raises the bound); after the generation moves everything
+/// looks up again. The rows in between show what the generation is for: a neighbour or
+/// MTU change the daemon has not yet announced is not seen (the entry still answers), and
+/// once the generation moves the new MAC is used and a packet over the new MTU falls back
+/// to userspace untouched.
 #[test]
 fn xdp_caches_next_hops_until_the_generation_moves() {
     use hep_user::xdp::next_hop::Invalidation;
@@ -1708,7 +1708,9 @@ type MirrorRow = (&'static str, Vec<u8>, Vec<Vec<u8>>, Vec<String>);
 /// copies out of `out0`; a raw socket on `out1` in the collector namespace captures them.
 /// Every copy must be exactly the steered frame computed from scratch here (MACs from the
 /// lab's neighbours, TTL − 1, addresses, ports, checksums summed in full; IPv4 options kept),
-/// no other frame may arrive, and the counters must move by exactly what the row says.
+/// no other frame may arrive, and the counters must move by exactly what the row says. The
+/// last rows take `out0` down under cached next hops: what the program and the interface
+/// count of the copies lost.
 #[test]
 fn tc_mirror_copies_are_steered_frames_byte_for_byte() {
     use aya::TestRunAttrs;
@@ -1811,7 +1813,8 @@ fn tc_mirror_copies_are_steered_frames_byte_for_byte() {
         let mut report = Report::new();
         // Whatever the namespaces sent while coming up.
         capture.udp_frames(std::time::Duration::from_millis(200));
-        for (name, input, want_copies, want_counters) in rows {
+        let run_row = |xdp: &mut XdpProgram, row: MirrorRow, report: &mut Report| {
+            let (name, input, want_copies, want_counters) = row;
             let before = read(xdp, &slots);
             xdp.program_mut()
                 .expect("program")
@@ -1844,7 +1847,64 @@ fn tc_mirror_copies_are_steered_frames_byte_for_byte() {
                 Err(why.join("\n"))
             };
             report.rows.push((name.to_string(), result));
+        };
+        for row in rows {
+            run_row(xdp, row, &mut report);
         }
+
+        // The egress interface goes down after the next hops were cached (and before
+        // anything invalidates them): the first copy's clone is refused at once and counted
+        // `failed`; the last copy (the original, sent after the program returns) is counted
+        // `sent` by the program and dropped by the interface. The interface counts both in
+        // its transmit drops.
+        pin_to_this_cpu();
+        xdp.next_hops()
+            .expect("the generation map")
+            .enable()
+            .expect("cache on");
+        let fill = hep3_counters(&[
+            "mirrored=1",
+            "next_hop_miss=2",
+            "route/mirror/matched=1",
+            "route/mirror/mirrored=1",
+            "dest/a/sent=1",
+            "dest/b/sent=1",
+        ]);
+        run_row(
+            xdp,
+            ("cache on: looked up and cached", plain.clone(), to_ab(&plain), fill),
+            &mut report,
+        );
+        let tx_dropped = || -> u64 {
+            let json = lab.ip(&["-s", "-j", "link", "show", "out0"]);
+            let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j");
+            v[0]["stats64"]["tx"]["dropped"].as_u64().expect("tx dropped")
+        };
+        lab.ip(&["link", "set", "out0", "down"]);
+        let dropped_before = tx_dropped();
+        run_row(
+            xdp,
+            (
+                "out0 down, next hops from the cache: no copy arrives, the refused clone counted failed",
+                plain.clone(),
+                vec![],
+                hep3_counters(&[
+                    "mirrored=1",
+                    "next_hop_hit=2",
+                    "route/mirror/matched=1",
+                    "route/mirror/mirrored=1",
+                    "dest/a/failed=1",
+                    "dest/b/sent=1",
+                ]),
+            ),
+            &mut report,
+        );
+        let dropped = tx_dropped() - dropped_before;
+        report.check(
+            "out0 down: the interface counts both copies it dropped",
+            dropped == 2,
+            format!("out0 tx dropped moved by {dropped}, want 2"),
+        );
         report
     });
     report.finish(test);

@@ -257,11 +257,14 @@ pub enum DestCounter {
     Sent = 0,
     /// Packets that could not be sent from the kernel (no neighbour yet...), passed instead.
     Fallback = 1,
+    /// Mirror copies the kernel could not send once others had gone out (the egress
+    /// interface refused the clone, or its headers could not be written): lost, not passed.
+    Failed = 2,
 }
 
 impl DestCounter {
     /// Counters per destination slot.
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 3;
 }
 
 #[cfg(test)]

@@ -379,7 +379,7 @@ const ROUTE_OUTCOMES: [&str; RouteCounter::COUNT] = [
     "passed",
 ];
 /// Names of [`DestCounter`]s, in order.
-const DEST_OUTCOMES: [&str; DestCounter::COUNT] = ["sent", "fallback"];
+const DEST_OUTCOMES: [&str; DestCounter::COUNT] = ["sent", "fallback", "failed"];
 
 /// One metric family being written: its samples as (labels, value).
 struct Family {
@@ -872,6 +872,7 @@ mod tests {
         let mut dests = [0u64; DestCounter::COUNT];
         dests[DestCounter::Sent as usize] = 6;
         dests[DestCounter::Fallback as usize] = 2;
+        dests[DestCounter::Failed as usize] = 1;
         stats.set_xdp(Some(Arc::new(Fake(XdpReading {
             global: vec![("received", 11), ("steered", 6)],
             routes: vec![("calls".into(), routes)],
@@ -888,6 +889,7 @@ mod tests {
             "hepfwd_xdp_packets_total{counter=\"steered\",path=\"xdp\"} 6",
             "hepfwd_xdp_route_packets_total{route=\"calls\",path=\"xdp\",outcome=\"steered\"} 6",
             "hepfwd_xdp_destination_packets_total{destination=\"a\",path=\"xdp\",outcome=\"fallback\"} 2",
+            "hepfwd_xdp_destination_packets_total{destination=\"a\",path=\"xdp\",outcome=\"failed\"} 1",
             "hepfwd_xdp_next_hop_invalidations_total{reason=\"netlink\",path=\"xdp\"} 3",
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
