@@ -444,7 +444,10 @@ pub fn scan_word_step<S: ByteSource + ?Sized>(
     if *pos >= window || sc.is_done() {
         return false;
     }
-    let at = base + *pos;
+    let Some(at) = base.checked_add(*pos) else {
+        sc.fail();
+        return false;
+    };
     if sc.skipping_line()
         && let Some(word) = src.load_word(at / 8)
     {
@@ -510,6 +513,26 @@ mod tests {
     fn call_id(payload: &[u8]) -> Option<&[u8]> {
         let (s, e) = find_call_id(payload, 0, payload.len())?;
         payload.get(s..e)
+    }
+
+    #[test]
+    fn the_word_scan_ends_without_a_result_where_it_cannot_read() {
+        let src = b"INVITE x SIP/2.0\nCall-ID: a\n";
+        for (base, pos) in [
+            (usize::MAX, 0),
+            (usize::MAX, 1),
+            (usize::MAX - 3, 2),
+            (src.len(), 0),
+        ] {
+            let mut sc = CallIdScanner::new();
+            let mut at = pos;
+            let mut steps = 0;
+            while scan_word_step(&src[..], &mut sc, base, &mut at, 40) {
+                steps += 1;
+                assert!(steps <= 40);
+            }
+            assert_eq!(sc.result(), None, "base {base} pos {pos}");
+        }
     }
 
     #[test]
