@@ -97,6 +97,10 @@ fn routes_userspace() {
     let m = &run.metrics;
     let route = |name| m.require("hepfwd_route_matches_total", &[("route", name)]);
     assert_eq!(route("mirror"), s.count("mirror"));
+    assert_eq!(
+        route("mirror-rewrite"),
+        s.count("mirror-rewrite") + s.count("mirror-rewrite-up")
+    );
     assert_eq!(route("sip-to-a"), s.count("sip"));
     assert_eq!(route("rtcp-hash"), s.count("rtcp") + s.count("rtcp-flow"));
     assert_eq!(
@@ -129,17 +133,25 @@ fn routes_xdp() {
             + s.count("rewrite"),
         "{k:?}"
     );
-    assert_eq!(k.get("mirrored"), s.count("mirror"), "{k:?}");
+    assert_eq!(
+        k.get("mirrored"),
+        s.count("mirror") + s.count("mirror-rewrite"),
+        "{k:?}"
+    );
     assert_eq!(
         k.get("route_drop"),
         s.count("log") + s.count("options"),
         "{k:?}"
     );
     assert_eq!(k.get("pass_no_route"), s.count("unrouted"), "{k:?}");
-    assert_eq!(k.get("pass_rewrite"), s.count("rewrite-up"), "{k:?}");
+    assert_eq!(
+        k.get("pass_rewrite"),
+        s.count("rewrite-up") + s.count("mirror-rewrite-up"),
+        "{k:?}"
+    );
     assert_eq!(
         k.passed_up(),
-        s.count("unrouted") + s.count("rewrite-up"),
+        s.count("unrouted") + s.count("rewrite-up") + s.count("mirror-rewrite-up"),
         "{k:?}"
     );
     let m = &run.metrics;
@@ -154,6 +166,7 @@ fn routes_xdp() {
     assert_eq!(xroute("keepalives"), s.count("options"));
     assert_eq!(xroute("sip-errors"), s.count("sip-error"));
     assert_eq!(xroute("mirror"), s.count("mirror"));
+    assert_eq!(xroute("mirror-rewrite"), s.count("mirror-rewrite"));
     // The daemon routed only what the kernel passed up.
     let uroute = |name| {
         m.get(
@@ -222,8 +235,17 @@ fn parity_routes_xdp_vs_userspace() {
     let s = routes_scenario();
     let (_, xdp) = assert_parity("rt", &s);
     let k = assert_kernel_accounting(&xdp, &s);
-    // The in-place rewrites ran in the kernel; the others went up.
-    assert_eq!(k.get("pass_rewrite"), s.count("rewrite-up"), "{k:?}");
+    // The in-place rewrites ran in the kernel (mirrored ones included); the others went up.
+    assert_eq!(
+        k.get("pass_rewrite"),
+        s.count("rewrite-up") + s.count("mirror-rewrite-up"),
+        "{k:?}"
+    );
+    assert_eq!(
+        k.get("mirrored"),
+        s.count("mirror") + s.count("mirror-rewrite"),
+        "{k:?}"
+    );
     let m = &xdp.metrics;
     let rewrite_route = |counter: &str| {
         m.require(
@@ -404,6 +426,13 @@ forward = ["homer-a", "homer-b"]
 mode = "all"
 
 [[route]]
+name = "mirror-rewrite"
+match = { capture_id = [3001] }
+forward = ["homer-a", "homer-b"]
+mode = "all"
+rewrite = [ { set = "capture_id", value = 3002 }, { set = "node_name", value = "edge-9" } ]
+
+[[route]]
 name = "rewrite-node"
 match = { capture_id = [4000] }
 forward = ["homer-k"]
@@ -439,7 +468,8 @@ mode = "hash"
 /// Steer (SIP → homer-a), hash (20 RTCP calls × 3 over homer-a and homer-b, and 8 RTCP
 /// flows without a key × 2 directions by their flow key), drop (logs), mirror (capture id
 /// 3000 → both), unrouted (protocol type 32), the SIP first line (4 OPTIONS dropped, 4
-/// 5xx responses to homer-b, a 200 to homer-a): 114 packets, interleaved.
+/// 5xx responses to homer-b, a 200 to homer-a), rewrites (to homer-k) and a mirror with a
+/// rewrite (capture id 3001 → both): 124 packets, interleaved.
 fn routes_scenario() -> Scenario {
     let mut s = Scenario::new(
         ROUTES_CONFIG.to_string(),
@@ -562,9 +592,27 @@ fn routes_scenario() -> Scenario {
                 };
                 s.send_expecting(SND, kind, p.encode(), &["homer-k"], &want.encode());
             }
+            // A mirror with a rewrite: every copy carries the new capture id and node
+            // name; written in place by TC (3), or by the daemon when the node name has
+            // another length (1).
+            for (i, node) in ["edge-7", "edge-8", "edge-10", "edge-7"]
+                .into_iter()
+                .enumerate()
+            {
+                let p = Pkt::sip(&format!("mrw-{i}@lab"), next())
+                    .capture_id(3001)
+                    .node(node);
+                let want = p.clone().capture_id(3002).node("edge-9");
+                let kind = if node.len() == 6 {
+                    "mirror-rewrite"
+                } else {
+                    "mirror-rewrite-up"
+                };
+                s.send_expecting(SND, kind, p.encode(), &ab, &want.encode());
+            }
         }
     }
-    assert_eq!(s.sends.len(), 120);
+    assert_eq!(s.sends.len(), 124);
     s
 }
 

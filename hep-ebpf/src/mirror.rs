@@ -20,16 +20,18 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_clone_redirect, bpf_redirect},
+    helpers::{bpf_clone_redirect, bpf_redirect, bpf_skb_load_bytes, bpf_skb_store_bytes},
     macros::classifier,
     programs::TcContext,
 };
 use hep_common::abi::{
-    DestCounter, KernelDestination, KernelRoute, MAX_DESTINATIONS, MAX_ROUTES, MAX_TARGETS,
-    MIRROR_META_MAGIC, MirrorMeta, RouteAction,
+    DestCounter, KernelDestination, KernelRoute, MAX_DESTINATIONS, MAX_EDIT_VALUE,
+    MAX_KERNEL_EDITS, MAX_ROUTES, MAX_TARGETS, MIRROR_META_MAGIC, MirrorMeta, RouteAction,
+    SCRATCH_LEN, XdpCounter,
 };
+use hep_common::inplace::UdpChecksum;
 
-use crate::counters::count_dest;
+use crate::counters::{count, count_dest};
 use crate::fib::{NextHop, Query};
 use crate::net::{
     Csum, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Frame, IPV4_HLEN, IPV6_HLEN, Skb, UDP_HLEN, ipv4, ipv6,
@@ -104,7 +106,7 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         return None;
     }
     let s = Entry::get()?;
-    let mut o = original(skb, s.template())?;
+    let o = original(skb, s.template())?;
     let hops = s.hops();
     let n = (route.n_targets as usize).min(MAX_TARGETS);
 
@@ -124,6 +126,23 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         }
         i += 1;
     }
+    // Every copy can go: the route's in-place edits are written into the original now (not
+    // before: a packet passed up must reach the daemon untouched), and the template read
+    // again from the edited packet (its UDP checksum adjusted).
+    let mut o = if m.edits == 0 {
+        o
+    } else {
+        // `o` (and its template reference) is not used after this: the new reading
+        // takes the template afresh.
+        let written = write_edits(skb, &o, route, &m);
+        match written.then(|| original(skb, s.template())).flatten() {
+            Some(edited) => edited,
+            None => {
+                count(XdpCounter::RewriteFailed);
+                return Some(TC_ACT_SHOT);
+            }
+        }
+    };
     // Pass 2: rewrite and clone, one copy per target; the original itself becomes the last
     // copy (one clone fewer).
     let mut i = 0;
@@ -155,6 +174,73 @@ fn mirror(ctx: &TcContext) -> Option<i32> {
         i += 1;
     }
     Some(TC_ACT_SHOT)
+}
+
+/// Writes the route's in-place edits at the sites `hep_xdp` located (`m`) and adjusts the
+/// UDP checksum when there is one (`inplace::UdpChecksum`, as `edit::write` in XDP).
+/// `false` when a read or write fails, which the sites rule out (they lie inside the
+/// payload).
+#[inline(always)]
+fn write_edits(skb: Skb, o: &Original, route: &KernelRoute, m: &MirrorMeta) -> bool {
+    // Bounds the verifier can see (no-ops: UDP starts at most 82 bytes in).
+    let l4 = o.l4 & 0x7f;
+    let payload = l4 + UDP_HLEN;
+    let Some(stored) = skb.load::<2>(l4 + udp::CHECK) else {
+        return false;
+    };
+    let checked = stored != [0, 0];
+    let mut sum = UdpChecksum::of(stored);
+    let mut old = [0u8; MAX_EDIT_VALUE];
+    let mut i = 0;
+    while i < MAX_KERNEL_EDITS {
+        if m.edits & (1 << i) == 0 {
+            i += 1;
+            continue;
+        }
+        let e = &route.edits[i];
+        let at = m.edit_offsets[i] as usize & (SCRATCH_LEN - 1);
+        let len = e.len as usize;
+        if len == 0 || len > MAX_EDIT_VALUE {
+            return false;
+        }
+        if checked {
+            // SAFETY: `len` ≤ MAX_EDIT_VALUE bytes into our stack buffer; the helper checks
+            // the packet range (and reads a non-linear part too).
+            let r = unsafe {
+                bpf_skb_load_bytes(
+                    skb.0.cast(),
+                    (payload + at) as u32,
+                    old.as_mut_ptr().cast(),
+                    len as u32,
+                )
+            };
+            if r != 0 {
+                return false;
+            }
+            // Positions from the UDP header (which starts on an even byte of the sum).
+            let mut k = 0;
+            while k < MAX_EDIT_VALUE && k < len {
+                sum.replace_byte(UDP_HLEN + at + k, old[k], e.value[k]);
+                k += 1;
+            }
+        }
+        // SAFETY: `e.value` is map memory of MAX_EDIT_VALUE bytes and `len` ≤ that; the
+        // helper checks the packet range itself.
+        let r = unsafe {
+            bpf_skb_store_bytes(
+                skb.0,
+                (payload + at) as u32,
+                e.value.as_ptr().cast(),
+                len as u32,
+                0,
+            )
+        };
+        if r != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    !checked || skb.store(l4 + udp::CHECK, &sum.done())
 }
 
 /// Reads the original headers (untagged Ethernet, IPv4 or IPv6, UDP) into the template.

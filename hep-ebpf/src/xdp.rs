@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use hep_common::abi::{
-    DEFAULT_HEP_PORT, DestCounter, MAX_DESTINATIONS, MAX_ROUTES, MIRROR_META_MAGIC, MirrorMeta,
-    RouteCounter, SCRATCH_LEN, XdpCounter,
+    DEFAULT_HEP_PORT, DestCounter, KernelEdit, MAX_DESTINATIONS, MAX_KERNEL_EDITS, MAX_ROUTES,
+    MIRROR_META_MAGIC, MirrorMeta, RouteCounter, SCRATCH_LEN, XdpCounter,
 };
 use hep_common::eval::{PassReason, Verdict};
 use hep_common::version::{HepVersion, detect_prefix};
@@ -236,10 +236,31 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
         }
         Verdict::Mirror { route } => {
             // The TC program (`hep_mirror`) copies it to every destination; it finds the
-            // route in the metadata. Tagged frames, and drivers without metadata support,
-            // leave it to userspace.
-            let slot = route_slot(route);
-            if !d.tagged && mark_mirror(ctx, bank, route as u32) {
+            // route in the metadata, with where its in-place edits go (located here, on the
+            // payload copy; a packet on which one does not fit goes up untouched). Tagged
+            // frames, and drivers without metadata support, leave it to userspace.
+            let Some(r) = ROUTES.get(bank * MAX_ROUTES as u32 + (route % MAX_ROUTES) as u32) else {
+                return finish(XdpCounter::PassAction, xdp_action::XDP_PASS);
+            };
+            let slot = Some(r.slot);
+            let mut offsets = [0u16; MAX_KERNEL_EDITS];
+            let mut edits = 0u8;
+            if r.n_edits != 0 {
+                if !edit::locate(s, r, &KernelEdit::NONE) {
+                    count_route(r.slot, RouteCounter::Passed);
+                    return finish(XdpCounter::PassRewrite, xdp_action::XDP_PASS);
+                }
+                let sites = &s.edit().sites;
+                let mut i = 0;
+                while i < MAX_KERNEL_EDITS {
+                    if sites.active[i] != 0 {
+                        offsets[i] = sites.value_offset[i] as u16;
+                        edits |= 1 << i;
+                    }
+                    i += 1;
+                }
+            }
+            if !d.tagged && mark_mirror(ctx, bank, route as u32, offsets, edits) {
                 if let Some(slot) = slot {
                     count_route(slot, RouteCounter::Matched);
                     count_route(slot, RouteCounter::Mirrored);
@@ -257,9 +278,15 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
     }
 }
 
-/// Writes the mirror metadata (route and bank) in front of the frame.
+/// Writes the mirror metadata (route, bank, edit sites) in front of the frame.
 #[inline(always)]
-fn mark_mirror(ctx: &XdpContext, bank: u32, route: u32) -> bool {
+fn mark_mirror(
+    ctx: &XdpContext,
+    bank: u32,
+    route: u32,
+    edit_offsets: [u16; MAX_KERNEL_EDITS],
+    edits: u8,
+) -> bool {
     let size = core::mem::size_of::<MirrorMeta>() as i32;
     // SAFETY: the helper moves data_meta; pointers are re-read after it.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -size) } != 0 {
@@ -277,6 +304,9 @@ fn mark_mirror(ctx: &XdpContext, bank: u32, route: u32) -> bool {
                 magic: MIRROR_META_MAGIC,
                 bank,
                 route,
+                edit_offsets,
+                edits,
+                _pad: [0; 3],
             },
         )
     };

@@ -138,6 +138,18 @@ match = { capture_id = [8001] }
 forward = ["a6", "a6-other"]
 mode = "all"
 [[route]]
+name = "mirror-set"
+match = { capture_id = [8002] }
+forward = ["a", "b"]
+mode = "all"
+rewrite = [ { set = "capture_id", value = 1 } ]
+[[route]]
+name = "mirror6-set"
+match = { capture_id = [8003] }
+forward = ["a6", "a6-other"]
+mode = "all"
+rewrite = [ { set = "node_name", value = "edge-9" } ]
+[[route]]
 name = "to-tcp"
 match = { capture_id = [7001] }
 forward = ["tcp"]
@@ -1134,6 +1146,8 @@ fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> V
     for w in [MIRROR_META_MAGIC, bank, route] {
         want.extend_from_slice(&w.to_ne_bytes());
     }
+    // No edits: four edit offsets, the edit bits and the padding, all 0.
+    want.extend_from_slice(&[0u8; 12]);
     want.extend_from_slice(&f);
     cases.push(Case::new(
         "mirror",
@@ -1144,6 +1158,38 @@ fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> V
             "mirrored=1",
             "route/mirror/matched=1",
             "route/mirror/mirrored=1",
+        ]),
+    ));
+    // A mirror with a rewrite: the frame still unchanged (TC writes the edit once every
+    // next hop is known), the capture id's value offset in the metadata: the chunk is at
+    // HEP offset 83 in the common agents' IPv4 order (XDP-COST.md §4), its value 6 later.
+    let f = parts.frame(Hep {
+        capture: 8002,
+        ..SIP
+    });
+    let route = t
+        .placements
+        .iter()
+        .position(|p| p.route == "mirror-set")
+        .expect("mirror-set route") as u32;
+    let mut want = Vec::new();
+    for w in [MIRROR_META_MAGIC, bank, route] {
+        want.extend_from_slice(&w.to_ne_bytes());
+    }
+    for offset in [89u16, 0, 0, 0] {
+        want.extend_from_slice(&offset.to_ne_bytes());
+    }
+    want.extend_from_slice(&[1, 0, 0, 0]);
+    want.extend_from_slice(&f);
+    cases.push(Case::new(
+        "mirror with a rewrite",
+        f,
+        XDP_PASS,
+        Some(want),
+        hep3_counters(&[
+            "mirrored=1",
+            "route/mirror-set/matched=1",
+            "route/mirror-set/mirrored=1",
         ]),
     ));
 
@@ -1295,9 +1341,9 @@ fn xdp_decides_steers_and_drops_by_the_installed_routes() {
             format!("round robin uses both: a {to_a}, b {to_b}"),
         );
         report.check(
-            "17 routes installed",
-            t.routes.len() == 17,
-            format!("{} routes installed, want 17", t.routes.len()),
+            "19 routes installed",
+            t.routes.len() == 19,
+            format!("{} routes installed, want 19", t.routes.len()),
         );
         install(xdp, &mut slots, true, false);
         run_cases(xdp, &slots, &opaque_table(), &mut report);
@@ -1744,6 +1790,20 @@ fn tc_mirror_copies_are_steered_frames_byte_for_byte() {
             }),
             false,
         );
+        let node0 = Hep {
+            capture: 8003,
+            node: Some(b"edge-0"),
+            ..SIP
+        };
+        let node9 = frame(
+            sender6,
+            me6,
+            &hep(Hep {
+                node: Some(b"edge-9"),
+                ..node0
+            }),
+            false,
+        );
         let mut last_hop = plain.clone();
         last_hop[14 + 8] = 1;
         let c = ipv4_csum(&last_hop[14..34]);
@@ -1797,6 +1857,27 @@ fn tc_mirror_copies_are_steered_frames_byte_for_byte() {
                 v6.clone(),
                 vec![steered_out6(&v6, 9065), steered_out6(&v6, 9067)],
                 mirrored("mirror6", "a6", "a6-other"),
+            ),
+            (
+                "IPv4 mirror with a rewrite: every copy carries the new capture id",
+                frame(sender, me, &hep(Hep { capture: 8002, ..SIP }), false),
+                to_ab(&frame(sender, me, &hep(Hep { capture: 1, ..SIP }), false)),
+                mirrored("mirror-set", "a", "b"),
+            ),
+            (
+                "IPv6 mirror with a rewrite: the new node name, the UDP checksum adjusted",
+                frame(sender6, me6, &hep(node0), false),
+                vec![
+                    steered_out6(&node9, 9065),
+                    steered_out6(&node9, 9067),
+                ],
+                mirrored("mirror6-set", "a6", "a6-other"),
+            ),
+            (
+                "IPv6 mirror with a rewrite that does not fit (another length): no copy, up untouched",
+                frame(sender6, me6, &hep(Hep { node: Some(b"edge-10"), ..node0 }), false),
+                vec![],
+                hep3_counters(&["pass_rewrite=1", "passed=1", "route/mirror6-set/passed=1"]),
             ),
             (
                 "TTL 1: no copy at all, the packet goes on to the daemon",

@@ -71,7 +71,14 @@ pin!(KernelRoute, size = 760, align = 8, {
 
 pin!(KernelEdit, size = 40, align = 2, { vendor = 0, kind = 2, len = 4, _pad = 5, value = 8 });
 
-pin!(MirrorMeta, size = 12, align = 4, { magic = 0, bank = 4, route = 8 });
+pin!(MirrorMeta, size = 24, align = 4, {
+    magic = 0,
+    bank = 4,
+    route = 8,
+    edit_offsets = 12,
+    edits = 20,
+    _pad = 21,
+});
 
 // `src_addr` right after `addr`: the kernel checksums both (32 bytes) in one helper call.
 pin!(KernelDestination, size = 84, align = 4, {

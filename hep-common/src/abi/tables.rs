@@ -282,7 +282,8 @@ impl KernelRoute {
 }
 
 /// What `hep_xdp` writes in front of a packet to be mirrored (XDP metadata), for the TC
-/// program: the bank and the route whose targets get a copy.
+/// program: the bank and the route whose targets get a copy, and where the route's in-place
+/// edits go (XDP located them; TC writes them once it knows every copy can be sent).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct MirrorMeta {
@@ -292,6 +293,13 @@ pub struct MirrorMeta {
     pub bank: u32,
     /// Route index within the bank.
     pub route: u32,
+    /// Offset in the HEP packet of the value edit `i` of the route replaces (when bit `i`
+    /// of `edits` is set).
+    pub edit_offsets: [u16; super::MAX_KERNEL_EDITS],
+    /// Bit `i`: the route's edit `i` is written.
+    pub edits: u8,
+    /// Padding (the metadata length is a multiple of 4).
+    pub _pad: [u8; 3],
 }
 
 /// A destination the kernel can steer to: UDP, HEPv3, at most an auth key set in place.

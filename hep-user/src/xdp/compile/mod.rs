@@ -9,7 +9,7 @@
 //! | the route has… | becomes |
 //! | --- | --- |
 //! | a `correlation` key, a `node_name` longer than [`MAX_NODE_NAME`] bytes, or more values in a key than the kernel holds ([`MAX_MATCH_VALUES`]) | opaque: every packet reaching it goes to userspace |
-//! | `continue`, `dedup`, a `rewrite` that deletes, sets more than [`MAX_KERNEL_EDITS`] chunks or a value longer than [`MAX_EDIT_VALUE`] bytes, mode `failover`, more targets than [`MAX_TARGETS`], a target that is TCP, HEPv2, has a `set_auth_key` longer than [`MAX_EDIT_VALUE`] bytes, or whose source address is unknown; a mirror with a rewrite or a `set_auth_key` | pass: the kernel matches it, userspace acts |
+//! | `continue`, `dedup`, a `rewrite` that deletes, sets more than [`MAX_KERNEL_EDITS`] chunks or a value longer than [`MAX_EDIT_VALUE`] bytes, mode `failover`, more targets than [`MAX_TARGETS`], a target that is TCP, HEPv2, has a `set_auth_key` longer than [`MAX_EDIT_VALUE`] bytes, or whose source address is unknown; a mirror to a destination with a `set_auth_key` | pass: the kernel matches it, userspace acts |
 //! | mode `all` with several targets | mirror when the kernel mirrors, else pass |
 //! | `action = "drop"` | drop in the kernel (after sampling) |
 //! | one target, `hash` or `round-robin` over UDP HEPv3 targets | steer in the kernel; its `set` rewrites and the target's `set_auth_key` are written in place ([`hep_common::inplace`]) when the packet carries each chunk once with a value of the new length, else the packet goes to userspace |
@@ -481,19 +481,20 @@ fn action(
     r.n_targets = targets.len() as u8;
     let list = names.join(", ");
     // Rewritten in place: said in the placement.
-    let edited = r.n_edits > 0
-        || targets
-            .iter()
-            .any(|t| dests.get(*t).is_some_and(|d| d.set_auth_key.is_some()));
+    let auth_keyed = targets
+        .iter()
+        .any(|t| dests.get(*t).is_some_and(|d| d.set_auth_key.is_some()));
+    let edited = r.n_edits > 0 || auth_keyed;
     let in_place = if edited { ", rewritten in place" } else { "" };
     match (mode, targets.len()) {
-        (ForwardMode::All, n) if n > 1 && edited => {
-            pass("mirror with a rewrite or an auth key".into())
+        // One auth key per copy: the copies would differ in their payload.
+        (ForwardMode::All, n) if n > 1 && auth_keyed => {
+            pass("mirror to a destination with an auth key".into())
         }
         (ForwardMode::All, n) if n > 1 => {
             if kernel_mirrors {
                 r.action = RouteAction::Mirror as u8;
-                (Runs::Kernel, format!("mirror to {list}"))
+                (Runs::Kernel, format!("mirror to {list}{in_place}"))
             } else {
                 pass("mirror (the kernel mirror path is not loaded)".into())
             }

@@ -149,6 +149,9 @@ udp = "127.0.0.1:9060"
 name = "a"
 address = "127.0.0.1:1"
 [[destination]]
+name = "a2"
+address = "127.0.0.1:4"
+[[destination]]
 name = "keyed"
 address = "127.0.0.1:2"
 set_auth_key = "t0psec"
@@ -182,6 +185,12 @@ match = { capture_id = [5] }
 forward = ["a", "keyed"]
 mode = "all"
 [[route]]
+name = "mirror-set"
+match = { capture_id = [8] }
+forward = ["a", "a2"]
+mode = "all"
+rewrite = [ { set = "capture_id", value = 7 } ]
+[[route]]
 name = "keyed"
 match = { capture_id = [6] }
 forward = ["keyed"]
@@ -212,8 +221,9 @@ forward = ["long-key"]
             (
                 "mirror",
                 UserspaceAction,
-                "mirror with a rewrite or an auth key"
+                "mirror to a destination with an auth key"
             ),
+            ("mirror-set", Kernel, "mirror to a, a2, rewritten in place"),
             ("keyed", Kernel, "steer to keyed, rewritten in place"),
             (
                 "long-key",
