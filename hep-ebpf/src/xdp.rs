@@ -242,7 +242,10 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
             let Some(r) = ROUTES.get(bank * MAX_ROUTES as u32 + (route % MAX_ROUTES) as u32) else {
                 return finish(XdpCounter::PassAction, xdp_action::XDP_PASS);
             };
-            let slot = Some(r.slot);
+            if d.tagged {
+                count_route(r.slot, RouteCounter::Passed);
+                return finish(XdpCounter::PassAction, xdp_action::XDP_PASS);
+            }
             let mut offsets = [0u16; MAX_KERNEL_EDITS];
             let mut edits = 0u8;
             if r.n_edits != 0 {
@@ -260,18 +263,14 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
                     i += 1;
                 }
             }
-            if !d.tagged && mark_mirror(ctx, bank, route as u32, offsets, edits) {
-                if let Some(slot) = slot {
-                    count_route(slot, RouteCounter::Matched);
-                    count_route(slot, RouteCounter::Mirrored);
-                }
+            if mark_mirror(ctx, bank, route as u32, offsets, edits) {
+                count_route(r.slot, RouteCounter::Matched);
+                count_route(r.slot, RouteCounter::Mirrored);
                 // Both the decision and the action.
                 count(XdpCounter::Mirrored);
                 xdp_action::XDP_PASS
             } else {
-                if let Some(slot) = slot {
-                    count_route(slot, RouteCounter::Passed);
-                }
+                count_route(r.slot, RouteCounter::Passed);
                 finish(XdpCounter::PassAction, xdp_action::XDP_PASS)
             }
         }
