@@ -62,18 +62,7 @@ pub fn facts<S: ByteSource + ?Sized>(src: &S, sender: Addr16) -> Result<KernelFa
         let Some(c) = w.next_chunk()? else { break };
         walk.on_chunk(src, &c);
     }
-    let sip = walk.sip_first_line(src);
-    let key_hash = match key_span(src, walk.key_source()) {
-        Some((off, len)) => {
-            let mut h = KeyHasher::new();
-            hash_range(src, off, len, &mut h);
-            h.finish()
-        }
-        None => walk.flow_key_hash(),
-    };
-    let mut f = walk.finish(key_hash);
-    f.sip = sip;
-    Ok(f)
+    Ok(walk.conclude(src))
 }
 
 /// Where the correlation key's bytes are in `src`: `(offset, len)`, `None` when the packet
@@ -337,6 +326,24 @@ impl FactsWalk {
             f.dst_port,
         );
         crate::correlation::key_hash(&key)
+    }
+
+    /// The facts after the last chunk, host side: the SIP first line, the key hash
+    /// (the key's bytes, else the flow key), then [`FactsWalk::finish`].
+    #[inline(always)]
+    pub fn conclude<S: ByteSource + ?Sized>(self, src: &S) -> KernelFacts {
+        let sip = self.sip_first_line(src);
+        let key_hash = match key_span(src, self.key_source()) {
+            Some((off, len)) => {
+                let mut h = KeyHasher::new();
+                hash_range(src, off, len, &mut h);
+                h.finish()
+            }
+            None => self.flow_key_hash(),
+        };
+        let mut f = self.finish(key_hash);
+        f.sip = sip;
+        f
     }
 
     /// The facts, with the key hash computed by the caller.

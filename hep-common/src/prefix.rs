@@ -46,33 +46,27 @@ pub struct Prefix {
     pub mask: [u64; PREFIX_WORDS],
 }
 
+/// The agents' order, with the address chunks of one family (types, value length).
+const fn agents_order(src: u16, dst: u16, address_len: usize) -> [(u16, usize); PREFIX_CHUNKS] {
+    [
+        (IP_FAMILY, 1),
+        (IP_PROTO, 1),
+        (src, address_len),
+        (dst, address_len),
+        (SRC_PORT, 2),
+        (DST_PORT, 2),
+        (TS_SEC, 4),
+        (TS_USEC, 4),
+        (PROTO_TYPE, 1),
+        (CAPTURE_ID, 4),
+    ]
+}
+
 /// The IPv4 prefix: chunks end at byte 93.
-pub const IPV4: Prefix = Prefix::of([
-    (IP_FAMILY, 1),
-    (IP_PROTO, 1),
-    (SRC_IPV4, 4),
-    (DST_IPV4, 4),
-    (SRC_PORT, 2),
-    (DST_PORT, 2),
-    (TS_SEC, 4),
-    (TS_USEC, 4),
-    (PROTO_TYPE, 1),
-    (CAPTURE_ID, 4),
-]);
+pub const IPV4: Prefix = Prefix::of(agents_order(SRC_IPV4, DST_IPV4, 4));
 
 /// The IPv6 prefix: chunks end at byte 117.
-pub const IPV6: Prefix = Prefix::of([
-    (IP_FAMILY, 1),
-    (IP_PROTO, 1),
-    (SRC_IPV6, 16),
-    (DST_IPV6, 16),
-    (SRC_PORT, 2),
-    (DST_PORT, 2),
-    (TS_SEC, 4),
-    (TS_USEC, 4),
-    (PROTO_TYPE, 1),
-    (CAPTURE_ID, 4),
-]);
+pub const IPV6: Prefix = Prefix::of(agents_order(SRC_IPV6, DST_IPV6, 16));
 
 impl Prefix {
     /// Builds the pattern and mask of `chunks` (at compile time).
@@ -205,8 +199,8 @@ pub fn apply<S: ByteSource + ?Sized>(
 }
 
 /// [`crate::facts::facts`] as the kernel computes it: the prefix, if any, then the walk
-/// from where it ended (the walker's step and its 64-chunk rule), then the same key and
-/// first line. Shown equal to `facts` by property test.
+/// from where it ended (the walker's step and its 64-chunk rule), then the same
+/// [`FactsWalk::conclude`]. Shown equal to `facts` by property test.
 pub fn facts_with_prefix<S: ByteSource + ?Sized>(
     src: &S,
     sender: crate::abi::Addr16,
@@ -227,18 +221,7 @@ pub fn facts_with_prefix<S: ByteSource + ?Sized>(
         offset = c.end();
         count += 1;
     }
-    let sip = walk.sip_first_line(src);
-    let key_hash = match crate::facts::key_span(src, walk.key_source()) {
-        Some((off, len)) => {
-            let mut h = crate::correlation::KeyHasher::new();
-            crate::facts::hash_range(src, off, len, &mut h);
-            h.finish()
-        }
-        None => walk.flow_key_hash(),
-    };
-    let mut f = walk.finish(key_hash);
-    f.sip = sip;
-    Ok(f)
+    Ok(walk.conclude(src))
 }
 
 #[cfg(test)]

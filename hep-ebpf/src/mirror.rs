@@ -38,7 +38,7 @@ use crate::net::{
     udp,
 };
 use crate::next_hop;
-use crate::scratch::{Entry, TEMPLATE_LEN, Template};
+use crate::scratch::{Entry, Template};
 use crate::tables::{DESTINATIONS, ROUTES};
 
 /// Target `i` of `route` (in `bank`).
@@ -47,9 +47,6 @@ fn target(bank: u32, route: &KernelRoute, i: usize) -> Option<&'static KernelDes
     DESTINATIONS.get(bank * MAX_DESTINATIONS as u32 + route.targets[i] % MAX_DESTINATIONS as u32)
 }
 
-/// The longest header template (Ethernet, IPv6 and UDP headers).
-const HEAD: usize = TEMPLATE_LEN;
-const _: () = assert!(HEAD == ETH_HLEN + IPV6_HLEN + UDP_HLEN);
 /// Where UDP starts in an IPv4 template (the original's options are not in it).
 const V4_UDP: usize = ETH_HLEN + IPV4_HLEN;
 /// Where UDP starts in an IPv6 template.

@@ -17,6 +17,7 @@ use hep_common::facts::{FactsWalk, KernelFacts};
 
 use crate::edit::EditWalk;
 use crate::fib::NextHop;
+use crate::net::{ETH_HLEN, IPV6_HLEN, UDP_HLEN};
 use crate::parse::HepDatagram;
 
 const MASK: usize = SCRATCH_LEN - 1;
@@ -86,7 +87,7 @@ pub struct Template {
 }
 
 /// The longest header template: Ethernet, IPv6 and UDP headers.
-pub const TEMPLATE_LEN: usize = 14 + 40 + 8;
+pub const TEMPLATE_LEN: usize = ETH_HLEN + IPV6_HLEN + UDP_HLEN;
 
 /// [`Eval::matched`]: no route matched (yet).
 pub const NO_MATCH: u32 = u32::MAX;

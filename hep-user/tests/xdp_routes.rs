@@ -17,6 +17,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is its failure, with its message
 
 mod common;
+#[path = "common/steer_min.rs"]
+mod steer_min;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -32,6 +34,7 @@ use hep_user::xdp::compile::{HostNet, KernelTables, Slots, compile};
 use hep_user::xdp::{LoadOptions, XdpProgram};
 use hepfwd_harness::lab::{IN_IFINDEX, IN_MAC, Lab, OUT_MAC, neighbour_mac};
 use hepfwd_harness::message::TestMessage;
+use steer_min::xdp_ctx;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -282,16 +285,6 @@ fn ip6(a: &str) -> IpAddr {
     a.parse().expect("address")
 }
 
-/// The `xdp_md` of a frame of `len` bytes received on `in0`: struct xdp_md { data,
-/// data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }.
-fn ctx_in0(len: usize) -> Vec<u8> {
-    let mut ctx = Vec::new();
-    for v in [0, len as u32, 0, IN_IFINDEX, 0, 0] {
-        ctx.extend_from_slice(&v.to_ne_bytes());
-    }
-    ctx
-}
-
 /// What the kernel must make of `input` when it steers it to `collector:port` from
 /// `source`, with next hop MAC `dmac` out of an interface with MAC `smac`: computed in
 /// full here.
@@ -349,7 +342,7 @@ fn steered_out6(input: &[u8], port: u16) -> Vec<u8> {
 /// Test-runs `frame` as received on `in0` (call from inside the lab); returns the action
 /// and the frame as the program left it.
 fn run(xdp: &mut XdpProgram, frame: &[u8]) -> (u32, Vec<u8>) {
-    let ctx = ctx_in0(frame.len());
+    let ctx = xdp_ctx(frame.len(), IN_IFINDEX);
     let mut out = vec![0u8; frame.len() + 256];
     let r = xdp
         .program_mut()
@@ -1901,7 +1894,7 @@ fn tc_mirror_copies_are_steered_frames_byte_for_byte() {
                 .expect("program")
                 .test_run(TestRunOptions {
                     data_in: Some(&input),
-                    ctx_in: Some(&ctx_in0(input.len())),
+                    ctx_in: Some(&xdp_ctx(input.len(), IN_IFINDEX)),
                     repeat: 1,
                     attrs: TestRunAttrs::new().xdp_live_frames(1),
                     ..TestRunOptions::default()
