@@ -1,6 +1,6 @@
 //! [`ByteSource`]: random access to packet bytes, the one abstraction the chunk walker and
-//! the correlation scanner are written against, so the kernel (packet through
-//! `bpf_xdp_load_bytes`) and userspace (a byte slice) run the same code.
+//! the correlation scanner are written against, so the kernel (the frame, read in place
+//! with direct packet access) and userspace (a byte slice) run the same code.
 
 /// Random, bounds-checked access to a packet's bytes.
 pub trait ByteSource {
@@ -17,8 +17,8 @@ pub trait ByteSource {
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
 
     /// The 8 bytes at `8 * index` as a native-endian word, or `None` if they are not all
-    /// inside the source. A source whose storage is 8-byte aligned reads it with one load
-    /// (the kernel's payload copy); the others assemble it from bytes.
+    /// inside the source. A source that can read a word with one load does (the kernel's,
+    /// with one `ldxdw`); the others assemble it from bytes.
     #[inline(always)]
     fn load_word(&self, index: usize) -> Option<u64> {
         self.load::<8>(index.checked_mul(8)?)

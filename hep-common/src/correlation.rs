@@ -426,7 +426,7 @@ impl CallIdScanner {
 ///
 /// While the scanner skips a line it is handed only the next line feed: the aligned word
 /// of `src` holding position `*pos` is loaded with [`ByteSource::load_word`] (one load in
-/// the kernel's payload copy) and searched with a mask, bytes before `*pos` masked off; a
+/// the kernel) and searched with a mask, bytes before `*pos` masked off; a
 /// word without one moves `*pos` to the next word. Otherwise (at a line start, in a header
 /// name, in the value) the byte at `*pos` is fed. Skipped bytes are ones [`CallIdScanner::feed`]
 /// would have ignored, so the scanner ends as [`find_call_id`]'s does (property-tested)

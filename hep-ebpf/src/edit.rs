@@ -2,14 +2,13 @@
 //! auth key, with hep-common's definition (`inplace::EditSites`, shown equal to the
 //! daemon's rewrite by a property test).
 //!
-//! Two steps around `steer`: [`locate`] walks the payload copy for the edited chunks
+//! Two steps around `steer`: [`locate`] walks the payload (in place) for the edited chunks
 //! before anything is written (a packet on which an edit does not fit in place goes up
 //! untouched, and the daemon rewrites it); [`write`], after `steer` rewrote the headers,
 //! writes each value where its chunk's value is and adjusts the UDP checksum (IPv6; the
 //! IPv4 one `steer` set to 0).
 
 use core::ffi::c_void;
-use core::ptr;
 
 use aya_ebpf::helpers::{bpf_loop, bpf_xdp_store_bytes};
 use aya_ebpf::programs::XdpContext;
@@ -20,6 +19,7 @@ use hep_common::inplace::{EditSites, UdpChecksum};
 
 use crate::facts::walk_chunks;
 use crate::net::{Frame as _, udp};
+use crate::packet::Packet;
 use crate::scratch::{Entry, WALK_DONE, WALKING};
 
 /// The edit walk's state.
@@ -38,10 +38,12 @@ pub struct EditWalk {
 /// Chunks read per callback.
 const EDIT_WALK_CHUNKS: u64 = 4;
 
-/// Up to [`EDIT_WALK_CHUNKS`] chunks of the edit walk.
-unsafe extern "C" fn locate_step(i: u64, _ctx: *mut c_void) -> i64 {
+/// Up to [`EDIT_WALK_CHUNKS`] chunks of the edit walk (`arg`: [`Packet::callback_arg`]).
+unsafe extern "C" fn locate_step(i: u64, arg: *mut c_void) -> i64 {
     let Some(s) = Entry::get() else { return 1 };
-    let (bytes, w) = (s.bytes(), s.edit());
+    // SAFETY: `locate` passes `Packet::callback_arg`.
+    let ctx = unsafe { Packet::in_callback(arg) };
+    let (bytes, w) = (Packet::new(ctx, s.datagram()), s.edit());
     let sites = &mut w.sites;
     match walk_chunks(
         &bytes,
@@ -59,24 +61,25 @@ unsafe extern "C" fn locate_step(i: u64, _ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Finds the chunks the edits of `route` and the destination's `auth` name in the payload
-/// copy; `true` when every edit can be written in place. Not inlined: its frame is not the
-/// caller's.
+/// Finds the chunks the edits of `route` and the destination's `auth` name in the
+/// payload; `true` when every edit can be written in place. Not inlined: its frame is not
+/// the caller's.
 #[inline(never)]
-pub fn locate(s: Entry, route: &KernelRoute, auth: &KernelEdit) -> bool {
+pub fn locate(ctx: &XdpContext, s: Entry, route: &KernelRoute, auth: &KernelEdit) -> bool {
     {
         let w = s.edit();
         w.sites.reset(&route.edits, route.n_edits, auth);
         w.offset = HEADER_LEN;
-        w.end = s.bytes().len();
+        w.end = s.datagram().payload_len;
         w.status = WALKING;
     }
-    // SAFETY: a static callback of the right signature; it takes its state from the map.
+    // SAFETY: a static callback of the right signature; it takes its state from the map
+    // and the frame from `ctx`, which outlives the loop.
     unsafe {
         bpf_loop(
             (MAX_CHUNKS as u64 / EDIT_WALK_CHUNKS + 1) as u32,
             locate_step as *mut c_void,
-            ptr::null_mut(),
+            Packet::callback_arg(ctx),
             0,
         )
     };
@@ -98,7 +101,8 @@ pub fn write(ctx: &XdpContext, s: Entry, l4: usize, payload: usize) -> bool {
     };
     let checked = stored != [0, 0];
     let mut sum = UdpChecksum::of(stored);
-    let bytes = s.bytes();
+    // The old values, read before each is overwritten (the sites do not overlap).
+    let bytes = Packet::new(ctx, s.datagram());
     let sites = &s.edit().sites;
     let mut i = 0;
     while i < MAX_EDIT_SITES {

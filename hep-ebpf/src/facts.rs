@@ -2,14 +2,15 @@
 //! chunk prefix (`prefix`), the walker's step (`walker::read_chunk`), `facts::FactsWalk`,
 //! `correlation::CallIdScanner` (driven word-wise by `correlation::scan_word_step`) and the
 //! `KeyHasher` of `facts::hash_range` — the same code the daemon runs. `bpf_loop` drives
-//! the chunk walk after the prefix (four chunks per callback) and the Call-ID scan (sixteen
+//! the chunk walk after the prefix (one chunk per callback) and the Call-ID scan (sixteen
 //! steps per callback); their state lives in the scratch entry (see [`crate::scratch`]).
+//! All of them read the payload in place ([`Packet`]).
 
 use core::ffi::c_void;
 use core::ptr;
 
 use aya_ebpf::helpers::bpf_loop;
-use hep_common::abi::Addr16;
+use aya_ebpf::programs::XdpContext;
 use hep_common::bytes::ByteSource;
 use hep_common::chunk::{HEADER_LEN, MAX_CHUNKS};
 use hep_common::correlation::{CALLID_SCAN_LIMIT, CallIdScanner, KeyHasher, scan_word_step};
@@ -17,10 +18,16 @@ use hep_common::facts::{FactsWalk, KeySpan, hash_range_blocks};
 use hep_common::prefix;
 use hep_common::walker::{ChunkHeader, check_header, read_chunk};
 
+use crate::packet::Packet;
+use crate::parse::HepDatagram;
 use crate::scratch::{Entry, WALK_DONE, WALK_FAILED, WALKING};
 
-/// Chunks read per callback (fewer callbacks: each costs a call).
-const WALK_CHUNKS: u64 = 4;
+/// Chunks read per callback. One: the walk reads the frame in place, and with more than
+/// one chunk per callback the verifier's states multiply with each chunk's kind (2 chunks:
+/// 517,426 instructions processed for `hep_xdp`; 4: over the 1,000,000 limit; 1: 256,779).
+/// The common agents' first ten chunks are read before the loop (`prefix`), so one or two
+/// callbacks remain for their packets.
+const WALK_CHUNKS: u64 = 1;
 
 /// Up to `per_call` chunks of a chunk walk over `bytes`, callback `i` of a `bpf_loop`
 /// (chunks `before + i * per_call ..`, `before` read already): the walker's step
@@ -49,6 +56,10 @@ pub fn walk_chunks<S: ByteSource + ?Sized>(
             Ok(c) => {
                 visit(&c);
                 *offset = c.end();
+                // Ended here: no callback more just to see it.
+                if *offset >= end {
+                    return Some(WALK_DONE);
+                }
             }
             Err(_) => return Some(WALK_FAILED),
         }
@@ -57,10 +68,12 @@ pub fn walk_chunks<S: ByteSource + ?Sized>(
     None
 }
 
-/// Up to [`WALK_CHUNKS`] chunks of the facts walk.
-unsafe extern "C" fn walk_step(i: u64, _ctx: *mut c_void) -> i64 {
+/// Up to [`WALK_CHUNKS`] chunks of the facts walk (`arg`: [`Packet::callback_arg`]).
+unsafe extern "C" fn walk_step(i: u64, arg: *mut c_void) -> i64 {
     let Some(s) = Entry::get() else { return 1 };
-    let (bytes, w) = (s.bytes(), s.walk());
+    // SAFETY: `compute` passes `Packet::callback_arg`.
+    let ctx = unsafe { Packet::in_callback(arg) };
+    let (bytes, w) = (Packet::new(ctx, s.datagram()), s.walk());
     let facts = &mut w.facts;
     match walk_chunks(
         &bytes,
@@ -82,11 +95,13 @@ unsafe extern "C" fn walk_step(i: u64, _ctx: *mut c_void) -> i64 {
 const SCAN_STEPS: usize = 16;
 
 /// Up to [`SCAN_STEPS`] steps of the word-wise Call-ID scan (hep-common's
-/// `scan_word_step`: an aligned word of the payload copy per step while a line is skipped,
-/// a byte elsewhere).
-unsafe extern "C" fn scan_step(_i: u64, _ctx: *mut c_void) -> i64 {
+/// `scan_word_step`: a word of the payload per step while a line is skipped, a byte
+/// elsewhere; `arg`: [`Packet::callback_arg`]).
+unsafe extern "C" fn scan_step(_i: u64, arg: *mut c_void) -> i64 {
     let Some(s) = Entry::get() else { return 1 };
-    let (bytes, sc) = (s.bytes(), s.scan());
+    // SAFETY: `key` passes `Packet::callback_arg`.
+    let ctx = unsafe { Packet::in_callback(arg) };
+    let (bytes, sc) = (Packet::new(ctx, s.datagram()), s.scan());
     let mut k = 0;
     while k < SCAN_STEPS {
         if !scan_word_step(&bytes, &mut sc.scanner, sc.base, &mut sc.pos, sc.window) {
@@ -97,14 +112,15 @@ unsafe extern "C" fn scan_step(_i: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Walks the payload in the scratch entry `s` (validating it by the walker's rules) and
+/// Walks the payload of datagram `d` in place (validating it by the walker's rules) and
 /// stores its facts in `s.facts`, all but the key hash ([`key`]); `false` when it is not
-/// valid HEPv3. Not inlined: its
-/// locals stay out of `hep_xdp`'s frame. Each field is taken from the entry where it is
-/// used and not held across a `bpf_loop` call, whose callbacks take it themselves.
+/// valid HEPv3. Not inlined: its locals stay out of `hep_xdp`'s frame. Each field is taken
+/// from the entry where it is used and not held across a `bpf_loop` call, whose callbacks
+/// take it themselves.
 #[inline(never)]
-pub fn compute(s: Entry, sender: &Addr16) -> bool {
-    let Ok(end) = check_header(&s.bytes()) else {
+pub fn compute(ctx: &XdpContext, s: Entry, d: &HepDatagram) -> bool {
+    let bytes = Packet::new(ctx, d);
+    let Ok(end) = check_header(&bytes) else {
         return false;
     };
     {
@@ -112,22 +128,22 @@ pub fn compute(s: Entry, sender: &Addr16) -> bool {
         w.end = end;
         w.status = WALKING;
         // SAFETY: a plain write of a `Copy` value into map memory (no drop of the old one).
-        unsafe { ptr::write(&raw mut w.facts, FactsWalk::new(*sender)) };
+        unsafe { ptr::write(&raw mut w.facts, FactsWalk::new(d.sender)) };
         // The common agents' first ten chunks at once (hep-common `prefix`), when the
         // packet starts with them; the walk goes on after them.
-        let (offset, before) =
-            prefix::apply(&s.bytes(), end, &mut w.facts).unwrap_or((HEADER_LEN, 0));
+        let (offset, before) = prefix::apply(&bytes, end, &mut w.facts).unwrap_or((HEADER_LEN, 0));
         w.offset = offset;
         w.before = before as u64;
     }
     // Enough callbacks for MAX_CHUNKS chunks and one more step, to see the end (or one
     // chunk too many).
-    // SAFETY: a static callback of the right signature; it takes its state from the map.
+    // SAFETY: a static callback of the right signature; it takes its state from the map
+    // and the frame from `ctx`, which outlives the loop.
     unsafe {
         bpf_loop(
             (MAX_CHUNKS as u64 / WALK_CHUNKS + 1) as u32,
             walk_step as *mut c_void,
-            ptr::null_mut(),
+            Packet::callback_arg(ctx),
             0,
         )
     };
@@ -137,7 +153,7 @@ pub fn compute(s: Entry, sender: &Addr16) -> bool {
     // The key hash is computed later, by `key`, only if the route found needs it.
     *s.facts() = s.walk().facts.finish(0);
     // The SIP first line: a dozen bytes at the payload's start (SIP packets only).
-    let sip = s.walk().facts.sip_first_line(&s.bytes());
+    let sip = s.walk().facts.sip_first_line(&bytes);
     s.facts().sip = sip;
     true
 }
@@ -148,7 +164,7 @@ pub fn compute(s: Entry, sender: &Addr16) -> bool {
 /// (`eval::needs_key`): most routes never read it. Not inlined: its locals stay out of
 /// its caller's frame.
 #[inline(never)]
-pub fn key(s: Entry) {
+pub fn key(ctx: &XdpContext, s: Entry) {
     // Where the key is: a 0x0011 value, or the Call-ID the scan finds in a SIP payload.
     let span = match s.walk().facts.key_source() {
         // No key here (a compressed one is userspace's: `route` does not call this then).
@@ -167,12 +183,13 @@ pub fn key(s: Entry) {
                 sc.scanner = CallIdScanner::new();
             }
             // SAFETY: a static callback of the right signature; it takes its state from the
-            // map. Every step advances at least one byte of the window.
+            // map and the frame from `ctx`, which outlives the loop. Every step advances at
+            // least one byte of the window.
             unsafe {
                 bpf_loop(
                     (CALLID_SCAN_LIMIT / SCAN_STEPS + 1) as u32,
                     scan_step as *mut c_void,
-                    ptr::null_mut(),
+                    Packet::callback_arg(ctx),
                     0,
                 )
             };
@@ -184,19 +201,19 @@ pub fn key(s: Entry) {
     };
     // No correlation key: the flow key (inner endpoints), from the walk's facts.
     match span {
-        Some((off, len)) => hash_key(s, off, len),
+        Some((off, len)) => hash_key(ctx, s, off, len),
         None => hash_flow(s),
     }
 }
 
-/// The hash of the key at `[off, off + len)` of the scratch copy, into `s.facts.key_hash`:
+/// The hash of the key at `[off, off + len)` of the payload, into `s.facts.key_hash`:
 /// inline, bounded loops over at most KEY_HASH_LIMIT bytes, 8 at a time (hep-common's
 /// `hash_range_blocks`, shown equal to `hash_range`), not a `bpf_loop` callback per 8
 /// bytes (each ~8 ns of call/return here). Not inlined: its frame is not `key`'s.
 #[inline(never)]
-fn hash_key(s: Entry, off: usize, len: usize) {
+fn hash_key(ctx: &XdpContext, s: Entry, off: usize, len: usize) {
     let mut h = KeyHasher::new();
-    hash_range_blocks(&s.bytes(), off, len, &mut h);
+    hash_range_blocks(&Packet::new(ctx, s.datagram()), off, len, &mut h);
     s.facts().key_hash = h.finish();
 }
 

@@ -10,6 +10,8 @@
 //! binary, so that `cargo build --workspace` and `cargo test --workspace` work.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `asm!` for BPF: one misaligned 8-byte packet load (`packet::Packet::load_word`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod bench_min;
@@ -27,6 +29,8 @@ mod mirror;
 mod net;
 #[cfg(target_arch = "bpf")]
 mod next_hop;
+#[cfg(target_arch = "bpf")]
+mod packet;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]

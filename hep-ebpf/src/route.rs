@@ -7,7 +7,7 @@
 use core::ffi::c_void;
 use core::ptr;
 
-use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
+use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key, programs::XdpContext};
 use hep_common::abi::{
     ALLOW_KEY_BITS, AUTH_IN_USERSPACE, Addr16, AllowKey, KernelListener, KernelRoute, MAX_AUTH_KEY,
     MAX_LISTENERS, MAX_ROUTES, MAX_SLOTS, RouteKind, SteerMode, XdpConfig,
@@ -15,6 +15,7 @@ use hep_common::abi::{
 use hep_common::bytes::ByteSource as _;
 use hep_common::eval::{PassReason, Verdict, decide, needs_key};
 
+use crate::packet::Packet;
 use crate::scratch::{Entry, NO_MATCH, NO_ROUTE};
 use crate::tables::{ALLOW, LISTENERS, ROUTES, RR, XDP_CONFIG};
 
@@ -67,7 +68,7 @@ pub enum Gate {
 /// The listener's checks, in userspace's order: allow list, then auth key (the first chunk
 /// 0x000e must equal the key). Not inlined: its locals stay out of `hep_xdp`'s frame.
 #[inline(never)]
-pub fn gate(l: &KernelListener, s: Entry) -> Gate {
+pub fn gate(ctx: &XdpContext, l: &KernelListener, s: Entry) -> Gate {
     if l.auth_key_len == AUTH_IN_USERSPACE {
         return Gate::Userspace;
     }
@@ -91,7 +92,7 @@ pub fn gate(l: &KernelListener, s: Entry) -> Gate {
         if len != want || want > MAX_AUTH_KEY {
             return Gate::AuthFailed;
         }
-        let bytes = s.bytes();
+        let bytes = Packet::new(ctx, s.datagram());
         let mut i = 0;
         while i < MAX_AUTH_KEY {
             if i >= want {

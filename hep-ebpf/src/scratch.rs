@@ -1,16 +1,15 @@
-//! The per-CPU scratch area: the HEP payload copied out of the frame, and the state of the
-//! `bpf_loop` walks over it.
+//! The per-CPU scratch area: the state of the `bpf_loop` walks over the payload (which
+//! they read in place, `crate::packet`), the facts, the decision, and what the steer and the
+//! mirror prepare.
 //!
-//! Why a copy: the chunk walk, the Call-ID scan and the route evaluation run in `bpf_loop`
-//! callbacks, which the verifier checks once each instead of unrolling them. Their state
-//! lives here, in map memory, whose contents the verifier does not track, so a callback's
-//! state is the same at every iteration and verification converges at once (inlined, the
-//! walk exceeds the verifier's one-million-instruction budget). Reads from the copy are
-//! masked into the buffer, so any offset verifies.
+//! Why map memory: the chunk walk, the Call-ID scan and the route evaluation run in
+//! `bpf_loop` callbacks, which the verifier checks once each instead of unrolling them.
+//! Their state lives here, in map memory, whose contents the verifier does not track, so a
+//! callback's state is the same at every iteration and verification converges at once
+//! (inlined, the walk exceeds the verifier's one-million-instruction budget).
 
-use aya_ebpf::{helpers::bpf_xdp_load_bytes, macros::map, maps::PerCpuArray, programs::XdpContext};
-use hep_common::abi::{MAX_TARGETS, SCRATCH_LEN};
-use hep_common::bytes::ByteSource;
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use hep_common::abi::MAX_TARGETS;
 use hep_common::correlation::CallIdScanner;
 use hep_common::eval::{PassReason, Verdict};
 use hep_common::facts::{FactsWalk, KernelFacts};
@@ -19,14 +18,6 @@ use crate::edit::EditWalk;
 use crate::fib::NextHop;
 use crate::net::{ETH_HLEN, IPV6_HLEN, UDP_HLEN};
 use crate::parse::HepDatagram;
-
-const MASK: usize = SCRATCH_LEN - 1;
-const _: () = assert!(
-    SCRATCH_LEN.is_power_of_two(),
-    "reads are masked into the buffer"
-);
-/// Slack after the buffer, so a masked read of up to this many bytes stays inside it.
-const PAD: usize = 64;
 
 /// The chunk walk's state.
 #[repr(C)]
@@ -95,10 +86,6 @@ pub const NO_MATCH: u32 = u32::MAX;
 /// Everything in the per-CPU scratch entry.
 #[repr(C)]
 pub struct Scratch {
-    /// The HEP payload, `len` bytes.
-    pub buf: [u8; SCRATCH_LEN + PAD],
-    /// Payload length.
-    pub len: usize,
     /// Chunk walk.
     pub walk: Walk,
     /// Call-ID scan.
@@ -127,7 +114,7 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// # Ownership of the fields
 /// The entry is per CPU and a program runs to completion on its CPU, so only the current
 /// packet's code reaches it. Within one packet the steps run one after another (parse,
-/// copy, walk, scan, gate, evaluate, steer or mirror), and each accessor below hands
+/// walk, scan, gate, evaluate, steer or mirror), and each accessor below hands
 /// out a reference to one field only, taken through the entry's raw pointer (`&mut (*p).field`): no
 /// reference to the whole entry ever exists, so a step holding one field (`hep_xdp` keeps
 /// the datagram for the whole packet) never aliases a callee's. Each field has one writer
@@ -141,22 +128,6 @@ impl Entry {
     #[inline(always)]
     pub fn get() -> Option<Entry> {
         SCRATCH.get_ptr_mut(0).map(Entry)
-    }
-
-    /// The payload copy as a [`ByteSource`] (offsets relative to the payload).
-    #[inline(always)]
-    pub fn bytes(self) -> Bytes<'static> {
-        // SAFETY: `buf` and `len` are written only by `copy_in`, before any `Bytes` of this
-        // packet is made; afterwards they are only read.
-        unsafe { Bytes::new(&(*self.0).buf, (*self.0).len) }
-    }
-
-    /// The first four payload bytes (the HEP version magic), after `copy_in`.
-    #[inline(always)]
-    pub fn prefix(self) -> [u8; 4] {
-        // SAFETY: reading 4 bytes of `buf` (as in `bytes`).
-        let b = unsafe { &(*self.0).buf };
-        [b[0], b[1], b[2], b[3]]
     }
 
     /// The chunk walk's state: `facts::compute` sets it up, `facts::walk_step` advances it,
@@ -219,11 +190,21 @@ impl Entry {
         unsafe { &mut (*self.0).edit }
     }
 
-    /// The parsed datagram: written by `parse::parse`, then read for the rest of the packet.
+    /// The parsed datagram: written by `parse::parse` (through this accessor, in `hep_xdp`
+    /// only), then read for the rest of the packet ([`Entry::datagram`]).
     #[inline(always)]
     pub fn dgram(self) -> &'static mut HepDatagram {
         // SAFETY: a reference to the `dgram` field only; one user at a time (see the type).
         unsafe { &mut (*self.0).dgram }
+    }
+
+    /// The parsed datagram, read-only: for the `bpf_loop` callbacks that read the payload
+    /// in place, after `parse::parse` wrote it.
+    #[inline(always)]
+    pub fn datagram(self) -> &'static HepDatagram {
+        // SAFETY: a shared reference to the `dgram` field, which is no longer written once
+        // `parse::parse` returned (`hep_xdp` holds only a shared reference from then on).
+        unsafe { &(*self.0).dgram }
     }
 }
 
@@ -232,86 +213,3 @@ pub const NO_ROUTE: Verdict = Verdict::Pass {
     reason: PassReason::NoRoute,
     route: None,
 };
-
-/// Copies the `len` payload bytes at frame offset `off` into the scratch buffer; `false`
-/// when they do not fit (or the frame is shorter).
-#[inline(always)]
-pub fn copy_in(ctx: &XdpContext, s: Entry, off: usize, len: usize) -> bool {
-    if len == 0 || len > SCRATCH_LEN {
-        return false;
-    }
-    // The verifier needs the bound on the very register passed to the helper; LLVM would
-    // check a register it derived from `len` instead. A volatile read hides `len` from
-    // LLVM, and the mask (a no-op for 1..=SCRATCH_LEN) gives the verifier the bound.
-    // SAFETY: reading a local.
-    let n = unsafe { core::ptr::read_volatile(&len) };
-    let n = ((n.wrapping_sub(1)) & MASK) + 1;
-    // SAFETY: pointers to the `len` and `buf` fields of this CPU's entry, written before
-    // any reader of this packet exists (see `Entry::bytes`); `n` ≤ SCRATCH_LEN bytes fit in
-    // `buf`; the helper checks the frame range itself.
-    unsafe {
-        (*s.0).len = n;
-        let buf = &raw mut (*s.0).buf;
-        bpf_xdp_load_bytes(ctx.ctx, off as u32, buf.cast(), n as u32) == 0
-    }
-}
-
-/// The copied payload as a [`ByteSource`] (offsets relative to the payload).
-pub struct Bytes<'a> {
-    buf: &'a [u8; SCRATCH_LEN + PAD],
-    len: usize,
-}
-
-impl<'a> Bytes<'a> {
-    /// The payload in `buf`, `len` bytes long.
-    #[inline(always)]
-    pub fn new(buf: &'a [u8; SCRATCH_LEN + PAD], len: usize) -> Self {
-        Bytes { buf, len }
-    }
-}
-
-impl ByteSource for Bytes<'_> {
-    #[inline(always)]
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    #[inline(always)]
-    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        if N > PAD {
-            return None;
-        }
-        let end = offset.checked_add(N)?;
-        if end > self.len {
-            return None;
-        }
-        // The mask changes nothing (offset < len ≤ SCRATCH_LEN) but tells the verifier the
-        // read stays inside `buf`. The volatile read keeps LLVM from proving it redundant
-        // and dropping it.
-        // SAFETY: reading a local.
-        let at = unsafe { core::ptr::read_volatile(&offset) } & MASK;
-        // SAFETY: at + N ≤ SCRATCH_LEN + PAD, inside `buf`; unaligned read of plain bytes.
-        Some(unsafe { core::ptr::read_unaligned(self.buf.as_ptr().add(at).cast::<[u8; N]>()) })
-    }
-
-    /// One aligned 8-byte load (the byte-wise `load::<8>` is eight loads on this ISA).
-    #[inline(always)]
-    fn load_word(&self, index: usize) -> Option<u64> {
-        let end = index.checked_mul(8)?.checked_add(8)?;
-        if end > self.len {
-            return None;
-        }
-        // Masked into the buffer for the verifier, as in `load` (a no-op here).
-        // SAFETY: reading a local.
-        let at = unsafe { core::ptr::read_volatile(&index) } & (MASK / 8);
-        // SAFETY: word `at` lies inside `buf` (at * 8 + 8 ≤ SCRATCH_LEN); `buf` starts the
-        // map value (offset 0 of the `repr(C)` Scratch, pinned below) and map values are
-        // 8-byte aligned, so the read is aligned.
-        Some(unsafe { core::ptr::read(self.buf.as_ptr().cast::<u64>().add(at)) })
-    }
-}
-
-const _: () = assert!(
-    core::mem::offset_of!(Scratch, buf) == 0 && core::mem::align_of::<Scratch>() >= 8,
-    "the payload copy starts the (8-byte aligned) map value: Bytes::load_word reads words"
-);

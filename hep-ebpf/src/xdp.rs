@@ -13,9 +13,10 @@ use hep_common::eval::{PassReason, Verdict};
 use hep_common::version::{HepVersion, detect_prefix};
 
 use crate::counters::{count, count_dest, count_route};
+use crate::net::Frame as _;
 use crate::parse::{self, HepDatagram};
 use crate::route::{self, Gate};
-use crate::scratch::{self, Entry};
+use crate::scratch::Entry;
 use crate::tables::{DESTINATIONS, LISTENERS, ROUTES};
 use crate::{edit, facts, steer};
 
@@ -106,36 +107,28 @@ fn log_invalid(ctx: &XdpContext, len: usize) {
 }
 
 /// The version of the HEP packet; for HEPv3, its facts computed in the scratch entry (an
-/// oversized packet is HEPv3 by its header, decided later as too large).
+/// oversized packet is HEPv3 by its header, decided later as too large). The payload is
+/// read in place.
 #[inline(always)]
 fn classify(ctx: &XdpContext, d: &HepDatagram) -> Result<Option<Entry>, XdpCounter> {
     let Some(s) = Entry::get() else {
         return Err(XdpCounter::HepInvalid);
     };
-    if d.payload_len > SCRATCH_LEN {
-        // Only the header is checked here; userspace validates the rest.
-        let mut prefix = [0u8; 4];
-        // SAFETY: 4 bytes into our stack buffer; the helper bounds-checks the frame.
-        let r = unsafe {
-            aya_ebpf::helpers::bpf_xdp_load_bytes(
-                ctx.ctx,
-                d.payload_offset as u32,
-                prefix.as_mut_ptr().cast(),
-                4,
-            )
-        };
-        return match (r, detect_prefix(prefix)) {
-            (0, Some(HepVersion::V3)) => Ok(None),
-            (0, Some(HepVersion::V1 | HepVersion::V2)) => Err(XdpCounter::HepLegacy),
-            _ => Err(XdpCounter::HepInvalid),
-        };
-    }
-    if !scratch::copy_in(ctx, s, d.payload_offset, d.payload_len) {
+    // The version magic (of an oversized packet too: only the header is checked then,
+    // userspace validates the rest), from the payload only: never the frame's padding.
+    // (The mask is a no-op: the payload starts at most 90 bytes in.)
+    let magic = if d.payload_len >= 4 {
+        ctx.load::<4>(d.payload_offset & 0xff)
+    } else {
+        None
+    };
+    let Some(magic) = magic else {
         return Err(XdpCounter::HepInvalid);
-    }
-    match detect_prefix(s.prefix()) {
+    };
+    match detect_prefix(magic) {
+        Some(HepVersion::V3) if d.payload_len > SCRATCH_LEN => Ok(None),
         Some(HepVersion::V3) => {
-            if facts::compute(s, &d.sender) {
+            if facts::compute(ctx, s, d) {
                 Ok(Some(s))
             } else {
                 Err(XdpCounter::HepInvalid)
@@ -156,7 +149,7 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
         return finish(XdpCounter::PassNoRoute, xdp_action::XDP_PASS);
     };
     if let Some(l) = LISTENERS.get(listener) {
-        match route::gate(l, s) {
+        match route::gate(ctx, l, s) {
             Gate::Open => {}
             Gate::Userspace => return finish(XdpCounter::PassListener, xdp_action::XDP_PASS),
             Gate::NotAllowed => return finish(XdpCounter::NotAllowed, xdp_action::XDP_DROP),
@@ -165,7 +158,7 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
     }
     let bank = cfg.bank & 1;
     if route::evaluate(cfg, s) {
-        facts::key(s);
+        facts::key(ctx, s);
     }
     route::conclude(s);
     let verdict = s.eval().verdict;
@@ -213,7 +206,7 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
             // In-place edits: located before anything is written; a packet on which one
             // does not fit goes up untouched.
             let edited = r.n_edits != 0 || dst.auth.len != 0;
-            if edited && !edit::locate(s, r, &dst.auth) {
+            if edited && !edit::locate(ctx, s, r, &dst.auth) {
                 count_route(slot, RouteCounter::Passed);
                 return finish(XdpCounter::PassRewrite, xdp_action::XDP_PASS);
             }
@@ -237,7 +230,7 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
         Verdict::Mirror { route } => {
             // The TC program (`hep_mirror`) copies it to every destination; it finds the
             // route in the metadata, with where its in-place edits go (located here, on the
-            // payload copy; a packet on which one does not fit goes up untouched). Tagged
+            // payload; a packet on which one does not fit goes up untouched). Tagged
             // frames, and drivers without metadata support, leave it to userspace.
             let Some(r) = ROUTES.get(bank * MAX_ROUTES as u32 + (route % MAX_ROUTES) as u32) else {
                 return finish(XdpCounter::PassAction, xdp_action::XDP_PASS);
@@ -249,7 +242,7 @@ fn decide_and_act(ctx: &XdpContext, d: &HepDatagram, listener: u32, s: Option<En
             let mut offsets = [0u16; MAX_KERNEL_EDITS];
             let mut edits = 0u8;
             if r.n_edits != 0 {
-                if !edit::locate(s, r, &KernelEdit::NONE) {
+                if !edit::locate(ctx, s, r, &KernelEdit::NONE) {
                     count_route(r.slot, RouteCounter::Passed);
                     return finish(XdpCounter::PassRewrite, xdp_action::XDP_PASS);
                 }

@@ -84,11 +84,11 @@ fn mirror_info(xdp: &XdpProgram) -> Option<ProgramInfo> {
 }
 
 /// One scenario: a fresh lab, the programs attached, `route` installed, FRAMES frames.
-/// `HEPFWD_BENCH_SCENARIO=<text>` runs only the scenarios whose name contains it (for A/B
-/// runs of one change).
+/// `HEPFWD_BENCH_SCENARIO=<text>` runs only the scenarios whose name starts with it (for
+/// A/B runs of one change: `drop` is the drop route alone, `sampled out` the other).
 fn scenario(name: &str, route: &str) {
     if let Ok(only) = std::env::var("HEPFWD_BENCH_SCENARIO")
-        && !name.contains(only.as_str())
+        && !name.starts_with(only.as_str())
     {
         return;
     }

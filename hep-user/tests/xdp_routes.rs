@@ -1250,6 +1250,44 @@ fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> V
         untouched_counters(&invalid),
     ));
 
+    // The payload is read in place: every read stops at the payload's end (the UDP
+    // length), never at the frame's. Bytes after the payload in the frame (Ethernet
+    // padding, or an attacker's trailer) must not complete a chunk or the version magic.
+    let whole = hep(SIP);
+    let mut cut = whole.clone();
+    cut.truncate(cut.len() - 3);
+    let n = cut.len() as u16;
+    cut[4..6].copy_from_slice(&n.to_be_bytes());
+    let mut f = frame(sender, me, &cut, false);
+    f.extend_from_slice(&whole[whole.len() - 3..]);
+    cases.push(Case::untouched(
+        "chunk completed only by the frame's trailer",
+        f,
+        XDP_PASS,
+        untouched_counters(&invalid),
+    ));
+    // (A HEPv2 header's first four bytes: version 2, header length 16, AF_INET; read as
+    // the magic they would be counted hep_legacy.)
+    let mut f = frame(sender, me, &[2, 16], false);
+    f.extend_from_slice(&[2, 17]);
+    cases.push(Case::untouched(
+        "version magic completed only by the frame's trailer",
+        f,
+        XDP_PASS,
+        untouched_counters(&invalid),
+    ));
+    // Padding after a valid packet: steered, the padding carried along untouched.
+    let mut f = frame(sender, me, &whole, false);
+    f.extend_from_slice(&[0u8; 16]);
+    let want = parts.steered_out(&f, "198.18.2.2", 9061);
+    cases.push(Case::new(
+        "steer with padding after the packet",
+        f,
+        XDP_REDIRECT,
+        Some(want),
+        steer_counters("default", "a"),
+    ));
+
     // The walker's chunk limit: 64 chunks are valid (steered by the default route),
     // 65 are not (passed untouched).
     let chunky = |n: usize| {

@@ -123,8 +123,8 @@ pub const MAX_EDIT_SITES: usize = MAX_KERNEL_EDITS + 1;
 pub const MAX_SLOTS: usize = 64;
 /// Entries of [`ALLOW_MAP`] (all listeners of both banks).
 pub const MAX_ALLOW_ENTRIES: u32 = 4096;
-/// Largest HEP payload the kernel reads (its per-CPU scratch buffer, a power of two);
-/// larger packets go to userspace.
+/// Largest HEP payload the kernel reads (in place, `hep-ebpf/src/packet.rs`); larger
+/// packets go to userspace (counted `too_large`).
 pub const SCRATCH_LEN: usize = 4096;
 
 /// [`KernelListener::auth_key_len`] of a listener whose auth key only userspace can check
