@@ -24,9 +24,10 @@ use crate::scratch::{Entry, WALK_DONE, WALK_FAILED, WALKING};
 
 /// Chunks read per callback. One: the walk reads the frame in place, and with more than
 /// one chunk per callback the verifier's states multiply with each chunk's kind (2 chunks:
-/// 517,426 instructions processed for `hep_xdp`; 4: over the 1,000,000 limit; 1: 256,779).
-/// The common agents' first ten chunks are read before the loop (`prefix`), so one or two
-/// callbacks remain for their packets.
+/// 517,426 instructions processed for `hep_xdp`; 4: over the 1,000,000 limit; 1: 256,855).
+/// The common agents' first ten chunks are read before the loop (`prefix`), so one to
+/// three callbacks remain for their packets (the walk ends in the callback that reads the
+/// last chunk).
 const WALK_CHUNKS: u64 = 1;
 
 /// Up to `per_call` chunks of a chunk walk over `bytes`, callback `i` of a `bpf_loop`
