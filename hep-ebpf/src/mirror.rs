@@ -47,6 +47,10 @@ fn target(bank: u32, route: &KernelRoute, i: usize) -> Option<&'static KernelDes
     DESTINATIONS.get(bank * MAX_DESTINATIONS as u32 + route.targets[i] % MAX_DESTINATIONS as u32)
 }
 
+const _: () = assert!(
+    SCRATCH_LEN.is_power_of_two(),
+    "`write_edits` masks edit offsets with SCRATCH_LEN - 1"
+);
 /// Where UDP starts in an IPv4 template (the original's options are not in it).
 const V4_UDP: usize = ETH_HLEN + IPV4_HLEN;
 /// Where UDP starts in an IPv6 template.
@@ -195,6 +199,8 @@ fn write_edits(skb: Skb, o: &Original, route: &KernelRoute, m: &MirrorMeta) -> b
             continue;
         }
         let e = &route.edits[i];
+        // A no-op mask (offsets lie inside the payload) bounding the offset for the
+        // verifier.
         let at = m.edit_offsets[i] as usize & (SCRATCH_LEN - 1);
         let len = e.len as usize;
         if len == 0 || len > MAX_EDIT_VALUE {

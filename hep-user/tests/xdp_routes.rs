@@ -1253,12 +1253,10 @@ fn first_table(xdp: &mut XdpProgram, t: &KernelTables, report: &mut Report) -> V
     // The payload is read in place: every read stops at the payload's end (the UDP
     // length), never at the frame's. Bytes after the payload in the frame (Ethernet
     // padding, or an attacker's trailer) must not complete a chunk or the version magic.
+    // The HEP header still declares the whole packet: only a reader that took the frame's
+    // end for the payload's would find the lengths agree and the last chunk complete.
     let whole = hep(SIP);
-    let mut cut = whole.clone();
-    cut.truncate(cut.len() - 3);
-    let n = cut.len() as u16;
-    cut[4..6].copy_from_slice(&n.to_be_bytes());
-    let mut f = frame(sender, me, &cut, false);
+    let mut f = frame(sender, me, &whole[..whole.len() - 3], false);
     f.extend_from_slice(&whole[whole.len() - 3..]);
     cases.push(Case::untouched(
         "chunk completed only by the frame's trailer",
